@@ -1,0 +1,3 @@
+"""archbench: measure efficient sequence-mixing architectures side by side."""
+
+__version__ = "0.1.0"

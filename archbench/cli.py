@@ -1,0 +1,333 @@
+"""The ``archbench`` command line: run | report | list | env.
+
+Exit codes: 0 success; 1 the run finished but some cells failed (error / timeout; see
+``--allow-failures``); 2 bad input (a suite error, an unknown architecture, a missing
+run); 130 interrupted with Ctrl-C (rows already written are kept).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+EXIT_OK, EXIT_FAILED_CELLS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _fail(message: str) -> "None":
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="archbench")
+def main() -> None:
+    """archbench: measure efficient sequence-mixing architectures side by side.
+
+    \b
+    archbench run suites/smoke.yaml      run a suite, write rows and an HTML report
+    archbench report RUN_DIR -o r.html   render a report from one or more runs
+    archbench list                       the architecture catalogue and its backends
+    archbench env                        this machine: device, libraries, optional kernels
+    """
+
+
+# ---- run --------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("suite_path", metavar="SUITE", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run directory (default: results/<suite>/<run-id>).")
+@click.option("--resume", is_flag=True, help="Continue a run: skip cells that already have an ok row (the latest run of the suite unless --out names one).")
+@click.option("--device", help="Run every cell on this device (cpu, cuda, cuda:N), overriding the suite.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a suite value, e.g. --set sweep.seq_len=[1024,2048] (repeatable).")
+@click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False), help="Where new run directories go.")
+@click.option("--allow-failures", is_flag=True, help="Exit 0 even when some cells end in error or timeout.")
+@click.option("--no-report", is_flag=True, help="Do not write report.html at the end.")
+@click.option("--dry-run", is_flag=True, help="Validate the suite and list its cells; run nothing.")
+def run(suite_path, out_dir, resume, device, overrides, results_dir, allow_failures, no_report, dry_run):
+    """Run every cell of SUITE (a YAML file) and write rows.jsonl, run.json and report.html."""
+    from archbench.suite import SuiteError, load_suite
+
+    overrides = list(overrides)
+    if device:
+        overrides.append(f"defaults.device={device}")
+    try:
+        suite = load_suite(suite_path, overrides)
+        if device and "device" in (suite.raw.get("sweep") or {}):
+            del suite.raw["sweep"]["device"]
+            from archbench.suite import parse_suite
+
+            suite = parse_suite(suite.raw, source=suite_path)
+        cells = suite.cells()
+    except SuiteError as e:
+        _fail(str(e))
+    _check_devices(suite_path, cells)
+
+    if dry_run:
+        for c in cells:
+            click.echo(f"{c.key}  {c.label}  device={c.device}")
+        click.echo(f"{len(cells)} cells")
+        return
+
+    from archbench.runner import Runner
+    from archbench.store import RunDir, latest_run, new_run_id, now_iso
+
+    if out_dir:
+        run_dir = RunDir(out_dir)
+        if run_dir.rows_path.exists() and not resume:
+            _fail(f"{out_dir} already holds a run; pass --resume to continue it, or choose another --out")
+    elif resume:
+        last = latest_run(Path(results_dir) / suite.name)
+        if last is None:
+            _fail(f"nothing to resume: no run of suite {suite.name!r} under {results_dir}/{suite.name}")
+        run_dir = RunDir(last)
+    else:
+        run_dir = RunDir(Path(results_dir) / suite.name / new_run_id())
+    run_dir.create()
+
+    from archbench.measure.env import collect_env
+
+    devices = sorted({c.device for c in cells})
+    env = collect_env(devices[0])
+    done = run_dir.done_keys() if resume else set()
+    meta = run_dir.read_meta() if resume else {}
+    meta.update(
+        run_id=run_dir.path.name,
+        suite=suite.name,
+        suite_path=str(suite_path),
+        suite_config=suite.raw,
+        overrides=overrides,
+        env=env,
+        n_cells=len(cells),
+        status="running",
+    )
+    meta.setdefault("started_at", now_iso())
+    meta.setdefault("resumed_at", [])
+    if resume:
+        meta["resumed_at"].append(now_iso())
+    run_dir.write_meta(meta)
+
+    todo = [c for c in cells if c.key not in done]
+    click.echo(
+        f"archbench: suite {suite.name!r}, {len(cells)} cells ({len(cells) - len(todo)} already done), "
+        f"run dir {run_dir.path}",
+        err=True,
+    )
+    base_row = {"run_id": run_dir.path.name, "suite": suite.name}
+    summary = _run_with_progress(Runner(todo, run_dir, plugins=suite.model.plugins, base_row=base_row, env=env))
+
+    all_rows = {r["key"]: r for r in run_dir.rows()}
+    counts: dict[str, int] = {}
+    for r in all_rows.values():
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    meta.update(ended_at=now_iso(), counts=counts, status="interrupted" if summary.interrupted else "complete")
+    run_dir.write_meta(meta)
+
+    if not no_report:
+        report_path = _write_report([run_dir.path], run_dir.path / "report.html")
+        click.echo(f"report: {report_path}", err=True)
+    click.echo(f"rows: {run_dir.rows_path}  ({', '.join(f'{k}={v}' for k, v in sorted(counts.items()))})", err=True)
+    if summary.interrupted:
+        click.echo("interrupted: rows written so far are kept; rerun with --resume to finish", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if summary.failed and not allow_failures:
+        click.echo(f"{summary.failed} cell(s) failed (error/timeout); see the report's Failures section", err=True)
+        sys.exit(EXIT_FAILED_CELLS)
+
+
+def _check_devices(suite_path: str, cells) -> None:
+    if any(c.device.startswith("cuda") for c in cells):
+        import torch
+
+        if not torch.cuda.is_available():
+            _fail(
+                f"{suite_path} asks for a CUDA device and this machine has none (torch {torch.__version__}); "
+                "to run a reduced grid on the CPU instead: "
+                f"archbench run {suite_path} --device cpu --set sweep.seq_len=[1024,2048] --set sweep.batch=[1]"
+            )
+
+
+def _run_with_progress(runner):
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(stderr=True)
+    colors = {"ok": "green", "oom": "yellow", "unsupported": "dim", "skipped": "dim"}
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("elapsed"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("starting", total=len(runner.cells))
+
+        def on_start(i, cell):
+            progress.update(task, description=escape(cell.label))
+
+        def on_row(i, cell, row):
+            status = row["status"]
+            detail = ""
+            if status == "ok" and row.get("time_median_s") is not None:
+                detail = f"{row['time_median_s'] * 1e3:9.3f} ms  (n={row.get('repeats')}, iqr/med={row.get('time_rel_iqr', 0):.1%})"
+            elif row.get("error"):
+                detail = str(row["error"]).splitlines()[0][:160]
+            color = colors.get(status, "red")
+            progress.console.print(f"[{color}]{status:>11}[/] {escape(cell.label)}  {escape(detail)}")
+            progress.advance(task)
+
+        runner.on_start, runner.on_row = on_start, on_row
+        summary = runner.run()
+        progress.update(task, description="done")
+    return summary
+
+
+def _write_report(run_dirs, out_path) -> Path:
+    from archbench.report import write_html
+    from archbench.store import load, load_meta
+
+    df = load(*run_dirs)
+    return write_html(df, load_meta(*run_dirs), out_path)
+
+
+# ---- report -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="HTML file to write (default: RUN_DIR/report.html for one run, reports/report.html for several).")
+def report(run_dirs, output):
+    """Render one self-contained HTML report from one or more RUN_DIRS."""
+    from archbench.store import find_run_dirs
+
+    try:
+        dirs = find_run_dirs(run_dirs)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    if not dirs:
+        _fail(f"no runs found under {', '.join(run_dirs)}")
+    if output is None:
+        output = dirs[0] / "report.html" if len(dirs) == 1 else Path("reports") / "report.html"
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    path = _write_report(dirs, output)
+    click.echo(str(path))
+
+
+# ---- list -------------------------------------------------------------------------------
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@main.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects instead of a table.")
+@click.option("--device", help="Check backend availability for this device (default: cuda if present, else cpu).")
+@click.option("--dtype", default=None, help="Also check dtype support (e.g. bfloat16).")
+@click.option("--family", default=None, help="Only architectures whose family starts with this (e.g. linear).")
+def list_(as_json, device, dtype, family):
+    """The architecture catalogue, with each backend's availability on this machine."""
+    from archbench import registry
+
+    device = device or _default_device()
+    entries = []
+    for spec in registry.all_specs():
+        if family and not spec.family.startswith(family):
+            continue
+        backends = []
+        for b in spec.backends:
+            reason = b.unavailable_reason(device, dtype)
+            backends.append({"name": b.name, "description": b.description, "available": reason is None, "reason": reason})
+        entries.append(
+            {
+                "name": spec.name,
+                "family": spec.family,
+                "description": spec.description,
+                "paper": spec.paper,
+                "complexity": vars(spec.complexity),
+                "has_decode": spec.has_decode,
+                "backends": backends,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"archbench architectures (availability on {device}{'/' + dtype if dtype else ''})")
+    for col in ("name", "family", "description", "train / decode time", "backends"):
+        table.add_column(col)
+    for e in entries:
+        bk = "\n".join(
+            f"[green]✓[/] {b['name']}" if b["available"] else f"[red]✗[/] {b['name']}: {escape(b['reason'])}"
+            for b in e["backends"]
+        )
+        cx = e["complexity"]
+        table.add_row(escape(e["name"]), e["family"], escape(e["description"]), f"{cx['train_time']} / {cx['decode_time']}", bk)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    console.print(table)
+
+
+# ---- env --------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def env(as_json):
+    """This machine: device, torch/CUDA, optional kernel packages, NVML."""
+    import torch
+
+    from archbench.measure.env import OPTIONAL_PACKAGES, collect_env, package_version
+
+    device = _default_device()
+    info = collect_env(device)
+    info["device"] = device
+    info["cuda_available"] = torch.cuda.is_available()
+    info["torch_threads"] = torch.get_num_threads()
+    info["optional_packages"] = {p: package_version(p) for p in OPTIONAL_PACKAGES}
+    info["nvml"] = _nvml_status()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    width = max(len(k) for k in info)
+    for k, v in info.items():
+        if isinstance(v, dict):
+            v = ", ".join(f"{a}={b or 'not installed'}" for a, b in v.items())
+        click.echo(f"{k:<{width}}  {v}")
+
+
+def _nvml_status() -> str:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        n = pynvml.nvmlDeviceGetCount()
+        pynvml.nvmlShutdown()
+        return f"ok ({n} device(s))"
+    except Exception as e:  # no driver on CPU machines
+        return f"unavailable ({type(e).__name__})"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

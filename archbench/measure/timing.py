@@ -1,0 +1,134 @@
+"""Repeat-until-stable timing of a callable.
+
+Protocol: ``warmup`` untimed calls (compilation, autotuning and allocator growth stay out
+of the numbers), then timed calls until at least ``min_repeats`` samples exist and the
+spread (IQR / median) is under ``target_rel_iqr``, or ``budget_s`` of timed work is
+spent, or ``max_repeats`` samples exist. Every raw sample is kept.
+
+CPU: ``time.perf_counter`` around each call. CUDA: a pair of CUDA events around each call,
+synchronised once per call before its elapsed time is read.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass
+class TimingStats:
+    samples_s: list[float]
+    median_s: float
+    p10_s: float
+    p90_s: float
+    iqr_s: float
+    rel_iqr: float
+    mean_s: float
+    min_s: float
+    repeats: int
+    warmup_calls: int
+    timer: str
+
+    def as_row(self) -> dict:
+        d = asdict(self)
+        return {
+            "time_median_s": d["median_s"],
+            "time_p10_s": d["p10_s"],
+            "time_p90_s": d["p90_s"],
+            "time_iqr_s": d["iqr_s"],
+            "time_rel_iqr": d["rel_iqr"],
+            "time_mean_s": d["mean_s"],
+            "time_min_s": d["min_s"],
+            "repeats": d["repeats"],
+            "warmup_calls": d["warmup_calls"],
+            "timer": d["timer"],
+            "time_samples_s": d["samples_s"],
+        }
+
+
+def summarize(samples: list[float], warmup_calls: int = 0, timer: str = "perf_counter") -> TimingStats:
+    if not samples:
+        raise ValueError("no timing samples")
+    a = np.asarray(samples, dtype=float)
+    p10, q1, med, q3, p90 = np.percentile(a, [10, 25, 50, 75, 90])
+    iqr = float(q3 - q1)
+    return TimingStats(
+        samples_s=[float(s) for s in samples],
+        median_s=float(med),
+        p10_s=float(p10),
+        p90_s=float(p90),
+        iqr_s=iqr,
+        rel_iqr=iqr / float(med) if med > 0 else float("inf"),
+        mean_s=float(statistics.fmean(samples)),
+        min_s=float(a.min()),
+        repeats=len(samples),
+        warmup_calls=warmup_calls,
+        timer=timer,
+    )
+
+
+def _rel_iqr(samples: list[float]) -> float:
+    q1, med, q3 = np.percentile(samples, [25, 50, 75])
+    return float(q3 - q1) / float(med) if med > 0 else float("inf")
+
+
+def _cuda_call_timer(fn: Callable[[], object]) -> Callable[[], float]:
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def timed() -> float:
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+
+    return timed
+
+
+def _cpu_call_timer(fn: Callable[[], object]) -> Callable[[], float]:
+    def timed() -> float:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    return timed
+
+
+def time_fn(
+    fn: Callable[[], object],
+    *,
+    device: str = "cpu",
+    warmup: int = 3,
+    min_repeats: int = 5,
+    max_repeats: int = 200,
+    budget_s: float = 2.0,
+    target_rel_iqr: float = 0.05,
+) -> TimingStats:
+    """Time ``fn`` following the module's protocol and return its statistics."""
+    if min_repeats < 1 or max_repeats < min_repeats:
+        raise ValueError(f"need 1 <= min_repeats <= max_repeats (got {min_repeats}, {max_repeats})")
+    cuda = device.startswith("cuda")
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize()
+    timed = _cuda_call_timer(fn) if cuda else _cpu_call_timer(fn)
+    for _ in range(warmup):
+        timed()
+    samples: list[float] = []
+    t_start = time.perf_counter()
+    while len(samples) < max_repeats:
+        samples.append(timed())
+        if len(samples) < min_repeats:
+            continue
+        if time.perf_counter() - t_start >= budget_s:
+            break
+        if _rel_iqr(samples) <= target_rel_iqr:
+            break
+    return summarize(samples, warmup_calls=warmup, timer="cuda_events" if cuda else "perf_counter")

@@ -1,0 +1,79 @@
+"""Softmax attention (Vaswani et al., 2017, "Attention Is All You Need").
+
+    o_t = sum_{s <= t} softmax_s(q_t . k_s / sqrt(d)) v_s,   q = x W_q, k = x W_k, v = x W_v
+
+Time O(T^2 d) to train or prefill, O(T d) per decoded token; the decode state is the KV
+cache, 2 * T * H_kv * d_head values that grow with the context. Grouped-query attention
+(n_kv_heads < n_heads) shares each key/value head among n_heads / n_kv_heads query heads.
+
+The reference is the naive form (``backend="naive"``: the score matrix materialised);
+``sdpa`` is torch's fused scaled_dot_product_attention, ``flash_attn`` the flash-attn
+package. All three compute the same function and must agree within dtype tolerance.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from archbench.mixers.base import Mixer, MixerConfig
+from archbench.ops.softmax_attention import softmax_attention
+
+# registry backend name -> op backend name
+OP_BACKEND = {"naive": "torch", "sdpa": "sdpa", "flash_attn": "flash_attn"}
+
+
+class SoftmaxAttention(Mixer):
+    def __init__(self, config: MixerConfig, backend: str = "sdpa"):
+        super().__init__()
+        if backend not in OP_BACKEND:
+            raise ValueError(f"unknown softmax attention backend {backend!r}; choose one of {', '.join(OP_BACKEND)}")
+        self.config, self.backend = config, backend
+        h, hkv, hd = config.n_heads, config.kv_heads, config.hd
+        self.qkv = nn.Linear(config.d_model, (h + 2 * hkv) * hd, bias=False)
+        self.out = nn.Linear(h * hd, config.d_model, bias=False)
+
+    def _project(self, x: torch.Tensor):
+        B, T, _ = x.shape
+        h, hkv, hd = self.config.n_heads, self.config.kv_heads, self.config.hd
+        q, k, v = self.qkv(x).split([h * hd, hkv * hd, hkv * hd], dim=-1)
+        return q.view(B, T, h, hd), k.view(B, T, hkv, hd), v.view(B, T, hkv, hd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._project(x)
+        o = softmax_attention(q, k, v, causal=True, backend=OP_BACKEND[self.backend])
+        return self.out(o.flatten(2))
+
+    def init_state(self, batch: int) -> dict[str, Any]:
+        """An empty KV cache; it grows (doubling its capacity) as tokens are decoded."""
+        w = self.qkv.weight
+        shape = (batch, 16, self.config.kv_heads, self.config.hd)
+        return {"k": w.new_zeros(shape), "v": w.new_zeros(shape), "len": 0}
+
+    def step(self, x_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        q, k, v = self._project(x_t[:, None])
+        n = state["len"]
+        if n == state["k"].shape[1]:
+            state["k"] = torch.cat([state["k"], torch.zeros_like(state["k"])], dim=1)
+            state["v"] = torch.cat([state["v"], torch.zeros_like(state["v"])], dim=1)
+        state["k"][:, n] = k[:, 0]
+        state["v"][:, n] = v[:, 0]
+        state["len"] = n + 1
+        o = softmax_attention(
+            q, state["k"][:, : n + 1], state["v"][:, : n + 1], causal=False, backend=OP_BACKEND[self.backend]
+        )
+        return self.out(o.flatten(2))[:, 0], state
+
+    def state_bytes(self, batch: int, seq_len: int) -> int:
+        elem = self.qkv.weight.element_size()
+        return 2 * batch * seq_len * self.config.kv_heads * self.config.hd * elem
+
+
+def softmax_attention_flops(config: MixerConfig, batch: int, seq_len: int) -> float:
+    """Forward FLOPs: projections + causal QK^T and PV (half the square, as flash-attn counts)."""
+    h, hkv, hd, d = config.n_heads, config.kv_heads, config.hd, config.d_model
+    proj = 2 * batch * seq_len * d * (h + 2 * hkv) * hd + 2 * batch * seq_len * h * hd * d
+    mix = 2 * batch * h * seq_len * seq_len * hd  # 2 matmuls x 2 flops x T^2/2 x hd
+    return float(proj + mix)

@@ -1,0 +1,64 @@
+"""The mixer contract shared by every family.
+
+A mixer maps x [B, T, D] -> y [B, T, D] in parallel form (``forward``: training and
+prefill) and, where the family has one, token by token (``init_state`` + ``step``:
+decode). ``state_bytes`` is the analytic size of the decode state after ``seq_len``
+tokens (the KV cache for attention, the fixed recurrent state for linear families).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class MixerConfig:
+    """Dimensions common to all mixers; families ignore what they do not use."""
+
+    d_model: int = 256
+    n_heads: int = 4
+    head_dim: int | None = None  # default d_model // n_heads
+    n_kv_heads: int | None = None  # attention only (GQA / MQA); default n_heads
+    chunk_size: int = 64  # chunked linear-family references
+
+    def __post_init__(self) -> None:
+        if self.d_model < 1 or self.n_heads < 1:
+            raise ValueError(f"d_model and n_heads must be >= 1 (got {self.d_model}, {self.n_heads})")
+        if self.head_dim is None and self.d_model % self.n_heads:
+            raise ValueError(
+                f"d_model ({self.d_model}) is not divisible by n_heads ({self.n_heads}); set head_dim explicitly"
+            )
+        kv = self.kv_heads
+        if kv < 1 or self.n_heads % kv:
+            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({kv})")
+
+    @property
+    def hd(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+
+class Mixer(nn.Module):
+    """Base class: subclasses implement ``forward`` and, if recurrent-capable, the decode API."""
+
+    config: MixerConfig
+    backend: str
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def init_state(self, batch: int) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} has no recurrent (decode) form")
+
+    def step(self, x_t: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        raise NotImplementedError(f"{type(self).__name__} has no recurrent (decode) form")
+
+    def state_bytes(self, batch: int, seq_len: int) -> int:
+        raise NotImplementedError

@@ -1,0 +1,78 @@
+"""Linear attention (Katharopoulos et al., 2020, "Transformers are RNNs").
+
+Replace exp(q . k) by phi(q) . phi(k) with the positive feature map phi(x) = elu(x) + 1:
+
+    S_t = S_{t-1} + phi(k_t)^T v_t,        z_t = z_{t-1} + phi(k_t)
+    o_t = phi(q_t) S_t / (phi(q_t) . z_t)
+
+Time O(T d^2) to train or prefill, O(d^2) per decoded token, and a decode state of fixed
+size H * d_head * (d_head + 1) whatever the context length. The normaliser z rides along
+as one extra value column (v' = [v, 1]), so numerator and denominator come out of a
+single ``linear_attention`` op call.
+
+Backends: ``chunked`` (the pure-PyTorch chunked reference of ``archbench.ops``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archbench.mixers.base import Mixer, MixerConfig
+from archbench.ops.linear_attention import linear_attention, linear_attention_step
+
+BACKENDS = ("chunked",)
+EPS = 1e-6
+
+
+def feature_map(x: torch.Tensor) -> torch.Tensor:
+    return F.elu(x) + 1.0
+
+
+class LinearAttention(Mixer):
+    def __init__(self, config: MixerConfig, backend: str = "chunked"):
+        super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown linear attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        self.config, self.backend = config, backend
+        h, hd = config.n_heads, config.hd
+        self.qkv = nn.Linear(config.d_model, 3 * h * hd, bias=False)
+        self.out = nn.Linear(h * hd, config.d_model, bias=False)
+
+    def _project(self, x: torch.Tensor):
+        h, hd = self.config.n_heads, self.config.hd
+        q, k, v = self.qkv(x).unflatten(-1, (3, h, hd)).unbind(-3)
+        ones = torch.ones_like(v[..., :1])
+        return feature_map(q), feature_map(k), torch.cat([v, ones], dim=-1)
+
+    @staticmethod
+    def _normalise(o: torch.Tensor) -> torch.Tensor:
+        return o[..., :-1] / (o[..., -1:] + EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._project(x)
+        o, _ = linear_attention(q, k, v, scale=1.0, chunk_size=self.config.chunk_size)
+        return self.out(self._normalise(o).flatten(2))
+
+    def init_state(self, batch: int) -> torch.Tensor:
+        h, hd = self.config.n_heads, self.config.hd
+        return self.qkv.weight.new_zeros(batch, h, hd, hd + 1, dtype=torch.float32)
+
+    def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q, k, v = self._project(x_t)
+        o, state = linear_attention_step(q, k, v, state, scale=1.0)
+        return self.out(self._normalise(o).flatten(1)), state
+
+    def state_bytes(self, batch: int, seq_len: int) -> int:
+        h, hd = self.config.n_heads, self.config.hd
+        return batch * h * hd * (hd + 1) * 4  # fp32 state, independent of seq_len
+
+
+def linear_attention_flops(config: MixerConfig, batch: int, seq_len: int) -> float:
+    """Forward FLOPs of the chunked form: projections + intra-chunk quadratic + state update/read."""
+    h, hd, d, c = config.n_heads, config.hd, config.d_model, config.chunk_size
+    proj = 2 * batch * seq_len * d * 3 * h * hd + 2 * batch * seq_len * h * hd * d
+    v = hd + 1
+    mix = batch * h * seq_len * (4 * hd * v + min(c, seq_len) * (hd + v))
+    return float(proj + mix)

@@ -1,0 +1,43 @@
+"""Self-contained HTML report from a DataFrame of result rows.
+
+``render_html(df, runs)`` returns the page as a string; ``write_html(df, runs, path)``
+writes it. ``df`` has one row per measured cell (as produced by the result store),
+``runs`` is a list of run.json dicts. The page embeds plotly.js once, inline, and
+opens offline. This package reads only what it is given: it imports nothing else
+from archbench.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from archbench.report.figures import build_figures
+from archbench.report.html import render_page
+
+__all__ = ["render_html", "write_html", "build_figures"]
+
+
+def render_html(
+    df: pd.DataFrame | None, runs: Sequence[Mapping[str, Any]] | None, title: str | None = None
+) -> str:
+    """The report page for ``df`` (result rows) and ``runs`` (run metadata) as HTML.
+
+    ``title`` defaults to ``archbench report — <suite names>``.
+    """
+    return render_page(df, runs, title)
+
+
+def write_html(
+    df: pd.DataFrame | None,
+    runs: Sequence[Mapping[str, Any]] | None,
+    path: str | Path,
+    title: str | None = None,
+) -> Path:
+    """Write the report page to ``path`` (parent folders are created) and return the path."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_html(df, runs, title), encoding="utf-8")
+    return out

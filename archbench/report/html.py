@@ -1,0 +1,329 @@
+"""Assembly of the self-contained HTML report page.
+
+The page is one file that opens offline: inline CSS, plotly.js embedded once inline
+(only when there is something to plot), then a header (runs, environment, status
+counts), the figures per (mode, batch, dtype, device) group, a plain HTML table of
+every cell and a "Failures" section with the full error texts. Every string taken
+from the data or the run metadata goes through ``html.escape``.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import pandas as pd
+from plotly.offline import get_plotlyjs
+
+from archbench.report.figures import (
+    STATUSES,
+    FigureSpec,
+    build_figures,
+    error_excerpt,
+    esc,
+    fmt_num,
+    fmt_time,
+    mode_rank,
+    prepare,
+    text,
+)
+
+_MIB = float(1 << 20)
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
+       margin: 1.5em auto; max-width: 1400px; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; margin-bottom: .3em; }
+h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 1.8em; }
+h3 { margin: 1.2em 0 .3em; }
+nav a { margin-right: 1em; }
+dl.summary { display: grid; grid-template-columns: max-content 1fr; gap: .2em 1em; }
+dl.summary dt { font-weight: 600; } dl.summary dd { margin: 0; }
+table { border-collapse: collapse; font-size: .85em; margin: .5em 0; }
+th, td { border: 1px solid #ddd; padding: .25em .5em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; position: sticky; top: 0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr:nth-child(even) td { background: #fafafa; }
+.status { font-weight: 600; padding: 0 .4em; border-radius: 3px; white-space: nowrap; }
+.status-ok { color: #13612e; background: #d9f2e1; }
+.status-oom { color: #8a1c1c; background: #f8d7d7; }
+.status-timeout { color: #7a4a00; background: #fde7c4; }
+.status-error { color: #fff; background: #b42318; }
+.status-unsupported { color: #444; background: #e4e4e4; }
+.status-skipped { color: #666; background: #f1f1f1; }
+.status-other { color: #333; background: #e8e0f5; }
+.counts .status { margin-right: .6em; }
+.figure { margin: .5em 0 1.5em; }
+.empty { color: #666; font-style: italic; }
+.failure h3 { margin-bottom: .2em; } .failure .ids { margin: 0; font-size: .85em; color: #555; }
+.failure pre { background: #f7f7f7; border: 1px solid #ddd; padding: .6em; overflow-x: auto;
+               white-space: pre-wrap; font-size: .85em; }
+"""
+
+
+# --------------------------------------------------------------------------- small pieces
+
+
+def status_badge(status: Any, label: str | None = None) -> str:
+    """A coloured ``<span>`` for a status; the CSS class only ever comes from a known status."""
+    s = text(status)
+    cls = f"status-{s}" if s in STATUSES else "status-other"
+    return f'<span class="status {cls}">{html.escape(label if label is not None else s)}</span>'
+
+
+def _unique(values: Iterable[Any]) -> list[str]:
+    """Distinct non-empty display texts, in first-seen order."""
+    seen: dict[str, None] = {}
+    for v in values:
+        t = text(v)
+        if t:
+            seen.setdefault(t, None)
+    return list(seen)
+
+
+def _suite_name(suite: Any) -> str:
+    if isinstance(suite, Mapping):
+        return text(suite.get("name"))
+    return text(suite)
+
+
+def _run_value(run: Mapping[str, Any], key: str) -> Any:
+    """``run['env'][key]``, falling back to ``run[key]``."""
+    env = run.get("env")
+    if isinstance(env, Mapping) and not _blank(env.get(key)):
+        return env.get(key)
+    return run.get(key)
+
+
+def _blank(value: Any) -> bool:
+    return text(value) == "" if not isinstance(value, (list, dict, tuple)) else not value
+
+
+def _env_values(data: pd.DataFrame, runs: Sequence[Mapping[str, Any]], key: str) -> list[str]:
+    """Distinct values of an environment field over the runs and the ``env_<key>`` column."""
+    values = [_run_value(r, key) for r in runs]
+    col = f"env_{key}"
+    if col in data.columns:
+        values += list(data[col])
+    return _unique(values)
+
+
+def suite_names(data: pd.DataFrame, runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Distinct suite names, from the runs first, then from the rows."""
+    return _unique([_suite_name(r.get("suite")) for r in runs] + list(data["suite"]))
+
+
+def default_title(data: pd.DataFrame, runs: Sequence[Mapping[str, Any]]) -> str:
+    """``archbench report — <suite names>`` (or just ``archbench report``)."""
+    names = suite_names(data, runs)
+    return "archbench report — " + ", ".join(names) if names else "archbench report"
+
+
+def _dates(data: pd.DataFrame, runs: Sequence[Mapping[str, Any]]) -> str:
+    starts = [fmt_time(v) for v in [r.get("started_at") for r in runs] + list(data["started_at"])]
+    ends = [fmt_time(v) for v in [r.get("ended_at") for r in runs] + list(data["ended_at"])]
+    starts, ends = [s for s in starts if s], [e for e in ends if e]
+    first, last = (min(starts) if starts else ""), (max(ends) if ends else "")
+    return f"{first} → {last}" if first or last else ""
+
+
+def status_counts(data: pd.DataFrame) -> dict[str, int]:
+    """Cells per status: every known status (0 when absent), then any others found."""
+    counts = data["status"].value_counts().to_dict() if len(data) else {}
+    out = {s: int(counts.pop(s, 0)) for s in STATUSES}
+    out.update({text(k): int(v) for k, v in sorted(counts.items())})
+    return out
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _header(data: pd.DataFrame, runs: Sequence[Mapping[str, Any]], title: str) -> str:
+    fields = [
+        ("Suites", ", ".join(suite_names(data, runs))),
+        ("Runs", ", ".join(_unique([r.get("run_id") for r in runs] + list(data["run_id"])))),
+        ("Device", ", ".join(_env_values(data, runs, "device_name") or _unique(data["device"]))),
+        ("Torch", ", ".join(_env_values(data, runs, "torch"))),
+        ("CUDA", ", ".join(_env_values(data, runs, "cuda"))),
+        ("Python", ", ".join(_env_values(data, runs, "python"))),
+        ("Host", ", ".join(_env_values(data, runs, "host"))),
+        ("Git revision", ", ".join(_env_values(data, runs, "git_rev"))),
+        ("Dates", _dates(data, runs)),
+        ("Cells", str(len(data))),
+    ]
+    rows = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v) or '—'}</dd>" for k, v in fields)
+    counts = "".join(status_badge(s, f"{s}: {n}") for s, n in status_counts(data).items())
+    return (
+        f"<header><h1>{html.escape(title)}</h1>"
+        '<nav><a href="#figures">Figures</a><a href="#results">Results</a>'
+        '<a href="#failures">Failures</a><a href="#runs">Runs</a></nav>'
+        f'<dl class="summary">{rows}</dl><p class="counts">{counts}</p></header>'
+    )
+
+
+def _counts_text(counts: Any) -> str:
+    if not isinstance(counts, Mapping):
+        return text(counts) if not isinstance(counts, (list, tuple)) else ""
+    return ", ".join(f"{text(k)}: {text(v)}" for k, v in counts.items())
+
+
+def _runs_section(runs: Sequence[Mapping[str, Any]]) -> str:
+    head = '<section id="runs"><h2>Runs</h2>'
+    if not runs:
+        return head + '<p class="empty">No run metadata given.</p></section>'
+    cols: list[tuple[str, Callable[[Mapping[str, Any]], str]]] = [
+        ("run_id", lambda r: text(r.get("run_id"))),
+        ("suite", lambda r: _suite_name(r.get("suite"))),
+        ("suite_path", lambda r: text(r.get("suite_path"))),
+        ("started", lambda r: fmt_time(r.get("started_at"))),
+        ("ended", lambda r: fmt_time(r.get("ended_at"))),
+        ("device", lambda r: text(_run_value(r, "device_name"))),
+        ("torch", lambda r: text(_run_value(r, "torch"))),
+        ("host", lambda r: text(_run_value(r, "host"))),
+        ("git_rev", lambda r: text(_run_value(r, "git_rev"))),
+        ("cpu", lambda r: text(_run_value(r, "cpu"))),
+        ("threads", lambda r: text(_run_value(r, "threads"))),
+        ("counts", lambda r: _counts_text(r.get("counts"))),
+    ]
+    header = "".join(f"<th>{html.escape(name)}</th>" for name, _ in cols)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(get(r))}</td>" for _, get in cols) + "</tr>"
+        for r in runs if isinstance(r, Mapping)
+    )
+    return f"{head}<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table></section>"
+
+
+def _figures_section(specs: Sequence[FigureSpec]) -> str:
+    head = '<section id="figures"><h2>Figures</h2>'
+    if not specs:
+        msg = "Nothing to plot: no successful (ok) cells with a seq_len."
+        return f'{head}<p class="empty">{msg}</p></section>'
+    parts, current = [head], None
+    config = {"displaylogo": False, "responsive": True}
+    for i, spec in enumerate(specs):
+        if spec.group != current:
+            current = spec.group
+            parts.append(f"<h3>{html.escape(spec.group)}</h3>")
+        fig_html = spec.figure.to_html(
+            full_html=False, include_plotlyjs=False, include_mathjax=False,
+            div_id=f"fig-{i}", config=config,
+        )
+        parts.append(f'<div class="figure figure-{spec.kind}">{fig_html}</div>')
+    return "".join(parts) + "</section>"
+
+
+def sort_rows(data: pd.DataFrame) -> pd.DataFrame:
+    """Rows ordered by mode (pipeline order), arch, backend, batch, seq_len."""
+    if data.empty:
+        return data
+    order = sorted(
+        data.index,
+        key=lambda i: (
+            mode_rank(data.at[i, "mode"]), text(data.at[i, "arch"]), text(data.at[i, "backend"]),
+            _num_key(data.at[i, "batch"]), _num_key(data.at[i, "seq_len"]),
+        ),
+    )
+    return data.loc[order]
+
+
+def _num_key(value: Any) -> float:
+    v = pd.to_numeric(value, errors="coerce")
+    return float("inf") if pd.isna(v) else float(v)
+
+
+#: Results-table columns: (header, cell text getter, numeric?).
+_TABLE_COLUMNS: list[tuple[str, Callable[[pd.Series], str], bool]] = [
+    ("mode", lambda r: text(r["mode"]), False),
+    ("arch", lambda r: text(r["arch"]), False),
+    ("backend", lambda r: text(r["backend"]), False),
+    ("family", lambda r: text(r["family"]), False),
+    ("dtype", lambda r: text(r["dtype"]), False),
+    ("device", lambda r: text(r["device"]), False),
+    ("batch", lambda r: text(r["batch"]), True),
+    ("seq_len", lambda r: text(r["seq_len"]), True),
+    ("status", lambda r: text(r["status"]), False),
+    ("median ms", lambda r: fmt_num(r["time_median_s"], ".4g", 1e3), True),
+    ("p10 ms", lambda r: fmt_num(r["time_p10_s"], ".4g", 1e3), True),
+    ("p90 ms", lambda r: fmt_num(r["time_p90_s"], ".4g", 1e3), True),
+    ("repeats", lambda r: text(r["repeats"]), True),
+    ("tokens/s", lambda r: fmt_num(r["tokens_per_s"], ",.0f"), True),
+    ("peak MiB", lambda r: fmt_num(r["peak_mem_bytes"], ",.1f", 1 / _MIB), True),
+    ("mem_method", lambda r: text(r["mem_method"]), False),
+    ("run_id", lambda r: text(r["run_id"]), False),
+    ("error", lambda r: error_excerpt(r["error"]), False),
+]
+
+
+def _table_row(row: pd.Series) -> str:
+    cells = []
+    for name, get, numeric in _TABLE_COLUMNS:
+        value = get(row)
+        if name == "status":
+            cells.append(f"<td>{status_badge(value)}</td>")
+        else:
+            cls = ' class="num"' if numeric else ""
+            cells.append(f"<td{cls}>{html.escape(value)}</td>")
+    return f'<tr title="{esc(row["key"])}">' + "".join(cells) + "</tr>"
+
+
+def _table_section(data: pd.DataFrame) -> str:
+    head = '<section id="results"><h2>Results</h2>'
+    if data.empty:
+        return head + '<p class="empty">No rows.</p></section>'
+    header = "".join(f"<th>{html.escape(name)}</th>" for name, _, _ in _TABLE_COLUMNS)
+    body = "".join(_table_row(row) for _, row in sort_rows(data).iterrows())
+    return f"{head}<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table></section>"
+
+
+def _failure_item(row: pd.Series) -> str:
+    where = ", ".join(
+        f"{k}={text(row[k])}" for k in ("mode", "batch", "seq_len", "dtype", "device") if text(row[k])
+    )
+    title = f"{text(row['arch']) or '?'}/{text(row['backend']) or '?'} ({where})"
+    error = text(row["error"]) or "(no error text)"
+    ids = " ".join(f"{k}: <code>{esc(row[k])}</code>" for k in ("key", "run_id") if text(row[k]))
+    return (
+        f'<div class="failure"><h3>{status_badge(row["status"])} {html.escape(title)}</h3>'
+        + (f'<p class="ids">{ids}</p>' if ids else "")
+        + f"<pre>{html.escape(error)}</pre></div>"
+    )
+
+
+def _failures_section(data: pd.DataFrame) -> str:
+    head = '<section id="failures"><h2>Failures</h2>'
+    failed = data[~data["status"].isin(("ok", "skipped"))] if len(data) else data
+    if failed.empty:
+        return head + '<p class="empty">No failures.</p></section>'
+    items = "".join(_failure_item(row) for _, row in sort_rows(failed).iterrows())
+    return f"{head}<p>{len(failed)} cell(s) did not succeed.</p>{items}</section>"
+
+
+def _plotly_script() -> str:
+    """plotly.js inline, guarded against a literal closing script tag."""
+    js = get_plotlyjs().replace("</script", "<\\/script")
+    return f'<script type="text/javascript">{js}</script>'
+
+
+# --------------------------------------------------------------------------- page
+
+
+def render_page(
+    df: pd.DataFrame | None, runs: Sequence[Mapping[str, Any]] | None, title: str | None = None
+) -> str:
+    """The whole report page as one HTML string."""
+    data = prepare(df)
+    run_list = [r for r in (runs or []) if isinstance(r, Mapping)]
+    page_title = title if title is not None else default_title(data, run_list)
+    specs = build_figures(data)
+    return "".join([
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
+        f"<title>{html.escape(page_title)}</title><style>{_CSS}</style>",
+        _plotly_script() if specs else "",
+        "</head><body>",
+        _header(data, run_list, page_title),
+        _figures_section(specs),
+        _table_section(data),
+        _failures_section(data),
+        _runs_section(run_list),
+        "</body></html>\n",
+    ])

@@ -1,0 +1,436 @@
+"""Suites: a YAML file that names a sweep, validated, expanded into cells.
+
+    name: smoke
+    plugins: []                 # modules to import that register extra architectures
+    defaults:                   # scalar values for every cell field + run settings
+      device: cpu
+      dtype: float32
+      timeout_s: 120
+      measure: {warmup: 2, budget_s: 1.0}
+    sweep:                      # list-valued fields expand as a cartesian product
+      arch: [softmax_attention, linear_attention]
+      backend: [auto]
+      mode: [fwd, fwd_bwd]
+      seq_len: [256, 512, 1024]
+    exclude:                    # a cell matching every field of a rule is dropped
+      - {arch: softmax_attention, backend: naive, seq_len: {min: 2048}}
+
+Every error is a ``SuiteError`` whose message is one line naming the file, the key
+path and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from archbench import registry
+
+MODES = ("fwd", "fwd_bwd")
+DTYPES = registry.DTYPES
+DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+# Cell fields, in the order they expand (seq_len innermost, so one arch's lengths run in order).
+CELL_FIELDS = (
+    "arch", "backend", "mode", "dtype", "device", "batch", "d_model", "n_heads",
+    "head_dim", "n_kv_heads", "chunk_size", "threads", "seed", "seq_len",
+)  # fmt: skip
+# Fields that identify a measurement (the cell key); timeouts and budgets are not among them.
+KEY_FIELDS = CELL_FIELDS
+
+
+class SuiteError(ValueError):
+    """A suite that cannot be run; the message is one line and says what to do."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MeasureConfig(_Strict):
+    warmup: int = Field(3, ge=0)
+    min_repeats: int = Field(5, ge=1)
+    max_repeats: int = Field(200, ge=1)
+    budget_s: float = Field(2.0, gt=0)
+    target_rel_iqr: float = Field(0.05, gt=0)
+
+
+class CellValues(_Strict):
+    """The value of every cell field (defaults) — one scalar each."""
+
+    arch: str | None = None
+    backend: str = "auto"
+    mode: str = "fwd"
+    dtype: str = "float32"
+    device: str = "cpu"
+    batch: int = Field(1, ge=1)
+    seq_len: int = Field(1024, ge=1)
+    d_model: int = Field(256, ge=1)
+    n_heads: int = Field(4, ge=1)
+    head_dim: int | None = Field(None, ge=1)
+    n_kv_heads: int | None = Field(None, ge=1)
+    chunk_size: int = Field(64, ge=1)
+    threads: int | None = Field(None, ge=1)
+    seed: int = Field(0, ge=0)
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, v: str) -> str:
+        if v not in MODES:
+            raise ValueError(f"unknown mode {v!r}; allowed: {', '.join(MODES)}")
+        return v
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, v: str) -> str:
+        if v not in DTYPES:
+            raise ValueError(f"unknown dtype {v!r}; allowed: {', '.join(DTYPES)}")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not DEVICE_RE.match(v):
+            raise ValueError(f"unknown device {v!r}; allowed: cpu, cuda, cuda:N")
+        return v
+
+    @field_validator("arch")
+    @classmethod
+    def _arch(cls, v: str | None) -> str | None:
+        if v is not None:
+            registry.get(v)  # RegistryError (a ValueError) lists the known names
+        return v
+
+
+class Defaults(CellValues):
+    timeout_s: float = Field(300.0, gt=0)
+    measure: MeasureConfig = Field(default_factory=MeasureConfig)
+
+
+class Sweep(_Strict):
+    arch: Union[str, list[str]]
+    backend: Union[str, list[str], None] = None
+    mode: Union[str, list[str], None] = None
+    dtype: Union[str, list[str], None] = None
+    device: Union[str, list[str], None] = None
+    batch: Union[int, list[int], None] = None
+    seq_len: Union[int, list[int], None] = None
+    d_model: Union[int, list[int], None] = None
+    n_heads: Union[int, list[int], None] = None
+    head_dim: Union[int, list[int], None] = None
+    n_kv_heads: Union[int, list[int], None] = None
+    chunk_size: Union[int, list[int], None] = None
+    threads: Union[int, list[int], None] = None
+    seed: Union[int, list[int], None] = None
+
+    def values(self, field: str) -> list[Any] | None:
+        v = getattr(self, field)
+        if v is None:
+            return None
+        return v if isinstance(v, list) else [v]
+
+
+class Range(_Strict):
+    min: float | None = None
+    max: float | None = None
+
+
+Matcher = Union[int, float, str, list[Union[int, float, str]], Range]
+
+
+class ExcludeRule(_Strict):
+    arch: Matcher | None = None
+    backend: Matcher | None = None
+    mode: Matcher | None = None
+    dtype: Matcher | None = None
+    device: Matcher | None = None
+    batch: Matcher | None = None
+    seq_len: Matcher | None = None
+    d_model: Matcher | None = None
+    n_heads: Matcher | None = None
+    head_dim: Matcher | None = None
+    n_kv_heads: Matcher | None = None
+    chunk_size: Matcher | None = None
+    threads: Matcher | None = None
+    seed: Matcher | None = None
+
+    def matches(self, cell: dict) -> bool:
+        rules = {k: v for k, v in self.model_dump(exclude_none=True).items()}
+        if not rules:
+            return False
+        for field, m in rules.items():
+            value = cell.get(field)
+            if isinstance(m, dict):  # Range
+                if value is None:
+                    return False
+                if m.get("min") is not None and value < m["min"]:
+                    return False
+                if m.get("max") is not None and value > m["max"]:
+                    return False
+            elif isinstance(m, list):
+                if value not in m:
+                    return False
+            elif value != m:
+                return False
+        return True
+
+
+class SuiteModel(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    plugins: list[str] = Field(default_factory=list)
+    defaults: Defaults = Field(default_factory=Defaults)
+    sweep: Sweep
+    exclude: list[ExcludeRule] = Field(default_factory=list)
+
+
+class Cell(BaseModel):
+    """One point of the sweep, with the settings of its measurement."""
+
+    model_config = ConfigDict(frozen=True)
+
+    arch: str
+    backend: str
+    mode: str
+    dtype: str
+    device: str
+    batch: int
+    seq_len: int
+    d_model: int
+    n_heads: int
+    head_dim: int | None
+    n_kv_heads: int | None
+    chunk_size: int
+    threads: int | None
+    seed: int
+    timeout_s: float
+    measure: MeasureConfig
+
+    @property
+    def key(self) -> str:
+        ident = {f: getattr(self, f) for f in KEY_FIELDS}
+        blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        return f"{self.arch}/{self.backend} {self.mode} {self.dtype} B={self.batch} T={self.seq_len}"
+
+    def identity(self) -> dict:
+        return {f: getattr(self, f) for f in KEY_FIELDS}
+
+
+class Suite:
+    """A validated suite: its model, source path, and expanded cells."""
+
+    def __init__(self, model: SuiteModel, path: str | None = None, raw: dict | None = None):
+        self.model = model
+        self.path = path
+        self.raw = raw or {}
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    def cells(self) -> list[Cell]:
+        return expand(self.model, source=self.path or "<suite>")
+
+
+# ---- loading and errors -----------------------------------------------------------------
+
+_ALLOWED = {
+    (): list(SuiteModel.model_fields),
+    ("defaults",): list(Defaults.model_fields),
+    ("defaults", "measure"): list(MeasureConfig.model_fields),
+    ("sweep",): list(Sweep.model_fields),
+    ("exclude",): list(ExcludeRule.model_fields),
+}
+
+
+def _loc_str(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    """Drop pydantic's union-branch markers ('int', 'list[int]', 'Range', ...) from a loc."""
+    keep = []
+    for part in loc:
+        if isinstance(part, str) and (
+            part in {"int", "str", "float", "Range", "none", "function-after"}
+            or part.startswith(("list[", "union[", "function-", "constrained-"))
+        ):
+            continue
+        keep.append(part)
+    return tuple(keep)
+
+
+def _format_error(source: str, err: dict) -> str:
+    loc = _clean_loc(tuple(err.get("loc", ())))
+    where = _loc_str(loc) or "(top level)"
+    if err.get("type") == "extra_forbidden":
+        parent = tuple(p for p in loc[:-1] if not isinstance(p, int))
+        allowed = _ALLOWED.get(parent)
+        hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
+        return f"{source}: {where}: unknown key{hint}"
+    if err.get("type") == "missing":
+        return f"{source}: {where}: required key is missing"
+    msg = str(err.get("msg", "invalid value"))
+    msg = msg.removeprefix("Value error, ")
+    got = err.get("input")
+    got_s = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    if got_s and repr(got) in msg:
+        got_s = ""
+    return f"{source}: {where}: {msg}{got_s}"
+
+
+def _first_errors(source: str, e: ValidationError) -> str:
+    """One line per distinct location, the most specific error first; pydantic reports one
+    error per union branch, so keep a single error for each cleaned location."""
+    seen: dict[str, str] = {}
+    for err in e.errors():
+        loc = _loc_str(_clean_loc(tuple(err.get("loc", ()))))
+        line = _format_error(source, err)
+        if loc not in seen or "Input should be a valid list" in seen[loc]:
+            seen[loc] = line
+    return "\n".join(seen.values())
+
+
+def set_override(raw: dict, assignment: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) to a raw suite dict in place."""
+    if "=" not in assignment:
+        raise SuiteError(f"--set {assignment!r}: expected KEY=VALUE, e.g. sweep.seq_len=[1024,2048]")
+    path, value = assignment.split("=", 1)
+    parts = [p for p in path.strip().split(".") if p]
+    if not parts:
+        raise SuiteError(f"--set {assignment!r}: empty key")
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise SuiteError(f"--set {assignment!r}: value is not valid YAML ({e})") from None
+    node = raw
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise SuiteError(f"--set {assignment!r}: {p!r} is not a mapping")
+        node = nxt
+    node[parts[-1]] = parsed
+
+
+def parse_suite(raw: Any, source: str = "<suite>") -> Suite:
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{source}: a suite must be a YAML mapping with at least 'name' and 'sweep'")
+    plugins = raw.get("plugins") or []
+    if isinstance(plugins, list) and all(isinstance(p, str) for p in plugins):
+        try:
+            registry.load_plugins(plugins)
+        except registry.RegistryError as e:
+            raise SuiteError(f"{source}: plugins: {e}") from None
+    try:
+        model = SuiteModel.model_validate(raw)
+    except ValidationError as e:
+        raise SuiteError(_first_errors(source, e)) from None
+    suite = Suite(model, path=source, raw=raw)
+    suite.cells()  # expansion errors surface at load time
+    return suite
+
+
+def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Suite:
+    p = Path(path)
+    if not p.is_file():
+        raise SuiteError(f"suite file not found: {p} (see suites/ for examples)")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SuiteError(f"{p}: {where}invalid YAML: {problem}") from None
+    if isinstance(raw, dict):
+        for o in overrides:
+            set_override(raw, o)
+    return parse_suite(raw, source=str(p))
+
+
+# ---- expansion --------------------------------------------------------------------------
+
+
+def expand(model: SuiteModel, source: str = "<suite>") -> list[Cell]:
+    """The cartesian product of the sweep over the defaults, minus exclusions and
+    (arch, backend) pairs the arch does not implement; 'auto' backends resolved."""
+    d = model.defaults
+    axes: list[list[Any]] = []
+    for i, f in enumerate(CELL_FIELDS):
+        vals = model.sweep.values(f)
+        if vals is None:
+            vals = [getattr(d, f)]
+        if not vals:
+            raise SuiteError(f"{source}: sweep.{f}: empty list; give at least one value")
+        # validate each swept value with the defaults' validators
+        for j, v in enumerate(vals):
+            try:
+                CellValues.model_validate({f: v})
+            except (ValidationError, ValueError) as e:
+                if isinstance(e, ValidationError):
+                    err = e.errors()[0]
+                    err = {**err, "loc": ("sweep", f, j) if isinstance(model.sweep.__dict__[f], list) else ("sweep", f)}
+                    raise SuiteError(_format_error(source, err)) from None
+                raise SuiteError(f"{source}: sweep.{f}: {e}") from None
+        axes.append(vals)
+
+    archs = axes[CELL_FIELDS.index("arch")]
+    if archs == [None]:
+        raise SuiteError(f"{source}: sweep.arch: required; known: {', '.join(registry.names())}")
+    backends = axes[CELL_FIELDS.index("backend")]
+    specs = {a: registry.get(a) for a in archs}
+    all_backends = sorted({b for s in specs.values() for b in s.backend_names})
+    for b in backends:
+        if b != "auto" and b not in all_backends:
+            raise SuiteError(
+                f"{source}: sweep.backend: {b!r} is not a backend of any swept arch; allowed: auto, {', '.join(all_backends)}"
+            )
+    for a, s in specs.items():
+        if not any(b == "auto" or b in s.backend_names for b in backends):
+            raise SuiteError(
+                f"{source}: sweep.backend: none of {backends} is a backend of {a!r} (it has: {', '.join(s.backend_names)}); add one or use auto"
+            )
+
+    cells: dict[str, Cell] = {}
+    for combo in itertools.product(*axes):
+        values = dict(zip(CELL_FIELDS, combo))
+        spec = specs[values["arch"]]
+        if values["backend"] != "auto" and values["backend"] not in spec.backend_names:
+            continue
+        values["backend"] = spec.resolve_backend(values["backend"], values["device"], values["dtype"])
+        if any(rule.matches(values) for rule in model.exclude):
+            continue
+        _check_dims(values, source)
+        cell = Cell(**values, timeout_s=d.timeout_s, measure=d.measure)
+        cells.setdefault(cell.key, cell)
+    if not cells:
+        raise SuiteError(f"{source}: the sweep expands to no cells (every cell is excluded); loosen 'exclude'")
+    return list(cells.values())
+
+
+def _check_dims(v: dict, source: str) -> None:
+    if v["head_dim"] is None and v["d_model"] % v["n_heads"]:
+        raise SuiteError(
+            f"{source}: d_model={v['d_model']} is not divisible by n_heads={v['n_heads']}; "
+            "change one of them or set head_dim"
+        )
+    if v["n_kv_heads"] is not None and v["n_heads"] % v["n_kv_heads"]:
+        raise SuiteError(f"{source}: n_heads={v['n_heads']} must be a multiple of n_kv_heads={v['n_kv_heads']}")

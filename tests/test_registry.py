@@ -1,0 +1,51 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from archbench import registry
+from archbench.cli import main
+
+
+def test_unknown_arch_lists_known_names():
+    with pytest.raises(registry.RegistryError) as e:
+        registry.get("mamba9")
+    assert "softmax_attention" in str(e.value) and "linear_attention" in str(e.value)
+
+
+def test_unknown_backend_lists_available():
+    with pytest.raises(registry.RegistryError, match="available: flash_attn, sdpa, naive"):
+        registry.get("softmax_attention").backend("xformers")
+
+
+def test_detector_says_why_unavailable():
+    b = registry.get("softmax_attention").backend("flash_attn")
+    reason = b.unavailable_reason("cpu", "float32")
+    assert reason is not None and ("not installed" in reason or "CUDA" in reason)
+    assert registry.get("softmax_attention").backend("sdpa").unavailable_reason("cpu") is None
+
+
+def test_auto_backend_resolves_to_an_available_one():
+    spec = registry.get("softmax_attention")
+    assert spec.resolve_backend("auto", "cpu", "float32") == "sdpa"
+    assert registry.get("linear_attention").resolve_backend("auto", "cpu") == "chunked"
+
+
+def test_list_json_has_availability():
+    result = CliRunner().invoke(main, ["list", "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    entries = json.loads(result.output)
+    by_name = {e["name"]: e for e in entries}
+    assert {"softmax_attention", "linear_attention"} <= set(by_name)
+    for e in entries:
+        assert e["family"] and e["description"]
+        for b in e["backends"]:
+            assert set(b) >= {"name", "available", "reason"}
+    fa = next(b for b in by_name["softmax_attention"]["backends"] if b["name"] == "flash_attn")
+    assert fa["available"] is False and fa["reason"]
+
+
+def test_list_table_and_family_filter():
+    result = CliRunner().invoke(main, ["list", "--device", "cpu", "--family", "linear"])
+    assert result.exit_code == 0
+    assert "linear_attention" in result.output and "softmax_attention" not in result.output

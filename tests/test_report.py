@@ -1,0 +1,228 @@
+"""Tests for archbench.report: the self-contained HTML page built from result rows."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+from plotly.offline import get_plotlyjs
+
+from archbench.report import render_html, write_html
+from archbench.report.figures import build_figures, error_excerpt
+
+XSS = "<script>alert(1)</script>"
+XSS_ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
+PLOTLY_SIGNATURE = "plotly.js v"  # banner at the top of the bundled library
+SEQ_LENS = (128, 256, 512)
+MODES = ("fwd", "decode")
+
+
+def _ok_row(arch: str, backend: str, mode: str, seq_len: int) -> dict:
+    t = 1e-5 * seq_len * (2 if backend == "naive" else 1)
+    return {
+        "key": f"{mode}/{arch}/{backend}/{seq_len}", "run_id": "run-1", "suite": "smoke",
+        "arch": arch, "family": "full/softmax", "backend": backend, "mode": mode,
+        "dtype": "float32", "device": "cpu", "batch": 2, "seq_len": seq_len,
+        "d_model": 64, "n_heads": 4, "head_dim": 16, "seed": 0, "threads": 4,
+        "status": "ok", "error": None,
+        "time_median_s": t, "time_p10_s": 0.9 * t, "time_p90_s": 1.2 * t,
+        "time_iqr_s": 0.1 * t, "time_rel_iqr": 0.1, "repeats": 5,
+        "time_samples_s": [t] * 5, "tokens_per_s": 2 * seq_len / t,
+        "peak_mem_bytes": 1000.0 * seq_len, "mem_method": "torch.cuda", "state_bytes": np.nan,
+        "env_device_name": "Test CPU", "env_torch": "2.13.0", "env_host": "box",
+    }
+
+
+def _failed_row(arch: str, backend: str, status: str, seq_len: int, error: str) -> dict:
+    return {
+        "key": f"fwd/{arch}/{backend}/{seq_len}/{status}", "run_id": "run-1", "suite": "smoke",
+        "arch": arch, "backend": backend, "mode": "fwd", "dtype": "float32", "device": "cpu",
+        "batch": 2, "seq_len": seq_len, "status": status, "error": error,
+    }
+
+
+def make_df(archs=("softmax", "linear")) -> pd.DataFrame:
+    rows = [
+        _ok_row(a, b, m, n) for m in MODES for a in archs for b in ("torch", "naive") for n in SEQ_LENS
+    ]
+    rows.append(_failed_row(archs[0], "naive", "oom", 4096, "CUDA out of memory. Tried to allocate 8 GiB"))
+    rows.append(_failed_row(archs[1], "torch", "error", 2048, "Traceback (most recent call last):\nValueError: boom"))
+    rows.append(_failed_row(archs[1], "naive", "skipped", 8192, None))
+    return pd.DataFrame(rows)
+
+
+RUNS = [{
+    "run_id": "run-1", "suite": "smoke", "suite_path": "suites/smoke.yaml",
+    "started_at": "2025-01-01T00:00:00", "ended_at": "2025-01-01T00:10:00",
+    "env": {"device_name": "Test CPU", "torch": "2.13.0", "python": "3.12", "host": "box", "git_rev": "abc1234"},
+    "counts": {"ok": 24, "oom": 1, "error": 1, "skipped": 1},
+}]
+
+# 2 groups (one per mode), each with latency, memory and throughput figures.
+EXPECTED_FIGURES = len(MODES) * 3
+
+
+def _without_library(page: str) -> str:
+    """The page minus the inlined plotly.js (which itself mentions URLs)."""
+    return page.replace(get_plotlyjs(), "")
+
+
+def _section(page: str, section_id: str) -> str:
+    start = page.index(f'<section id="{section_id}">')
+    return page[start: page.index("</section>", start)]
+
+
+@pytest.fixture(scope="module")
+def page() -> str:
+    return render_html(make_df(), RUNS)
+
+
+def test_plotly_embedded_once_and_offline(page):
+    assert page.count(PLOTLY_SIGNATURE) == 1
+    rest = _without_library(page)
+    assert PLOTLY_SIGNATURE not in rest
+    assert not re.search(r"<script[^>]*\bsrc\s*=", page, re.I)
+    assert not re.search(r"<link\b", rest, re.I)
+    assert "cdn.plot.ly" not in rest
+    assert not re.search(r"(src|href)\s*=\s*[\"']?https?://", rest, re.I)
+    # one script tag for the library plus one per figure
+    assert page.count("<script") == 1 + EXPECTED_FIGURES
+    assert len(page) < 8 * 2**20
+
+
+def test_figures_present(page):
+    assert page.count('class="plotly-graph-div"') == EXPECTED_FIGURES
+    for i in range(EXPECTED_FIGURES):
+        assert f'id="fig-{i}"' in page
+    assert "Latency: mode=fwd, batch=2, dtype=float32, device=cpu" in page
+    assert "Peak memory: mode=decode" in page and "Throughput: mode=decode" in page
+
+
+def test_header(page):
+    header = page[page.index("<header>"): page.index("</header>")]
+    assert "archbench report — smoke" in header
+    for value in ("run-1", "Test CPU", "2.13.0", "box", "abc1234", "2025-01-01T00:00:00"):
+        assert value in header
+    assert "ok: 24" in header and "oom: 1" in header and "error: 1" in header
+    assert "timeout: 0" in header and "skipped: 1" in header
+    assert "<dt>Cells</dt><dd>27</dd>" in header
+
+
+def test_table_rows_sorted_and_coloured(page):
+    table = _section(page, "results")
+    assert table.count("<tr title=") == 27
+    for arch in ("softmax", "linear"):
+        assert f"<td>{arch}</td>" in table
+    assert 'class="status status-oom"' in table and 'class="status status-error"' in table
+    assert "time_samples_s" not in table
+    # sorted by mode (fwd before decode), then arch, backend, batch, seq_len
+    keys = re.findall(r'<tr title="([^"]*)"', table)
+    assert keys[0] == "fwd/linear/naive/128"
+    assert keys.index("fwd/linear/naive/512") < keys.index("fwd/linear/naive/8192/skipped")
+    assert keys.index("fwd/softmax/torch/512") < keys.index("decode/linear/naive/128")
+    # median in ms and peak memory in MiB
+    assert "<td class=\"num\">1.28</td>" in table  # linear/torch at 128: 1.28 ms
+    assert "<td class=\"num\">0.5</td>" in table  # 512000 B -> 0.5 MiB (rounded to .1)
+
+
+def test_failures_section(page):
+    failures = _section(page, "failures")
+    assert "CUDA out of memory. Tried to allocate 8 GiB" in failures
+    assert "Traceback (most recent call last):\nValueError: boom</pre>" in failures
+    assert failures.count("<pre>") == 2  # skipped rows are not failures
+    # the table gets the telling line of a traceback
+    assert "ValueError: boom" in _section(page, "results")
+
+
+def test_failures_marked_on_latency_plot():
+    specs = build_figures(make_df())
+    fwd_latency = next(s for s in specs if s.kind == "latency" and "mode=fwd" in s.group)
+    traces = {t.name: t for t in fwd_latency.figure.data}
+    assert {"failed: oom", "failed: error"} <= set(traces)
+    oom = traces["failed: oom"]
+    assert list(oom.x) == [4096] and oom.marker.symbol == "x"
+    ok_top = max(max(t.y) for n, t in traces.items() if not n.startswith("failed"))
+    assert oom.y[0] > ok_top
+    assert fwd_latency.figure.layout.xaxis.type == "log" and fwd_latency.figure.layout.yaxis.type == "log"
+    # one line per arch/backend, same colour per arch, error bars p10..p90
+    lines = [t for n, t in traces.items() if not n.startswith("failed")]
+    assert sorted(t.name for t in lines) == ["linear/naive", "linear/torch", "softmax/naive", "softmax/torch"]
+    assert traces["linear/naive"].line.color == traces["linear/torch"].line.color
+    assert traces["linear/naive"].line.color != traces["softmax/naive"].line.color
+    assert traces["linear/naive"].line.dash != traces["linear/torch"].line.dash
+    assert np.allclose(traces["linear/torch"].error_y.array, [0.2 * 1e-2 * n for n in SEQ_LENS])
+    decode_latency = next(s for s in specs if s.kind == "latency" and "mode=decode" in s.group)
+    assert not any(t.name.startswith("failed") for t in decode_latency.figure.data)
+
+
+def test_escaping():
+    df = make_df(archs=(XSS, "linear"))
+    df.loc[df["status"] == "oom", "error"] = f"bad {XSS} happened"
+    runs = [dict(RUNS[0], suite=XSS, env={"host": XSS})]
+    page = render_html(df, runs)
+    rest = _without_library(page)
+    assert XSS not in page
+    assert "<script>alert" not in page
+    # only our own script tags: the library and one per figure
+    assert page.count("<script") == 1 + EXPECTED_FIGURES
+    assert page.count("</script") == 1 + EXPECTED_FIGURES
+    assert XSS_ESCAPED in _section(page, "results")
+    assert f"bad {XSS_ESCAPED} happened" in _section(page, "failures")
+    assert f"<title>archbench report — {XSS_ESCAPED}, smoke</title>" in page
+    # trace names reach plotly's JSON html-escaped (plotly shows the entities as text)
+    assert '"name":"&lt;script&gt;alert(1)&lt;' in rest
+
+
+def test_plotly_json_escapes_script_tags():
+    """Even a raw name must not close the figure's script tag (plotly escapes < > /)."""
+    fig = go.Figure(go.Scatter(x=[1, 2], y=[1, 2], name=f"</script>{XSS}"))
+    out = fig.to_html(full_html=False, include_plotlyjs=False)
+    assert out.count("</script>") == 1
+    assert XSS not in out
+
+
+def test_empty_df():
+    for df in (pd.DataFrame(), None, make_df().assign(status="oom")):
+        page = render_html(df, [])
+        assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+        assert "Nothing to plot" in page
+        assert "plotly-graph-div" not in page
+        assert PLOTLY_SIGNATURE not in page
+    assert "No rows." in render_html(pd.DataFrame(), [])
+
+
+def test_missing_columns_and_odd_values():
+    df = pd.DataFrame([
+        {"arch": "a", "backend": "b", "status": "ok", "seq_len": 64, "time_median_s": 0.01},
+        {"arch": "a", "backend": "b", "status": "OK", "seq_len": "128", "time_median_s": 0.02},
+        {"arch": "a", "status": None, "seq_len": None},
+    ])
+    page = render_html(df, [{"unexpected": 1}, "not a dict"], title="custom")
+    assert "<title>custom</title>" in page
+    assert page.count('class="plotly-graph-div"') == 1  # latency only: no memory, no tokens/s
+    assert "unknown: 1" in page
+
+
+def test_error_excerpt():
+    assert error_excerpt("Traceback (most recent call last):\n  File x\nRuntimeError: no") == "RuntimeError: no …"
+    assert error_excerpt("x" * 300, limit=10) == "x" * 9 + "…"
+    assert error_excerpt(None) == ""
+
+
+def test_write_html(tmp_path):
+    target = tmp_path / "sub" / "report.html"
+    out = write_html(make_df(), RUNS, target, title="My report")
+    assert out == target and out.is_file()
+    text = out.read_text(encoding="utf-8")
+    assert "<title>My report</title>" in text
+    assert text.count(PLOTLY_SIGNATURE) == 1
+
+
+def test_several_runs_get_separate_lines():
+    df = pd.concat([make_df(), make_df().assign(run_id="run-2")], ignore_index=True)
+    specs = build_figures(df)
+    names = {t.name for t in specs[0].figure.data}
+    assert {"linear/torch [run-1]", "linear/torch [run-2]"} <= names
