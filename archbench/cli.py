@@ -146,7 +146,7 @@ def _check_devices(suite_path: str, cells) -> None:
             _fail(
                 f"{suite_path} asks for a CUDA device and this machine has none (torch {torch.__version__}); "
                 "to run a reduced grid on the CPU instead: "
-                f"archbench run {suite_path} --device cpu --set sweep.seq_len=[1024,2048] --set sweep.batch=[1]"
+                f"archbench run {suite_path} --device cpu --set 'sweep.seq_len=[1024,2048]' --set 'sweep.batch=[1]'"
             )
 
 

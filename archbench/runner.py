@@ -124,7 +124,11 @@ class Runner:
         self.run_dir = run_dir
         self.plugins = list(plugins or [])
         self.base_row = dict(base_row or {})
-        self.env = dict(env or {})
+        if env is None:
+            from archbench.measure.env import collect_env
+
+            env = collect_env(cells[0].device if cells else "cpu")
+        self.env = dict(env)
         self.on_start = on_start
         self.on_row = on_row
         self.worker: Worker | None = None

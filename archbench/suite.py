@@ -277,6 +277,18 @@ def _clean_loc(loc: tuple) -> tuple:
     return tuple(keep)
 
 
+_FRIENDLY = {
+    "greater_than_equal": lambda c: f"must be >= {c.get('ge')}",
+    "greater_than": lambda c: f"must be > {c.get('gt')}",
+    "int_from_float": lambda c: "must be an integer",
+    "int_parsing": lambda c: "must be an integer",
+    "int_type": lambda c: "must be an integer",
+    "string_type": lambda c: "must be a string",
+    "string_pattern_mismatch": lambda c: "must be letters, digits, '_', '.' or '-' (no spaces)",
+    "list_type": lambda c: "must be a list",
+}
+
+
 def _format_error(source: str, err: dict) -> str:
     loc = _clean_loc(tuple(err.get("loc", ())))
     where = _loc_str(loc) or "(top level)"
@@ -287,8 +299,9 @@ def _format_error(source: str, err: dict) -> str:
         return f"{source}: {where}: unknown key{hint}"
     if err.get("type") == "missing":
         return f"{source}: {where}: required key is missing"
-    msg = str(err.get("msg", "invalid value"))
-    msg = msg.removeprefix("Value error, ")
+    msg = _FRIENDLY.get(err.get("type"), lambda ctx: None)(err.get("ctx") or {})
+    if msg is None:
+        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
     got = err.get("input")
     got_s = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
     if got_s and repr(got) in msg:

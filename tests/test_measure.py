@@ -1,0 +1,55 @@
+"""The measurement primitives: statistics, the repeat-until-stable loop, peak memory."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from archbench.measure.memory import PeakMemory, release_free_memory
+from archbench.measure.timing import summarize, time_fn
+
+
+def test_summarize_statistics():
+    s = summarize([5.0, 1.0, 2.0, 3.0, 4.0], warmup_calls=2)
+    assert s.median_s == 3.0 and s.min_s == 1.0 and s.repeats == 5 and s.warmup_calls == 2
+    assert s.p10_s == pytest.approx(np.percentile([1, 2, 3, 4, 5], 10))
+    assert s.iqr_s == pytest.approx(2.0) and s.rel_iqr == pytest.approx(2.0 / 3.0)
+    row = s.as_row()
+    assert row["time_median_s"] == 3.0 and row["time_samples_s"] == [5.0, 1.0, 2.0, 3.0, 4.0]
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+def test_time_fn_warms_up_and_respects_repeat_bounds():
+    calls = []
+    s = time_fn(lambda: calls.append(1), warmup=3, min_repeats=4, max_repeats=4, budget_s=10, target_rel_iqr=0.0)
+    assert s.repeats == 4 and len(calls) == 3 + 4 and s.timer == "perf_counter"
+
+
+def test_time_fn_stops_on_budget():
+    t0 = time.perf_counter()
+    s = time_fn(lambda: time.sleep(0.01), warmup=0, min_repeats=2, max_repeats=10_000, budget_s=0.15, target_rel_iqr=0.0)
+    assert 2 <= s.repeats < 40 and time.perf_counter() - t0 < 2.0
+    assert s.median_s == pytest.approx(0.01, rel=0.5)
+
+
+def test_time_fn_rejects_bad_bounds():
+    with pytest.raises(ValueError):
+        time_fn(lambda: None, min_repeats=5, max_repeats=2)
+
+
+def test_peak_memory_sees_a_transient_allocation():
+    release_free_memory()
+
+    def spike():
+        x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        time.sleep(0.05)
+        del x
+
+    with PeakMemory("cpu") as base:
+        time.sleep(0.02)
+    with PeakMemory("cpu") as pm:
+        spike()
+    assert pm.method == "rss_sampled_1ms"
+    assert pm.peak_bytes - base.peak_bytes > 48 * 2**20

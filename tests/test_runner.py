@@ -1,0 +1,150 @@
+"""Isolation: a raising, crashing (SIGABRT), hanging or OOM-ing cell becomes a row and the
+sweep goes on; exit codes; resume after SIGKILL completes exactly the missing cells."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from archbench.runner import Runner
+from archbench.store import RunDir, load, read_rows
+from archbench.suite import parse_suite
+
+FAST = {"warmup": 1, "min_repeats": 2, "max_repeats": 3, "budget_s": 0.05}
+
+
+def _suite(archs, seq_lens=(16,), timeout_s=60, extra=None):
+    raw = {
+        "name": "iso",
+        "plugins": ["faulty_mixers"],
+        "defaults": {"d_model": 16, "n_heads": 2, "timeout_s": timeout_s, "measure": FAST},
+        "sweep": {"arch": list(archs), "seq_len": list(seq_lens), **(extra or {})},
+    }
+    return parse_suite(raw)
+
+
+def test_failures_are_isolated_and_recorded(tmp_path):
+    suite = _suite(["test_raise", "test_oom", "test_abort", "softmax_attention", "test_hang", "linear_attention"], timeout_s=60)
+    cells = suite.cells()
+    # the hang needs a short timeout; every other cell keeps the long one
+    cells = [c.model_copy(update={"timeout_s": 4.0}) if c.arch == "test_hang" else c for c in cells]
+    run_dir = RunDir(tmp_path / "run").create()
+    summary = Runner(cells, run_dir, plugins=suite.model.plugins).run()
+    rows = {r["arch"]: r for r in run_dir.rows()}
+    assert len(rows) == 6  # every cell has a row; nothing stopped the sweep
+    assert rows["test_raise"]["status"] == "error" and "deliberate failure" in rows["test_raise"]["error"]
+    assert rows["test_oom"]["status"] == "oom"
+    assert rows["test_abort"]["status"] == "error"
+    assert "SIGABRT" in rows["test_abort"]["error"]
+    assert rows["test_hang"]["status"] == "timeout" and "timeout" in rows["test_hang"]["error"]
+    assert rows["softmax_attention"]["status"] == "ok" and rows["linear_attention"]["status"] == "ok"
+    for r in rows.values():
+        assert r["key"] and r["started_at"] and r["env"]["torch"]
+    ok = rows["softmax_attention"]
+    assert ok["time_median_s"] > 0 and ok["repeats"] >= 2 and len(ok["time_samples_s"]) == ok["repeats"]
+    assert ok["tokens_per_s"] > 0 and ok["peak_mem_bytes"] >= 0 and ok["mem_method"].startswith("rss_sampled")
+    assert summary.counts["ok"] == 2 and summary.failed == 3  # error x2 + timeout; oom is a result
+    # the crashed and hung workers were replaced: three worker logs, not one per cell
+    assert len(list(run_dir.logs.glob("worker-*.log"))) == 3
+
+
+def test_healthy_worker_runs_many_cells(tmp_path):
+    suite = _suite(["softmax_attention", "linear_attention"], seq_lens=(8, 16, 32))
+    run_dir = RunDir(tmp_path / "run").create()
+    summary = Runner(suite.cells(), run_dir).run()
+    assert summary.counts["ok"] == 6
+    assert len(list(run_dir.logs.glob("worker-*.log"))) == 1
+
+
+def _cli(args, env, **kw):
+    return subprocess.run([sys.executable, "-m", "archbench.cli", *args], env=env, capture_output=True, text=True, **kw)
+
+
+def _write_suite(tmp_path, archs, seq_lens, name="cli"):
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(
+        textwrap.dedent(
+            f"""
+            name: {name}
+            plugins: [faulty_mixers]
+            defaults:
+              d_model: 16
+              n_heads: 2
+              timeout_s: 60
+              measure: {json.dumps(FAST)}
+            sweep:
+              arch: {json.dumps(archs)}
+              seq_len: {json.dumps(seq_lens)}
+            """
+        )
+    )
+    return p
+
+
+def test_cli_exit_codes(tmp_path, cli_env):
+    bad = _write_suite(tmp_path, ["test_raise", "softmax_attention"], [8], name="bad")
+    r = _cli(["run", str(bad), "--out", str(tmp_path / "a"), "--no-report"], cli_env, timeout=240)
+    assert r.returncode == 1, r.stderr
+    r = _cli(["run", str(bad), "--out", str(tmp_path / "b"), "--no-report", "--allow-failures"], cli_env, timeout=240)
+    assert r.returncode == 0, r.stderr
+    # --out on an existing run without --resume is refused (rows are never clobbered)
+    r = _cli(["run", str(bad), "--out", str(tmp_path / "b")], cli_env, timeout=60)
+    assert r.returncode == 2 and "--resume" in r.stderr
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("name: t\nsweep: {arch: softmax_attention, seq_lenn: [1]}\n")
+    r = _cli(["run", str(typo)], cli_env, timeout=60)
+    assert r.returncode == 2 and "seq_lenn" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_resume_after_sigkill_completes_exactly_the_missing_cells(tmp_path, cli_env):
+    lens = [8, 16, 24, 32, 40, 48]
+    suite = _write_suite(tmp_path, ["test_slow"], lens, name="resume")
+    out = tmp_path / "run"
+    env = dict(cli_env, ARCHBENCH_TEST_SLOW_S="0.25")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "archbench.cli", "run", str(suite), "--out", str(out), "--no-report"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    rows_path = out / "rows.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if len(read_rows(rows_path)) >= 2:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner and its worker, mid-sweep
+    proc.wait()
+    first = read_rows(rows_path)
+    assert 2 <= len(first) < len(lens), "the kill should land mid-sweep"
+    first_keys = {r["key"] for r in first}
+
+    r = _cli(["run", str(suite), "--out", str(out), "--resume", "--no-report"], env, timeout=240)
+    assert r.returncode == 0, r.stderr
+    rows = read_rows(rows_path)
+    second_keys = [r["key"] for r in rows[len(first):]]
+    assert set(second_keys).isdisjoint(first_keys), "resume re-ran a finished cell"
+    assert len(second_keys) == len(set(second_keys)) == len(lens) - len(first)
+    df = load(out)
+    assert sorted(df["seq_len"]) == lens and set(df["status"]) == {"ok"}
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["status"] == "complete" and meta["resumed_at"]
+
+
+def test_resume_reruns_failed_cells_and_load_keeps_the_latest(tmp_path):
+    suite = _suite(["softmax_attention"], seq_lens=(8, 16))
+    cells = suite.cells()
+    run_dir = RunDir(tmp_path / "run").create()
+    run_dir.append({"key": cells[0].key, "status": "error", "error": "flaky", "arch": "softmax_attention", "seq_len": 8})
+    run_dir.append({"key": cells[1].key, "status": "ok", "arch": "softmax_attention", "seq_len": 16})
+    done = run_dir.done_keys()
+    assert done == {cells[1].key}
+    Runner(cells, run_dir).run(skip_keys=done)
+    assert len(read_rows(run_dir.rows_path)) == 3
+    df = load(run_dir.path)
+    assert len(df) == 2 and set(df["status"]) == {"ok"}
+    assert len(load(run_dir.path, all_rows=True)) == 3

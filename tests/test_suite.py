@@ -1,0 +1,133 @@
+"""Suite validation (one-line errors naming file, key path and what is allowed),
+sweep expansion, exclusion, overrides and stable cell keys."""
+
+import textwrap
+
+import pytest
+
+from archbench.suite import SuiteError, load_suite
+
+GOOD = """
+name: t
+defaults: {device: cpu, d_model: 64, n_heads: 4}
+sweep:
+  arch: [softmax_attention, linear_attention]
+  backend: [naive, sdpa, chunked]
+  mode: [fwd, fwd_bwd]
+  seq_len: [64, 128]
+"""
+
+
+def write(tmp_path, text, name="s.yaml"):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def error_of(tmp_path, text):
+    p = write(tmp_path, text)
+    with pytest.raises(SuiteError) as e:
+        load_suite(p)
+    msg = str(e.value)
+    assert "\n" not in msg, f"error should be one line: {msg!r}"
+    assert str(p) in msg, "error should name the file"
+    return msg
+
+
+def test_expansion_is_the_product_minus_missing_backends(tmp_path):
+    cells = load_suite(write(tmp_path, GOOD)).cells()
+    # softmax: naive, sdpa; linear: chunked -> 3 (arch, backend) pairs x 2 modes x 2 lengths
+    assert len(cells) == 12
+    assert {(c.arch, c.backend) for c in cells} == {
+        ("softmax_attention", "naive"),
+        ("softmax_attention", "sdpa"),
+        ("linear_attention", "chunked"),
+    }
+    assert len({c.key for c in cells}) == 12
+    # seq_len is the innermost axis
+    assert [c.seq_len for c in cells[:2]] == [64, 128]
+
+
+def test_keys_are_stable_and_identify_the_measurement(tmp_path):
+    a = {c.label: c.key for c in load_suite(write(tmp_path, GOOD)).cells()}
+    reordered = GOOD.replace("[fwd, fwd_bwd]", "[fwd_bwd, fwd]").replace("defaults: {", "defaults: {timeout_s: 5, ")
+    b = {c.label: c.key for c in load_suite(write(tmp_path, reordered, "r.yaml")).cells()}
+    assert a == b  # order of the sweep and run settings (timeout) do not change keys
+    changed = {c.label: c.key for c in load_suite(write(tmp_path, GOOD.replace("seed", "x").replace("d_model: 64", "d_model: 128"), "c.yaml")).cells()}
+    assert set(changed.values()).isdisjoint(a.values())  # model dims are part of the key
+    assert all(len(k) == 16 and int(k, 16) >= 0 for k in a.values())
+
+
+def test_auto_backend_is_resolved(tmp_path):
+    cells = load_suite(write(tmp_path, GOOD.replace("[naive, sdpa, chunked]", "auto"))).cells()
+    assert {(c.arch, c.backend) for c in cells} == {("softmax_attention", "sdpa"), ("linear_attention", "chunked")}
+
+
+def test_exclude_rules(tmp_path):
+    text = GOOD + "exclude:\n  - {backend: naive, seq_len: {min: 100}}\n  - {arch: linear_attention, mode: fwd_bwd}\n"
+    cells = load_suite(write(tmp_path, text)).cells()
+    assert not any(c.backend == "naive" and c.seq_len >= 100 for c in cells)
+    assert not any(c.arch == "linear_attention" and c.mode == "fwd_bwd" for c in cells)
+    assert len(cells) == 12 - 2 - 2
+
+
+def test_everything_excluded_is_an_error(tmp_path):
+    msg = error_of(tmp_path, GOOD + "exclude:\n  - {device: cpu}\n")
+    assert "no cells" in msg
+
+
+def test_overrides(tmp_path):
+    p = write(tmp_path, GOOD)
+    cells = load_suite(p, ["sweep.seq_len=[32]", "defaults.batch=3"]).cells()
+    assert {c.seq_len for c in cells} == {32} and {c.batch for c in cells} == {3}
+    with pytest.raises(SuiteError, match="KEY=VALUE"):
+        load_suite(p, ["sweep.seq_len"])
+
+
+@pytest.mark.parametrize(
+    "text,expect",
+    [
+        ("name: a\nsweep: {arch: softmax_attention, seq_lenn: [1]}", ["sweep.seq_lenn", "unknown key", "allowed:", "seq_len"]),
+        ("name: a\nsweep: {arch: [softmax_attention, mamba9]}", ["sweep.arch[1]", "mamba9", "known: linear_attention, softmax_attention"]),
+        ("name: a\nsweep: {arch: softmax_attention, batch: [2, -1]}", ["sweep.batch[1]", ">= 1", "-1"]),
+        ("name: a\ndefaults: {batch: 0}\nsweep: {arch: softmax_attention}", ["defaults.batch", ">= 1"]),
+        ("name: a\ndefaults: {measure: {warmpu: 1}}\nsweep: {arch: softmax_attention}", ["defaults.measure.warmpu", "allowed: warmup"]),
+        ("name: a\nsweep: {arch: softmax_attention, mode: [fwd, decodex]}", ["sweep.mode[1]", "decodex", "allowed: fwd, fwd_bwd"]),
+        ("name: a\nsweep: {arch: softmax_attention, dtype: fp8}", ["sweep.dtype", "fp8", "float32"]),
+        ("name: a\nsweep: {arch: softmax_attention, device: tpu}", ["sweep.device", "tpu", "cpu, cuda"]),
+        ("name: a\nsweep: {arch: softmax_attention, backend: fla}", ["sweep.backend", "fla", "allowed: auto"]),
+        ("name: a\nsweep: {arch: linear_attention, backend: naive}", ["sweep.backend", "naive", "allowed: auto, chunked"]),
+        ("name: a\nsweep: {arch: softmax_attention, seq_len: 2.5}", ["sweep.seq_len", "integer"]),
+        ("name: a\nsweep: {arch: softmax_attention, d_model: 100, n_heads: 3}", ["d_model=100", "n_heads=3"]),
+        ("name: a\nsweep: {arch: softmax_attention}\nexclude: [{seq: 1}]", ["exclude[0].seq", "unknown key"]),
+        ("name: a\nsweep: {arch: softmax_attention}\nsweeps: {}", ["sweeps", "unknown key", "allowed: name"]),
+        ("sweep: {arch: softmax_attention}", ["name", "missing"]),
+        ("name: a\n", ["sweep", "missing"]),
+        ("- 1\n", ["YAML mapping"]),
+        ("name: a\nsweep: {arch: [softmax_attention\n", ["invalid YAML"]),
+        ("name: a\nplugins: [no_such_module_xyz]\nsweep: {arch: softmax_attention}", ["plugins", "no_such_module_xyz"]),
+    ],
+)
+def test_validation_errors_are_one_line_and_helpful(tmp_path, text, expect):
+    msg = error_of(tmp_path, text)
+    for part in expect:
+        assert part in msg, f"{part!r} not in {msg!r}"
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(SuiteError, match="not found"):
+        load_suite(tmp_path / "nope.yaml")
+
+
+def test_plugin_archs_are_accepted(tmp_path):
+    text = "name: a\nplugins: [faulty_mixers]\nsweep: {arch: [test_raise, softmax_attention]}"
+    cells = load_suite(write(tmp_path, text)).cells()
+    assert {c.arch for c in cells} == {"test_raise", "softmax_attention"}
+
+
+@pytest.mark.parametrize("path", ["suites/smoke.yaml", "suites/long-context.yaml"])
+def test_shipped_suites_validate(path):
+    from pathlib import Path
+
+    suite = load_suite(Path(__file__).resolve().parent.parent / path)
+    assert suite.cells()
