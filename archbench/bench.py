@@ -7,6 +7,7 @@ worker classify the exception into a row status.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import time
 from typing import Callable
@@ -55,6 +56,12 @@ def _make_call(mode: str, module: torch.nn.Module, x: torch.Tensor) -> Callable[
     raise Unsupported(f"mode {mode!r} is not implemented by the bench")
 
 
+def mixer_config(cell: dict) -> MixerConfig:
+    """The MixerConfig of a cell: every cell field that MixerConfig knows."""
+    fields = {f.name for f in dataclasses.fields(MixerConfig)}
+    return MixerConfig(**{k: v for k, v in cell.items() if k in fields and v is not None})
+
+
 def run_cell(cell: dict) -> dict:
     """Measure one cell (a dict of ``suite.Cell`` fields); returns the measurement fields."""
     device, dtype = cell["device"], cell["dtype"]
@@ -74,13 +81,7 @@ def run_cell(cell: dict) -> dict:
     baseline = current_memory(device)
 
     torch.manual_seed(cell["seed"])
-    config = MixerConfig(
-        d_model=cell["d_model"],
-        n_heads=cell["n_heads"],
-        head_dim=cell.get("head_dim"),
-        n_kv_heads=cell.get("n_kv_heads"),
-        chunk_size=cell.get("chunk_size", 64),
-    )
+    config = mixer_config(cell)
     t_build = time.perf_counter()
     module = spec.build(config, cell["backend"]).to(device=device, dtype=DTYPES[dtype])
     x = torch.randn(cell["batch"], cell["seq_len"], config.d_model, device=device, dtype=DTYPES[dtype])

@@ -21,6 +21,7 @@ path and what is allowed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -29,18 +30,20 @@ from pathlib import Path
 from typing import Any, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from archbench import registry
+from archbench.mixers.base import MixerConfig
+from archbench.spec import DTYPES
 
 MODES = ("fwd", "fwd_bwd")
-DTYPES = registry.DTYPES
 DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 # Cell fields, in the order they expand (seq_len innermost, so one arch's lengths run in order).
 CELL_FIELDS = (
     "arch", "backend", "mode", "dtype", "device", "batch", "d_model", "n_heads",
-    "head_dim", "n_kv_heads", "chunk_size", "threads", "seed", "seq_len",
+    "head_dim", "n_kv_heads", "chunk_size", "d_state", "expand", "conv_size", "window",
+    "block_size", "block_count", "threads", "seed", "seq_len",
 )  # fmt: skip
 # Fields that identify a measurement (the cell key); timeouts and budgets are not among them.
 KEY_FIELDS = CELL_FIELDS
@@ -77,6 +80,12 @@ class CellValues(_Strict):
     head_dim: int | None = Field(None, ge=1)
     n_kv_heads: int | None = Field(None, ge=1)
     chunk_size: int = Field(64, ge=1)
+    d_state: int | None = Field(None, ge=1)
+    expand: int = Field(2, ge=1)
+    conv_size: int = Field(4, ge=0)
+    window: int | None = Field(None, ge=1)
+    block_size: int = Field(64, ge=1)
+    block_count: int = Field(16, ge=1)
     threads: int | None = Field(None, ge=1)
     seed: int = Field(0, ge=0)
 
@@ -114,27 +123,27 @@ class Defaults(CellValues):
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
 
 
-class Sweep(_Strict):
-    arch: Union[str, list[str]]
-    backend: Union[str, list[str], None] = None
-    mode: Union[str, list[str], None] = None
-    dtype: Union[str, list[str], None] = None
-    device: Union[str, list[str], None] = None
-    batch: Union[int, list[int], None] = None
-    seq_len: Union[int, list[int], None] = None
-    d_model: Union[int, list[int], None] = None
-    n_heads: Union[int, list[int], None] = None
-    head_dim: Union[int, list[int], None] = None
-    n_kv_heads: Union[int, list[int], None] = None
-    chunk_size: Union[int, list[int], None] = None
-    threads: Union[int, list[int], None] = None
-    seed: Union[int, list[int], None] = None
-
+class _SweepBase(_Strict):
     def values(self, field: str) -> list[Any] | None:
         v = getattr(self, field)
         if v is None:
             return None
         return v if isinstance(v, list) else [v]
+
+
+def _sweep_type(field: str) -> Any:
+    """A sweep field holds the scalar type of the cell field or a list of it."""
+    ann = CellValues.model_fields[field].annotation
+    scalar = next((a for a in getattr(ann, "__args__", (ann,)) if a is not type(None)), ann)
+    return Union[scalar, list[scalar], None]
+
+
+Sweep = create_model(
+    "Sweep",
+    __base__=_SweepBase,
+    arch=(Union[str, list[str]], ...),
+    **{f: (_sweep_type(f), None) for f in CELL_FIELDS if f != "arch"},
+)
 
 
 class Range(_Strict):
@@ -145,24 +154,9 @@ class Range(_Strict):
 Matcher = Union[int, float, str, list[Union[int, float, str]], Range]
 
 
-class ExcludeRule(_Strict):
-    arch: Matcher | None = None
-    backend: Matcher | None = None
-    mode: Matcher | None = None
-    dtype: Matcher | None = None
-    device: Matcher | None = None
-    batch: Matcher | None = None
-    seq_len: Matcher | None = None
-    d_model: Matcher | None = None
-    n_heads: Matcher | None = None
-    head_dim: Matcher | None = None
-    n_kv_heads: Matcher | None = None
-    chunk_size: Matcher | None = None
-    threads: Matcher | None = None
-    seed: Matcher | None = None
-
+class _ExcludeBase(_Strict):
     def matches(self, cell: dict) -> bool:
-        rules = {k: v for k, v in self.model_dump(exclude_none=True).items()}
+        rules = self.model_dump(exclude_none=True)
         if not rules:
             return False
         for field, m in rules.items():
@@ -180,6 +174,9 @@ class ExcludeRule(_Strict):
             elif value != m:
                 return False
         return True
+
+
+ExcludeRule = create_model("ExcludeRule", __base__=_ExcludeBase, **{f: (Matcher | None, None) for f in CELL_FIELDS})
 
 
 class SuiteModel(_Strict):
@@ -208,6 +205,12 @@ class Cell(BaseModel):
     head_dim: int | None
     n_kv_heads: int | None
     chunk_size: int
+    d_state: int | None
+    expand: int
+    conv_size: int
+    window: int | None
+    block_size: int
+    block_count: int
     threads: int | None
     seed: int
     timeout_s: float
@@ -440,10 +443,9 @@ def expand(model: SuiteModel, source: str = "<suite>") -> list[Cell]:
 
 
 def _check_dims(v: dict, source: str) -> None:
-    if v["head_dim"] is None and v["d_model"] % v["n_heads"]:
-        raise SuiteError(
-            f"{source}: d_model={v['d_model']} is not divisible by n_heads={v['n_heads']}; "
-            "change one of them or set head_dim"
-        )
-    if v["n_kv_heads"] is not None and v["n_heads"] % v["n_kv_heads"]:
-        raise SuiteError(f"{source}: n_heads={v['n_heads']} must be a multiple of n_kv_heads={v['n_kv_heads']}")
+    """Refuse impossible shapes (d_model not divisible by n_heads, ...) before anything runs."""
+    known = {f.name for f in dataclasses.fields(MixerConfig)}
+    try:
+        MixerConfig(**{k: x for k, x in v.items() if k in known and x is not None})
+    except ValueError as e:
+        raise SuiteError(f"{source}: cell {v['arch']} T={v['seq_len']}: {e}") from None

@@ -20,6 +20,7 @@ from torch import nn
 
 from archbench.mixers.base import Mixer, MixerConfig
 from archbench.ops.softmax_attention import softmax_attention
+from archbench.spec import ArchSpec, Backend, Complexity, always, requires_flash_attn
 
 # registry backend name -> op backend name
 OP_BACKEND = {"naive": "torch", "sdpa": "sdpa", "flash_attn": "flash_attn"}
@@ -77,3 +78,26 @@ def softmax_attention_flops(config: MixerConfig, batch: int, seq_len: int) -> fl
     proj = 2 * batch * seq_len * d * (h + 2 * hkv) * hd + 2 * batch * seq_len * h * hd * d
     mix = 2 * batch * h * seq_len * seq_len * hd  # 2 matmuls x 2 flops x T^2/2 x hd
     return float(proj + mix)
+
+
+SPECS = (
+    ArchSpec(
+        name="softmax_attention",
+        family="full/softmax",
+        description="Causal multi-head softmax attention (Vaswani et al., 2017)",
+        paper="Attention Is All You Need (arXiv 1706.03762)",
+        complexity=Complexity(
+            train_time="O(T^2 d)",
+            train_memory="O(T d) fused, O(T^2) naive",
+            decode_time="O(T d) per token",
+            decode_memory="O(T d) KV cache",
+        ),
+        backends=(
+            Backend("flash_attn", "flash-attn package (Dao, 2023)", requires_flash_attn),
+            Backend("sdpa", "torch.nn.functional.scaled_dot_product_attention", always),
+            Backend("naive", "pure-PyTorch reference, materialises the T x T scores", always),
+        ),
+        factory=lambda cfg, backend: SoftmaxAttention(cfg, backend),
+        flops=softmax_attention_flops,
+    ),
+)

@@ -24,8 +24,22 @@ class MixerConfig:
     head_dim: int | None = None  # default d_model // n_heads
     n_kv_heads: int | None = None  # attention only (GQA / MQA); default n_heads
     chunk_size: int = 64  # chunked linear-family references
+    d_state: int | None = None  # SSM state size N (Mamba: 16, Mamba2: 64 when None)
+    expand: int = 2  # inner width multiplier of Mamba-style blocks
+    conv_size: int = 4  # short causal depthwise convolution (0 = none)
+    window: int | None = None  # sliding-window length in tokens (family default when None)
+    block_size: int = 64  # block-sparse attention / NSA block length
+    block_count: int = 16  # NSA selected blocks / block-sparse global blocks
 
     def __post_init__(self) -> None:
+        for name in ("chunk_size", "expand", "block_size", "block_count"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        for name in ("d_state", "window"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.conv_size < 0:
+            raise ValueError(f"conv_size must be >= 0 (got {self.conv_size})")
         if self.d_model < 1 or self.n_heads < 1:
             raise ValueError(f"d_model and n_heads must be >= 1 (got {self.d_model}, {self.n_heads})")
         if self.head_dim is None and self.d_model % self.n_heads:

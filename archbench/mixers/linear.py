@@ -21,6 +21,7 @@ from torch import nn
 
 from archbench.mixers.base import Mixer, MixerConfig
 from archbench.ops.linear_attention import linear_attention, linear_attention_step
+from archbench.spec import ArchSpec, Backend, Complexity, always
 
 BACKENDS = ("chunked",)
 EPS = 1e-6
@@ -76,3 +77,22 @@ def linear_attention_flops(config: MixerConfig, batch: int, seq_len: int) -> flo
     v = hd + 1
     mix = batch * h * seq_len * (4 * hd * v + min(c, seq_len) * (hd + v))
     return float(proj + mix)
+
+
+SPECS = (
+    ArchSpec(
+        name="linear_attention",
+        family="linear/linear-attention",
+        description="Causal linear attention with elu+1 feature map (Katharopoulos et al., 2020)",
+        paper="Transformers are RNNs (arXiv 2006.16236)",
+        complexity=Complexity(
+            train_time="O(T d^2)",
+            train_memory="O(T d + (T/C) d^2)",
+            decode_time="O(d^2) per token",
+            decode_memory="O(d^2) state",
+        ),
+        backends=(Backend("chunked", "pure-PyTorch chunked reference", always),),
+        factory=lambda cfg, backend: LinearAttention(cfg, backend),
+        flops=linear_attention_flops,
+    ),
+)

@@ -1,0 +1,129 @@
+"""What a registry entry is: ArchSpec, its backends and their availability detectors.
+
+This module sits at the bottom of the package (it imports nothing from archbench), so
+every mixer file can declare its own ``SPECS`` next to the code they describe, and
+``archbench.registry`` collects them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Callable
+
+from torch import nn
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class RegistryError(ValueError):
+    """An unknown architecture or backend; the message lists what is available."""
+
+
+# A detector returns None when the backend can run on (device, dtype), else the reason it cannot.
+Detector = Callable[[str, "str | None"], "str | None"]
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    description: str
+    detect: Detector
+
+    def unavailable_reason(self, device: str, dtype: str | None = None) -> str | None:
+        return self.detect(device, dtype)
+
+
+@dataclass(frozen=True)
+class Complexity:
+    train_time: str
+    train_memory: str
+    decode_time: str
+    decode_memory: str
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    name: str
+    family: str  # taxonomy path, e.g. "full/softmax", "linear/linear-attention", "ssm/selective"
+    description: str  # one line, with the paper
+    paper: str
+    complexity: Complexity
+    backends: tuple[Backend, ...]  # in order of preference for backend "auto"
+    factory: Callable[..., nn.Module]  # factory(config: MixerConfig, backend: str) -> Mixer
+    flops: Callable[..., float] | None = None  # forward FLOPs: flops(config, batch, seq_len)
+    has_decode: bool = True
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def backend_names(self) -> list[str]:
+        return [b.name for b in self.backends]
+
+    def backend(self, name: str) -> Backend:
+        for b in self.backends:
+            if b.name == name:
+                return b
+        raise RegistryError(
+            f"architecture {self.name!r} has no backend {name!r}; available: {', '.join(self.backend_names)}"
+        )
+
+    def resolve_backend(self, name: str, device: str, dtype: str | None = None) -> str:
+        """``auto`` -> the first backend that can run on (device, dtype); other names pass through."""
+        if name != "auto":
+            self.backend(name)
+            return name
+        for b in self.backends:
+            if b.unavailable_reason(device, dtype) is None:
+                return b.name
+        return self.backends[-1].name
+
+    def build(self, config, backend: str) -> nn.Module:
+        self.backend(backend)
+        return self.factory(config, backend)
+
+
+# ---- detectors ------------------------------------------------------------------------
+
+
+def always(device: str, dtype: str | None = None) -> str | None:
+    return None
+
+
+def _cuda_reason(device: str) -> str | None:
+    if not device.startswith("cuda"):
+        return f"needs a CUDA device (cell device is {device!r})"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "needs a CUDA device, and torch sees none on this machine"
+    return None
+
+
+def requires_cuda_module(module: str, install_hint: str, dtypes: tuple[str, ...] | None = None) -> Detector:
+    """Available when ``module`` imports, the device is CUDA, and (optionally) the dtype is one of ``dtypes``."""
+
+    def detect(device: str, dtype: str | None = None) -> str | None:
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed ({install_hint})"
+        reason = _cuda_reason(device)
+        if reason:
+            return reason
+        if dtype is not None and dtypes is not None and dtype not in dtypes:
+            return f"{module} supports only {'/'.join(dtypes)}, not {dtype}"
+        return None
+
+    return detect
+
+
+requires_fla = requires_cuda_module("fla", "pip install 'archbench[gpu]' on a CUDA machine")
+requires_mamba_ssm = requires_cuda_module(
+    "mamba_ssm", "a separate CUDA build: pip install --no-build-isolation causal-conv1d mamba-ssm"
+)
+requires_flash_attn = requires_cuda_module(
+    "flash_attn", "a separate CUDA build: pip install flash-attn --no-build-isolation", dtypes=("float16", "bfloat16")
+)
+
+
+def cuda_only(device: str, dtype: str | None = None) -> str | None:
+    """For torch-native fused paths that only make sense on a GPU."""
+    return _cuda_reason(device)
