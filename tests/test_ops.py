@@ -124,3 +124,22 @@ def test_gqa_mixer_state_bytes():
     assert m.state_bytes(batch=3, seq_len=100) == 2 * 3 * 100 * 2 * 8 * 4
     lin = registry.get("linear_attention").build(MixerConfig(d_model=64, n_heads=8), "chunked")
     assert lin.state_bytes(1, 10) == lin.state_bytes(1, 10_000)
+
+
+def test_short_conv_step_matches_forward():
+    from archbench.mixers.common import ShortConv
+
+    torch.manual_seed(0)
+    conv = ShortConv(6, kernel=4, bias=True)
+    x = torch.randn(2, 11, 6)
+    y = conv(x)
+    state = conv.init_state(2)
+    steps = []
+    for t in range(11):
+        y_t, state = conv.step(x[:, t], state)
+        steps.append(y_t)
+    torch.testing.assert_close(torch.stack(steps, 1), y, rtol=1e-5, atol=1e-6)
+    # causal: the future does not leak into the past
+    x2 = x.clone()
+    x2[:, 6:] += 1
+    torch.testing.assert_close(conv(x2)[:, :6], y[:, :6])

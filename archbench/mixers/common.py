@@ -1,0 +1,59 @@
+"""Building blocks shared by several mixers: the short causal convolution and norms.
+
+ShortConv is the depthwise causal 1-D convolution (kernel 4 by default) that Mamba,
+Mamba2, DeltaNet, Gated DeltaNet and friends put in front of their recurrences. Its
+decode form keeps the last ``kernel - 1`` inputs as state.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ShortConv(nn.Module):
+    """Depthwise causal conv over time: x [B, T, C] -> [B, T, C], optional SiLU."""
+
+    def __init__(self, channels: int, kernel: int = 4, activation: bool = True, bias: bool = False):
+        super().__init__()
+        if kernel < 1:
+            raise ValueError(f"kernel must be >= 1, got {kernel}")
+        self.kernel = kernel
+        self.activation = activation
+        self.conv = nn.Conv1d(channels, channels, kernel, groups=channels, padding=kernel - 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T = x.shape[1]
+        y = self.conv(x.transpose(1, 2))[..., :T].transpose(1, 2)
+        return F.silu(y) if self.activation else y
+
+    def init_state(self, batch: int) -> torch.Tensor:
+        w = self.conv.weight
+        return w.new_zeros(batch, w.shape[0], self.kernel - 1)
+
+    def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t [B, C]; state [B, C, kernel-1] holds the previous inputs, oldest first."""
+        window = torch.cat([state, x_t[:, :, None]], dim=-1)  # [B, C, kernel]
+        y = (window * self.conv.weight[:, 0, :]).sum(-1)
+        if self.conv.bias is not None:
+            y = y + self.conv.bias
+        return (F.silu(y) if self.activation else y), window[:, :, 1:]
+
+    def state_bytes(self, batch: int) -> int:
+        return batch * self.conv.weight.shape[0] * (self.kernel - 1) * self.conv.weight.element_size()
+
+
+class HeadRMSNorm(nn.Module):
+    """RMSNorm over the last dim of [..., H, D] with one weight of size D (per-head output norm)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x * self.weight.float()).to(dtype)
