@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from archbench import registry
+from archbench.measure.energy import EnergyResult, energy_source, measure_energy
 from archbench.measure.memory import PeakMemory, current_memory, release_free_memory
 from archbench.measure.timing import time_fn
 from archbench.mixers.base import MixerConfig
@@ -100,12 +101,14 @@ def run_cell(cell: dict) -> dict:
     )
     with PeakMemory(device) as pm:  # one extra, untimed call: the sampler never perturbs timing
         call()
+    energy = _energy(call, device, m)
 
     tokens = cell["batch"] * cell["seq_len"]
     flops = None
     if spec.flops is not None:
         flops = spec.flops(config, cell["batch"], cell["seq_len"]) * (3.0 if cell["mode"] == "fwd_bwd" else 1.0)
     row = stats.as_row()
+    row.update(energy.as_row(tokens_per_call=tokens))
     row.update(
         tokens_per_s=tokens / stats.median_s if stats.median_s > 0 else None,
         peak_mem_bytes=max(0, pm.peak_bytes - baseline),
@@ -119,6 +122,14 @@ def run_cell(cell: dict) -> dict:
         family=spec.family,
     )
     return row
+
+
+def _energy(call: Callable[[], object], device: str, m: dict) -> EnergyResult:
+    if not m.get("energy", True):
+        return EnergyResult("none", reason="disabled in the suite (measure.energy: false)")
+    source, reason = energy_source(device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.startswith("cuda") else None
+    return measure_energy(call, source, reason=reason, min_window_s=m.get("energy_window_s", 1.0), sync=sync)
 
 
 def _state_bytes(module: torch.nn.Module, cell: dict) -> int | None:

@@ -63,6 +63,8 @@ class MeasureConfig(_Strict):
     max_repeats: int = Field(200, ge=1)
     budget_s: float = Field(2.0, gt=0)
     target_rel_iqr: float = Field(0.05, gt=0)
+    energy: bool = True  # measure energy where a counter exists (NVML / RAPL); else recorded as none
+    energy_window_s: float = Field(1.0, gt=0)
 
 
 class CellValues(_Strict):

@@ -36,6 +36,7 @@ def classify(exc: BaseException) -> tuple[str, str]:
 
 def main(conn, log_path: str | None, plugins: list[str]) -> None:  # pragma: no cover - runs in a child
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the runner's to handle
+    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # torch and NVML number GPUs alike
     if log_path:
         log = open(log_path, "a", buffering=1)
         os.dup2(log.fileno(), 1)

@@ -58,7 +58,8 @@ class LinearAttention(Mixer):
 
     def init_state(self, batch: int) -> torch.Tensor:
         h, hd = self.config.n_heads, self.config.hd
-        return self.qkv.weight.new_zeros(batch, h, hd, hd + 1, dtype=torch.float32)
+        dtype = torch.promote_types(self.qkv.weight.dtype, torch.float32)
+        return self.qkv.weight.new_zeros(batch, h, hd, hd + 1, dtype=dtype)
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q, k, v = self._project(x_t)

@@ -85,12 +85,13 @@ def linear_attention_step(
     state: torch.Tensor,
     scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One decode step: q, k [B, H, K], v [B, H, V], state [B, H, K, V] (fp32).
+    """One decode step: q, k [B, H, K], v [B, H, V], state [B, H, K, V] (fp32, or fp64 for fp64 inputs).
 
     Returns ``(o [B, H, V], new_state)``.
     """
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    state = state + torch.einsum("bhk,bhv->bhkv", k.float(), v.float())
-    o = torch.einsum("bhk,bhkv->bhv", q.float(), state) * scale
+    acc = torch.promote_types(state.dtype, torch.promote_types(q.dtype, torch.float32))
+    state = state.to(acc) + torch.einsum("bhk,bhv->bhkv", k.to(acc), v.to(acc))
+    o = torch.einsum("bhk,bhkv->bhv", q.to(acc), state) * scale
     return o.to(v.dtype), state
