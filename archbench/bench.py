@@ -1,5 +1,15 @@
 """Run one cell in this process: build the mixer from the registry, make inputs, time the
-mode, measure its memory, and return the measurement fields of a row.
+mode, measure its memory and energy, and return the measurement fields of a row.
+
+Modes:
+  ``fwd``      the parallel form under ``torch.no_grad()``: one training/inference forward.
+  ``fwd_bwd``  forward + backward against a fixed random output gradient (a training step
+               without the optimiser), gradients reset before each call.
+  ``prefill``  ``prefill(x)`` over a T-token prompt: the parallel form that also returns the
+               decode state (KV cache or recurrent state).
+  ``decode``   ``decode_tokens`` calls of ``step`` continuing from the state of a T-token
+               context (built untimed by ``prefill``, and restored untimed before each timed
+               call); reported per call and per token, with the state's bytes.
 
 Called inside a worker process (``archbench.worker``); raises on failure and lets the
 worker classify the exception into a row status.
@@ -7,9 +17,11 @@ worker classify the exception into a row status.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import gc
 import time
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -21,10 +33,22 @@ from archbench.measure.timing import time_fn
 from archbench.mixers.base import MixerConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MODES = ("fwd", "fwd_bwd", "prefill", "decode")
 
 
 class Unsupported(Exception):
     """The cell cannot run here (backend unavailable, dtype unsupported, ...)."""
+
+
+@dataclass
+class Workload:
+    """What the timer calls, what it resets untimed before each call, and what one call is worth."""
+
+    call: Callable[[], object]
+    tokens_per_call: int
+    setup: Callable[[], None] | None = None
+    flops_factor: float = 1.0  # x forward FLOPs
+    extra: dict = field(default_factory=dict)
 
 
 def _device_ready(device: str) -> None:
@@ -32,7 +56,8 @@ def _device_ready(device: str) -> None:
         raise Unsupported("cell asks for a CUDA device and torch sees none (torch %s)" % torch.__version__)
 
 
-def _make_call(mode: str, module: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
+def _workload(cell: dict, module: torch.nn.Module, x: torch.Tensor) -> Workload:
+    mode, B, T = cell["mode"], cell["batch"], cell["seq_len"]
     if mode == "fwd":
         module.eval()
 
@@ -40,7 +65,7 @@ def _make_call(mode: str, module: torch.nn.Module, x: torch.Tensor) -> Callable[
             with torch.no_grad():
                 return module(x)
 
-        return fwd
+        return Workload(fwd, B * T)
     if mode == "fwd_bwd":
         module.train()
         x.requires_grad_(True)
@@ -50,11 +75,36 @@ def _make_call(mode: str, module: torch.nn.Module, x: torch.Tensor) -> Callable[
             for p in module.parameters():
                 p.grad = None
             x.grad = None
-            y = module(x)
-            y.backward(grad_out)
+            module(x).backward(grad_out)
 
-        return fwd_bwd
-    raise Unsupported(f"mode {mode!r} is not implemented by the bench")
+        return Workload(fwd_bwd, B * T, flops_factor=3.0)
+    if mode == "prefill":
+        module.eval()
+
+        def prefill():
+            with torch.no_grad():
+                return module.prefill(x)
+
+        return Workload(prefill, B * T)
+    if mode == "decode":
+        module.eval()
+        n = int(cell["measure"].get("decode_tokens", 16))
+        with torch.no_grad():
+            _, context_state = module.prefill(x)
+        xs = torch.randn(B, n, x.shape[-1], device=x.device, dtype=x.dtype)
+        live = {}
+
+        def restore():
+            live["state"] = copy.deepcopy(context_state)
+
+        def decode():
+            with torch.no_grad():
+                state = live["state"]
+                for i in range(n):
+                    _, state = module.step(xs[:, i], state)
+
+        return Workload(decode, B * n, setup=restore, flops_factor=0.0, extra={"decode_tokens": n})
+    raise Unsupported(f"mode {mode!r} is not implemented by the bench; modes: {', '.join(MODES)}")
 
 
 def mixer_config(cell: dict) -> MixerConfig:
@@ -70,6 +120,8 @@ def run_cell(cell: dict) -> dict:
     reason = spec.backend(cell["backend"]).unavailable_reason(device, dtype)
     if reason:
         raise Unsupported(f"backend {cell['backend']!r} of {cell['arch']!r} unavailable: {reason}")
+    if cell["mode"] in ("prefill", "decode") and not spec.has_decode:
+        raise Unsupported(f"{cell['arch']!r} has no recurrent/decode form, so no {cell['mode']} mode")
     _device_ready(device)
     if cell.get("threads"):
         torch.set_num_threads(int(cell["threads"]))
@@ -86,31 +138,36 @@ def run_cell(cell: dict) -> dict:
     t_build = time.perf_counter()
     module = spec.build(config, cell["backend"]).to(device=device, dtype=DTYPES[dtype])
     x = torch.randn(cell["batch"], cell["seq_len"], config.d_model, device=device, dtype=DTYPES[dtype])
-    call = _make_call(cell["mode"], module, x)
+    work = _workload(cell, module, x)
     build_s = time.perf_counter() - t_build
 
     m = cell["measure"]
     stats = time_fn(
-        call,
+        work.call,
         device=device,
+        setup=work.setup,
         warmup=m["warmup"],
         min_repeats=m["min_repeats"],
         max_repeats=max(m["max_repeats"], m["min_repeats"]),
         budget_s=m["budget_s"],
         target_rel_iqr=m["target_rel_iqr"],
     )
+    if work.setup:
+        work.setup()
     with PeakMemory(device) as pm:  # one extra, untimed call: the sampler never perturbs timing
-        call()
-    energy = _energy(call, device, m)
+        work.call()
+    energy = _energy(work, device, m)
 
-    tokens = cell["batch"] * cell["seq_len"]
     flops = None
-    if spec.flops is not None:
-        flops = spec.flops(config, cell["batch"], cell["seq_len"]) * (3.0 if cell["mode"] == "fwd_bwd" else 1.0)
+    if spec.flops is not None and work.flops_factor:
+        flops = spec.flops(config, cell["batch"], cell["seq_len"]) * work.flops_factor
     row = stats.as_row()
-    row.update(energy.as_row(tokens_per_call=tokens))
+    row.update(energy.as_row(tokens_per_call=work.tokens_per_call))
+    row.update(work.extra)
+    if "decode_tokens" in work.extra:
+        row["latency_per_token_s"] = stats.median_s / work.extra["decode_tokens"]
     row.update(
-        tokens_per_s=tokens / stats.median_s if stats.median_s > 0 else None,
+        tokens_per_s=work.tokens_per_call / stats.median_s if stats.median_s > 0 else None,
         peak_mem_bytes=max(0, pm.peak_bytes - baseline),
         mem_method=pm.method + "_above_baseline",
         state_bytes=_state_bytes(module, cell),
@@ -124,12 +181,20 @@ def run_cell(cell: dict) -> dict:
     return row
 
 
-def _energy(call: Callable[[], object], device: str, m: dict) -> EnergyResult:
+def _energy(work: Workload, device: str, m: dict) -> EnergyResult:
     if not m.get("energy", True):
         return EnergyResult("none", reason="disabled in the suite (measure.energy: false)")
     source, reason = energy_source(device)
+    if source is None:
+        return EnergyResult("none", reason=reason)
     sync = (lambda: torch.cuda.synchronize(device)) if device.startswith("cuda") else None
-    return measure_energy(call, source, reason=reason, min_window_s=m.get("energy_window_s", 1.0), sync=sync)
+
+    def call():
+        if work.setup:
+            work.setup()
+        work.call()
+
+    return measure_energy(call, source, min_window_s=m.get("energy_window_s", 1.0), sync=sync)
 
 
 def _state_bytes(module: torch.nn.Module, cell: dict) -> int | None:

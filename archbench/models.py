@@ -101,6 +101,13 @@ class Block(nn.Module):
             h = h + self.ffn(self.norm2(h))
         return h
 
+    def prefill(self, h: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        y, state = self.mixer.prefill(self.norm1(h))
+        h = h + y
+        if self.ffn is not None:
+            h = h + self.ffn(self.norm2(h))
+        return h, state
+
     def step(self, h_t: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         y, state = self.mixer.step(self.norm1(h_t), state)
         h_t = h_t + y
@@ -133,6 +140,13 @@ class Stack(Mixer):
 
     def init_state(self, batch: int) -> list:
         return [b.mixer.init_state(batch) for b in self.blocks]
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, list]:
+        states = []
+        for block in self.blocks:
+            x, s = block.prefill(x)
+            states.append(s)
+        return self.norm(x), states
 
     def step(self, x_t: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
         new = []

@@ -36,7 +36,7 @@ from archbench import registry
 from archbench.mixers.base import MixerConfig
 from archbench.spec import DTYPES
 
-MODES = ("fwd", "fwd_bwd")
+MODES = ("fwd", "fwd_bwd", "prefill", "decode")
 DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 # Cell fields, in the order they expand (seq_len innermost, so one arch's lengths run in order).
@@ -65,6 +65,7 @@ class MeasureConfig(_Strict):
     target_rel_iqr: float = Field(0.05, gt=0)
     energy: bool = True  # measure energy where a counter exists (NVML / RAPL); else recorded as none
     energy_window_s: float = Field(1.0, gt=0)
+    decode_tokens: int = Field(16, ge=1)  # decode mode: tokens generated per timed call
 
 
 class CellValues(_Strict):

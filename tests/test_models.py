@@ -56,3 +56,15 @@ def test_lm_forward_and_decode():
         lt, state = lm.step(ids[:, t], state)
         out.append(lt)
     torch.testing.assert_close(torch.stack(out, 1), logits, rtol=1e-4, atol=1e-4)
+
+
+def test_stack_prefill_then_step():
+    torch.manual_seed(0)
+    stack = build_stack(CFG, "AL", FACTORIES, ffn="swiglu")
+    x = torch.randn(2, 10, 32)
+    y = stack(x)
+    y_pre, state = stack.prefill(x[:, :6])
+    torch.testing.assert_close(y_pre, y[:, :6], rtol=1e-5, atol=1e-5)
+    for t in range(6, 10):
+        y_t, state = stack.step(x[:, t], state)
+        torch.testing.assert_close(y_t, y[:, t], rtol=1e-4, atol=1e-5)

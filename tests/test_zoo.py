@@ -66,3 +66,18 @@ def test_declares_state_bytes_flops_and_complexity(built):
     c = spec.complexity
     assert c.train_time and c.decode_time and c.decode_memory
     assert spec.family.count("/") >= 1 and spec.description and spec.paper
+
+
+def test_prefill_state_continues_like_step(built):
+    """prefill(x[:, :t]) returns forward's outputs and a state from which step continues exactly."""
+    spec, m = built
+    if not spec.has_decode:
+        pytest.skip(f"{spec.name} declares no decode form")
+    x = torch.randn(2, T, CFG.d_model, dtype=torch.float64)
+    with torch.no_grad():
+        y = m(x)
+        y_pre, state = m.prefill(x[:, :12])
+        torch.testing.assert_close(y_pre, y[:, :12], rtol=1e-7, atol=1e-8)
+        for t in range(12, T):
+            y_t, state = m.step(x[:, t], state)
+            torch.testing.assert_close(y_t, y[:, t], rtol=1e-7, atol=1e-8)

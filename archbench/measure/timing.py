@@ -5,6 +5,8 @@ of the numbers), then timed calls until at least ``min_repeats`` samples exist a
 spread (IQR / median) is under ``target_rel_iqr``, or ``budget_s`` of timed work is
 spent, or ``max_repeats`` samples exist. Every raw sample is kept.
 
+An optional ``setup`` runs before each call, outside the timed region.
+
 CPU: ``time.perf_counter`` around each call. CUDA: a pair of CUDA events around each call,
 synchronised once per call before its elapsed time is read.
 """
@@ -76,12 +78,14 @@ def _rel_iqr(samples: list[float]) -> float:
     return float(q3 - q1) / float(med) if med > 0 else float("inf")
 
 
-def _cuda_call_timer(fn: Callable[[], object]) -> Callable[[], float]:
+def _cuda_call_timer(fn: Callable[[], object], setup: Callable[[], None] | None) -> Callable[[], float]:
     import torch
 
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
     def timed() -> float:
+        if setup:
+            setup()
         start.record()
         fn()
         end.record()
@@ -91,8 +95,10 @@ def _cuda_call_timer(fn: Callable[[], object]) -> Callable[[], float]:
     return timed
 
 
-def _cpu_call_timer(fn: Callable[[], object]) -> Callable[[], float]:
+def _cpu_call_timer(fn: Callable[[], object], setup: Callable[[], None] | None) -> Callable[[], float]:
     def timed() -> float:
+        if setup:
+            setup()
         t0 = time.perf_counter()
         fn()
         return time.perf_counter() - t0
@@ -104,13 +110,17 @@ def time_fn(
     fn: Callable[[], object],
     *,
     device: str = "cpu",
+    setup: Callable[[], None] | None = None,
     warmup: int = 3,
     min_repeats: int = 5,
     max_repeats: int = 200,
     budget_s: float = 2.0,
     target_rel_iqr: float = 0.05,
 ) -> TimingStats:
-    """Time ``fn`` following the module's protocol and return its statistics."""
+    """Time ``fn`` following the module's protocol and return its statistics.
+
+    ``setup``, when given, runs untimed before every call (e.g. restoring a decode state).
+    """
     if min_repeats < 1 or max_repeats < min_repeats:
         raise ValueError(f"need 1 <= min_repeats <= max_repeats (got {min_repeats}, {max_repeats})")
     cuda = device.startswith("cuda")
@@ -118,7 +128,7 @@ def time_fn(
         import torch
 
         torch.cuda.synchronize()
-    timed = _cuda_call_timer(fn) if cuda else _cpu_call_timer(fn)
+    timed = _cuda_call_timer(fn, setup) if cuda else _cpu_call_timer(fn, setup)
     for _ in range(warmup):
         timed()
     samples: list[float] = []

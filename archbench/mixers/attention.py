@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from archbench.mixers.base import Mixer, MixerConfig
@@ -46,6 +47,13 @@ class SoftmaxAttention(Mixer):
         q, k, v = self._project(x)
         o = softmax_attention(q, k, v, causal=True, backend=OP_BACKEND[self.backend])
         return self.out(o.flatten(2))
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Forward over the prompt; the KV cache is its keys and values (room for 16 more)."""
+        q, k, v = self._project(x)
+        o = softmax_attention(q, k, v, causal=True, backend=OP_BACKEND[self.backend])
+        pad = (0, 0, 0, 0, 0, 16)
+        return self.out(o.flatten(2)), {"k": F.pad(k, pad), "v": F.pad(v, pad), "len": x.shape[1]}
 
     def init_state(self, batch: int) -> dict[str, Any]:
         """An empty KV cache; it grows (doubling its capacity) as tokens are decoded."""

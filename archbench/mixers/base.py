@@ -2,7 +2,7 @@
 
 A mixer maps x [B, T, D] -> y [B, T, D] in parallel form (``forward``: training and
 prefill) and, where the family has one, token by token (``init_state`` + ``step``:
-decode). ``state_bytes`` is the analytic size of the decode state after ``seq_len``
+decode); ``prefill`` is the parallel form that also returns the decode state. ``state_bytes`` is the analytic size of the decode state after ``seq_len``
 tokens (the KV cache for attention, the fixed recurrent state for linear families).
 """
 
@@ -73,6 +73,18 @@ class Mixer(nn.Module):
 
     def step(self, x_t: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         raise NotImplementedError(f"{type(self).__name__} has no recurrent (decode) form")
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """The parallel form over a prompt that also returns the decode state.
+
+        This default runs ``forward`` and then builds the state token by token with ``step``
+        (correct but slow); families override it with their op's final state.
+        """
+        y = self.forward(x)
+        state = self.init_state(x.shape[0])
+        for t in range(x.shape[1]):
+            _, state = self.step(x[:, t], state)
+        return y, state
 
     def state_bytes(self, batch: int, seq_len: int) -> int:
         raise NotImplementedError

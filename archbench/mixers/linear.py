@@ -56,6 +56,11 @@ class LinearAttention(Mixer):
         o, _ = linear_attention(q, k, v, scale=1.0, chunk_size=self.config.chunk_size)
         return self.out(self._normalise(o).flatten(2))
 
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q, k, v = self._project(x)
+        o, state = linear_attention(q, k, v, scale=1.0, chunk_size=self.config.chunk_size, output_final_state=True)
+        return self.out(self._normalise(o).flatten(2)), state
+
     def init_state(self, batch: int) -> torch.Tensor:
         h, hd = self.config.n_heads, self.config.hd
         dtype = torch.promote_types(self.qkv.weight.dtype, torch.float32)
