@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 
+from archbench import hybrids
 from archbench.mixers import attention, linear
 from archbench.spec import (  # noqa: F401 - re-exported for plugins
     DTYPES,
@@ -68,3 +69,6 @@ def load_plugins(modules: list[str] | tuple[str, ...]) -> None:
 for _module in CATALOGUE:
     for _spec in _module.SPECS:
         register(_spec)
+# Hybrids are compositions of the entries above.
+for _spec in hybrids.specs(get):
+    register(_spec)

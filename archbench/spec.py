@@ -68,7 +68,10 @@ class ArchSpec:
         )
 
     def resolve_backend(self, name: str, device: str, dtype: str | None = None) -> str:
-        """``auto`` -> the first backend that can run on (device, dtype); other names pass through."""
+        """``auto`` -> the first backend that can run on (device, dtype); ``reference`` -> the
+        pure-PyTorch reference (listed last by convention); other names pass through."""
+        if name == "reference" and "reference" not in self.backend_names:
+            return self.backends[-1].name
         if name != "auto":
             self.backend(name)
             return name

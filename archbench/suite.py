@@ -417,13 +417,14 @@ def expand(model: SuiteModel, source: str = "<suite>") -> list[Cell]:
     backends = axes[CELL_FIELDS.index("backend")]
     specs = {a: registry.get(a) for a in archs}
     all_backends = sorted({b for s in specs.values() for b in s.backend_names})
+    generic = ("auto", "reference")
     for b in backends:
-        if b != "auto" and b not in all_backends:
+        if b not in generic and b not in all_backends:
             raise SuiteError(
-                f"{source}: sweep.backend: {b!r} is not a backend of any swept arch; allowed: auto, {', '.join(all_backends)}"
+                f"{source}: sweep.backend: {b!r} is not a backend of any swept arch; allowed: auto, reference, {', '.join(all_backends)}"
             )
     for a, s in specs.items():
-        if not any(b == "auto" or b in s.backend_names for b in backends):
+        if not any(b in generic or b in s.backend_names for b in backends):
             raise SuiteError(
                 f"{source}: sweep.backend: none of {backends} is a backend of {a!r} (it has: {', '.join(s.backend_names)}); add one or use auto"
             )
@@ -432,7 +433,7 @@ def expand(model: SuiteModel, source: str = "<suite>") -> list[Cell]:
     for combo in itertools.product(*axes):
         values = dict(zip(CELL_FIELDS, combo))
         spec = specs[values["arch"]]
-        if values["backend"] != "auto" and values["backend"] not in spec.backend_names:
+        if values["backend"] not in generic and values["backend"] not in spec.backend_names:
             continue
         values["backend"] = spec.resolve_backend(values["backend"], values["device"], values["dtype"])
         if any(rule.matches(values) for rule in model.exclude):

@@ -131,3 +131,8 @@ def test_shipped_suites_validate(path):
 
     suite = load_suite(Path(__file__).resolve().parent.parent / path)
     assert suite.cells()
+
+
+def test_reference_backend_keyword(tmp_path):
+    cells = load_suite(write(tmp_path, GOOD.replace("[naive, sdpa, chunked]", "reference"))).cells()
+    assert {(c.arch, c.backend) for c in cells} == {("softmax_attention", "naive"), ("linear_attention", "chunked")}

@@ -1,0 +1,197 @@
+"""Hybrid architectures, composed from the mixers of the catalogue.
+
+Inter-layer hybrids interleave mixer families across depth, as a layer pattern over a
+``models.Stack`` (pre-norm blocks with an FFN):
+
+    pattern letter -> mixer:  A softmax attention   S sliding-window attention
+                              M Mamba2              m Mamba
+                              D Gated DeltaNet      L linear attention
+
+Intra-layer hybrids run two mixers on the same input inside one layer (Hymba-like:
+attention heads and SSM heads in parallel, each output normalised, then averaged).
+
+A hybrid's backends are ``fused`` (every component on its preferred fused backend;
+available only when all of them are) and ``reference`` (every component on its
+pure-PyTorch reference). This module does not import the registry: the registry passes
+its lookup function to ``specs`` (arrows point down).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from archbench.mixers.base import Mixer, MixerConfig
+from archbench.mixers.common import HeadRMSNorm
+from archbench.models import build_stack
+from archbench.spec import ArchSpec, Backend, Complexity
+
+LETTERS = {
+    "A": "softmax_attention",
+    "S": "sliding_window_attention",
+    "M": "mamba2",
+    "m": "mamba",
+    "D": "gated_deltanet",
+    "L": "linear_attention",
+}
+
+Lookup = Callable[[str], ArchSpec]
+
+
+def component_backend(spec: ArchSpec, hybrid_backend: str) -> str:
+    """The backend a component uses inside a hybrid built with ``hybrid_backend``."""
+    return spec.backends[0].name if hybrid_backend == "fused" else spec.backends[-1].name
+
+
+def _fused_detector(components: list[ArchSpec]):
+    def detect(device: str, dtype: str | None = None) -> str | None:
+        for spec in components:
+            reason = spec.backends[0].unavailable_reason(device, dtype)
+            if reason:
+                return f"{spec.name} ({spec.backends[0].name}): {reason}"
+        return None
+
+    return detect
+
+
+def _backends(components: list[ArchSpec]) -> tuple[Backend, ...]:
+    return (
+        Backend("fused", "every component on its preferred fused backend", _fused_detector(components)),
+        Backend("reference", "every component on its pure-PyTorch reference", lambda device, dtype=None: None),
+    )
+
+
+def _sum_flops(components: list[tuple[ArchSpec, int]]):
+    def flops(config: MixerConfig, batch: int, seq_len: int) -> float:
+        total = 0.0
+        for spec, count in components:
+            if spec.flops is not None:
+                total += count * spec.flops(config, batch, seq_len)
+        return total
+
+    return flops
+
+
+@dataclass(frozen=True)
+class Hybrid:
+    name: str
+    pattern: str
+    ffn: str
+    description: str
+    paper: str
+
+
+INTER_LAYER = (
+    Hybrid("hybrid_mamba2_attention", "AMMM", "swiglu",
+           "Mamba2 layers with one attention layer in four (Waleffe et al., 2024)",
+           "An Empirical Study of Mamba-based Language Models (arXiv 2406.07887)"),
+    Hybrid("hybrid_jamba", "mmAm", "moe",
+           "Jamba-like: Mamba layers, one attention layer in four, top-2 MoE FFNs (Lieber et al., 2024)",
+           "Jamba: A Hybrid Transformer-Mamba Language Model (arXiv 2403.19887)"),
+    Hybrid("hybrid_samba", "mSmS", "swiglu",
+           "Samba-like: Mamba interleaved with sliding-window attention (Ren et al., 2024)",
+           "Samba: Simple Hybrid State Space Models for Efficient Unlimited Context Language Modeling (arXiv 2406.07522)"),
+    Hybrid("hybrid_gated_deltanet", "DDDA", "swiglu",
+           "Gated DeltaNet layers with one attention layer in four (Yang et al., 2024)",
+           "Gated Delta Networks: Improving Mamba2 with Delta Rule (arXiv 2412.06464)"),
+)  # fmt: skip
+
+
+def _inter_layer_spec(h: Hybrid, lookup: Lookup) -> ArchSpec:
+    letters = sorted(set(h.pattern))
+    comps = {c: lookup(LETTERS[c]) for c in letters}
+
+    def factory(config: MixerConfig, backend: str) -> Mixer:
+        factories = {
+            c: (lambda cfg, s=s: s.build(cfg, component_backend(s, backend))) for c, s in comps.items()
+        }
+        return build_stack(config, h.pattern, factories, ffn=h.ffn, backend=backend)
+
+    has_attention = any(LETTERS[c] == "softmax_attention" for c in letters)
+    return ArchSpec(
+        name=h.name,
+        family="hybrid/inter-layer",
+        description=f"{h.description}; pattern {h.pattern}",
+        paper=h.paper,
+        complexity=Complexity(
+            train_time="O(T^2 d) from its attention layers" if has_attention else "O(T d^2)",
+            train_memory="O(T d)",
+            decode_time="O(T d) per token (KV cache of its attention layers)" if has_attention else "O(d^2) per token",
+            decode_memory="O(T d) for attention layers + O(d N) per SSM layer" if has_attention else "O(d N) per layer",
+        ),
+        backends=_backends(list(comps.values())),
+        factory=factory,
+        flops=_sum_flops([(comps[c], h.pattern.count(c)) for c in letters]),  # FFN FLOPs not counted
+        has_decode=all(s.has_decode for s in comps.values()),
+    )
+
+
+class ParallelHybrid(Mixer):
+    """Hymba-style intra-layer hybrid: y = (b1 * norm(attn(x)) + b2 * norm(ssm(x))) / 2."""
+
+    def __init__(self, config: MixerConfig, attn: Mixer, ssm: Mixer, backend: str):
+        super().__init__()
+        self.config, self.backend = config, backend
+        self.attn, self.ssm = attn, ssm
+        self.norm_attn, self.norm_ssm = HeadRMSNorm(config.d_model), HeadRMSNorm(config.d_model)
+        self.beta = nn.Parameter(torch.ones(2))
+
+    def _mix(self, ya: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (self.beta[0] * self.norm_attn(ya) + self.beta[1] * self.norm_ssm(ys))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._mix(self.attn(x), self.ssm(x))
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        ya, sa = self.attn.prefill(x)
+        ys, ss = self.ssm.prefill(x)
+        return self._mix(ya, ys), (sa, ss)
+
+    def init_state(self, batch: int) -> Any:
+        return (self.attn.init_state(batch), self.ssm.init_state(batch))
+
+    def step(self, x_t: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        ya, sa = self.attn.step(x_t, state[0])
+        ys, ss = self.ssm.step(x_t, state[1])
+        return self._mix(ya, ys), (sa, ss)
+
+    def state_bytes(self, batch: int, seq_len: int) -> int:
+        return int(self.attn.state_bytes(batch, seq_len)) + int(self.ssm.state_bytes(batch, seq_len))
+
+
+def _hymba_spec(lookup: Lookup) -> ArchSpec:
+    attn, ssm = lookup("sliding_window_attention"), lookup("mamba2")
+
+    def factory(config: MixerConfig, backend: str) -> Mixer:
+        return ParallelHybrid(
+            config, attn.build(config, component_backend(attn, backend)), ssm.build(config, component_backend(ssm, backend)), backend
+        )
+
+    return ArchSpec(
+        name="hybrid_hymba",
+        family="hybrid/intra-layer",
+        description="Hymba-like: sliding-window attention and Mamba2 heads in parallel in every layer (Dong et al., 2024)",
+        paper="Hymba: A Hybrid-head Architecture for Small Language Models (arXiv 2411.13676)",
+        complexity=Complexity("O(T W d + T d N)", "O(T d)", "O(W d + d N) per token", "O(W d + d N)"),
+        backends=_backends([attn, ssm]),
+        factory=factory,
+        flops=_sum_flops([(attn, 1), (ssm, 1)]),
+    )
+
+
+def specs(lookup: Lookup) -> tuple[ArchSpec, ...]:
+    """Every hybrid whose components are registered (a missing component skips that hybrid)."""
+    out = []
+    for h in INTER_LAYER:
+        try:
+            out.append(_inter_layer_spec(h, lookup))
+        except ValueError:  # RegistryError: a component family is not in this build
+            continue
+    try:
+        out.append(_hymba_spec(lookup))
+    except ValueError:
+        pass
+    return tuple(out)
