@@ -96,7 +96,7 @@ def test_overrides(tmp_path):
         ("name: a\nsweep: {arch: softmax_attention, dtype: fp8}", ["sweep.dtype", "fp8", "float32"]),
         ("name: a\nsweep: {arch: softmax_attention, device: tpu}", ["sweep.device", "tpu", "cpu, cuda"]),
         ("name: a\nsweep: {arch: softmax_attention, backend: fla}", ["sweep.backend", "fla", "allowed: auto"]),
-        ("name: a\nsweep: {arch: linear_attention, backend: naive}", ["sweep.backend", "naive", "allowed: auto, chunked"]),
+        ("name: a\nsweep: {arch: linear_attention, backend: naive}", ["sweep.backend", "naive", "allowed: auto, reference, chunked"]),
         ("name: a\nsweep: {arch: softmax_attention, seq_len: 2.5}", ["sweep.seq_len", "integer"]),
         ("name: a\nsweep: {arch: softmax_attention, d_model: 100, n_heads: 3}", ["d_model (100)", "n_heads (3)"]),
         ("name: a\nsweep: {arch: softmax_attention}\nexclude: [{seq: 1}]", ["exclude[0].seq", "unknown key"]),
