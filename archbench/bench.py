@@ -126,6 +126,7 @@ def run_cell(cell: dict) -> dict:
     if cell.get("threads"):
         torch.set_num_threads(int(cell["threads"]))
 
+    torch._dynamo.reset()  # compiled backends (flex) compile afresh in this cell's warm-up, under no recompile limit
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()

@@ -29,7 +29,7 @@ class MixerConfig:
     conv_size: int = 4  # short causal depthwise convolution (0 = none)
     window: int | None = None  # sliding-window length in tokens (family default when None)
     block_size: int = 64  # block-sparse attention / NSA block length
-    block_count: int = 16  # NSA selected blocks / block-sparse global blocks
+    block_count: int = 16  # NSA: number of selected blocks per query
 
     def __post_init__(self) -> None:
         for name in ("chunk_size", "expand", "block_size", "block_count"):

@@ -1,0 +1,440 @@
+"""Sparse attention: a static pattern (sliding window, block-sparse local + global) or a
+dynamic, content-chosen one (Native Sparse Attention).
+
+All three keep the projections of softmax attention (``archbench.mixers.attention``):
+q = x W_q, k = x W_k, v = x W_v with grouped-query sharing (n_kv_heads), o W_o, and no
+positional encoding of their own, and restrict which keys each query may see.
+
+**Sliding-window attention** (Beltagy et al., 2020, Longformer's local attention; the
+causal form used by Mistral): query t sees keys t-W+1 .. t, W = ``config.window`` (512 when
+None). Time O(T W d) with a kernel that skips masked blocks (flash-attn, FlexAttention, the
+banded reference), O(W d) per decoded token; the decode state is a ring KV cache of W slots,
+so its size stops growing at W tokens.
+
+**Block-sparse attention** (Zaheer et al., 2020, BigBird; Beltagy et al., 2020): at the
+granularity of blocks of l = ``config.block_size`` tokens, query block i sees key block j <= i
+iff j > i - n_local (sliding blocks) or j < n_global (global blocks at the start, which every
+query sees), and inside the diagonal block only the keys at or before the query. n_local =
+ceil(window / l) when ``config.window`` is set, else 3 (BigBird's three sliding blocks, made
+causal: the current block and the two before it); n_global = 2 (BigBird's global blocks; with
+causality a global block can only be read, so global *queries* add nothing). BigBird's random
+blocks are off. Time O(T (n_local + n_global) l d); the decode state keeps only the global
+blocks and the last n_local blocks, since no later query can see anything else.
+
+**Native Sparse Attention** (Yuan et al., 2025): three branches per query, mixed by sigmoid
+gates computed from x (one per head and branch): attention over compressed blocks, attention
+over the top-n blocks chosen by the compressed scores, and a sliding window; see
+``archbench.ops.nsa``. Compression here is learned but small: a block's compressed key is
+W_ck (sum_i w_i k_{jl+i}) with per-position pooling weights w (initialised to 1/l, i.e. mean
+pooling) and a head-shared linear map W_ck (initialised to the identity); values alike. The
+three branches share one set of keys and values (fla's layer does the same; the paper also
+allows separate ones). Decode keeps the whole KV cache plus the compressed blocks.
+
+Backends (registry name -> op backend): ``flash_attn`` (flash-attn's window_size), ``flex``
+(FlexAttention block masks, compiled; CUDA, and CPU in fp32/bf16), ``sdpa`` (torch SDPA with a
+boolean mask; banded for the window), ``naive`` (pure-PyTorch reference), ``fla`` (fla's NSA
+Triton kernels), ``chunked`` (NSA's pure-PyTorch reference). Decode steps use the reference or
+SDPA: compiling a FlexAttention kernel per cache length would cost more than it saves.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from archbench.mixers.base import Mixer, MixerConfig
+from archbench.ops.nsa import fla_unavailable_reason, nsa
+from archbench.ops.softmax_attention import flex_unavailable_reason, masked_attention, softmax_attention
+from archbench.spec import ArchSpec, Backend, Complexity, always, requires_fla, requires_flash_attn
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def requires_flex(device: str, dtype: str | None = None) -> str | None:
+    """FlexAttention: CUDA, or CPU in fp32/bf16 (compiled by inductor's CPU template)."""
+    return flex_unavailable_reason(device, _DTYPES.get(dtype) if dtype else None)
+
+
+class _QKV(Mixer):
+    """The projections shared by the sparse attentions (as in SoftmaxAttention)."""
+
+    def _init_proj(self, config: MixerConfig) -> None:
+        h, hkv, hd = config.n_heads, config.kv_heads, config.hd
+        self.qkv = nn.Linear(config.d_model, (h + 2 * hkv) * hd, bias=False)
+        self.out = nn.Linear(h * hd, config.d_model, bias=False)
+
+    def _project(self, x: torch.Tensor):
+        B, T, _ = x.shape
+        h, hkv, hd = self.config.n_heads, self.config.kv_heads, self.config.hd
+        q, k, v = self.qkv(x).split([h * hd, hkv * hd, hkv * hd], dim=-1)
+        return q.view(B, T, h, hd), k.view(B, T, hkv, hd), v.view(B, T, hkv, hd)
+
+    def _elem(self) -> int:
+        return self.qkv.weight.element_size()
+
+    def _kv_bytes(self, batch: int, tokens: int) -> int:
+        return 2 * batch * tokens * self.config.kv_heads * self.config.hd * self._elem()
+
+
+def _check_backend(name: str, backend: str, choices) -> None:
+    if backend not in choices:
+        raise ValueError(f"unknown {name} backend {backend!r}; choose one of {', '.join(choices)}")
+
+
+# ---- sliding window ----------------------------------------------------------------------
+
+SWA_OP_BACKEND = {"flash_attn": "flash_attn", "flex": "flex", "sdpa": "sdpa", "naive": "torch"}
+
+
+class SlidingWindowAttention(_QKV):
+    def __init__(self, config: MixerConfig, backend: str = "sdpa"):
+        super().__init__()
+        _check_backend("sliding window attention", backend, SWA_OP_BACKEND)
+        self.config, self.backend = config, backend
+        self.window = config.window or 512
+        self._init_proj(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._project(x)
+        o = softmax_attention(q, k, v, causal=True, window=self.window, backend=SWA_OP_BACKEND[self.backend])
+        return self.out(o.flatten(2))
+
+    def init_state(self, batch: int) -> dict[str, Any]:
+        """A ring KV cache: it grows (doubling) up to W slots, then token p overwrites slot p mod W."""
+        cap = min(16, self.window)
+        shape = (batch, cap, self.config.kv_heads, self.config.hd)
+        w = self.qkv.weight
+        return {"k": w.new_zeros(shape), "v": w.new_zeros(shape), "pos": 0}
+
+    def step(self, x_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        q, k, v = self._project(x_t[:, None])
+        p, W = state["pos"], self.window
+        cap = state["k"].shape[1]
+        if p == cap and cap < W:  # still filling: grow, the cache is in position order
+            grow = min(cap, W - cap)
+            state["k"] = torch.cat([state["k"], state["k"].new_zeros(state["k"][:, :grow].shape)], dim=1)
+            state["v"] = torch.cat([state["v"], state["v"].new_zeros(state["v"][:, :grow].shape)], dim=1)
+        slot = p % W
+        state["k"][:, slot] = k[:, 0]
+        state["v"][:, slot] = v[:, 0]
+        state["pos"] = p + 1
+        n = min(p + 1, W)
+        # every cached key is within the window; the order of keys does not matter to softmax
+        backend = "torch" if self.backend == "naive" else ("flash_attn" if self.backend == "flash_attn" else "sdpa")
+        o = softmax_attention(q, state["k"][:, :n], state["v"][:, :n], causal=False, backend=backend)
+        return self.out(o.flatten(2))[:, 0], state
+
+    def state_bytes(self, batch: int, seq_len: int) -> int:
+        return self._kv_bytes(batch, min(seq_len, self.window))
+
+
+# ---- block sparse (BigBird / Longformer, causal) -----------------------------------------
+
+BSA_OP_BACKEND = {"flex": "flex", "sdpa": "sdpa", "naive": "torch"}
+
+_PATTERNS: dict = {}
+
+
+def block_sparse_mask_fn(block_size: int, n_local: int, n_global: int, offset: int = 0):
+    """mask_fn(q_idx, kv_idx) of the causal local + global block pattern (q at offset + q_idx).
+
+    One function object per pattern, so FlexAttention's compiled code and masks are reused.
+    """
+    key = (block_size, n_local, n_global, offset)
+    if key not in _PATTERNS:
+
+        def fn(q_idx, kv_idx):
+            pos = q_idx + offset
+            qb, kb = pos // block_size, kv_idx // block_size
+            return (kv_idx <= pos) & ((qb - kb < n_local) | (kb < n_global))
+
+        _PATTERNS[key] = fn
+    return _PATTERNS[key]
+
+
+N_GLOBAL_BLOCKS = 2  # BigBird's global blocks
+N_LOCAL_BLOCKS = 3  # BigBird's sliding blocks, when config.window is None
+
+
+def block_sparse_pattern(config: MixerConfig) -> tuple[int, int]:
+    """(n_local, n_global) blocks of the default pattern for ``config``."""
+    n_local = math.ceil(config.window / config.block_size) if config.window else N_LOCAL_BLOCKS
+    return n_local, N_GLOBAL_BLOCKS
+
+
+class BlockSparseAttention(_QKV):
+    def __init__(
+        self,
+        config: MixerConfig,
+        backend: str = "flex",
+        n_global_blocks: int | None = None,
+        n_local_blocks: int | None = None,
+    ):
+        super().__init__()
+        _check_backend("block-sparse attention", backend, BSA_OP_BACKEND)
+        self.config, self.backend = config, backend
+        self.block = config.block_size
+        default_local, default_global = block_sparse_pattern(config)
+        n_local_blocks = default_local if n_local_blocks is None else n_local_blocks
+        n_global_blocks = default_global if n_global_blocks is None else n_global_blocks
+        if n_local_blocks < 1 or n_global_blocks < 0:
+            raise ValueError(
+                f"need n_local_blocks >= 1 and n_global_blocks >= 0 (got {n_local_blocks}, {n_global_blocks})"
+            )
+        self.n_local, self.n_global = n_local_blocks, n_global_blocks
+        self._init_proj(config)
+
+    def _attend(self, q, k, v, backend: str) -> torch.Tensor:
+        off = k.shape[1] - q.shape[1]
+        fn = block_sparse_mask_fn(self.block, self.n_local, self.n_global, off)
+        key = ("block_sparse", self.block, self.n_local, self.n_global, off)
+        return masked_attention(q, k, v, fn, backend=backend, key=key)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._project(x)
+        return self.out(self._attend(q, k, v, BSA_OP_BACKEND[self.backend]).flatten(2))
+
+    def _local_start(self, pos: int) -> int:
+        """First position kept in the local cache once the token at ``pos`` is in."""
+        return max(self.n_global * self.block, (pos // self.block - self.n_local + 1) * self.block)
+
+    def _cache_len(self, seq_len: int) -> int:
+        if seq_len <= 0:
+            return 0
+        g = min(seq_len, self.n_global * self.block)
+        return g + max(0, seq_len - self._local_start(seq_len - 1))
+
+    def init_state(self, batch: int) -> dict[str, Any]:
+        """Global-block tokens (kept forever) + the local tokens that later queries can still see."""
+        w = self.qkv.weight
+        empty = w.new_zeros(batch, 0, self.config.kv_heads, self.config.hd)
+        return {"gk": empty, "gv": empty, "lk": empty, "lv": empty, "lstart": 0, "pos": 0}
+
+    def step(self, x_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        q, k, v = self._project(x_t[:, None])
+        p = state["pos"]
+        if p < self.n_global * self.block:
+            state["gk"] = torch.cat([state["gk"], k], dim=1)
+            state["gv"] = torch.cat([state["gv"], v], dim=1)
+            state["lstart"] = p + 1
+        else:
+            if state["lk"].shape[1] == 0:
+                state["lstart"] = p
+            start = self._local_start(p)
+            drop = max(0, start - state["lstart"])
+            state["lk"] = torch.cat([state["lk"][:, drop:], k], dim=1)
+            state["lv"] = torch.cat([state["lv"][:, drop:], v], dim=1)
+            state["lstart"] += drop
+        state["pos"] = p + 1
+        keys = torch.cat([state["gk"], state["lk"]], dim=1)
+        vals = torch.cat([state["gv"], state["lv"]], dim=1)
+        # everything cached is visible to this query: plain attention over the pattern's keys
+        backend = "torch" if self.backend == "naive" else "sdpa"
+        o = softmax_attention(q, keys, vals, causal=False, backend=backend)
+        return self.out(o.flatten(2))[:, 0], state
+
+    def state_bytes(self, batch: int, seq_len: int) -> int:
+        return self._kv_bytes(batch, self._cache_len(seq_len))
+
+
+# ---- native sparse attention ----------------------------------------------------------------
+
+NSA_OP_BACKEND = {"fla": "fla", "chunked": "torch"}
+
+
+class NSA(_QKV):
+    def __init__(self, config: MixerConfig, backend: str = "chunked"):
+        super().__init__()
+        _check_backend("NSA", backend, NSA_OP_BACKEND)
+        self.config, self.backend = config, backend
+        self.block, self.count = config.block_size, config.block_count
+        self.window = config.window or 512
+        h, hkv, hd = config.n_heads, config.kv_heads, config.hd
+        if backend == "fla":
+            G, slots = h // hkv, 1 << (self.count - 1).bit_length()
+            if G < 16 or G & (G - 1) or self.block < 2 * slots:
+                raise ValueError(
+                    "NSA backend 'fla' needs n_heads / n_kv_heads a power of 2 >= 16 "
+                    f"(got {G}) and block_size >= 2 * next_pow2(block_count) = {2 * slots} (got {self.block})"
+                )
+        self._init_proj(config)
+        self.gate = nn.Linear(config.d_model, 3 * h)  # per head: compressed, selected, window
+        self.pool = nn.Parameter(torch.full((2, self.block), 1.0 / self.block))  # key / value pooling
+        self.cmp_k = nn.Linear(hd, hd, bias=False)
+        self.cmp_v = nn.Linear(hd, hd, bias=False)
+        with torch.no_grad():
+            self.cmp_k.weight.copy_(torch.eye(hd))
+            self.cmp_v.weight.copy_(torch.eye(hd))
+
+    def compress(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, S, Hkv, d] -> the S // l complete blocks' compressed keys and values."""
+        B, S, Hkv, hd = k.shape
+        n, l = S // self.block, self.block
+        kb = k[:, : n * l].reshape(B, n, l, Hkv, hd)
+        vb = v[:, : n * l].reshape(B, n, l, Hkv, hd)
+        k_cmp = self.cmp_k(torch.einsum("bnlhd,l->bnhd", kb, self.pool[0].to(k.dtype)))
+        v_cmp = self.cmp_v(torch.einsum("bnlhd,l->bnhd", vb, self.pool[1].to(v.dtype)))
+        return k_cmp, v_cmp
+
+    def _gates(self, x: torch.Tensor):
+        g = torch.sigmoid(self.gate(x)).unflatten(-1, (self.config.n_heads, 3))
+        return g.unbind(-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._project(x)
+        k_cmp, v_cmp = self.compress(k, v)
+        g_cmp, g_slc, g_swa = self._gates(x)
+        o = nsa(
+            q, k, v, g_cmp, g_slc, g_swa,
+            block_size=self.block, block_count=self.count, window=self.window,
+            k_cmp=k_cmp, v_cmp=v_cmp, backend=NSA_OP_BACKEND[self.backend],
+        )  # fmt: skip
+        return self.out(o.flatten(2))
+
+    def init_state(self, batch: int) -> dict[str, Any]:
+        """KV cache (doubling capacity) and the compressed blocks completed so far."""
+        w = self.qkv.weight
+        shape = (batch, 16, self.config.kv_heads, self.config.hd)
+        empty = w.new_zeros(batch, 0, self.config.kv_heads, self.config.hd)
+        return {"k": w.new_zeros(shape), "v": w.new_zeros(shape), "kc": empty, "vc": empty, "len": 0}
+
+    def step(self, x_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        q, k, v = self._project(x_t[:, None])
+        n = state["len"]
+        if n == state["k"].shape[1]:
+            state["k"] = torch.cat([state["k"], torch.zeros_like(state["k"])], dim=1)
+            state["v"] = torch.cat([state["v"], torch.zeros_like(state["v"])], dim=1)
+        state["k"][:, n] = k[:, 0]
+        state["v"][:, n] = v[:, 0]
+        n += 1
+        state["len"] = n
+        keys, vals = state["k"][:, :n], state["v"][:, :n]
+        if n % self.block == 0:  # a block just completed: compress it
+            kc, vc = self.compress(keys[:, n - self.block :], vals[:, n - self.block :])
+            state["kc"] = torch.cat([state["kc"], kc], dim=1)
+            state["vc"] = torch.cat([state["vc"], vc], dim=1)
+        g_cmp, g_slc, g_swa = self._gates(x_t[:, None])
+        o = nsa(
+            q, keys, vals, g_cmp, g_slc, g_swa,
+            block_size=self.block, block_count=self.count, window=self.window,
+            k_cmp=state["kc"], v_cmp=state["vc"], backend="torch",
+        )  # fmt: skip
+        return self.out(o.flatten(2))[:, 0], state
+
+    def state_bytes(self, batch: int, seq_len: int) -> int:
+        return self._kv_bytes(batch, seq_len) + self._kv_bytes(batch, seq_len // self.block)
+
+
+# ---- analytic FLOPs -----------------------------------------------------------------------
+
+
+def _proj_flops(config: MixerConfig, batch: int, seq_len: int, extra_out: int = 0) -> float:
+    h, hkv, hd, d = config.n_heads, config.kv_heads, config.hd, config.d_model
+    return 2.0 * batch * seq_len * d * ((h + 2 * hkv) * hd + extra_out) + 2.0 * batch * seq_len * h * hd * d
+
+
+def _window_pairs(seq_len: int, window: int) -> int:
+    """sum_t min(t + 1, W): the (query, key) pairs of causal sliding-window attention."""
+    w = min(window, seq_len)
+    return w * (w + 1) // 2 + (seq_len - w) * window
+
+
+def sliding_window_flops(config: MixerConfig, batch: int, seq_len: int) -> float:
+    """Projections + QK^T and PV over the sum_t min(t+1, W) visible pairs."""
+    pairs = _window_pairs(seq_len, config.window or 512)
+    return _proj_flops(config, batch, seq_len) + 4.0 * batch * config.n_heads * config.hd * pairs
+
+
+def block_sparse_flops(config: MixerConfig, batch: int, seq_len: int) -> float:
+    """Projections + QK^T and PV over the visible pairs of the local + global block pattern."""
+    l = config.block_size
+    n_local, n_global = block_sparse_pattern(config)
+    pairs = 0
+    for qb in range(-(-seq_len // l)):
+        m = min(l, seq_len - qb * l)  # queries in this block
+        earlier = set(range(max(0, qb - n_local + 1), qb)) | set(range(min(n_global, qb)))
+        pairs += m * l * len(earlier) + m * (m + 1) // 2  # full earlier blocks + causal diagonal
+    return _proj_flops(config, batch, seq_len) + 4.0 * batch * config.n_heads * config.hd * pairs
+
+
+def nsa_flops(config: MixerConfig, batch: int, seq_len: int) -> float:
+    """Projections and gates + compression + the three branches' (query, key) pairs.
+
+    Compressed: query t sees (t + 1) // l blocks; selected: min(n, i_t + 1) blocks of which the
+    current one holds t mod l + 1 visible keys; window: min(t + 1, W) keys.
+    """
+    l, n, W = config.block_size, config.block_count, config.window or 512
+    h, hd, T = config.n_heads, config.hd, seq_len
+    nb, r = T // l, T % l
+    cmp_pairs = l * nb * (nb - 1) // 2 + nb * (r + 1)  # sum_{u=1}^{T} floor(u / l)
+    slc_pairs = 0
+    for c in range(-(-T // l)):
+        m = min(l, T - c * l)
+        slc_pairs += m * (min(n, c + 1) - 1) * l + m * (m + 1) // 2
+    compress = 2.0 * batch * nb * config.kv_heads * hd * (2 * l + 2 * hd)
+    mix = 4.0 * batch * h * hd * (cmp_pairs + slc_pairs + _window_pairs(T, W))
+    return _proj_flops(config, batch, seq_len, extra_out=3 * h) + compress + mix
+
+
+SPECS = (
+    ArchSpec(
+        name="sliding_window_attention",
+        family="sparse/static",
+        description="Causal sliding-window attention, ring KV cache (Beltagy et al., 2020; Mistral, 2023)",
+        paper="Longformer: The Long-Document Transformer (arXiv 2004.05150)",
+        complexity=Complexity(
+            train_time="O(T W d)",
+            train_memory="O(T d) fused, O(T W) reference",
+            decode_time="O(W d) per token",
+            decode_memory="O(W d) ring KV cache",
+        ),
+        backends=(
+            Backend("flash_attn", "flash-attn window_size=(W-1, 0) (Dao, 2023)", requires_flash_attn),
+            Backend("flex", "torch FlexAttention with a sliding-window block mask (compiled)", requires_flex),
+            Backend("sdpa", "torch SDPA on query chunks with a banded boolean mask", always),
+            Backend("naive", "pure-PyTorch banded reference (chunks of queries x C+W-1 keys)", always),
+        ),
+        factory=lambda cfg, backend: SlidingWindowAttention(cfg, backend),
+        flops=sliding_window_flops,
+    ),
+    ArchSpec(
+        name="block_sparse_attention",
+        family="sparse/static",
+        description="Causal block-sparse attention: sliding + global blocks (BigBird, Zaheer et al., 2020)",
+        paper="Big Bird: Transformers for Longer Sequences (arXiv 2007.14062)",
+        complexity=Complexity(
+            train_time="O(T (n_local + n_global) l d)",
+            train_memory="O(T d) flex, O(T^2) naive/sdpa mask",
+            decode_time="O((n_local + n_global) l d) per token",
+            decode_memory="O((n_local + n_global) l d) KV cache",
+        ),
+        backends=(
+            Backend("flex", "torch FlexAttention with the block mask (compiled)", requires_flex),
+            Backend("sdpa", "torch SDPA with a dense boolean mask", always),
+            Backend("naive", "pure-PyTorch dense masked reference", always),
+        ),
+        factory=lambda cfg, backend: BlockSparseAttention(cfg, backend),
+        flops=block_sparse_flops,
+    ),
+    ArchSpec(
+        name="nsa",
+        family="sparse/dynamic",
+        description="Native Sparse Attention: compressed + top-n selected blocks + window, gated (Yuan et al., 2025)",
+        paper="Native Sparse Attention: Hardware-Aligned and Natively Trainable Sparse Attention (arXiv 2502.11089)",
+        complexity=Complexity(
+            train_time="O(T (T/l + n l + W) d)",
+            train_memory="O(T d + T H T/l)",
+            decode_time="O((S/l + n l + W) d) per token",
+            decode_memory="O(S d) KV cache + O(S/l d) compressed blocks",
+        ),
+        backends=(
+            Backend("fla", "fla parallel_nsa Triton kernels (needs H/Hkv a power of 2 >= 16)", requires_fla),
+            Backend("chunked", "pure-PyTorch reference (block-major dispatch of selected blocks)", always),
+        ),
+        factory=lambda cfg, backend: NSA(cfg, backend),
+        flops=nsa_flops,
+    ),
+)
