@@ -1,0 +1,338 @@
+"""Gated linear attention: scalar (``simple_gla``) and per-channel (``gla``) decays.
+
+Per head, with row vectors q_t, k_t in R^{1xK}, v_t in R^{1xV}, state S_t in R^{KxV} and
+log-decays g_t <= 0 (a decay exp(g_t) in (0, 1]):
+
+    simple_gla:  S_t = exp(g_t) S_{t-1} + k_t^T v_t            g: [B, T, H]    (one scalar per head)
+    gla:         S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t      g: [B, T, H, K] (one decay per key channel)
+    both:        o_t = scale * q_t S_t                         scale defaults to K**-0.5
+
+RetNet is simple_gla with a constant g per head (``simple_gla`` also accepts g of shape [H]);
+Mamba2's SSD has the simple_gla form; GLA and HGRN2 are gla. Layout [B, T, H, D].
+
+Reference (``backend="torch"``): the chunked form. Cut the sequence into chunks of C
+tokens and let b_t = g_{c0+1} + ... + g_t be the cumulative log-decay from the chunk start
+c0 (b_t <= 0, decreasing in t). Unrolling the recurrence from S_{c0} (the state entering the chunk):
+
+    o_t = scale * [ (q_t * exp(b_t)) S_{c0}                                    (inter-chunk)
+                    + sum_{c0 < s <= t} (q_t * exp(b_t - b_s)) . k_s  v_s ]    (intra-chunk)
+    S_{c0+C} = exp(b_C) * S_{c0} + sum_s (k_s * exp(b_C - b_s))^T v_s          (chunk state)
+
+Every exponent written above is <= 0, so nothing overflows however strong the decays are.
+The state is passed from chunk to chunk by a loop over chunks (T / C small [K, V] updates,
+vectorised over batch and heads); everything else is batched over chunks. Chunks are taken
+in groups of about 2^19 elements per tensor (8 chunks at B=1, H=8, C=64, D=64) so that the
+temporaries stay cache-sized: on a CPU, streaming whole-sequence temporaries through memory
+costs more than the arithmetic (2x at T=16384).
+
+The intra-chunk term needs care for ``gla``, whose decay differs per key channel, so the
+score matrix is not (q k^T) * (decay matrix). Forming the pairwise [C, C, K] tensor of
+exp(b_t - b_s) is exact but costs C*K exponentials per token. The trick used instead
+(the "secondary chunking" of Yang et al., 2023, made recursive): split a block of L
+positions into halves, and for t in the second half, s in the first, factor through the
+cumulative gate r at the last position of the first half,
+
+    exp(b_t - b_s) = exp(b_t - r) * exp(r - b_s),      both exponents <= 0 (s <= r's position < t),
+
+so the cross-half scores are one matmul (q_t * exp(b_t - r)) (k_s * exp(r - b_s))^T with no
+overflow possible (when a factor underflows to 0, the true weight, which is smaller still,
+is 0 to working precision). Recursing into both halves down to single positions (where the weight is exp(0) = 1)
+covers the whole causal triangle with log2(C) levels and about K log2(C) exponentials per
+token. ``simple_gla`` uses the plain masked [C, C] decay matrix exp(b_t - b_s), masked to
+s <= t *before* the exponential.
+
+Accumulation is in fp32 (fp64 inputs stay fp64); outputs come back in v's dtype.
+
+Fused backend (``backend="fla"``): flash-linear-attention's Triton kernels
+``fla.ops.simple_gla.chunk_simple_gla`` (g [B,T,H], or ``g_gamma`` [H] for constant decays)
+and ``fla.ops.gla.chunk_gla`` (g [B,T,H,K]). Their conventions match ours: [B, T, H, D]
+layout, natural-log gates, scale on the read-out defaulting to K**-0.5, state [B, H, K, V].
+fla's chunk size is fixed by its kernels (64); ``chunk_size`` is ignored there.
+``backend="auto"`` picks fla for CUDA tensors when it is importable, else torch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("torch", "fla", "auto")
+_GROUP_ELEMS = 1 << 19  # reference: chunks are processed in groups of about this many elements per tensor
+
+
+# ---- shared helpers -------------------------------------------------------------------
+
+
+def _resolve_backend(name: str, backend: str, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown {name} backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "fla" if device.type == "cuda" and importlib.util.find_spec("fla") is not None else "torch"
+    return backend
+
+
+def _check_qkv(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_size: int) -> None:
+    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(
+            f"{name} expects q, k [B, T, H, K] and v [B, T, H, V]; "
+            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+
+def _check_state(name: str, initial_state: torch.Tensor | None, B: int, H: int, K: int, V: int) -> None:
+    if initial_state is not None and tuple(initial_state.shape) != (B, H, K, V):
+        raise ValueError(
+            f"{name}: initial_state must be [B, H, K, V] = {(B, H, K, V)}, got {tuple(initial_state.shape)}"
+        )
+
+
+def _chunked(x: torch.Tensor, C: int, acc: torch.dtype) -> torch.Tensor:
+    """[B, T, H, *D] -> [B, H, N, C, *D] in ``acc``, zero-padded to a whole number of chunks."""
+    B, T, H = x.shape[:3]
+    N = -(-T // C)
+    x = x.to(acc)
+    if N * C != T:
+        x = F.pad(x, (0, 0) * (x.dim() - 2) + (0, N * C - T))
+    x = x.view(B, N, C, H, *x.shape[3:])
+    return x.permute(0, 3, 1, 2, *range(4, x.dim())).contiguous()
+
+
+def _unchunk(o: torch.Tensor, T: int) -> torch.Tensor:
+    """[B, H, N, C, V] -> [B, T, H, V]."""
+    B, H, N, C, V = o.shape
+    return o.permute(0, 2, 3, 1, 4).reshape(B, N * C, H, V)[:, :T]
+
+
+def _scan(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    scale: float,
+    initial_state: torch.Tensor | None,
+    chunk_size: int,
+    chunk_fn,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunked driver shared by ``simple_gla`` and ``gla``.
+
+    ``chunk_fn(q, k, v, b)`` gets a group of chunks [B, H, n, C, *] (q already scaled, b the
+    log-decay cumulated from each chunk's start) and returns the intra-chunk output, the keys
+    and queries decayed to / from the chunk boundaries, and exp(total chunk log-decay) shaped to
+    multiply the state ([B, H, n, 1, 1] or [B, H, n, K, 1]). The state passes from chunk to chunk
+    in a loop over chunks. Chunks are processed in groups of about ``_GROUP_ELEMS`` elements per
+    tensor, so that temporaries stay cache-sized (on CPU, streaming whole-sequence temporaries
+    through memory costs more than the arithmetic).
+    """
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    acc = torch.promote_types(q.dtype, torch.float32)  # fp32 accumulation, fp64 stays fp64
+    S = initial_state.to(acc) if initial_state is not None else q.new_zeros(B, H, K, V, dtype=acc)
+    if T == 0:
+        return v.new_zeros(B, 0, H, V), S
+    C = min(chunk_size, T)
+    N = -(-T // C)
+    group = max(1, _GROUP_ELEMS // (B * H * C * max(K, V)))
+    outs = []
+    for n0 in range(0, N, group):
+        t0, t1 = n0 * C, min(T, (n0 + group) * C)
+        qc = _chunked(q[:, t0:t1], C, acc) * scale
+        kc, vc = _chunked(k[:, t0:t1], C, acc), _chunked(v[:, t0:t1], C, acc)
+        b = _chunked(g[:, t0:t1], C, acc).cumsum(3)  # padded steps: g = 0 (no decay), k = 0
+        o, k_dec, q_dec, chunk_decay = chunk_fn(qc, kc, vc, b)
+        kv = torch.einsum("bhnck,bhncv->bhnkv", k_dec, vc)  # each chunk's contribution to the state
+        entering = []
+        for n in range(kv.shape[2]):
+            entering.append(S)
+            S = torch.addcmul(kv[:, :, n], S, chunk_decay[:, :, n])
+        o = o + torch.einsum("bhnck,bhnkv->bhncv", q_dec, torch.stack(entering, dim=2))
+        outs.append(_unchunk(o, t1 - t0))
+    o = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+    return o.to(v.dtype), S
+
+
+# ---- simple GLA: one scalar decay per head and step -----------------------------------
+
+
+def simple_gla(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    chunk_size: int = 64,
+    backend: str = "torch",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """S_t = exp(g_t) S_{t-1} + k_t^T v_t, o_t = scale q_t S_t.
+
+    q, k [B, T, H, K]; v [B, T, H, V]; g [B, T, H] log-decays (or [H]: constant per head, RetNet).
+    Returns ``(o [B, T, H, V] in v's dtype, final_state [B, H, K, V] or None)``.
+    """
+    _check_qkv("simple_gla", q, k, v, chunk_size)
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    if g.shape not in ((B, T, H), (H,)):
+        raise ValueError(f"simple_gla expects g [B, T, H] = {(B, T, H)} or [H] = {(H,)}; got {tuple(g.shape)}")
+    _check_state("simple_gla", initial_state, B, H, K, V)
+    if scale is None:
+        scale = K**-0.5
+    backend = _resolve_backend("simple_gla", backend, q.device)
+    if backend == "fla":
+        return _simple_gla_fla(q, k, v, g, scale, initial_state, output_final_state)
+
+    if g.dim() == 1:
+        g = g.expand(B, T, H)
+    o, final = _scan(q, k, v, g, scale, initial_state, chunk_size, _simple_gla_chunks)
+    return o, (final if output_final_state else None)
+
+
+def _simple_gla_chunks(q, k, v, b):
+    """Intra-chunk part of simple_gla: (q k^T) * exp(b_t - b_s), masked to s <= t before the exp."""
+    C = q.shape[-2]
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    diff = b[..., :, None] - b[..., None, :]
+    decay = torch.where(causal, diff, torch.full_like(diff, float("-inf"))).exp()
+    o = ((q @ k.transpose(-1, -2)) * decay) @ v
+    b_last = b[..., -1:]  # [B, H, n, 1]
+    k_dec = k * (b_last - b).exp()[..., None]
+    q_dec = q * b.exp()[..., None]
+    return o, k_dec, q_dec, b_last.exp()[..., None]
+
+
+def simple_gla_step(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    state: torch.Tensor,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decode step: q, k [B, H, K], v [B, H, V], g [B, H] (or [H]), state [B, H, K, V] (fp32).
+
+    Returns ``(o [B, H, V] in v's dtype, new_state)``.
+    """
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    acc = torch.promote_types(state.dtype, torch.float32)
+    decay = g.to(acc).exp()
+    decay = decay[:, :, None, None] if decay.dim() == 2 else decay[None, :, None, None]
+    state = state.to(acc) * decay + torch.einsum("bhk,bhv->bhkv", k.to(acc), v.to(acc))
+    o = torch.einsum("bhk,bhkv->bhv", q.to(acc), state) * scale
+    return o.to(v.dtype), state
+
+
+def _simple_gla_fla(q, k, v, g, scale, initial_state, output_final_state):
+    from fla.ops.simple_gla import chunk_simple_gla
+
+    if g.dim() == 1:  # constant per-head decay: fla's data-independent g_gamma path
+        return chunk_simple_gla(
+            q, k, v, g_gamma=g.float(), scale=scale,
+            initial_state=initial_state, output_final_state=output_final_state,
+        )  # fmt: skip
+    return chunk_simple_gla(
+        q, k, v, g=g.float(), scale=scale, initial_state=initial_state, output_final_state=output_final_state
+    )
+
+
+# ---- GLA: one decay per key channel ---------------------------------------------------
+
+
+def _gla_intra(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Intra-chunk output sum_{s <= t in chunk} (q_t * exp(b_t - b_s)) . k_s v_s.
+
+    q, k, b [..., C, K], v [..., C, V], C a power of two; b the cumulative log-decay within
+    the chunk. Binary recursion over halves, every exponent <= 0 (see the module docstring).
+    """
+    C = q.shape[-2]
+    o = (q * k).sum(-1, keepdim=True) * v  # s = t: weight exp(0) = 1
+    L = 2
+    while L <= C:
+        h = L // 2
+        split = (C // L, 2, h)
+        qb, kb, bb = q.unflatten(-2, split), k.unflatten(-2, split), b.unflatten(-2, split)
+        vb = v.unflatten(-2, split)
+        r = bb[..., 0, h - 1 : h, :]  # cumulative gate at the end of the first half: [..., C/L, 1, K]
+        qt = qb[..., 1, :, :] * (bb[..., 1, :, :] - r).exp_()  # t in the second half: b_t - r <= 0
+        kt = kb[..., 0, :, :] * (r - bb[..., 0, :, :]).exp_()  # s in the first half:  r - b_s <= 0
+        if h == 1:  # 1x1 blocks: a dot product beats a batched matmul of 1x1 matrices
+            cross = (qt * kt).sum(-1, keepdim=True) * vb[..., 0, :, :]
+        else:
+            cross = (qt @ kt.transpose(-1, -2)) @ vb[..., 0, :, :]
+        o.unflatten(-2, split)[..., 1, :, :] += cross
+        L *= 2
+    return o
+
+
+def gla(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    chunk_size: int = 64,
+    backend: str = "torch",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t, o_t = scale q_t S_t.
+
+    q, k, g [B, T, H, K] (g: log-decays per key channel); v [B, T, H, V].
+    Returns ``(o [B, T, H, V] in v's dtype, final_state [B, H, K, V] or None)``.
+    """
+    _check_qkv("gla", q, k, v, chunk_size)
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    if g.shape != q.shape:
+        raise ValueError(f"gla expects g [B, T, H, K] = {tuple(q.shape)}; got {tuple(g.shape)}")
+    _check_state("gla", initial_state, B, H, K, V)
+    if scale is None:
+        scale = K**-0.5
+    backend = _resolve_backend("gla", backend, q.device)
+    if backend == "fla":
+        from fla.ops.gla import chunk_gla
+
+        return chunk_gla(
+            q, k, v, g.float(), scale=scale, initial_state=initial_state, output_final_state=output_final_state
+        )
+
+    o, final = _scan(q, k, v, g, scale, initial_state, chunk_size, _gla_chunks)
+    return o, (final if output_final_state else None)
+
+
+def _gla_chunks(q, k, v, b):
+    """Intra-chunk part of gla, on chunks zero-padded to a power of two (q = k = v = 0, no decay)."""
+    C, K = q.shape[-2:]
+    P = 1 << (C - 1).bit_length()
+    if P != C:
+        pad = (0, 0, 0, P - C)
+        b_pad = torch.cat([b, b[..., -1:, :].expand(*b.shape[:-2], P - C, K)], dim=-2)
+        o = _gla_intra(F.pad(q, pad), F.pad(k, pad), F.pad(v, pad), b_pad)[..., :C, :]
+    else:
+        o = _gla_intra(q, k, v, b)
+    b_last = b[..., -1:, :]  # [B, H, n, 1, K]
+    return o, k * (b_last - b).exp(), q * b.exp(), b_last.transpose(-1, -2).exp()
+
+
+def gla_step(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    state: torch.Tensor,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decode step: q, k, g [B, H, K], v [B, H, V], state [B, H, K, V] (fp32).
+
+    Returns ``(o [B, H, V] in v's dtype, new_state)``.
+    """
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    acc = torch.promote_types(state.dtype, torch.float32)
+    state = state.to(acc) * g.to(acc).exp()[..., None] + torch.einsum("bhk,bhv->bhkv", k.to(acc), v.to(acc))
+    o = torch.einsum("bhk,bhkv->bhv", q.to(acc), state) * scale
+    return o.to(v.dtype), state
