@@ -68,6 +68,10 @@ class Mixer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def state_dtype(self) -> torch.dtype:
+        """Recurrent states accumulate in fp32 (fp64 when the module is fp64)."""
+        return torch.promote_types(next(self.parameters()).dtype, torch.float32)
+
     def init_state(self, batch: int) -> Any:
         raise NotImplementedError(f"{type(self).__name__} has no recurrent (decode) form")
 

@@ -92,7 +92,7 @@ class RetNet(Mixer):
 
     def init_state(self, batch: int) -> torch.Tensor:
         h, hd = self.config.n_heads, self.config.hd
-        return self.qkvg.weight.new_zeros(batch, h, hd, hd, dtype=torch.float32)
+        return self.qkvg.weight.new_zeros(batch, h, hd, hd, dtype=self.state_dtype())
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q, k, v, gate = self._project(x_t)
@@ -140,7 +140,7 @@ class GLA(Mixer):
 
     def init_state(self, batch: int) -> torch.Tensor:
         h, hd = self.config.n_heads, self.config.hd
-        return self.qkvr.weight.new_zeros(batch, h, hd, hd, dtype=torch.float32)
+        return self.qkvr.weight.new_zeros(batch, h, hd, hd, dtype=self.state_dtype())
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q, k, v, g, r = self._project(x_t)
@@ -192,7 +192,7 @@ class HGRN2(Mixer):
 
     def init_state(self, batch: int) -> torch.Tensor:
         h, hd = self.config.n_heads, self.config.hd
-        return self.qfi.weight.new_zeros(batch, h, hd, hd, dtype=torch.float32)
+        return self.qfi.weight.new_zeros(batch, h, hd, hd, dtype=self.state_dtype())
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q, k, v, g = self._project(x_t)

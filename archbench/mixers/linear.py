@@ -63,8 +63,7 @@ class LinearAttention(Mixer):
 
     def init_state(self, batch: int) -> torch.Tensor:
         h, hd = self.config.n_heads, self.config.hd
-        dtype = torch.promote_types(self.qkv.weight.dtype, torch.float32)
-        return self.qkv.weight.new_zeros(batch, h, hd, hd + 1, dtype=dtype)
+        return self.qkv.weight.new_zeros(batch, h, hd, hd + 1, dtype=self.state_dtype())
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q, k, v = self._project(x_t)
