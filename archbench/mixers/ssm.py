@@ -1,0 +1,270 @@
+"""Selective state-space models: Mamba (S6) and Mamba2 (SSD).
+
+**Mamba** (Gu & Dao, 2023, arXiv 2312.00752). The block widens x to d_inner = expand * d_model
+with a gate branch z, runs a short causal convolution + SiLU, and makes the SSM's step and
+input/output maps functions of the token ("selection"):
+
+    [x, z] = W_in u,   x = SiLU(conv(x)),   [dt_low, B, C] = W_x x,   delta = softplus(W_dt dt_low + b_dt)
+    h_t[d, n] = exp(delta_t[d] A[d, n]) h_{t-1}[d, n] + delta_t[d] B_t[n] x_t[d]
+    y_t = (C_t . h_t + D x_t) * SiLU(z_t),   out = W_out y
+
+A = -exp(A_log) with the S4D-real init A[d, n] = -(n + 1), D = 1, dt_rank = ceil(d_model / 16)
+and b_dt the inverse softplus of steps drawn log-uniformly in [1e-3, 1e-1]. The decode state is
+the conv window and h: d_inner * (conv_size - 1 + N) values, whatever the context length.
+
+**Mamba2** (Dao & Gu, 2024, arXiv 2405.21060). One input projection gives z, x, B, C and one
+dt per head; the short convolution runs over (x, B, C); A is one scalar per head, so the
+recurrence is the SSD form (``archbench.ops.ssd``) on heads of dim P = head_dim:
+
+    h_t = exp(dt_t A) h_{t-1} + dt_t B_t^T x_t,   y_t = C_t h_t + D x_t
+    out = W_out RMSNorm(y * SiLU(z))
+
+with ngroups = 1 (B, C shared by all heads), A init uniform in [1, 16] (stored as A_log) and
+dt_bias as for Mamba. Decode state: conv window over d_inner + 2N channels and H * N * P.
+
+Backends: ``chunked`` is the pure-PyTorch chunked reference of ``archbench.ops``; ``mamba_ssm``
+uses mamba-ssm's kernels (selective_scan_fn for Mamba, the Triton SSD mamba_chunk_scan_combined
+for Mamba2); ``fla`` (Mamba2 only) runs SSD as fla's chunk_simple_gla. Only the scan changes
+between backends; projections, convolutions and norms are the same torch modules, and the decode
+``step`` is always the torch recurrence.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archbench.mixers.base import Mixer, MixerConfig
+from archbench.mixers.common import HeadRMSNorm, ShortConv
+from archbench.ops.selective_scan import selective_scan, selective_scan_step
+from archbench.ops.ssd import ssd, ssd_step
+from archbench.spec import ArchSpec, Backend, Complexity, always, requires_fla, requires_mamba_ssm
+
+# registry backend name -> op backend name
+MAMBA_BACKENDS = {"mamba_ssm": "mamba_ssm", "chunked": "torch"}
+MAMBA2_BACKENDS = {"mamba_ssm": "mamba_ssm", "fla": "fla", "chunked": "torch"}
+
+
+def _dt_bias(n: int, dt_min: float = 1e-3, dt_max: float = 1e-1, floor: float = 1e-4) -> torch.Tensor:
+    """Inverse softplus of steps drawn log-uniformly in [dt_min, dt_max], so softplus(bias) = dt."""
+    dt = torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp_min(floor)
+    return dt + torch.log(-torch.expm1(-dt))
+
+
+class _Conv(nn.Module):
+    """ShortConv with its SiLU, or plain SiLU when conv_size is 0; same decode API either way."""
+
+    def __init__(self, channels: int, kernel: int):
+        super().__init__()
+        self.channels = channels
+        self.conv = ShortConv(channels, kernel, activation=True, bias=True) if kernel > 0 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) if self.conv is not None else F.silu(x)
+
+    def init_state(self, batch: int) -> torch.Tensor | None:
+        return self.conv.init_state(batch) if self.conv is not None else None
+
+    def step(self, x_t: torch.Tensor, state):
+        if self.conv is None:
+            return F.silu(x_t), None
+        return self.conv.step(x_t, state)
+
+    def state_bytes(self, batch: int) -> int:
+        return self.conv.state_bytes(batch) if self.conv is not None else 0
+
+
+class Mamba(Mixer):
+    """The Mamba (S6) block as a token mixer."""
+
+    def __init__(self, config: MixerConfig, backend: str = "chunked"):
+        super().__init__()
+        if backend not in MAMBA_BACKENDS:
+            raise ValueError(f"unknown mamba backend {backend!r}; choose one of {', '.join(MAMBA_BACKENDS)}")
+        self.config, self.backend = config, backend
+        d = config.d_model
+        self.d_inner = di = config.expand * d
+        self.d_state = N = config.d_state or 16
+        self.dt_rank = r = math.ceil(d / 16)
+        self.in_proj = nn.Linear(d, 2 * di, bias=False)
+        self.conv = _Conv(di, config.conv_size)
+        self.x_proj = nn.Linear(di, r + 2 * N, bias=False)
+        self.dt_proj = nn.Linear(r, di, bias=True)
+        with torch.no_grad():
+            nn.init.uniform_(self.dt_proj.weight, -(r**-0.5), r**-0.5)
+            self.dt_proj.bias.copy_(_dt_bias(di))
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(di, 1))
+        self.D = nn.Parameter(torch.ones(di))
+        self.out_proj = nn.Linear(di, d, bias=False)
+
+    def _ssm_inputs(self, x: torch.Tensor):
+        """x (after conv) [..., d_inner] -> delta [..., d_inner], B, C [..., N]."""
+        dt, Bm, Cm = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.softplus(self.dt_proj(dt).float())
+        return delta, Bm, Cm
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        x, z = self.in_proj(u).chunk(2, dim=-1)
+        x = self.conv(x)
+        delta, Bm, Cm = self._ssm_inputs(x)
+        A = -torch.exp(self.A_log.float())
+        y, _ = selective_scan(x, delta, A, Bm, Cm, D=self.D.float(), backend=MAMBA_BACKENDS[self.backend])
+        return self.out_proj(y * F.silu(z))
+
+    def init_state(self, batch: int) -> dict[str, Any]:
+        w = self.in_proj.weight
+        return {
+            "conv": self.conv.init_state(batch),
+            "ssm": w.new_zeros(batch, self.d_inner, self.d_state, dtype=self.state_dtype()),
+        }
+
+    def step(self, u_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        x, z = self.in_proj(u_t).chunk(2, dim=-1)
+        x, conv_state = self.conv.step(x, state["conv"])
+        delta, Bm, Cm = self._ssm_inputs(x)
+        A = -torch.exp(self.A_log.float())
+        y, ssm = selective_scan_step(x, delta, A, Bm, Cm, state["ssm"], D=self.D.float())
+        return self.out_proj(y * F.silu(z)), {"conv": conv_state, "ssm": ssm}
+
+    def state_bytes(self, batch: int, seq_len: int) -> int:
+        return self.conv.state_bytes(batch) + batch * self.d_inner * self.d_state * 4  # fp32 h
+
+
+class Mamba2(Mixer):
+    """The Mamba2 (SSD) block as a token mixer; ngroups = 1."""
+
+    def __init__(self, config: MixerConfig, backend: str = "chunked"):
+        super().__init__()
+        if backend not in MAMBA2_BACKENDS:
+            raise ValueError(f"unknown mamba2 backend {backend!r}; choose one of {', '.join(MAMBA2_BACKENDS)}")
+        self.config, self.backend = config, backend
+        d = config.d_model
+        self.d_inner = di = config.expand * d
+        self.head_dim = P = config.hd
+        if di % P:
+            raise ValueError(f"mamba2: d_inner = expand * d_model = {di} is not a multiple of head_dim {P}")
+        self.n_heads = H = di // P
+        self.d_state = N = config.d_state or 64
+        self.in_proj = nn.Linear(d, 2 * di + 2 * N + H, bias=False)  # z, x, B, C, dt
+        self.conv = _Conv(di + 2 * N, config.conv_size)
+        self.dt_bias = nn.Parameter(_dt_bias(H))
+        self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(1.0, 16.0)))
+        self.D = nn.Parameter(torch.ones(H))
+        self.norm = HeadRMSNorm(di)  # over the whole d_inner (one group)
+        self.out_proj = nn.Linear(di, d, bias=False)
+
+    def _split(self, zxbcdt: torch.Tensor):
+        di, N, H = self.d_inner, self.d_state, self.n_heads
+        return zxbcdt.split([di, di + 2 * N, H], dim=-1)
+
+    def _ssm_inputs(self, xbc: torch.Tensor, dt: torch.Tensor):
+        x, Bm, Cm = xbc.split([self.d_inner, self.d_state, self.d_state], dim=-1)
+        x = x.unflatten(-1, (self.n_heads, self.head_dim))
+        dt = F.softplus(dt.float() + self.dt_bias.float())
+        return x, dt, Bm.unsqueeze(-2), Cm.unsqueeze(-2)  # B, C with one group
+
+    def _out(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(self.norm(y.flatten(-2) * F.silu(z)))
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        z, xbc, dt = self._split(self.in_proj(u))
+        x, dt, Bm, Cm = self._ssm_inputs(self.conv(xbc), dt)
+        A = -torch.exp(self.A_log.float())
+        y, _ = ssd(
+            x, dt, A, Bm, Cm, D=self.D.float(), chunk_size=self.config.chunk_size, backend=MAMBA2_BACKENDS[self.backend]
+        )
+        return self._out(y, z)
+
+    def init_state(self, batch: int) -> dict[str, Any]:
+        w = self.in_proj.weight
+        return {
+            "conv": self.conv.init_state(batch),
+            "ssm": w.new_zeros(batch, self.n_heads, self.d_state, self.head_dim, dtype=self.state_dtype()),
+        }
+
+    def step(self, u_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        z, xbc, dt = self._split(self.in_proj(u_t))
+        xbc, conv_state = self.conv.step(xbc, state["conv"])
+        x, dt, Bm, Cm = self._ssm_inputs(xbc, dt)
+        A = -torch.exp(self.A_log.float())
+        y, ssm = ssd_step(x, dt, A, Bm, Cm, state["ssm"], D=self.D.float())
+        return self._out(y, z), {"conv": conv_state, "ssm": ssm}
+
+    def state_bytes(self, batch: int, seq_len: int) -> int:
+        return self.conv.state_bytes(batch) + batch * self.n_heads * self.d_state * self.head_dim * 4
+
+
+# ---- analytic forward FLOPs -------------------------------------------------------------
+
+
+def mamba_flops(config: MixerConfig, batch: int, seq_len: int) -> float:
+    """Projections + depthwise conv + the scan (about 9 flops per state element and step:
+    decay exp and multiply, input outer product, update, read-out)."""
+    d = config.d_model
+    di, N, r, k = config.expand * d, config.d_state or 16, math.ceil(d / 16), config.conv_size
+    bt = batch * seq_len
+    proj = 2 * bt * (d * 2 * di + di * (r + 2 * N) + r * di + di * d)
+    conv = 2 * bt * di * k
+    scan = 9 * bt * di * N + 4 * bt * di  # + D skip and SiLU gate
+    return float(proj + conv + scan)
+
+
+def mamba2_flops(config: MixerConfig, batch: int, seq_len: int) -> float:
+    """Projections + conv + the SSD chunked form (C B^T per chunk, masked mix, chunk states,
+    state read-out) + gate and norm."""
+    d = config.d_model
+    di, N, P, k = config.expand * d, config.d_state or 64, config.hd, config.conv_size
+    H = di // P
+    Q = min(config.chunk_size, seq_len)
+    bt = batch * seq_len
+    proj = 2 * bt * d * (2 * di + 2 * N + H) + 2 * bt * di * d
+    conv = 2 * bt * (di + 2 * N) * k
+    ssd_mix = 2 * bt * Q * N + 2 * bt * Q * H * P + 4 * bt * H * N * P
+    tail = 6 * bt * di
+    return float(proj + conv + ssd_mix + tail)
+
+
+SPECS = (
+    ArchSpec(
+        name="mamba",
+        family="ssm/selective",
+        description="Mamba: selective state-space block, S6 scan (Gu & Dao, 2023)",
+        paper="Mamba: Linear-Time Sequence Modeling with Selective State Spaces (arXiv 2312.00752)",
+        complexity=Complexity(
+            train_time="O(T d N)",
+            train_memory="O(T d + d N)",
+            decode_time="O(d N) per token",
+            decode_memory="O(d N) state",
+        ),
+        backends=(
+            Backend("mamba_ssm", "mamba-ssm CUDA selective_scan_fn", requires_mamba_ssm),
+            Backend("chunked", "pure-PyTorch chunked selective scan", always),
+        ),
+        factory=lambda cfg, backend: Mamba(cfg, backend),
+        flops=mamba_flops,
+    ),
+    ArchSpec(
+        name="mamba2",
+        family="ssm/ssd",
+        description="Mamba2: state-space duality (SSD) block, scalar decay per head (Dao & Gu, 2024)",
+        paper="Transformers are SSMs: Generalized Models and Efficient Algorithms Through Structured "
+        "State Space Duality (arXiv 2405.21060)",
+        complexity=Complexity(
+            train_time="O(T C d + T d N)",
+            train_memory="O(T d + (T/C) d N)",
+            decode_time="O(d N) per token",
+            decode_memory="O(d N) state",
+        ),
+        backends=(
+            Backend("mamba_ssm", "mamba-ssm Triton SSD (mamba_chunk_scan_combined)", requires_mamba_ssm),
+            Backend("fla", "fla chunk_simple_gla (SSD as simple GLA)", requires_fla),
+            Backend("chunked", "pure-PyTorch SSD block decomposition", always),
+        ),
+        factory=lambda cfg, backend: Mamba2(cfg, backend),
+        flops=mamba2_flops,
+    ),
+)
