@@ -1,0 +1,393 @@
+"""The diagonal-plus-low-rank (DPLR) recurrence: RWKV-7's generalised delta rule.
+
+Per head, with row vectors q_t, k_t, a_t, b_t in R^{1xK}, v_t in R^{1xV}, log-decays
+w_t <= 0 per key channel and state S_t in R^{KxV}:
+
+    S_t = (diag(exp(w_t)) + a_t^T b_t) S_{t-1} + k_t^T v_t
+    o_t = scale * q_t S_t                                   scale defaults to 1.0 (RWKV-7)
+
+The transition is a diagonal decay plus a rank-one correction that *reads* the state with
+b_t (b_t S_{t-1} in R^{1xV} is what the memory returns for key b_t) and *writes* that read-out
+back along a_t. The delta rule is w = 0, a = -beta k, b = k (and beta k as the written key);
+RWKV-7 (Peng et al., 2025, arXiv 2503.14456) uses a = kappa * lr, b = -kappa with kappa the
+normalised removal key and lr its per-channel in-context learning rate, i.e. the transition
+diag(w) - (kappa * lr)^T kappa (see ``archbench.mixers.rnn``).
+
+Reference (``backend="torch"``): a chunked WY / UT-transform algorithm. Cut the sequence into
+chunks of C tokens; inside a chunk, with S_0 the state entering it, let G_i = w_1 + ... + w_i
+be the cumulative log-decay (G_0 = 0, decreasing in i) and u_i = b_i S_{i-1} in R^{1xV}
+the rank-one read-out at step i. Unrolling,
+
+    S_i = diag(e^{G_i}) S_0 + sum_{j<=i} diag(e^{G_i - G_j}) (a_j^T u_j + k_j^T v_j)
+    u_i = (b_i * e^{G_{i-1}}) S_0 + sum_{j<i} [A_ba]_ij u_j + sum_{j<i} [A_bk]_ij v_j
+    o_i = scale ((q_i * e^{G_i}) S_0 + sum_{j<=i} [A_qa]_ij u_j + [A_qk]_ij v_j)
+
+with the decay-weighted Gram matrices (strictly lower for the b rows, lower for the q rows)
+
+    [A_xy]_ij = sum_d x_id y_jd exp(G'_id - G_jd),   G' = G_{i-1} for x = b,  G_i for x = q.
+
+So the read-outs of a chunk solve ONE unit lower-triangular system, (I - A_ba) U = B~ S_0 + A_bk V,
+i.e. U = W S_0 + U~ with the UT transform T = (I - A_ba)^{-1}:
+
+    W = T (b * e^{G_{i-1}}),   U~ = T A_bk V                    (per chunk, independent of S_0)
+
+T, W, U~, the Gram matrices, A_qk V and the chunk's own K~^T V (rows of K~ = k_j e^{G_C - G_j})
+are computed for all chunks at once (batched over batch, heads and chunks; T by bottom-up block
+inversion, no solver call). The only sequential work is one pass over the T/C chunks, a few
+batched [C, K] x [K, V] matmuls per chunk:
+
+    U = W S + U~;   O = scale (q e^{G} S + A_qa U + A_qk V);   S <- diag(e^{G_C}) S + A~^T U + K~^T V
+
+(rows of A~ = a_j e^{G_C - G_j}). Cost per token O(C (K + V) + K V); memory O(C + (T / C) K V) per
+head. The default chunk (32) measured fastest on a 2-core CPU (64 is within ~15%).
+
+Stability. The Gram matrices need exp(G'_i - G_j) per key channel, so they are not a plain
+q k^T. When no chunk spans a log-decay range above SAFE_LOG_RANGE (40 in fp32: every ordinary
+gate, e.g. RWKV-7's log w > -0.61 per step), they factor through the chunk start,
+(x_i e^{G'_i}) . (y_j e^{-G_j}), one matmul each, with every factor within e^{+-40}: no overflow
+or underflow, and products are as accurate as the exact pairwise form. Otherwise (strong decays)
+they are built by binary recursion over halves (the "secondary chunking" of GLA made
+recursive): for rows i in the second half of a block and columns j in the first, factor through
+r = G at the last position of the first half,
+
+    exp(G'_i - G_j) = exp(G'_i - r) * exp(r - G_j),   both exponents <= 0,
+
+so each cross-half block is one matmul and nothing overflows (a factor that underflows to 0
+multiplies a true weight at least as small); the recursion stops at blocks whose range is safe.
+Every other exponent (G_i, G_{i-1}, G_C - G_j) is <= 0. Chunks whose length is not a power of
+two are zero-padded (w = 0, q = k = v = a = b = 0: identity steps that change nothing).
+Accumulation is in fp32 (fp64 inputs stay fp64); outputs come back in v's dtype, states in fp32.
+
+Fused backend (``backend="fla"``): flash-linear-attention's Triton kernel
+``fla.ops.generalized_delta_rule.chunk_dplr_delta_rule(q, k, v, a, b, gk, scale, ...)``
+(``fla.ops.rwkv7.chunk_rwkv7`` is a thin wrapper of it). Its recurrence is
+S_t = diag(exp(gk_t)) S_{t-1} + b_t^T (a_t S_{t-1}) + k_t^T v_t: fla's ``a`` reads and its ``b``
+writes, so our (a, b) go in as fla's (b, a); gk is our w (natural-log decay); its scale defaults
+to K**-0.5, so ours (1.0) is always passed explicitly. Same [B, T, H, D] layout and [B, H, K, V]
+state. fla picks its own chunk size (``chunk_size`` is ignored there).
+``backend="auto"`` picks fla for CUDA tensors when it is importable, else torch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("torch", "fla", "auto")
+
+
+# ---- checks and layout ----------------------------------------------------------------
+
+
+def _resolve_backend(backend: str, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown dplr backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "fla" if device.type == "cuda" and importlib.util.find_spec("fla") is not None else "torch"
+    return backend
+
+
+def _check(q, k, v, w, a, b, initial_state, chunk_size) -> None:
+    if q.dim() != 4 or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"dplr expects q [B, T, H, K] and v [B, T, H, V]; got {tuple(q.shape)}, {tuple(v.shape)}")
+    for name, x in (("k", k), ("w", w), ("a", a), ("b", b)):
+        if x.shape != q.shape:
+            raise ValueError(f"dplr expects {name} [B, T, H, K] = {tuple(q.shape)}; got {tuple(x.shape)}")
+    B, T, H, K = q.shape
+    if initial_state is not None and tuple(initial_state.shape) != (B, H, K, v.shape[-1]):
+        raise ValueError(
+            f"dplr: initial_state must be [B, H, K, V] = {(B, H, K, v.shape[-1])}, got {tuple(initial_state.shape)}"
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+
+def _chunk_view(x: torch.Tensor, C: int) -> torch.Tensor:
+    """[B, T, H, *D] -> a [B, H, N, C, *D] view (after zero-padding T to a whole number of chunks)."""
+    B, T, H = x.shape[:3]
+    N = -(-T // C)
+    if N * C != T:
+        x = F.pad(x, (0, 0) * (x.dim() - 2) + (0, N * C - T))
+    x = x.view(B, N, C, H, *x.shape[3:])
+    return x.permute(0, 3, 1, 2, *range(4, x.dim()))
+
+
+def _pad_chunk(x: torch.Tensor, P: int, dim: int = -2) -> torch.Tensor:
+    """Zero-pad the chunk (position) dim ``dim`` of x up to P positions."""
+    extra = P - x.shape[dim]
+    if extra == 0:
+        return x
+    pad = [0, 0] * (-dim - 1) + [0, extra]
+    return F.pad(x, pad)
+
+
+# ---- the reference ----------------------------------------------------------------------
+
+
+# Largest log-decay range inside a block for which factoring through the block start is safe:
+# then every factor exp(G_start - G_j) <= e^range stays far from overflow (and exp(G_i - G_start)
+# far from underflow); the dot products are as accurate as the exact pairwise form.
+SAFE_LOG_RANGE = {torch.float32: 40.0, torch.float64: 300.0}
+
+
+def _tril_mask(P: int, incl: bool, device: torch.device) -> torch.Tensor:
+    i = torch.arange(P, device=device)
+    return i[:, None] >= i[None, :] if incl else i[:, None] > i[None, :]
+
+
+def _gram_fast(Xq, Xb, Ya, Yk) -> list[torch.Tensor]:
+    """The four Gram matrices when every chunk spans a safe log-decay range (factored through the chunk start).
+
+    Xq = q e^{G}, Xb = b e^{G_{i-1}}, Ya = a e^{-G}, Yk = k e^{-G}, each [..., P, K].
+    Returns [A_qa, A_qk, A_ba, A_bk], each [..., P, P], masked to j <= i (q rows) or j < i (b rows).
+    """
+    P = Xq.shape[-2]
+    out = []
+    for X, incl in ((Xq, True), (Xb, False)):
+        keep = _tril_mask(P, incl, X.device)
+        for Y in (Ya, Yk):
+            out.append((X @ Y.transpose(-1, -2)).mul_(keep))
+    return out
+
+
+def _gram_recursive(q, b, a, k, G, thr: float) -> list[torch.Tensor]:
+    """The four Gram matrices for any decays, by binary recursion over halves.
+
+    q, b, a, k [..., P, K] (raw), G [..., P, K] the cumulative log-decay; P a power of two.
+    A[i, j] = sum_d x_id y_jd exp(G'_id - G_jd) with G' = G for q rows, G_{i-1} for b rows. The
+    cross-half blocks of a level factor through r = G at the end of the first half (both exponents
+    <= 0, see the module docstring). The recursion stops at the first level whose blocks span a
+    log-decay range <= thr; there each block is one masked matmul factored through the block start.
+    Returns [A_qa, A_qk, A_ba, A_bk], each [..., P, P].
+    """
+    *pre, P, K = G.shape
+    Gx = F.pad(G[..., :-1, :], (0, 0, 1, 0))  # G_{i-1}: an exact shift
+    rows = ((q, G, True), (b, Gx, False))
+    cols = (a, k)
+    out = [G.new_zeros(*pre, P, P) for _ in range(4)]
+    nb, L = 1, P  # nb blocks of L positions
+    while True:
+        Gb = G.unflatten(-2, (nb, L))  # [..., nb, L, K]
+        end = Gb[..., -1, :]  # G at the last position of each block [..., nb, K]
+        start = F.pad(end[..., :-1, :], (0, 0, 1, 0))  # G just before each block (0 at the chunk start)
+        with torch.no_grad():
+            safe = L == 1 or bool((start - end).max() <= thr)
+        if safe:
+            break
+        s = L // 2  # cross-half blocks: rows in second halves, columns in first halves
+        split = (nb, 2, s)
+        Gl = G.unflatten(-2, split)[..., 0, :, :]  # [..., nb, s, K]
+        r = Gl[..., -1:, :]  # G at the end of each first half [..., nb, 1, K]
+        dec = (r - Gl).exp()  # r - G_j <= 0
+        Ys = [Y.unflatten(-2, split)[..., 0, :, :] * dec for Y in cols]
+        for x, (X, GX, _) in enumerate(rows):
+            Xs = X.unflatten(-2, split)[..., 1, :, :] * (GX.unflatten(-2, split)[..., 1, :, :] - r).exp()  # <= 0
+            for y, Y in enumerate(Ys):
+                view = out[2 * x + y].view(*pre, nb, 2, s, nb, 2, s).diagonal(dim1=-6, dim2=-3)  # [.., 2, s, 2, s, nb]
+                view[..., 1, :, 0, :, :].copy_((Xs @ Y.transpose(-1, -2)).movedim(-3, -1))
+        nb, L = 2 * nb, s
+
+    # the diagonal blocks, each factored through its start (range <= thr: no overflow)
+    if L > 1:
+        st = start.unsqueeze(-2)  # [..., nb, 1, K]
+        Ys = [Y.unflatten(-2, (nb, L)) * (st - Gb).exp() for Y in cols]
+    for x, (X, GX, incl) in enumerate(rows):
+        keep = _tril_mask(L, incl, G.device)
+        if L > 1:
+            Xs = X.unflatten(-2, (nb, L)) * (GX.unflatten(-2, (nb, L)) - st).exp()
+        for y, Y in enumerate(cols):
+            if L == 1:  # single positions: x_i . y_i with weight exp(0) = 1, q rows only
+                blk = (X * Y).sum(-1).view(*pre, nb, 1, 1) * float(incl)
+            else:
+                blk = (Xs @ Ys[y].transpose(-1, -2)).masked_fill(~keep, 0.0)
+            view = out[2 * x + y].view(*pre, nb, L, nb, L).diagonal(dim1=-4, dim2=-2)  # [..., L, L, nb]
+            view.copy_(blk.movedim(-3, -1))
+    return out
+
+
+def _unit_lower_inverse(A: torch.Tensor) -> torch.Tensor:
+    """(I - A)^{-1} for strictly lower-triangular A [..., P, P] (the diagonal is not read), P a power of two.
+
+    Bottom-up block inversion, vectorised over all blocks of a level: the inverse of
+    [[L0, 0], [-A10, L1]] is [[L0^-1, 0], [L1^-1 A10 L0^-1, L1^-1]]; the 2x2 blocks are
+    [[1, 0], [a, 1]]. log2(P) levels, about (2/3) P^3 flops, plain batched matmuls (a batched
+    LAPACK triangular solve is slow on CPU, and its first call can stall for seconds).
+    """
+    *pre, P, _ = A.shape
+    if P == 1:
+        return A.new_ones(*pre, 1, 1)
+    a = A.diagonal(offset=-1, dim1=-2, dim2=-1)[..., ::2]  # A[2p + 1, 2p]
+    one = torch.ones_like(a)
+    D = torch.stack((one, torch.zeros_like(a), a, one), dim=-1).view(*pre, P // 2, 2, 2)
+    s = 2
+    while s < P:
+        n = P // (2 * s)
+        split = (n, 2, s)
+        D0, D1 = D.unflatten(-3, (n, 2)).unbind(-3)  # inverses of the diagonal blocks [..., n, s, s]
+        A10 = A.unflatten(-1, split).unflatten(-4, split).diagonal(dim1=-6, dim2=-3)[..., 1, :, 0, :, :]
+        D2 = A.new_zeros(*pre, n, 2, s, 2, s)
+        D2[..., 0, :, 0, :] = D0
+        D2[..., 1, :, 0, :] = D1 @ (A10.movedim(-1, -3) @ D0)
+        D2[..., 1, :, 1, :] = D1
+        D = D2.view(*pre, n, 2 * s, 2 * s)
+        s *= 2
+    return D.squeeze(-3)
+
+
+def _dplr_torch(q, k, v, w, a, b, scale, initial_state, output_final_state, chunk_size):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    acc = torch.promote_types(q.dtype, torch.float32)
+    C = min(chunk_size, T)
+    P = 1 << (C - 1).bit_length()  # chunks zero-padded to a power of two for the recursion
+    qv, kv, av, bv = (_pad_chunk(_chunk_view(x.to(acc), C), P) for x in (q, k, a, b))  # [B, H, N, P, K] views
+    vc = _pad_chunk(_chunk_view(v.to(acc), C), P).contiguous()  # [B, H, N, P, V]
+    G = _pad_chunk(_chunk_view(w.to(acc), C), P).cumsum(-2).contiguous()  # G_i <= 0, decreasing
+    N = G.shape[2]
+
+    # decayed rows q_i e^{G_i}, b_i e^{G_{i-1}}
+    E = G.exp()
+    Xq = E * qv  # (the contiguous operand first: outputs take its [B, H, N, P, K] layout)
+    Xb = F.pad(E[..., :-1, :], (0, 0, 1, 0), value=1.0) * bv  # e^{G_{i-1}}: an exact shift
+    g_last = G[..., -1:, :]  # [B, H, N, 1, K]
+    thr = SAFE_LOG_RANGE.get(acc, 40.0)
+    with torch.no_grad():
+        safe = bool((-g_last).max() <= thr)  # every chunk's decay range is safe to factor through its start
+    if safe:  # columns a_j e^{-G_j}, k_j e^{-G_j} (<= e^thr): the Gram in one matmul each; the loop scales by e^{G_P}
+        E_inv = E.reciprocal()
+        Ya, Yk = E_inv * av, E_inv * kv
+        A_qa, A_qk, A_ba, A_bk = _gram_fast(Xq, Xb, Ya, Yk)
+        Kh = Yk * g_last.exp()
+    else:  # columns decayed to the chunk end a_j e^{G_P - G_j}, k_j e^{G_P - G_j}
+        to_end = (g_last - G).exp()
+        Ya, Kh = to_end * av, to_end * kv
+        A_qa, A_qk, A_ba, A_bk = _gram_recursive(qv, bv, av, kv, G, thr)
+
+    # UT transform: W = (I - A_ba)^{-1} b e^{G_{i-1}},  U~ = (I - A_ba)^{-1} A_bk V
+    Tinv = _unit_lower_inverse(A_ba)
+    W = Tinv @ Xb  # [B, H, N, P, K]
+    Ut = Tinv @ (A_bk @ vc)  # [B, H, N, P, V]
+    O = A_qk @ vc  # intra-chunk A_qk V [B, H, N, P, V]
+    KV = Kh.transpose(-1, -2) @ vc  # the chunk's own k^T v, decayed to its end [B, H, N, K, V]
+    decay = g_last.transpose(-1, -2).exp()  # [B, H, N, K, 1]
+
+    # the sequential pass over chunks, with each chunk's read-out:
+    #   U = W S + U~;  O = q e^{G} S + A_qa U + A_qk V;  S <- e^{G_P} S + A^T U + K^T V
+    # (safe: Ya = a e^{-G}, so e^{G_P} S + A^T U = e^{G_P} (S + Ya^T U); else Ya = a e^{G_P - G})
+    if initial_state is None:
+        S = q.new_zeros(B * H, K, V, dtype=acc)
+    else:
+        S = initial_state.to(acc).reshape(B * H, K, V)
+
+    def per_chunk(x):  # [B, H, N, ...] -> N views [B * H, ...] (unbind: one backward op, not N full-size ones)
+        return x.movedim(2, 0).flatten(1, 2).unbind(0)
+
+    Ws, Uts, Os, Xqs, Aqas = (per_chunk(x) for x in (W, Ut, O, Xq, A_qa))
+    Yas, KVs, decays = per_chunk(Ya.transpose(-1, -2)), per_chunk(KV), per_chunk(decay)
+    outs = []
+    for n in range(N):
+        U = torch.baddbmm(Uts[n], Ws[n], S)
+        outs.append(torch.baddbmm(torch.baddbmm(Os[n], Xqs[n], S), Aqas[n], U))
+        if safe:
+            S = torch.addcmul(KVs[n], decays[n], torch.baddbmm(S, Yas[n], U))
+        else:
+            S = torch.baddbmm(torch.addcmul(KVs[n], decays[n], S), Yas[n], U)
+    O = torch.stack(outs, dim=1).view(B, H, N, P, V)
+    if scale != 1.0:
+        O = O * scale
+    o = O[..., :C, :].permute(0, 2, 3, 1, 4).reshape(B, N * C, H, V)[:, :T].to(v.dtype)
+    return o, (S.view(B, H, K, V) if output_final_state else None)
+
+
+# ---- public API -----------------------------------------------------------------------
+
+
+def dplr(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    chunk_size: int = 32,
+    backend: str = "torch",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """S_t = (diag(exp(w_t)) + a_t^T b_t) S_{t-1} + k_t^T v_t,  o_t = scale q_t S_t.
+
+    q, k, w, a, b [B, T, H, K] (w: log-decays <= 0, finite); v [B, T, H, V]; scale defaults
+    to 1.0; initial_state [B, H, K, V]. Returns ``(o [B, T, H, V] in v's dtype,
+    final_state [B, H, K, V] (fp32, or fp64 for fp64 inputs) or None)``.
+    """
+    _check(q, k, v, w, a, b, initial_state, chunk_size)
+    if scale is None:
+        scale = 1.0
+    backend = _resolve_backend(backend, q.device)
+    if backend == "fla":
+        return _dplr_fla(q, k, v, w, a, b, scale, initial_state, output_final_state)
+    B, T, H, K = q.shape
+    if T == 0:
+        o = v.new_zeros(v.shape)
+        if not output_final_state:
+            return o, None
+        acc = torch.promote_types(q.dtype, torch.float32)
+        s = q.new_zeros(B, H, K, v.shape[-1], dtype=acc) if initial_state is None else initial_state.to(acc)
+        return o, s
+    return _dplr_torch(q, k, v, w, a, b, scale, initial_state, output_final_state, chunk_size)
+
+
+def dplr_step(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    state: torch.Tensor,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decode step: q, k, w, a, b [B, H, K], v [B, H, V], state [B, H, K, V] (fp32).
+
+    Returns ``(o [B, H, V] in v's dtype, new_state)``.
+    """
+    if scale is None:
+        scale = 1.0
+    acc = torch.promote_types(torch.promote_types(q.dtype, state.dtype), torch.float32)
+    out_dtype = v.dtype
+    q, k, v, w, a, b, S = (x.to(acc) for x in (q, k, v, w, a, b, state))
+    read = torch.einsum("bhk,bhkv->bhv", b, S)  # b_t S_{t-1}
+    S = w.exp()[..., None] * S + a[..., :, None] * read[..., None, :] + k[..., :, None] * v[..., None, :]
+    o = torch.einsum("bhk,bhkv->bhv", q, S) * scale
+    return o.to(out_dtype), S
+
+
+def dplr_flops(batch: int, seq_len: int, heads: int, k_dim: int, v_dim: int, chunk_size: int = 32) -> float:
+    """Forward FLOPs of the chunked reference (a multiply-add counts 2; matmuls counted dense)."""
+    C = max(1, min(chunk_size, seq_len))
+    P = 1 << (C - 1).bit_length()
+    K, V = k_dim, v_dim
+    per_chunk = (
+        4 * 2 * P * P * K  # the four decay-weighted Gram matrices
+        + (2 * P**3) // 3  # the UT transform T (block inversion)
+        + 2 * P * P * K  # W = T b e^{G}
+        + 2 * 2 * P * P * V  # U~ = T (A_bk V)
+        + 2 * P * P * V  # A_qk V
+        + 2 * K * P * V  # the chunk's own K~^T V
+        + 3 * 2 * P * K * V  # the chunk loop: W S, q e^{G} S, A~^T U
+        + 2 * P * P * V  # the chunk loop: A_qa U
+    )
+    n_chunks = -(-seq_len // C)
+    return float(batch * heads * n_chunks * per_chunk)
+
+
+def _dplr_fla(q, k, v, w, a, b, scale, initial_state, output_final_state):
+    from fla.ops.generalized_delta_rule import chunk_dplr_delta_rule
+
+    # fla: S_t = diag(exp(gk)) S + b^T (a S) + k^T v  -> fla's a reads (our b), fla's b writes (our a)
+    return chunk_dplr_delta_rule(
+        q, k, v, a=b, b=a, gk=w, scale=scale, initial_state=initial_state, output_final_state=output_final_state
+    )
