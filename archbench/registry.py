@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 
 from archbench import hybrids
-from archbench.mixers import attention, gla, linear, rnn, sparse, ssm
+from archbench.mixers import attention, delta, gla, linear, rnn, sparse, ssm
 from archbench.spec import (  # noqa: F401 - re-exported for plugins
     DTYPES,
     ArchSpec,
@@ -26,7 +26,7 @@ from archbench.spec import (  # noqa: F401 - re-exported for plugins
     requires_fla,
 )
 
-CATALOGUE = (attention, sparse, linear, gla, rnn, ssm)
+CATALOGUE = (attention, sparse, linear, gla, delta, rnn, ssm)
 
 _REGISTRY: dict[str, ArchSpec] = {}
 

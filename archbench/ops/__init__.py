@@ -2,9 +2,24 @@
 
 Each op has a pure-PyTorch reference (``backend="torch"``) that runs anywhere and
 fused backends that are used when present. Ops know nothing of suites or reports.
+Recurrent ops take ``initial_state`` / ``output_final_state`` and return ``(o, final_state)``;
+each has a one-token ``*_step`` form for decode.
 """
 
-from archbench.ops.softmax_attention import softmax_attention
+from archbench.ops.delta_rule import delta_rule, delta_rule_step, gated_delta_rule, gated_delta_rule_step
+from archbench.ops.dplr import dplr, dplr_step
+from archbench.ops.gla import gla, gla_step, simple_gla, simple_gla_step
 from archbench.ops.linear_attention import linear_attention, linear_attention_step
+from archbench.ops.nsa import nsa
+from archbench.ops.selective_scan import selective_scan, selective_scan_step
+from archbench.ops.softmax_attention import masked_attention, softmax_attention
+from archbench.ops.ssd import ssd, ssd_step
 
-__all__ = ["softmax_attention", "linear_attention", "linear_attention_step"]
+__all__ = [
+    "softmax_attention", "masked_attention", "nsa",
+    "linear_attention", "linear_attention_step",
+    "simple_gla", "simple_gla_step", "gla", "gla_step",
+    "delta_rule", "delta_rule_step", "gated_delta_rule", "gated_delta_rule_step",
+    "dplr", "dplr_step",
+    "ssd", "ssd_step", "selective_scan", "selective_scan_step",
+]  # fmt: skip

@@ -1,0 +1,256 @@
+"""DeltaNet and Gated DeltaNet: linear attention that overwrites instead of only adding.
+
+DeltaNet (Schlag et al., 2021; Yang et al., 2024, "Parallelizing Linear Transformers with
+the Delta Rule over Sequence Length", arXiv 2406.06484) keeps the linear-attention state
+S in R^{d_k x d_v} per head but writes with the delta rule: it reads the value currently
+stored under the key, k_t S_{t-1}, and moves it a fraction beta_t towards v_t,
+
+    S_t = S_{t-1} + beta_t k_t^T (v_t - k_t S_{t-1}) = (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t
+    o_t = q_t S_t / sqrt(d_k)
+
+Gated DeltaNet (Yang, Kautz & Hatamizadeh, 2024, "Gated Delta Networks: Improving Mamba2
+with Delta Rule", arXiv 2412.06464) adds Mamba2's data-dependent decay in front,
+S_t = alpha_t (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t with
+alpha_t = exp(-exp(A_log) * softplus(W_a x_t + dt_bias)): the decay clears memory quickly,
+the delta rule edits it precisely.
+
+Layer (both papers): q, k, v = SiLU(ShortConv(W_{q,k,v} x)), q and k L2-normalised per head
+(so I - beta k^T k is a contraction), beta_t = sigmoid(W_beta x_t) per head, a per-head RMSNorm
+on the output (Gated DeltaNet: RMSNorm(o) * SiLU(W_g x), a gated norm), then W_o.
+Training / prefill O(T (C + d_k) d_v) with chunk C, decode O(d_k d_v) per token per head
+with a fixed state: H d_k d_v fp32 values plus three (conv_size - 1)-token conv windows.
+
+Backends: ``fla`` (flash-linear-attention's chunk_delta_rule / chunk_gated_delta_rule Triton
+kernels, q/k L2 norm fused in the kernel) and ``chunked`` (the WY / UT-transform reference of
+``archbench.ops.delta_rule``). Decode always uses the exact one-token recurrence.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archbench.mixers.base import Mixer, MixerConfig
+from archbench.mixers.common import HeadRMSNorm, ShortConv
+from archbench.ops.delta_rule import (
+    delta_rule,
+    delta_rule_step,
+    gated_delta_rule,
+    gated_delta_rule_step,
+    l2norm,
+)
+from archbench.spec import ArchSpec, Backend, Complexity, always, requires_cuda_module, requires_fla
+
+# registry backend name -> op backend name
+OP_BACKEND = {"fla": "fla", "chunked": "torch"}
+FLA_HINT = "pip install 'archbench[gpu]' on a CUDA machine"
+# fla's chunk_delta_rule asserts half precision; its gated kernel also takes fp32.
+requires_fla_half = requires_cuda_module("fla", FLA_HINT, dtypes=("float16", "bfloat16"))
+
+
+class _DeltaBase(Mixer):
+    """Projections, short convolutions and beta shared by both layers."""
+
+    def __init__(self, config: MixerConfig, backend: str = "chunked"):
+        super().__init__()
+        if backend not in OP_BACKEND:
+            raise ValueError(
+                f"unknown {type(self).__name__} backend {backend!r}; choose one of {', '.join(OP_BACKEND)}"
+            )
+        self.config, self.backend = config, backend
+        d, h, hd = config.d_model, config.n_heads, config.hd
+        self.q_proj = nn.Linear(d, h * hd, bias=False)
+        self.k_proj = nn.Linear(d, h * hd, bias=False)
+        self.v_proj = nn.Linear(d, h * hd, bias=False)
+        self.b_proj = nn.Linear(d, h, bias=False)  # beta_t = sigmoid(W_beta x_t), one per head
+        if config.conv_size > 0:
+            self.convs = nn.ModuleList(ShortConv(h * hd, config.conv_size, activation=True) for _ in range(3))
+        else:
+            self.convs = None
+        self.o_proj = nn.Linear(h * hd, d, bias=False)
+
+    # -- pieces shared by forward and step --------------------------------------------
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, T, D] -> SiLU(conv(W x)) for q, k, v, each [B, T, H, hd] (not yet normalised)."""
+        h, hd = self.config.n_heads, self.config.hd
+        outs = []
+        for i, proj in enumerate((self.q_proj, self.k_proj, self.v_proj)):
+            y = proj(x)
+            y = self.convs[i](y) if self.convs is not None else F.silu(y)
+            outs.append(y.unflatten(-1, (h, hd)))
+        return outs[0], outs[1], outs[2]
+
+    def _qkv_step(self, x_t: torch.Tensor, conv_states: list | None):
+        h, hd = self.config.n_heads, self.config.hd
+        outs, new_states = [], []
+        for i, proj in enumerate((self.q_proj, self.k_proj, self.v_proj)):
+            y = proj(x_t)
+            if self.convs is not None:
+                y, st = self.convs[i].step(y, conv_states[i])
+                new_states.append(st)
+            else:
+                y = F.silu(y)
+            outs.append(y.unflatten(-1, (h, hd)))
+        return outs, (new_states if self.convs is not None else None)
+
+    def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """o [..., H, hd] -> normalised, (gated), projected [..., D]."""
+        raise NotImplementedError
+
+    # -- decode -----------------------------------------------------------------------
+
+    def init_state(self, batch: int) -> dict[str, Any]:
+        h, hd = self.config.n_heads, self.config.hd
+        w = self.q_proj.weight
+        conv = [c.init_state(batch) for c in self.convs] if self.convs is not None else None
+        return {"conv": conv, "S": w.new_zeros(batch, h, hd, hd, dtype=self.state_dtype())}
+
+    def state_bytes(self, batch: int, seq_len: int) -> int:
+        h, hd = self.config.n_heads, self.config.hd
+        conv = sum(c.state_bytes(batch) for c in self.convs) if self.convs is not None else 0
+        return batch * h * hd * hd * 4 + conv  # fp32 state + conv windows, independent of seq_len
+
+
+class DeltaNet(_DeltaBase):
+    """DeltaNet layer (Yang et al., 2024, arXiv 2406.06484)."""
+
+    def __init__(self, config: MixerConfig, backend: str = "chunked"):
+        super().__init__(config, backend)
+        self.o_norm = HeadRMSNorm(config.hd)
+
+    def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.o_proj(self.o_norm(o).flatten(-2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._qkv(x)
+        beta = torch.sigmoid(self.b_proj(x))
+        o, _ = delta_rule(
+            q, k, v, beta, chunk_size=self.config.chunk_size, backend=OP_BACKEND[self.backend], qk_l2norm=True
+        )
+        return self._output(o, x)
+
+    def step(self, x_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        (q, k, v), conv = self._qkv_step(x_t, state["conv"])
+        beta = torch.sigmoid(self.b_proj(x_t))
+        o, S = delta_rule_step(l2norm(q), l2norm(k), v, beta, state["S"])
+        return self._output(o, x_t), {"conv": conv, "S": S}
+
+
+class GatedDeltaNet(_DeltaBase):
+    """Gated DeltaNet layer (Yang, Kautz & Hatamizadeh, 2024, arXiv 2412.06464)."""
+
+    def __init__(
+        self,
+        config: MixerConfig,
+        backend: str = "chunked",
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+        dt_floor: float = 1e-4,
+        a_range: tuple[float, float] = (1.0, 16.0),
+    ):
+        super().__init__(config, backend)
+        d, h, hd = config.d_model, config.n_heads, config.hd
+        self.a_proj = nn.Linear(d, h, bias=False)  # input-dependent step size, as Mamba2's dt
+        self.g_proj = nn.Linear(d, h * hd, bias=False)  # output gate
+        # Mamba2 initialisation: A ~ U[a_range], dt ~ log-uniform in [dt_min, dt_max], dt_bias = softplus^{-1}(dt).
+        a = torch.empty(h).uniform_(*a_range)
+        self.A_log = nn.Parameter(torch.log(a))
+        dt = torch.exp(torch.rand(h) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_floor)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        self.o_norm = HeadRMSNorm(hd)
+
+    def _gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-decay g, beta), each [..., H]; g = -exp(A_log) softplus(W_a x + dt_bias) in fp32."""
+        g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())
+        return g, torch.sigmoid(self.b_proj(x))
+
+    def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        gate = self.g_proj(x).unflatten(-1, (self.config.n_heads, self.config.hd))
+        return self.o_proj((self.o_norm(o) * F.silu(gate)).flatten(-2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._qkv(x)
+        g, beta = self._gates(x)
+        o, _ = gated_delta_rule(
+            q, k, v, g, beta, chunk_size=self.config.chunk_size, backend=OP_BACKEND[self.backend], qk_l2norm=True
+        )
+        return self._output(o, x)
+
+    def step(self, x_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        (q, k, v), conv = self._qkv_step(x_t, state["conv"])
+        g, beta = self._gates(x_t)
+        o, S = gated_delta_rule_step(l2norm(q), l2norm(k), v, g, beta, state["S"])
+        return self._output(o, x_t), {"conv": conv, "S": S}
+
+
+# ---- analytic cost ----------------------------------------------------------------------
+
+
+def _delta_rule_op_flops(config: MixerConfig, batch: int, seq_len: int) -> float:
+    """Forward FLOPs of the chunked WY form per the reference: per chunk of C tokens and head,
+    Gram and score matrices (2 C^2 K), the UT transform (~C^3 / 3) and W, U (C^2 (K + V)),
+    the chunk pass (2 C K V), and the read-out (C K V + C^2 V); 2 FLOPs per multiply-add."""
+    h, k, v = config.n_heads, config.hd, config.hd
+    c = max(1, min(config.chunk_size, seq_len))
+    per_chunk = 2 * c * c * k + c**3 / 3 + c * c * (k + v) + 3 * c * k * v + c * c * v
+    return 2.0 * batch * h * (seq_len / c) * per_chunk
+
+
+def _conv_flops(config: MixerConfig, batch: int, seq_len: int) -> float:
+    return 2.0 * batch * seq_len * 3 * config.n_heads * config.hd * config.conv_size
+
+
+def deltanet_flops(config: MixerConfig, batch: int, seq_len: int) -> float:
+    """Forward FLOPs: q/k/v/beta/out projections + short convs + the chunked delta rule."""
+    h, hd, d = config.n_heads, config.hd, config.d_model
+    proj = 2.0 * batch * seq_len * d * (3 * h * hd + h) + 2.0 * batch * seq_len * h * hd * d
+    return proj + _conv_flops(config, batch, seq_len) + _delta_rule_op_flops(config, batch, seq_len)
+
+
+def gated_deltanet_flops(config: MixerConfig, batch: int, seq_len: int) -> float:
+    """As DeltaNet plus the decay (W_a) and output-gate (W_g) projections."""
+    h, hd, d = config.n_heads, config.hd, config.d_model
+    extra = 2.0 * batch * seq_len * d * (h + h * hd)
+    return deltanet_flops(config, batch, seq_len) + extra
+
+
+_COMPLEXITY = Complexity(
+    train_time="O(T C d + T d^2 / H)",
+    train_memory="O(T d + (T/C) d^2 / H)",
+    decode_time="O(d^2 / H) per token",
+    decode_memory="O(d^2 / H) state",
+)
+
+SPECS = (
+    ArchSpec(
+        name="deltanet",
+        family="linear/delta-rule",
+        description="DeltaNet: linear attention with delta-rule updates, chunked WY form (Yang et al., 2024)",
+        paper="Parallelizing Linear Transformers with the Delta Rule over Sequence Length (arXiv 2406.06484)",
+        complexity=_COMPLEXITY,
+        backends=(
+            Backend("fla", "fla chunk_delta_rule Triton kernel (fp16/bf16)", requires_fla_half),
+            Backend("chunked", "pure-PyTorch chunked WY / UT-transform reference", always),
+        ),
+        factory=lambda cfg, backend: DeltaNet(cfg, backend),
+        flops=deltanet_flops,
+    ),
+    ArchSpec(
+        name="gated_deltanet",
+        family="linear/delta-rule",
+        description="Gated DeltaNet: delta rule plus Mamba2-style decay and output gate (Yang et al., 2024)",
+        paper="Gated Delta Networks: Improving Mamba2 with Delta Rule (arXiv 2412.06464)",
+        complexity=_COMPLEXITY,
+        backends=(
+            Backend("fla", "fla chunk_gated_delta_rule Triton kernel", requires_fla),
+            Backend("chunked", "pure-PyTorch chunked WY / UT-transform reference", always),
+        ),
+        factory=lambda cfg, backend: GatedDeltaNet(cfg, backend),
+        flops=gated_deltanet_flops,
+    ),
+)

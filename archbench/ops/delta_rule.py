@@ -1,0 +1,478 @@
+"""The delta rule (DeltaNet) and the gated delta rule (Gated DeltaNet).
+
+Per head, with row vectors q_t, k_t in R^{1xK}, v_t in R^{1xV}, a writing strength
+beta_t in (0, 1), an optional log-decay g_t <= 0 and state S_t in R^{KxV}:
+
+    delta rule        S_t = (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t
+    gated delta rule  S_t = exp(g_t) (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t
+    read-out          o_t = scale * q_t S_t                      (scale defaults to K**-0.5)
+
+The state is an associative memory trained online by one step of gradient descent on
+||k_t S - v_t||^2 / 2 with learning rate beta_t: it first reads what it stores under k_t,
+then replaces a beta_t fraction of it by v_t (Widrow & Hoff's delta rule; Schlag et al.,
+2021; Yang et al., 2024, arXiv 2406.06484). The gated form multiplies the memory by a
+data-dependent decay first (Yang, Kautz & Hatamizadeh, 2024, arXiv 2412.06464). Keys are
+meant to be L2-normalised (then I - beta k^T k is a contraction); that is the layer's job,
+or pass ``qk_l2norm=True`` to let the op normalise q and k (fla's in-kernel option).
+
+Reference (``backend="torch"``): the chunked WY / UT-transform form (Yang et al., 2024).
+Write the update as S_t = a_t S_{t-1} + k_t^T u_t with the *pseudo-value*
+u_t = beta_t (v_t - a_t k_t S_{t-1}) and a_t = exp(g_t) (a_t = 1 without gates). Cut the
+sequence into chunks of C tokens; inside a chunk let gamma_i = g_1 + ... + g_i (cumulative
+log-decay from the chunk start, gamma_0 = 0) and S_0 the state entering it. Unrolling,
+
+    S_i = e^{gamma_i} S_0 + sum_{j<=i} e^{gamma_i - gamma_j} k_j^T u_j
+    u_i = beta_i (v_i - e^{gamma_i} k_i S_0 - sum_{j<i} e^{gamma_i - gamma_j} (k_i k_j^T) u_j)
+
+so the pseudo-values of a chunk solve one unit lower-triangular system
+
+    (I + tril(diag(beta) (K K^T * Gamma), -1)) U_c = diag(beta) V - diag(beta e^{gamma}) K S_0
+                                                     with Gamma_ij = e^{gamma_i - gamma_j}.
+
+With the UT transform T = (I + tril(diag(beta) (K K^T * Gamma), -1))^{-1} diag(beta):
+U_c = U - W S_0, where U = T V and W = T (e^{gamma} * K) depend on the chunk alone. The
+gated system matrix is the ungated one conjugated by D = diag(e^{gamma}) (because
+Gamma_ij = e^{gamma_i} e^{-gamma_j}), so T = D T_0 D^{-1} = Gamma * T_0 with T_0 the ungated
+transform, and W = (e^{gamma} * T_0) K: one inverse serves both, and no factor e^{-gamma} > 1
+is ever formed. Hence
+
+  1. for all chunks at once (batched over batch, heads and chunks): the Gram matrices, T_0 by
+     one batched ``torch.linalg.solve_triangular`` against diag(beta), W, U and the masked
+     decay matrices;
+  2. a sequential pass over the T/C chunks (two batched matmuls per chunk, no loop over time):
+     U_c = U - W S_0;  S_C = e^{gamma_C} S_0 + (e^{gamma_C - gamma} * K)^T U_c;
+  3. for all chunks at once: O = scale (e^{gamma} Q S_0 + tril(Q K^T * Gamma) U_c).
+
+Every exponent is a difference gamma_i - gamma_j with j <= i, masked to -inf above the
+diagonal BEFORE the exp, or gamma_i itself: all are <= 0, so strong decays underflow to 0
+and never overflow. Cost per token O(C (K + V) + K V); memory O((T / C) K V) per head.
+Accumulation is in fp32 (fp64 stays fp64); outputs come back in v's dtype, states in fp32.
+
+Fused backends: ``fla`` calls flash-linear-attention's Triton kernels
+``fla.ops.delta_rule.chunk_delta_rule`` (fp16/bf16 only) and
+``fla.ops.gated_delta_rule.chunk_gated_delta_rule``; both use the same [B, T, H, D] layout,
+log-space g, post-sigmoid beta and q-side scale as here. ``auto`` picks fla on CUDA when it
+is importable (and, for the ungated kernel, the dtype is half precision), else torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import math
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("torch", "fla", "auto")
+FLA_CHUNK_SIZES = (16, 32, 64)  # the chunk sizes fla's delta-rule kernels accept
+L2_EPS = 1e-6
+
+
+def l2norm(x: torch.Tensor, eps: float = L2_EPS) -> torch.Tensor:
+    """x / sqrt(||x||^2 + eps) over the last dim, computed in fp32 (or fp64), returned in x's dtype."""
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
+    return (xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+# ---- checks and dispatch --------------------------------------------------------------
+
+
+def _check(name, q, k, v, beta, g, initial_state, chunk_size):
+    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"{name} expects q, k [B, T, H, K] and v [B, T, H, V]")
+    if beta.shape != q.shape[:3]:
+        raise ValueError(f"{name} expects beta [B, T, H] = {tuple(q.shape[:3])}, got {tuple(beta.shape)}")
+    if g is not None and g.shape != q.shape[:3]:
+        raise ValueError(f"{name} expects g [B, T, H] = {tuple(q.shape[:3])}, got {tuple(g.shape)}")
+    B, _, H, K = q.shape
+    if initial_state is not None and initial_state.shape != (B, H, K, v.shape[-1]):
+        raise ValueError(
+            f"{name} expects initial_state [B, H, K, V] = {(B, H, K, v.shape[-1])}, got {tuple(initial_state.shape)}"
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+
+def _fla_usable(q: torch.Tensor, half_only: bool) -> bool:
+    if not q.is_cuda or importlib.util.find_spec("fla") is None:
+        return False
+    return not half_only or q.dtype in (torch.float16, torch.bfloat16)
+
+
+def _resolve(name: str, backend: str, q: torch.Tensor, half_only: bool) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown {name} backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "fla" if _fla_usable(q, half_only) else "torch"
+    return backend
+
+
+# ---- the chunked reference ------------------------------------------------------------
+
+# Run the many small per-chunk ops (the chunk pass and the per-matrix LAPACK solves) with one
+# intra-op thread on CPU. Each of them would otherwise open an OpenMP parallel region, and when
+# the cores are shared with another multi-threaded process every region waits for a
+# descheduled thread: measured on a 2-core machine, 512 small baddbmm calls took 2-4 s with 2
+# threads against 20-40 ms with one, and the batched solve 6 s against 7 ms. The large batched
+# ops keep all threads. Off by default: on an idle machine (the one a benchmark should run on)
+# the parallel loop is as fast or faster (T=4096: 34 ms parallel vs 44 ms serial, 2 cores), and
+# a benchmark must run with the thread count its row records. Turn on for shared machines.
+SERIAL_LOOP = False
+
+
+@contextlib.contextmanager
+def _serial_if(flag: bool):
+    """Run the block with one intra-op thread, then restore the previous count (CPU only)."""
+    n = torch.get_num_threads()
+    if not flag or n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _exp_nonpositive(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """exp(x) for log-decays x <= 0, with entries where ``mask`` is True set to exactly 0.
+
+    The mask is applied BEFORE the exp (as -inf), so nothing above the causal diagonal is
+    ever exponentiated. Exponents are clamped from below at half the log of the smallest
+    normal float (about -43.7 in fp32, -354 in fp64, i.e. factors >= 1e-19 / 1e-154):
+    those terms are negligible next to the diagonal ones (which are 1), and the clamp
+    keeps subnormal floats, which make CPU matmuls many times slower, out of every product.
+    """
+    floor = 0.5 * math.log(torch.finfo(x.dtype).tiny)
+    x = x.clamp(min=floor)
+    if mask is not None:
+        x = x.masked_fill(mask, float("-inf"))
+    return x.exp()
+
+
+class _UTTransform(torch.autograd.Function):
+    """T_0 = (I + tril(a, -1))^{-1} diag(beta) for a batch of chunks, by one triangular solve.
+
+    ``a`` [M, C, C] is read below the diagonal only (LAPACK's unit-triangular solve ignores
+    the rest); beta [M, C]. Gradients: with R = diag(beta) and L the unit lower matrix,
+    gR = L^{-T} gT, ga = -tril(gR T^T, -1), gbeta = diag(gR). Both solves run with one
+    intra-op thread on CPU: torch.linalg.solve_triangular makes one LAPACK call per matrix,
+    and with 2 threads each call is a parallel region (see ``_serial_if``).
+    """
+
+    @staticmethod
+    def forward(ctx, a, beta):
+        serial = SERIAL_LOOP and not a.is_cuda
+        with _serial_if(serial):
+            t = torch.linalg.solve_triangular(a, torch.diag_embed(beta).mT, upper=False, unitriangular=True)
+        ctx.save_for_backward(a, t)
+        ctx.serial = serial
+        return t
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_t):
+        a, t = ctx.saved_tensors
+        with _serial_if(ctx.serial):
+            g_r = torch.linalg.solve_triangular(a.mT, g_t, upper=True, unitriangular=True)
+        g_a = torch.bmm(g_r, t.mT).tril_(-1).neg_()
+        return g_a, g_r.diagonal(dim1=-2, dim2=-1)
+
+
+class _ChunkPass(torch.autograd.Function):
+    """The sequential pass over chunks, with its hand-written reverse pass.
+
+    Forward, for chunk n with entering state S_n (a_n = e^{gamma_C} of the chunk, 1 ungated):
+        u_n = U_n - W_n S_n,    S_{n+1} = a_n S_n + Kt_n u_n          (Kt_n = (e^{gamma_C - gamma} K)^T)
+    Inputs u [N*BH, C, V] (U, overwritten in place by the pseudo-values u_n and returned),
+    w [N, BH, C, K], kt [N, BH, K, C], decay [N, BH, 1, 1] or None, state [BH, K, V];
+    returns (entering states [N, BH, K, V], pseudo-values [N*BH, C, V], S_N).
+    Backward runs the adjoint recurrence in reverse,
+        gu_n = du_n + Kt_n^T gS_{n+1},    gS_n = a_n gS_{n+1} + dS_n - W_n^T gu_n,
+    and forms the parameter gradients for all chunks at once afterwards. Each step is two or
+    three small batched matmuls writing into preallocated buffers, run with one intra-op
+    thread on CPU (see ``SERIAL_LOOP``).
+    """
+
+    @staticmethod
+    def forward(ctx, u, w, kt, decay, state):
+        N, BH, C, K = w.shape
+        V = state.shape[-1]
+        serial = SERIAL_LOOP and not u.is_cuda
+        pseudo = u.view(N, BH, C, V)
+        entering = state.new_empty(N, BH, K, V)
+        final = state.new_empty(BH, K, V)
+        entering[0] = state
+        with _serial_if(serial):
+            for n in range(N):
+                s_n, s_next = entering[n], (entering[n + 1] if n + 1 < N else final)
+                u_n = pseudo[n].baddbmm_(w[n], s_n, alpha=-1.0)  # U - W S_n: the chunk's pseudo-values
+                if decay is None:
+                    torch.baddbmm(s_n, kt[n], u_n, out=s_next)
+                else:
+                    torch.mul(s_n, decay[n], out=s_next).baddbmm_(kt[n], u_n)
+        ctx.mark_dirty(u)
+        ctx.save_for_backward(w, kt, decay, entering, u)
+        ctx.serial = serial
+        return entering, u, final
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_entering, g_pseudo, g_final):
+        w, kt, decay, entering, u = ctx.saved_tensors
+        N, BH, C, K = w.shape
+        V = entering.shape[-1]
+        pseudo = u.view(N, BH, C, V)
+        g_state = entering.new_zeros(N + 1, BH, K, V)  # g_state[n]: gradient w.r.t. S_n
+        if g_final is not None:
+            g_state[N] = g_final
+        g_u = entering.new_empty(N, BH, C, V)
+        g_entering = torch.zeros_like(entering) if g_entering is None else g_entering
+        g_pseudo = torch.zeros_like(pseudo) if g_pseudo is None else g_pseudo.view(N, BH, C, V)
+        with _serial_if(ctx.serial):
+            for n in range(N - 1, -1, -1):
+                gu = torch.baddbmm(g_pseudo[n], kt[n].mT, g_state[n + 1], out=g_u[n])
+                if decay is None:
+                    torch.add(g_entering[n], g_state[n + 1], out=g_state[n])
+                else:
+                    torch.addcmul(g_entering[n], g_state[n + 1], decay[n], out=g_state[n])
+                g_state[n].baddbmm_(w[n].mT, gu, alpha=-1.0)
+        g_next = g_state[1:]
+        flat = lambda x, r, c: x.reshape(N * BH, r, c)  # noqa: E731
+        g_w = torch.bmm(flat(g_u, C, V), flat(entering, K, V).mT).neg_().view(N, BH, C, K)
+        g_kt = torch.bmm(flat(g_next, K, V), flat(pseudo, C, V).mT).view(N, BH, K, C)
+        g_decay = None if decay is None else (entering * g_next).sum((-2, -1), keepdim=True)
+        return g_u.view(N * BH, C, V), g_w, g_kt, g_decay, g_state[0]
+
+
+def _chunked(q, k, v, beta, g, scale, initial_state, output_final_state, chunk_size):
+    """The WY / UT-transform chunked form of the (gated) delta rule; g=None means no decay.
+
+    Written for CPU, where the work is memory bound: beta and the scale are folded into
+    passes that happen anyway, every matmul is a 3-D ``bmm`` on [N*B*H, C, D] views (no hidden
+    copies), and the per-chunk loops (``_UTTransform``, ``_ChunkPass``) carry their own
+    backward so that autograd neither records nor replays thousands of tiny ops.
+    """
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    acc = torch.promote_types(q.dtype, torch.float32)
+    if T == 0:
+        state = initial_state.to(acc) if initial_state is not None else q.new_zeros(B, H, K, V, dtype=acc)
+        return v.new_zeros(B, 0, H, V), (state if output_final_state else None)
+    C = min(chunk_size, T)
+    N = -(-T // C)
+    pad = N * C - T
+    BH = B * H
+
+    def blocks(x: torch.Tensor) -> torch.Tensor:  # [B, T, H, D] -> view [N, B, H, C, D] in acc dtype
+        x = x.to(acc)
+        if pad:  # zero k, v, beta and g: padded steps leave the state untouched
+            x = F.pad(x, (0, 0, 0, 0, 0, pad))
+        return x.view(B, N, C, H, -1).permute(1, 0, 3, 2, 4)
+
+    # Chunk n of head j is row n * BH + j. Keys and queries share one [N*BH, 2C, K] array
+    # (rows 0..C-1 keys, C..2C-1 queries) so that one matmul gives both K K^T and Q K^T.
+    kq = torch.cat([blocks(k), blocks(q)], dim=-2).view(N * BH, 2 * C, K)
+    kc, qc = kq[:, :C], kq[:, C:]
+    vc = blocks(v).reshape(N * BH, C, V)
+    serial = SERIAL_LOOP and not q.is_cuda
+    with _serial_if(serial):  # small [T, H] tensors: not worth a parallel region each
+        gates = blocks(torch.stack([beta, g], -1) if g is not None else beta[..., None]).reshape(N * BH, C, -1)
+        bc = gates[..., :1]  # beta, [N*BH, C, 1]
+        if g is not None:
+            gam = gates[..., 1].cumsum(-1)  # [N*BH, C]: cumulative log-decay in the chunk
+            # e^{gamma_C - gamma_i} for the keys and scale * e^{gamma_i} for the queries, all <= 1
+            e_rest, e_gam = _exp_nonpositive(torch.stack([gam[:, -1:] - gam, gam], 1)).unbind(1)
+            kq_factor = torch.cat([e_rest, e_gam * scale], dim=-1).unsqueeze(-1)  # [N*BH, 2C, 1]
+    incl = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    kk_qk = torch.bmm(kq, kc.mT)  # [N*BH, 2C, C]: k_i . k_j, then q_i . k_j
+    qk = kk_qk[:, C:]
+
+    # The ungated UT transform T_0 = (I + tril(diag(beta) K K^T, -1))^{-1} diag(beta), all chunks at once.
+    # (K K^T is symmetric: scaling its columns and transposing gives diag(beta) K K^T in the
+    # column-major layout LAPACK wants, so the solve copies nothing.)
+    t0 = _UTTransform.apply((kk_qk[:, :C] * bc.mT).mT, bc.squeeze(-1))
+    if g is None:
+        w, u = torch.bmm(t0, kc), torch.bmm(t0, vc)
+        attn = qk * (incl * scale)  # scale tril(Q K^T), diagonal included
+        q_eff, q_scale, k_out_t, chunk_decay = qc, scale, kc.mT, None
+    else:
+        # Gamma_ij = exp(gamma_i - gamma_j) for j <= i, 0 above the diagonal (masked before exp).
+        decay = _exp_nonpositive(gam[:, :, None] - gam[:, None, :], mask=~incl)
+        # The gated system matrix is the ungated one conjugated by D = diag(e^gamma):
+        # I + tril(diag(beta) (K K^T * Gamma), -1) = D (I + tril(diag(beta) K K^T, -1)) D^{-1}, so
+        # T = D T_0 D^{-1} = Gamma * T_0 and W = T (e^gamma K) = (e^gamma T_0) K: no second
+        # inverse, and no factor e^{-gamma} > 1 is ever formed.
+        w = torch.bmm(t0 * e_gam.unsqueeze(-1), kc)
+        u = torch.bmm(t0 * decay, vc)
+        attn = qk * decay  # tril(Q K^T * Gamma), scale applied below
+        kq_scaled = kq * kq_factor
+        k_out_t, q_eff = kq_scaled[:, :C].mT, kq_scaled[:, C:]  # (e^{gamma_C - gamma_j} k_j)^T, scale e^{gamma_i} q_i
+        q_scale = 1.0
+        chunk_decay = e_gam[:, -1].view(N, BH, 1, 1)  # e^{gamma_C}
+    w, k_out_t = w.view(N, BH, C, K), k_out_t.view(N, BH, K, C)
+
+    if initial_state is not None:
+        state = initial_state.to(acc).reshape(BH, K, V)
+    else:
+        state = torch.zeros(BH, K, V, dtype=acc, device=q.device)
+    s0, uc, state = _ChunkPass.apply(u, w, k_out_t, chunk_decay, state)
+    s0 = s0.view(N * BH, K, V)
+    # O = scale (e^gamma Q S_0 + tril(Q K^T * Gamma) U_c)
+    zero = torch.zeros((), dtype=acc, device=q.device)
+    o = torch.baddbmm(zero, q_eff, s0, beta=0.0, alpha=q_scale).baddbmm_(attn, uc, alpha=1.0 if g is None else scale)
+    o = o.view(N, B, H, C, V).permute(1, 0, 3, 2, 4).reshape(B, N * C, H, V)[:, :T].to(v.dtype)
+    final_state = state.view(B, H, K, V) if output_final_state else None
+    return o, final_state
+
+
+# ---- fla adapters ---------------------------------------------------------------------
+
+
+def _fla_chunk_size(chunk_size: int) -> int:
+    # The chunk size only tiles the computation; fla accepts 16/32/64 and defaults to 64.
+    return chunk_size if chunk_size in FLA_CHUNK_SIZES else 64
+
+
+def _fla_delta_rule(q, k, v, beta, scale, initial_state, output_final_state, chunk_size, qk_l2norm):
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(
+            f"fla's chunk_delta_rule supports only float16/bfloat16 inputs, got {q.dtype}; "
+            "use backend='torch' (or 'auto') for fp32"
+        )
+    from fla.ops.delta_rule import chunk_delta_rule  # optional, CUDA only
+
+    o, final_state = chunk_delta_rule(
+        q,
+        k.to(q.dtype),
+        v.to(q.dtype),
+        beta.to(q.dtype),
+        scale=scale,
+        initial_state=None if initial_state is None else initial_state.float(),
+        output_final_state=output_final_state,
+        use_qk_l2norm_in_kernel=qk_l2norm,
+        chunk_size=_fla_chunk_size(chunk_size),
+    )
+    return o.to(v.dtype), final_state
+
+
+def _fla_gated_delta_rule(q, k, v, g, beta, scale, initial_state, output_final_state, chunk_size, qk_l2norm):
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule  # optional, CUDA only
+
+    o, final_state = chunk_gated_delta_rule(
+        q,
+        k.to(q.dtype),
+        v.to(q.dtype),
+        g.float(),  # log-space decay, as here; fla keeps gate cumsums in fp32
+        beta.to(q.dtype),  # post-sigmoid (use_beta_sigmoid_in_kernel=False)
+        scale=scale,
+        initial_state=None if initial_state is None else initial_state.float(),
+        output_final_state=output_final_state,
+        use_qk_l2norm_in_kernel=qk_l2norm,
+        chunk_size=_fla_chunk_size(chunk_size),
+    )
+    return o.to(v.dtype), final_state
+
+
+# ---- public ops -----------------------------------------------------------------------
+
+
+def delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    chunk_size: int = 64,
+    backend: str = "torch",
+    qk_l2norm: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """DeltaNet: S_t = (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t, o_t = scale q_t S_t.
+
+    q, k [B, T, H, K], v [B, T, H, V], beta [B, T, H] in (0, 1). ``qk_l2norm`` L2-normalises
+    q and k inside the op. Returns ``(o [B, T, H, V], final_state [B, H, K, V] or None)``.
+    """
+    _check("delta_rule", q, k, v, beta, None, initial_state, chunk_size)
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    backend = _resolve("delta_rule", backend, q, half_only=True)
+    if backend == "fla":
+        return _fla_delta_rule(q, k, v, beta, scale, initial_state, output_final_state, chunk_size, qk_l2norm)
+    if qk_l2norm:
+        q, k = l2norm(q), l2norm(k)
+    return _chunked(q, k, v, beta, None, scale, initial_state, output_final_state, chunk_size)
+
+
+def gated_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    chunk_size: int = 64,
+    backend: str = "torch",
+    qk_l2norm: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gated DeltaNet: S_t = exp(g_t) (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t.
+
+    q, k [B, T, H, K], v [B, T, H, V], g [B, T, H] log-decay (<= 0), beta [B, T, H] in (0, 1).
+    Returns ``(o [B, T, H, V], final_state [B, H, K, V] or None)``.
+    """
+    _check("gated_delta_rule", q, k, v, beta, g, initial_state, chunk_size)
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    backend = _resolve("gated_delta_rule", backend, q, half_only=False)
+    if backend == "fla":
+        return _fla_gated_delta_rule(
+            q, k, v, g, beta, scale, initial_state, output_final_state, chunk_size, qk_l2norm
+        )
+    if qk_l2norm:
+        q, k = l2norm(q), l2norm(k)
+    return _chunked(q, k, v, beta, g, scale, initial_state, output_final_state, chunk_size)
+
+
+def delta_rule_step(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor,
+    state: torch.Tensor,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decode step: q, k [B, H, K], v [B, H, V], beta [B, H], state [B, H, K, V] (fp32).
+
+    Returns ``(o [B, H, V], new_state)``.
+    """
+    return _step(q, k, v, None, beta, state, scale)
+
+
+def gated_delta_rule_step(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    state: torch.Tensor,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One gated decode step: as ``delta_rule_step`` with a log-decay g [B, H]."""
+    return _step(q, k, v, g, beta, state, scale)
+
+
+def _step(q, k, v, g, beta, state, scale):
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    acc, out_dtype = state.dtype, v.dtype
+    q, k, v, beta = q.to(acc), k.to(acc), v.to(acc), beta.to(acc)
+    if g is not None:
+        state = state * g.to(acc).exp()[..., None, None]
+    read = torch.einsum("bhk,bhkv->bhv", k, state)  # what the memory holds under k_t
+    state = state + torch.einsum("bhk,bhv->bhkv", k, beta[..., None] * (v - read))
+    o = torch.einsum("bhk,bhkv->bhv", q, state) * scale
+    return o.to(out_dtype), state
