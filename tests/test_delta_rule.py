@@ -6,6 +6,8 @@ The oracle below is the recurrence written literally, one token at a time in flo
 
 from __future__ import annotations
 
+import importlib
+
 import importlib.util
 
 import pytest
@@ -214,7 +216,7 @@ def test_hand_written_backward_passes_gradcheck():
 
 
 def test_serial_loop_flag_restores_threads(monkeypatch):
-    import archbench.ops.delta_rule as dr
+    dr = importlib.import_module("archbench.ops.delta_rule")
 
     q, k, v, beta, g, _ = make_inputs(T=40)
     threads = torch.get_num_threads()

@@ -6,6 +6,8 @@ S_t = (diag(exp(w_t)) + a_t^T b_t) S_{t-1} + k_t^T v_t,  o_t = scale q_t S_t.
 
 from __future__ import annotations
 
+import importlib
+
 import importlib.util
 import math
 
@@ -13,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import archbench.ops.dplr as dplr_mod
+dplr_mod = importlib.import_module("archbench.ops.dplr")
 from archbench.mixers.base import MixerConfig
 from archbench.mixers.rnn import RWKV7, SPECS, rwkv7_flops
 from archbench.ops.dplr import dplr, dplr_flops, dplr_step

@@ -70,7 +70,7 @@ def test_chunked_matches_oracle(op, T, chunk):
 @pytest.mark.parametrize("op", OPS)
 def test_chunk_groups_match_oracle(op, monkeypatch):
     """The reference takes chunks in cache-sized groups; force many small groups."""
-    import archbench.ops.gla as gla_module
+    gla_module = importlib.import_module("archbench.ops.gla")
 
     monkeypatch.setattr(gla_module, "_GROUP_ELEMS", 3 * (1 * 3 * 8 * 8))  # 3 chunks of [B=1, H=3, C=8, D=8]
     q, k, v, g = inputs(op, 1, 77, 3, 8, 8, seed=12)
@@ -135,7 +135,7 @@ def test_final_state_is_none_unless_asked(op):
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("chunk", [4, 6])
 def test_gradients_match_oracle(op, chunk, monkeypatch):
-    import archbench.ops.gla as gla_module
+    gla_module = importlib.import_module("archbench.ops.gla")
 
     monkeypatch.setattr(gla_module, "_GROUP_ELEMS", 64)  # 1-2 chunks per group: gradients cross groups
     q, k, v, g = inputs(op, 1, 19, 2, 4, 3, dtype=torch.float64, gate_scale=2.0, seed=7)

@@ -221,7 +221,7 @@ def test_flash_attn_window_matches_reference():
 @pytest.fixture(params=["gather", "dispatch"])
 def slc_impl(request, monkeypatch):
     """Run the selected branch through the direct gather or the block-major dispatch form."""
-    import archbench.ops.nsa as nsa_mod
+    nsa_mod = importlib.import_module("archbench.ops.nsa")
 
     monkeypatch.setattr(nsa_mod, "_GATHER_MAX", 1 << 40 if request.param == "gather" else 0)
     return request.param

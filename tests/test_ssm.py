@@ -3,13 +3,15 @@ Mamba / Mamba2 mixers' decode steps against their parallel forms."""
 
 from __future__ import annotations
 
+import importlib
+
 import importlib.util
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import archbench.ops.selective_scan as ss_mod
+ss_mod = importlib.import_module("archbench.ops.selective_scan")
 from archbench.mixers.base import MixerConfig
 from archbench.mixers.ssm import SPECS, Mamba, Mamba2, mamba2_flops, mamba_flops
 from archbench.ops.selective_scan import selective_scan, selective_scan_step
