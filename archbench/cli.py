@@ -163,6 +163,8 @@ def _run_with_progress(runner):
     )
 
     console = Console(stderr=True)
+    if not console.is_terminal:  # logs (CI, nohup): no wrapping at 80 columns
+        console = Console(stderr=True, width=200)
     colors = {"ok": "green", "oom": "yellow", "unsupported": "dim", "skipped": "dim"}
     with Progress(
         TextColumn("[bold]{task.description}"),
