@@ -31,6 +31,7 @@ from archbench.measure.energy import EnergyResult, energy_source, measure_energy
 from archbench.measure.memory import PeakMemory, current_memory, release_free_memory
 from archbench.measure.timing import time_fn
 from archbench.mixers.base import MixerConfig
+from archbench.ops.dispatch import recording
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MODES = ("fwd", "fwd_bwd", "prefill", "decode")
@@ -155,7 +156,7 @@ def run_cell(cell: dict) -> dict:
     )
     if work.setup:
         work.setup()
-    with PeakMemory(device) as pm:  # one extra, untimed call: the sampler never perturbs timing
+    with PeakMemory(device) as pm, recording() as kernels:  # one extra, untimed call
         work.call()
     energy = _energy(work, device, m)
 
@@ -178,6 +179,7 @@ def run_cell(cell: dict) -> dict:
         build_s=build_s,
         threads=torch.get_num_threads(),
         family=spec.family,
+        kernels=sorted(kernels),
     )
     return row
 

@@ -143,3 +143,16 @@ def test_short_conv_step_matches_forward():
     x2 = x.clone()
     x2[:, 6:] += 1
     torch.testing.assert_close(conv(x2)[:, :6], y[:, :6])
+
+
+def test_dispatch_records_the_kernel_that_ran():
+    from archbench.ops.dispatch import recording
+
+    q = torch.randn(1, 8, 2, 4)
+    with recording() as outer:
+        softmax_attention(q, q, q, backend="sdpa")
+        with recording() as inner:
+            linear_attention(q, q, q)
+    assert inner == {"torch.linear_attention_chunked"}
+    assert outer == {"torch.sdpa", "torch.linear_attention_chunked"}
+    softmax_attention(q, q, q)  # outside any recording: a no-op, no error

@@ -64,6 +64,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from archbench.ops.dispatch import record
+
 BACKENDS = ("torch", "fla", "auto")
 FLA_CHUNK_SIZES = (16, 32, 64)  # the chunk sizes fla's delta-rule kernels accept
 L2_EPS = 1e-6
@@ -399,6 +401,7 @@ def delta_rule(
     if scale is None:
         scale = q.shape[-1] ** -0.5
     backend = _resolve("delta_rule", backend, q, half_only=True)
+    record("fla.chunk_delta_rule" if backend == "fla" else "torch.delta_rule_chunked")
     if backend == "fla":
         return _fla_delta_rule(q, k, v, beta, scale, initial_state, output_final_state, chunk_size, qk_l2norm)
     if qk_l2norm:
@@ -428,6 +431,7 @@ def gated_delta_rule(
     if scale is None:
         scale = q.shape[-1] ** -0.5
     backend = _resolve("gated_delta_rule", backend, q, half_only=False)
+    record("fla.chunk_gated_delta_rule" if backend == "fla" else "torch.gated_delta_rule_chunked")
     if backend == "fla":
         return _fla_gated_delta_rule(
             q, k, v, g, beta, scale, initial_state, output_final_state, chunk_size, qk_l2norm

@@ -75,6 +75,8 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
+from archbench.ops.dispatch import record
+
 BACKENDS = ("torch", "fla", "auto")
 
 
@@ -327,6 +329,7 @@ def dplr(
     if scale is None:
         scale = 1.0
     backend = _resolve_backend(backend, q.device)
+    record("fla.chunk_dplr_delta_rule" if backend == "fla" else "torch.dplr_chunked")
     if backend == "fla":
         return _dplr_fla(q, k, v, w, a, b, scale, initial_state, output_final_state)
     B, T, H, K = q.shape

@@ -58,6 +58,8 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
+from archbench.ops.dispatch import record
+
 BACKENDS = ("torch", "fla", "auto")
 _GROUP_ELEMS = 1 << 19  # reference: chunks are processed in groups of about this many elements per tensor
 
@@ -182,6 +184,7 @@ def simple_gla(
     if scale is None:
         scale = K**-0.5
     backend = _resolve_backend("simple_gla", backend, q.device)
+    record("fla.chunk_simple_gla" if backend == "fla" else "torch.simple_gla_chunked")
     if backend == "fla":
         return _simple_gla_fla(q, k, v, g, scale, initial_state, output_final_state)
 
@@ -293,6 +296,7 @@ def gla(
     if scale is None:
         scale = K**-0.5
     backend = _resolve_backend("gla", backend, q.device)
+    record("fla.chunk_gla" if backend == "fla" else "torch.gla_chunked")
     if backend == "fla":
         from fla.ops.gla import chunk_gla
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from archbench.ops.dispatch import record
+
 BACKENDS = ("torch",)
 
 
@@ -40,6 +42,7 @@ def linear_attention(
         raise ValueError("linear_attention expects q, k [B, T, H, K] and v [B, T, H, V]")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    record("torch.linear_attention_chunked")
     B, T, H, K = q.shape
     V = v.shape[-1]
     if scale is None:

@@ -56,6 +56,7 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
+from archbench.ops.dispatch import record
 from archbench.ops.softmax_attention import softmax_attention
 
 BACKENDS = ("torch", "fla", "auto")
@@ -363,6 +364,7 @@ def nsa(
         raise ValueError(f"k_cmp/v_cmp need >= {nb} compressed blocks (got {k_cmp.shape[1]}, {v_cmp.shape[1]})")
     if backend == "auto":
         backend = "fla" if fla_unavailable_reason(q, k, block_size, block_count) is None else "torch"
+    record("torch.nsa" if backend == "torch" else "fla.parallel_nsa")
     if backend == "torch":
         return _nsa_torch(q, k, v, g_cmp, g_slc, g_swa, block_size, block_count, window, scale, k_cmp, v_cmp)
     if backend == "fla":

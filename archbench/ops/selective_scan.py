@@ -52,6 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from archbench.ops.dispatch import record
+
 BACKENDS = ("torch", "mamba_ssm", "auto")
 BLOCK_ELEMS = 1 << 20  # target size of one block's [B, Tb, Dm, N] tensors (elements)
 # largest chunk span (-c_end) the cumulative-sum path accepts, and the log-decay floor of the
@@ -102,6 +104,7 @@ def selective_scan(
     _check(u, delta, A, B, C, D, initial_state)
     if backend == "auto":
         backend = "mamba_ssm" if u.is_cuda and importlib.util.find_spec("mamba_ssm") is not None else "torch"
+    record("mamba_ssm.selective_scan_fn" if backend == "mamba_ssm" else "torch.selective_scan_chunked")
     if backend == "mamba_ssm":
         return _selective_scan_mamba_ssm(u, delta, A, B, C, D, initial_state, output_final_state, chunk_size)
     return _selective_scan_torch(u, delta, A, B, C, D, initial_state, output_final_state, chunk_size)

@@ -46,6 +46,8 @@ from typing import Callable, Hashable
 import torch
 import torch.nn.functional as F
 
+from archbench.ops.dispatch import record
+
 BACKENDS = ("torch", "sdpa", "flash_attn", "flex", "auto")
 MASKED_BACKENDS = ("torch", "sdpa", "flex")
 
@@ -323,6 +325,14 @@ def _auto(q: torch.Tensor) -> str:
     return "sdpa"
 
 
+_KERNELS = {
+    "torch": "torch.softmax_attention",
+    "sdpa": "torch.sdpa",
+    "flash_attn": "flash_attn.flash_attn_func",
+    "flex": "torch.flex_attention",
+}
+
+
 def softmax_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -346,6 +356,7 @@ def softmax_attention(
         window = None  # the window covers every key: plain (causal) attention
     if backend == "auto":
         backend = _auto(q)
+    record(f"{_KERNELS.get(backend, backend)}{'' if window is None else '+window'}")
     if backend == "torch":
         return _reference(q, k, v, causal, scale, window)
     if backend == "sdpa":
@@ -379,6 +390,7 @@ def masked_attention(
     if scale is None:
         scale = q.shape[-1] ** -0.5
     T, S = q.shape[1], k.shape[1]
+    record(f"{_KERNELS.get(backend, backend)}+mask")
     if backend == "flex":
         return _flex(q, k, v, mask_fn, key, scale)
     if backend not in ("torch", "sdpa"):

@@ -43,6 +43,8 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
+from archbench.ops.dispatch import record
+
 BACKENDS = ("torch", "mamba_ssm", "fla", "auto")
 
 
@@ -93,6 +95,7 @@ def ssd(
                 if importlib.util.find_spec(name) is not None:
                     backend = name
                     break
+    record({"mamba_ssm": "mamba_ssm.mamba_chunk_scan_combined", "fla": "fla.chunk_simple_gla"}.get(backend, "torch.ssd_chunked"))
     if backend == "mamba_ssm":
         return _ssd_mamba_ssm(x, dt, A, B, C, D, initial_state, output_final_state, chunk_size)
     if backend == "fla":
