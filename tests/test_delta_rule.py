@@ -315,6 +315,37 @@ def test_mixer_step_reproduces_forward(cls, conv_size):
 
 
 @pytest.mark.parametrize("cls", [DeltaNet, GatedDeltaNet])
+@pytest.mark.parametrize("conv_size", [4, 2, 0])
+@pytest.mark.parametrize("T", [1, 2, 3])
+def test_mixer_prefill_short_prompts(cls, conv_size, T):
+    """prefill on 1 token and on fewer tokens than the conv kernel: forward's outputs, conv
+    windows zero-padded on the left as step keeps them, and step continues exactly."""
+    torch.manual_seed(5)
+    cfg = MixerConfig(d_model=32, n_heads=2, chunk_size=16, conv_size=conv_size)
+    m = cls(cfg, "chunked").double()
+    x = torch.randn(2, T + 5, 32, dtype=torch.float64)
+    with torch.no_grad():
+        y = m(x)
+        y_pre, state = m.prefill(x[:, :T])
+        torch.testing.assert_close(y_pre, y[:, :T], rtol=1e-7, atol=1e-8)
+        ref = m.init_state(2)
+        assert state["S"].shape == ref["S"].shape and state["S"].dtype == torch.float64
+        if conv_size == 0:
+            assert state["conv"] is None
+        else:
+            _, stepped = m.step(x[:, 0], ref)  # the conv windows after the first token, by step
+            for c, (got, want) in enumerate(zip(state["conv"], ref["conv"])):
+                assert got.shape == want.shape == (2, 32, conv_size - 1)
+                if T == 1:
+                    torch.testing.assert_close(got, stepped["conv"][c], rtol=0, atol=0)
+                if T < conv_size - 1:  # fewer inputs than the window: zeros on the left
+                    assert (got[..., : conv_size - 1 - T] == 0).all()
+        for t in range(T, x.shape[1]):
+            y_t, state = m.step(x[:, t], state)
+            torch.testing.assert_close(y_t, y[:, t], rtol=1e-7, atol=1e-8)
+
+
+@pytest.mark.parametrize("cls", [DeltaNet, GatedDeltaNet])
 def test_mixer_is_causal_and_trains(cls):
     torch.manual_seed(0)
     m = cls(CFG, "chunked")

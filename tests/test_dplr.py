@@ -239,6 +239,23 @@ def test_rwkv7_step_matches_forward():
     assert S.shape == (2, 3, 16, 16) and S.dtype == torch.float32 and torch.equal(shift, x[:, -1])
 
 
+@pytest.mark.parametrize("T", [1, 2, 3])
+def test_rwkv7_prefill_short_prompts(T):
+    """prefill on 1 token and on a few (shorter than a conv kernel): forward's outputs, the last
+    x as token-shift state, and step continues exactly."""
+    m = _mixer(seed=6).double()
+    x = torch.randn(2, T + 5, 48, dtype=torch.float64)
+    with torch.no_grad():
+        y = m(x)
+        y_pre, (S, shift) = m.prefill(x[:, :T])
+        torch.testing.assert_close(y_pre, y[:, :T], rtol=1e-7, atol=1e-8)
+        assert S.shape == (2, 3, 16, 16) and S.dtype == torch.float64 and torch.equal(shift, x[:, T - 1])
+        state = (S, shift)
+        for t in range(T, x.shape[1]):
+            y_t, state = m.step(x[:, t], state)
+            torch.testing.assert_close(y_t, y[:, t], rtol=1e-7, atol=1e-8)
+
+
 def test_rwkv7_is_causal_and_chunk_independent():
     m = _mixer(chunk=8)
     x = torch.randn(1, 40, 48)

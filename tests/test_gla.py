@@ -253,6 +253,25 @@ def test_mixer_backward_and_unknown_backend(name):
         MIXERS[name](CFG, "nope")
 
 
+@pytest.mark.parametrize("name", MIXERS)
+@pytest.mark.parametrize("T", [1, 3])
+def test_mixer_prefill_short_prompts(name, T):
+    """prefill on 1 token and on fewer tokens than a conv kernel (4): forward's outputs, and a
+    state of init_state's structure from which step continues exactly."""
+    torch.manual_seed(4)
+    mixer = MIXERS[name](CFG, "chunked").double().eval()
+    x = torch.randn(2, T + 5, 32, dtype=torch.float64)
+    with torch.no_grad():
+        y = mixer(x)
+        y_pre, state = mixer.prefill(x[:, :T])
+        ref = mixer.init_state(2)
+        assert state.shape == ref.shape and state.dtype == ref.dtype == torch.float64
+        torch.testing.assert_close(y_pre, y[:, :T], rtol=1e-7, atol=1e-8)
+        for t in range(T, x.shape[1]):
+            y_t, state = mixer.step(x[:, t], state)
+            torch.testing.assert_close(y_t, y[:, t], rtol=1e-7, atol=1e-8)
+
+
 def test_retnet_decays_and_hgrn2_lower_bound():
     retnet = RetNet(MixerConfig(d_model=32, n_heads=4), "chunked")
     torch.testing.assert_close(retnet.log_gamma.exp(), 1 - 2.0 ** (-5.0 - torch.arange(4.0)))

@@ -52,6 +52,17 @@ FLA_HINT = "pip install 'archbench[gpu]' on a CUDA machine"
 requires_fla_half = requires_cuda_module("fla", FLA_HINT, dtypes=("float16", "bfloat16"))
 
 
+def _conv_window(y: torch.Tensor, kernel: int) -> torch.Tensor:
+    """The decode state of a ShortConv after the inputs y [B, T, C]: the last kernel - 1 inputs
+    as [B, C, kernel - 1], oldest first, zero-padded on the left when T < kernel - 1."""
+    keep = kernel - 1
+    yt = y.transpose(1, 2)
+    if yt.shape[-1] < keep:
+        yt = F.pad(yt, (keep - yt.shape[-1], 0))
+    # a copy, so that the state does not keep the whole [B, T, C] projection alive
+    return yt[..., yt.shape[-1] - keep :].clone(memory_format=torch.contiguous_format)
+
+
 class _DeltaBase(Mixer):
     """Projections, short convolutions and beta shared by both layers."""
 
@@ -75,15 +86,22 @@ class _DeltaBase(Mixer):
 
     # -- pieces shared by forward and step --------------------------------------------
 
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [B, T, D] -> SiLU(conv(W x)) for q, k, v, each [B, T, H, hd] (not yet normalised)."""
+    def _qkv(self, x: torch.Tensor, want_state: bool = False):
+        """x [B, T, D] -> ((q, k, v), conv states): SiLU(conv(W x)) for q, k, v, each [B, T, H, hd]
+        (not yet normalised); with ``want_state`` also the three conv windows after x, as
+        ``ShortConv.step`` keeps them (None without convs or without ``want_state``)."""
         h, hd = self.config.n_heads, self.config.hd
-        outs = []
+        outs, states = [], []
         for i, proj in enumerate((self.q_proj, self.k_proj, self.v_proj)):
             y = proj(x)
-            y = self.convs[i](y) if self.convs is not None else F.silu(y)
+            if self.convs is not None:
+                if want_state:
+                    states.append(_conv_window(y, self.convs[i].kernel))
+                y = self.convs[i](y)
+            else:
+                y = F.silu(y)
             outs.append(y.unflatten(-1, (h, hd)))
-        return outs[0], outs[1], outs[2]
+        return (outs[0], outs[1], outs[2]), (states if want_state and self.convs is not None else None)
 
     def _qkv_step(self, x_t: torch.Tensor, conv_states: list | None):
         h, hd = self.config.n_heads, self.config.hd
@@ -101,6 +119,25 @@ class _DeltaBase(Mixer):
     def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """o [..., H, hd] -> normalised, (gated), projected [..., D]."""
         raise NotImplementedError
+
+    def _mix(self, x: torch.Tensor, q, k, v, want_state: bool):
+        """The chunked op over the sequence: (o [B, T, H, hd], final state [B, H, K, V] or None)."""
+        raise NotImplementedError
+
+    # -- parallel form (training and prefill) -------------------------------------------
+
+    def _forward(self, x: torch.Tensor, want_state: bool):
+        (q, k, v), conv = self._qkv(x, want_state)
+        o, S = self._mix(x, q, k, v, want_state)
+        y = self._output(o, x)
+        return y, ({"conv": conv, "S": S.to(self.state_dtype())} if want_state else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x, want_state=False)[0]
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """forward(x) and the decode state after x: the op's final state and the conv windows."""
+        return self._forward(x, want_state=True)
 
     # -- decode -----------------------------------------------------------------------
 
@@ -126,13 +163,18 @@ class DeltaNet(_DeltaBase):
     def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.o_proj(self.o_norm(o).flatten(-2))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._qkv(x)
+    def _mix(self, x: torch.Tensor, q, k, v, want_state: bool):
         beta = torch.sigmoid(self.b_proj(x))
-        o, _ = delta_rule(
-            q, k, v, beta, chunk_size=self.config.chunk_size, backend=OP_BACKEND[self.backend], qk_l2norm=True
+        return delta_rule(
+            q,
+            k,
+            v,
+            beta,
+            chunk_size=self.config.chunk_size,
+            backend=OP_BACKEND[self.backend],
+            qk_l2norm=True,
+            output_final_state=want_state,
         )
-        return self._output(o, x)
 
     def step(self, x_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         (q, k, v), conv = self._qkv_step(x_t, state["conv"])
@@ -173,13 +215,19 @@ class GatedDeltaNet(_DeltaBase):
         gate = self.g_proj(x).unflatten(-1, (self.config.n_heads, self.config.hd))
         return self.o_proj((self.o_norm(o) * F.silu(gate)).flatten(-2))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._qkv(x)
+    def _mix(self, x: torch.Tensor, q, k, v, want_state: bool):
         g, beta = self._gates(x)
-        o, _ = gated_delta_rule(
-            q, k, v, g, beta, chunk_size=self.config.chunk_size, backend=OP_BACKEND[self.backend], qk_l2norm=True
+        return gated_delta_rule(
+            q,
+            k,
+            v,
+            g,
+            beta,
+            chunk_size=self.config.chunk_size,
+            backend=OP_BACKEND[self.backend],
+            qk_l2norm=True,
+            output_final_state=want_state,
         )
-        return self._output(o, x)
 
     def step(self, x_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         (q, k, v), conv = self._qkv_step(x_t, state["conv"])

@@ -83,12 +83,25 @@ class RetNet(Mixer):
         o = self.norm(o.reshape(-1, o.shape[-2] * o.shape[-1])).reshape(*shape, -1)
         return self.out(F.silu(gate.flatten(-2)) * o)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, want_state: bool):
         q, k, v, gate = self._project(x)
-        o, _ = simple_gla(
-            q, k, v, self.log_gamma, chunk_size=self.config.chunk_size, backend=OP_BACKEND[self.backend]
+        o, final = simple_gla(
+            q,
+            k,
+            v,
+            self.log_gamma,
+            chunk_size=self.config.chunk_size,
+            backend=OP_BACKEND[self.backend],
+            output_final_state=want_state,
         )
-        return self._output(o, gate)
+        return self._output(o, gate), (final.to(self.state_dtype()) if want_state else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x, want_state=False)[0]
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward(x) and the decode state after x: the op's final state [B, H, K, V]."""
+        return self._forward(x, want_state=True)
 
     def init_state(self, batch: int) -> torch.Tensor:
         h, hd = self.config.n_heads, self.config.hd
@@ -133,10 +146,25 @@ class GLA(Mixer):
     def _output(self, o: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         return self.out((F.silu(r) * self.norm(o)).flatten(-2))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, want_state: bool):
         q, k, v, g, r = self._project(x)
-        o, _ = gla(q, k, v, g, chunk_size=self.config.chunk_size, backend=OP_BACKEND[self.backend])
-        return self._output(o, r)
+        o, final = gla(
+            q,
+            k,
+            v,
+            g,
+            chunk_size=self.config.chunk_size,
+            backend=OP_BACKEND[self.backend],
+            output_final_state=want_state,
+        )
+        return self._output(o, r), (final.to(self.state_dtype()) if want_state else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x, want_state=False)[0]
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward(x) and the decode state after x: the op's final state [B, H, K, V]."""
+        return self._forward(x, want_state=True)
 
     def init_state(self, batch: int) -> torch.Tensor:
         h, hd = self.config.n_heads, self.config.hd
@@ -185,10 +213,25 @@ class HGRN2(Mixer):
     def _output(self, o: torch.Tensor) -> torch.Tensor:
         return self.out(self.norm(o.flatten(-2)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, want_state: bool):
         q, k, v, g = self._project(x)
-        o, _ = gla(q, k, v, g, chunk_size=self.config.chunk_size, backend=OP_BACKEND[self.backend])
-        return self._output(o)
+        o, final = gla(
+            q,
+            k,
+            v,
+            g,
+            chunk_size=self.config.chunk_size,
+            backend=OP_BACKEND[self.backend],
+            output_final_state=want_state,
+        )
+        return self._output(o), (final.to(self.state_dtype()) if want_state else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x, want_state=False)[0]
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward(x) and the decode state after x: the op's final state [B, H, K, V]."""
+        return self._forward(x, want_state=True)
 
     def init_state(self, batch: int) -> torch.Tensor:
         h, hd = self.config.n_heads, self.config.hd

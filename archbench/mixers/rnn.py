@@ -129,11 +129,34 @@ class RWKV7(Mixer):
         bonus = (r * k * self.r_k).sum(-1, keepdim=True) * v  # the current token, read directly
         return self.output((o + bonus.flatten(-2)) * g)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, want_state: bool):
         x_prev = F.pad(x, (0, 0, 1, -1))  # x_{t-1}, zero before the first token
         r, k, v, log_w, a, b, g = self._inputs(x, x_prev)
-        o, _ = dplr(r, k, v, log_w, a, b, scale=1.0, chunk_size=self.config.chunk_size, backend=BACKENDS[self.backend])
-        return self._finish(o, r, k, v, g)
+        o, S = dplr(
+            r,
+            k,
+            v,
+            log_w,
+            a,
+            b,
+            scale=1.0,
+            chunk_size=self.config.chunk_size,
+            backend=BACKENDS[self.backend],
+            output_final_state=want_state,
+        )
+        y = self._finish(o, r, k, v, g)
+        if not want_state:
+            return y, None
+        # token-shift state: the last x (a copy, so the state does not keep the prompt alive)
+        shift = x[:, -1].clone() if x.shape[1] else x.new_zeros(x.shape[0], x.shape[-1])
+        return y, (S.to(self.state_dtype()), shift)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x, want_state=False)[0]
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """forward(x) and the decode state after x: (the op's final DPLR state, the last x)."""
+        return self._forward(x, want_state=True)
 
     # -- decode ----------------------------------------------------------------------------
 
