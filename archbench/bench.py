@@ -30,7 +30,7 @@ from archbench import registry
 from archbench.measure.energy import EnergyResult, energy_source, measure_energy
 from archbench.measure.memory import PeakMemory, current_memory, release_free_memory
 from archbench.measure.timing import time_fn
-from archbench.mixers.base import MixerConfig
+from archbench.mixers.base import Mixer, MixerConfig
 from archbench.ops.dispatch import recording
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -80,6 +80,8 @@ def _workload(cell: dict, module: torch.nn.Module, x: torch.Tensor) -> Workload:
 
         return Workload(fwd_bwd, B * T, flops_factor=3.0)
     if mode == "prefill":
+        if getattr(type(module), "prefill", None) is Mixer.prefill:
+            raise Unsupported(f"{type(module).__name__} has no parallel prefill (Mixer.prefill's token loop is not timed)")
         module.eval()
 
         def prefill():
