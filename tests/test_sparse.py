@@ -425,3 +425,49 @@ def test_specs_and_flops():
         f1, f2 = spec.flops(cfg, 1, 256), spec.flops(cfg, 1, 512)
         assert 0 < f1 < f2 < 4 * f1  # sub-quadratic growth with a fixed window / block budget
         assert spec.build(cfg, spec.backend_names[-1])(torch.randn(1, 5, 64)).shape == (1, 5, 64)
+
+
+PREFILL_CASES = [
+    # sliding window W = 7 (cache at W slots from the start): T = 1, T < W, T = W, ring wraps
+    (SlidingWindowAttention, "naive", dict(window=7), [1, 5, 7, 11, 16]),
+    # W = 40: the cache grows 16 -> 32 -> 40 while filling, then wraps
+    (SlidingWindowAttention, "sdpa", dict(window=40), [1, 16, 17, 33, 40, 45]),
+    # block 4, two global + two local blocks: inside the global blocks, just past, and later
+    (BlockSparseAttention, "naive", dict(block_size=4, window=8), [1, 3, 8, 9, 13, 23]),
+    (BlockSparseAttention, "sdpa", dict(block_size=4, window=8), [5, 16]),
+    # NSA: T < block, a complete block, T > window, several compressed blocks
+    (NSA, "chunked", dict(block_size=4, block_count=3, window=6), [1, 3, 4, 9, 23]),
+]
+
+
+@pytest.mark.parametrize("cls,backend,extra,lengths", PREFILL_CASES, ids=lambda c: getattr(c, "__name__", None))
+def test_mixer_prefill_continues_like_step(cls, backend, extra, lengths):
+    """prefill gives forward's outputs and the cache step would have built; step continues exactly."""
+    cfg = MixerConfig(d_model=32, n_heads=4, n_kv_heads=2, **extra)
+    torch.manual_seed(0)
+    m = cls(cfg, backend).double()
+    if isinstance(m, NSA):
+        with torch.no_grad():
+            m.pool.add_(0.05 * torch.randn_like(m.pool))
+            m.cmp_k.weight.add_(0.1 * torch.randn_like(m.cmp_k.weight))
+    for T in lengths:
+        x = torch.randn(2, T + 9, 32, dtype=torch.float64)
+        with torch.no_grad():
+            y = m(x)
+            y_pre, state = m.prefill(x[:, :T])
+            torch.testing.assert_close(y_pre, y[:, :T], rtol=1e-9, atol=1e-10)
+            _, ref = _step_all(m, x[:, :T])
+            assert state.keys() == ref.keys()
+            for key, val in ref.items():
+                if isinstance(val, torch.Tensor):
+                    if key in ("k", "v") and "len" in ref:  # NSA: only the filled part is meaningful
+                        val, state_val = val[:, : ref["len"]], state[key][:, : state["len"]]
+                    else:
+                        state_val = state[key]
+                    assert state_val.shape == val.shape and state_val.dtype == val.dtype, (T, key)
+                    torch.testing.assert_close(state_val, val, rtol=1e-9, atol=1e-10)
+                else:
+                    assert state[key] == val, (T, key)
+            for t in range(T, x.shape[1]):
+                y_t, state = m.step(x[:, t], state)
+                torch.testing.assert_close(y_t, y[:, t], rtol=1e-9, atol=1e-10)

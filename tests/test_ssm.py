@@ -409,3 +409,30 @@ def test_specs():
         assert spec.flops(cfg, 2, 128) > 0
     assert mamba_flops(cfg, 1, 256) == 2 * mamba_flops(cfg, 1, 128)
     assert mamba2_flops(cfg, 1, 2048) > mamba2_flops(cfg, 1, 1024)
+
+
+@pytest.mark.parametrize("cls,cfg", CONFIGS)
+@pytest.mark.parametrize("T", [1, 2, 3, 17])
+def test_mixer_prefill_continues_like_step(cls, cfg, T):
+    """prefill over T tokens (T = 1, T < conv kernel - 1, T = kernel - 1, T past a chunk
+    boundary) gives forward's outputs and the state step builds; step continues exactly.
+    (Tolerances as in test_zoo: dt and A are computed in fp32 even in an fp64 module.)"""
+    torch.manual_seed(0)
+    m = cls(cfg, "chunked").double().eval()
+    x = torch.randn(2, T + 6, cfg.d_model, dtype=torch.float64)
+    with torch.no_grad():
+        y = m(x)
+        y_pre, state = m.prefill(x[:, :T])
+        torch.testing.assert_close(y_pre, y[:, :T], rtol=1e-7, atol=1e-8)
+        ref = m.init_state(2)
+        for t in range(T):
+            _, ref = m.step(x[:, t], ref)
+        for key in ("conv", "ssm"):
+            if ref[key] is None:
+                assert state[key] is None
+            else:
+                assert state[key].dtype == ref[key].dtype and state[key].shape == ref[key].shape
+                torch.testing.assert_close(state[key], ref[key], rtol=1e-7, atol=1e-8)
+        for t in range(T, x.shape[1]):
+            y_t, state = m.step(x[:, t], state)
+            torch.testing.assert_close(y_t, y[:, t], rtol=1e-7, atol=1e-8)

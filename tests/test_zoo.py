@@ -81,3 +81,14 @@ def test_prefill_state_continues_like_step(built):
         for t in range(12, T):
             y_t, state = m.step(x[:, t], state)
             torch.testing.assert_close(y_t, y[:, t], rtol=1e-7, atol=1e-8)
+
+
+def test_prefill_is_parallel_not_the_token_loop(built):
+    """prefill must come from the parallel form (op final state, cache of projections), not
+    Mixer.prefill's token-by-token fallback, or the prefill mode would time a Python loop."""
+    from archbench.mixers.base import Mixer
+
+    spec, m = built
+    if not spec.has_decode:
+        pytest.skip(f"{spec.name} declares no decode form")
+    assert type(m).prefill is not Mixer.prefill, f"{type(m).__name__} must override prefill"

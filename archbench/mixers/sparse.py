@@ -43,6 +43,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from archbench.mixers.base import Mixer, MixerConfig
@@ -97,10 +98,36 @@ class SlidingWindowAttention(_QKV):
         self.window = config.window or 512
         self._init_proj(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, want_state: bool) -> tuple[torch.Tensor, dict[str, Any] | None]:
         q, k, v = self._project(x)
         o = softmax_attention(q, k, v, causal=True, window=self.window, backend=SWA_OP_BACKEND[self.backend])
-        return self.out(o.flatten(2))
+        y = self.out(o.flatten(2))
+        if not want_state:
+            return y, None
+        return y, {"k": self._ring(k), "v": self._ring(v), "pos": x.shape[1]}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x, False)[0]
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Forward over the prompt; the ring cache holds its last W keys and values."""
+        return self._forward(x, True)
+
+    def _capacity(self, seq_len: int) -> int:
+        """The ring cache's slots after ``seq_len`` tokens, grown exactly as ``step`` grows it."""
+        cap, W = min(16, self.window), self.window
+        while cap < min(seq_len, W):
+            cap += min(cap, W - cap)
+        return cap
+
+    def _ring(self, k: torch.Tensor) -> torch.Tensor:
+        """[B, T, Hkv, d] -> the ring cache after T tokens: token p in slot p mod W."""
+        T, W = k.shape[1], self.window
+        if T >= W:  # the last W tokens, T - W + i going to slot (T - W + i) mod W = (i + T) mod W
+            return torch.roll(k[:, T - W :], shifts=T % W, dims=1).contiguous()
+        ring = k.new_zeros(k.shape[0], self._capacity(T), *k.shape[2:])
+        ring[:, :T] = k
+        return ring
 
     def init_state(self, batch: int) -> dict[str, Any]:
         """A ring KV cache: it grows (doubling) up to W slots, then token p overwrites slot p mod W."""
@@ -193,9 +220,29 @@ class BlockSparseAttention(_QKV):
         key = ("block_sparse", self.block, self.n_local, self.n_global, off)
         return masked_attention(q, k, v, fn, backend=backend, key=key)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, want_state: bool) -> tuple[torch.Tensor, dict[str, Any] | None]:
         q, k, v = self._project(x)
-        return self.out(self._attend(q, k, v, BSA_OP_BACKEND[self.backend]).flatten(2))
+        y = self.out(self._attend(q, k, v, BSA_OP_BACKEND[self.backend]).flatten(2))
+        if not want_state:
+            return y, None
+        T = x.shape[1]
+        if T == 0:
+            return y, self.init_state(x.shape[0])
+        g = min(T, self.n_global * self.block)
+        # past the global blocks, step keeps [local_start(T - 1), T); before, lstart = T
+        lstart = self._local_start(T - 1) if T > g else T
+        return y, {
+            "gk": k[:, :g].clone(), "gv": v[:, :g].clone(),
+            "lk": k[:, lstart:].clone(), "lv": v[:, lstart:].clone(),
+            "lstart": lstart, "pos": T,
+        }  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x, False)[0]
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Forward over the prompt; the cache keeps its global blocks and the local blocks still visible."""
+        return self._forward(x, True)
 
     def _local_start(self, pos: int) -> int:
         """First position kept in the local cache once the token at ``pos`` is in."""
@@ -283,7 +330,7 @@ class NSA(_QKV):
         g = torch.sigmoid(self.gate(x)).unflatten(-1, (self.config.n_heads, 3))
         return g.unbind(-1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, want_state: bool) -> tuple[torch.Tensor, dict[str, Any] | None]:
         q, k, v = self._project(x)
         k_cmp, v_cmp = self.compress(k, v)
         g_cmp, g_slc, g_swa = self._gates(x)
@@ -292,7 +339,21 @@ class NSA(_QKV):
             block_size=self.block, block_count=self.count, window=self.window,
             k_cmp=k_cmp, v_cmp=v_cmp, backend=NSA_OP_BACKEND[self.backend],
         )  # fmt: skip
-        return self.out(o.flatten(2))
+        y = self.out(o.flatten(2))
+        if not want_state:
+            return y, None
+        pad = (0, 0, 0, 0, 0, 16)  # room for 16 more tokens; step doubles it when full
+        return y, {
+            "k": F.pad(k, pad), "v": F.pad(v, pad),
+            "kc": k_cmp.contiguous(), "vc": v_cmp.contiguous(), "len": x.shape[1],
+        }  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x, False)[0]
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Forward over the prompt; the state is its KV cache and its compressed blocks."""
+        return self._forward(x, True)
 
     def init_state(self, batch: int) -> dict[str, Any]:
         """KV cache (doubling capacity) and the compressed blocks completed so far."""

@@ -55,6 +55,15 @@ def _dt_bias(n: int, dt_min: float = 1e-3, dt_max: float = 1e-1, floor: float = 
     return dt + torch.log(-torch.expm1(-dt))
 
 
+def _conv_tail(x: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """The last n steps of x [B, T, C] as [B, C, n], oldest first, zero-padded on the left."""
+    T = x.shape[1]
+    tail = x[:, max(T - n, 0) :].transpose(1, 2).to(dtype)
+    if T < n:
+        tail = F.pad(tail, (n - T, 0))
+    return tail.contiguous()
+
+
 class _Conv(nn.Module):
     """ShortConv with its SiLU, or plain SiLU when conv_size is 0; same decode API either way."""
 
@@ -65,6 +74,13 @@ class _Conv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x) if self.conv is not None else F.silu(x)
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``forward(x)`` and the decode state after x [B, T, C]: the last kernel - 1 inputs,
+        oldest first, as [B, C, kernel - 1], zero-padded on the left when T < kernel - 1."""
+        if self.conv is None:
+            return F.silu(x), None
+        return self.conv(x), _conv_tail(x, self.conv.kernel - 1, self.conv.conv.weight.dtype)
 
     def init_state(self, batch: int) -> torch.Tensor | None:
         return self.conv.init_state(batch) if self.conv is not None else None
@@ -107,13 +123,29 @@ class Mamba(Mixer):
         delta = F.softplus(self.dt_proj(dt).float())
         return delta, Bm, Cm
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
+    def _forward(self, u: torch.Tensor, want_state: bool) -> tuple[torch.Tensor, dict[str, Any] | None]:
         x, z = self.in_proj(u).chunk(2, dim=-1)
-        x = self.conv(x)
+        if want_state:
+            x, conv_state = self.conv.prefill(x)
+        else:
+            x = self.conv(x)
         delta, Bm, Cm = self._ssm_inputs(x)
         A = -torch.exp(self.A_log.float())
-        y, _ = selective_scan(x, delta, A, Bm, Cm, D=self.D.float(), backend=MAMBA_BACKENDS[self.backend])
-        return self.out_proj(y * F.silu(z))
+        y, h = selective_scan(
+            x, delta, A, Bm, Cm, D=self.D.float(), output_final_state=want_state,
+            backend=MAMBA_BACKENDS[self.backend],
+        )  # fmt: skip
+        out = self.out_proj(y * F.silu(z))
+        if not want_state:
+            return out, None
+        return out, {"conv": conv_state, "ssm": h.to(self.state_dtype()).contiguous()}
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self._forward(u, False)[0]
+
+    def prefill(self, u: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Forward over the prompt plus the decode state: the conv window and the scan's final h."""
+        return self._forward(u, True)
 
     def init_state(self, batch: int) -> dict[str, Any]:
         w = self.in_proj.weight
@@ -170,14 +202,29 @@ class Mamba2(Mixer):
     def _out(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.out_proj(self.norm(y.flatten(-2) * F.silu(z)))
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
+    def _forward(self, u: torch.Tensor, want_state: bool) -> tuple[torch.Tensor, dict[str, Any] | None]:
         z, xbc, dt = self._split(self.in_proj(u))
-        x, dt, Bm, Cm = self._ssm_inputs(self.conv(xbc), dt)
+        if want_state:
+            xbc, conv_state = self.conv.prefill(xbc)
+        else:
+            xbc = self.conv(xbc)
+        x, dt, Bm, Cm = self._ssm_inputs(xbc, dt)
         A = -torch.exp(self.A_log.float())
-        y, _ = ssd(
-            x, dt, A, Bm, Cm, D=self.D.float(), chunk_size=self.config.chunk_size, backend=MAMBA2_BACKENDS[self.backend]
-        )
-        return self._out(y, z)
+        y, h = ssd(
+            x, dt, A, Bm, Cm, D=self.D.float(), chunk_size=self.config.chunk_size,
+            output_final_state=want_state, backend=MAMBA2_BACKENDS[self.backend],
+        )  # fmt: skip
+        out = self._out(y, z)
+        if not want_state:
+            return out, None
+        return out, {"conv": conv_state, "ssm": h.to(self.state_dtype()).contiguous()}
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self._forward(u, False)[0]
+
+    def prefill(self, u: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Forward over the prompt plus the decode state: the conv window and SSD's final state."""
+        return self._forward(u, True)
 
     def init_state(self, batch: int) -> dict[str, Any]:
         w = self.in_proj.weight
