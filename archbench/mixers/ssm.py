@@ -120,7 +120,7 @@ class Mamba(Mixer):
     def _ssm_inputs(self, x: torch.Tensor):
         """x (after conv) [..., d_inner] -> delta [..., d_inner], B, C [..., N]."""
         dt, Bm, Cm = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.softplus(self.dt_proj(dt).float())
+        delta = F.softplus(self.dt_proj(dt).to(self.state_dtype()))
         return delta, Bm, Cm
 
     def _forward(self, u: torch.Tensor, want_state: bool) -> tuple[torch.Tensor, dict[str, Any] | None]:
@@ -130,9 +130,9 @@ class Mamba(Mixer):
         else:
             x = self.conv(x)
         delta, Bm, Cm = self._ssm_inputs(x)
-        A = -torch.exp(self.A_log.float())
+        A = -torch.exp(self.A_log.to(self.state_dtype()))
         y, h = selective_scan(
-            x, delta, A, Bm, Cm, D=self.D.float(), output_final_state=want_state,
+            x, delta, A, Bm, Cm, D=self.D.to(self.state_dtype()), output_final_state=want_state,
             backend=MAMBA_BACKENDS[self.backend],
         )  # fmt: skip
         out = self.out_proj(y * F.silu(z))
@@ -158,8 +158,8 @@ class Mamba(Mixer):
         x, z = self.in_proj(u_t).chunk(2, dim=-1)
         x, conv_state = self.conv.step(x, state["conv"])
         delta, Bm, Cm = self._ssm_inputs(x)
-        A = -torch.exp(self.A_log.float())
-        y, ssm = selective_scan_step(x, delta, A, Bm, Cm, state["ssm"], D=self.D.float())
+        A = -torch.exp(self.A_log.to(self.state_dtype()))
+        y, ssm = selective_scan_step(x, delta, A, Bm, Cm, state["ssm"], D=self.D.to(self.state_dtype()))
         return self.out_proj(y * F.silu(z)), {"conv": conv_state, "ssm": ssm}
 
     def state_bytes(self, batch: int, seq_len: int) -> int:
@@ -196,7 +196,7 @@ class Mamba2(Mixer):
     def _ssm_inputs(self, xbc: torch.Tensor, dt: torch.Tensor):
         x, Bm, Cm = xbc.split([self.d_inner, self.d_state, self.d_state], dim=-1)
         x = x.unflatten(-1, (self.n_heads, self.head_dim))
-        dt = F.softplus(dt.float() + self.dt_bias.float())
+        dt = F.softplus(dt.to(self.state_dtype()) + self.dt_bias.to(self.state_dtype()))
         return x, dt, Bm.unsqueeze(-2), Cm.unsqueeze(-2)  # B, C with one group
 
     def _out(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -209,9 +209,9 @@ class Mamba2(Mixer):
         else:
             xbc = self.conv(xbc)
         x, dt, Bm, Cm = self._ssm_inputs(xbc, dt)
-        A = -torch.exp(self.A_log.float())
+        A = -torch.exp(self.A_log.to(self.state_dtype()))
         y, h = ssd(
-            x, dt, A, Bm, Cm, D=self.D.float(), chunk_size=self.config.chunk_size,
+            x, dt, A, Bm, Cm, D=self.D.to(self.state_dtype()), chunk_size=self.config.chunk_size,
             output_final_state=want_state, backend=MAMBA2_BACKENDS[self.backend],
         )  # fmt: skip
         out = self._out(y, z)
@@ -237,8 +237,8 @@ class Mamba2(Mixer):
         z, xbc, dt = self._split(self.in_proj(u_t))
         xbc, conv_state = self.conv.step(xbc, state["conv"])
         x, dt, Bm, Cm = self._ssm_inputs(xbc, dt)
-        A = -torch.exp(self.A_log.float())
-        y, ssm = ssd_step(x, dt, A, Bm, Cm, state["ssm"], D=self.D.float())
+        A = -torch.exp(self.A_log.to(self.state_dtype()))
+        y, ssm = ssd_step(x, dt, A, Bm, Cm, state["ssm"], D=self.D.to(self.state_dtype()))
         return self._out(y, z), {"conv": conv_state, "ssm": ssm}
 
     def state_bytes(self, batch: int, seq_len: int) -> int:
