@@ -17,6 +17,8 @@ def test_summarize_statistics():
     assert s.iqr_s == pytest.approx(2.0) and s.rel_iqr == pytest.approx(2.0 / 3.0)
     row = s.as_row()
     assert row["time_median_s"] == 3.0 and row["time_samples_s"] == [5.0, 1.0, 2.0, 3.0, 4.0]
+    assert row["noisy"] is True  # IQR/median 0.67 > 0.10
+    assert summarize([1.0, 1.01, 0.99, 1.0]).as_row()["noisy"] is False
     with pytest.raises(ValueError):
         summarize([])
 

@@ -125,7 +125,11 @@ def test_plugin_archs_are_accepted(tmp_path):
     assert {c.arch for c in cells} == {"test_raise", "softmax_attention"}
 
 
-@pytest.mark.parametrize("path", ["suites/smoke.yaml", "suites/long-context.yaml"])
+@pytest.mark.parametrize(
+    "path",
+    ["suites/smoke.yaml", "suites/long-context.yaml", "suites/zoo.yaml", "suites/zoo-speed.yaml",
+     "suites/decode.yaml", "suites/training.yaml"],
+)  # fmt: skip
 def test_shipped_suites_validate(path):
     from pathlib import Path
 

@@ -21,6 +21,9 @@ from typing import Callable
 import numpy as np
 
 
+NOISY_REL_IQR = 0.10  # a cell whose IQR/median exceeds this is flagged noisy in its row
+
+
 @dataclass
 class TimingStats:
     samples_s: list[float]
@@ -48,6 +51,7 @@ class TimingStats:
             "repeats": d["repeats"],
             "warmup_calls": d["warmup_calls"],
             "timer": d["timer"],
+            "noisy": d["rel_iqr"] > NOISY_REL_IQR,
             "time_samples_s": d["samples_s"],
         }
 
