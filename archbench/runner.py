@@ -135,6 +135,7 @@ class Runner:
 
     def run(self, skip_keys: set[str] | frozenset = frozenset()) -> RunSummary:
         summary = RunSummary()
+        oom_at: dict[tuple, int] = {}  # curve -> shortest seq_len that ran out of memory
         try:
             for i, cell in enumerate(self.cells):
                 if cell.key in skip_keys:
@@ -142,7 +143,15 @@ class Runner:
                     continue
                 if self.on_start:
                     self.on_start(i, cell)
-                row = self._run_one(cell)
+                curve = cell.without_seq_len()
+                if cell.stop_after_oom and curve in oom_at and cell.seq_len > oom_at[curve]:
+                    t0 = time.monotonic()
+                    reason = f"not run: this cell ran out of memory at seq_len={oom_at[curve]} (stop_after_oom)"
+                    row = self._row(cell, now_iso(), t0, {"status": "skipped", "error": reason})
+                else:
+                    row = self._run_one(cell)
+                if row["status"] == "oom":
+                    oom_at[curve] = min(oom_at.get(curve, cell.seq_len), cell.seq_len)
                 self.run_dir.append(row)
                 summary.counts[row["status"]] += 1
                 if self.on_row:

@@ -123,6 +123,7 @@ class CellValues(_Strict):
 
 class Defaults(CellValues):
     timeout_s: float = Field(300.0, gt=0)
+    stop_after_oom: bool = False  # after an OOM, record longer seq_len of the same cell as skipped
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
 
 
@@ -217,6 +218,7 @@ class Cell(BaseModel):
     threads: int | None
     seed: int
     timeout_s: float
+    stop_after_oom: bool = False
     measure: MeasureConfig
 
     @property
@@ -231,6 +233,10 @@ class Cell(BaseModel):
 
     def identity(self) -> dict:
         return {f: getattr(self, f) for f in KEY_FIELDS}
+
+    def without_seq_len(self) -> tuple:
+        """The cell's identity minus its length: cells of one scaling curve share it."""
+        return tuple((f, getattr(self, f)) for f in KEY_FIELDS if f != "seq_len")
 
 
 class Suite:
@@ -439,7 +445,7 @@ def expand(model: SuiteModel, source: str = "<suite>") -> list[Cell]:
         if any(rule.matches(values) for rule in model.exclude):
             continue
         _check_dims(values, source)
-        cell = Cell(**values, timeout_s=d.timeout_s, measure=d.measure)
+        cell = Cell(**values, timeout_s=d.timeout_s, stop_after_oom=d.stop_after_oom, measure=d.measure)
         cells.setdefault(cell.key, cell)
     if not cells:
         raise SuiteError(f"{source}: the sweep expands to no cells (every cell is excluded); loosen 'exclude'")

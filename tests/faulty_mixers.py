@@ -30,13 +30,15 @@ class Faulty(Mixer):
             time.sleep(3600)
         if self.how == "oom":
             torch.empty(1 << 52, dtype=torch.uint8)  # 4 PiB: the allocator refuses
+        if self.how == "oom_long" and x.shape[1] >= 32:
+            torch.empty(1 << 52, dtype=torch.uint8)
         if self.how == "slow":
             time.sleep(float(os.environ.get("ARCHBENCH_TEST_SLOW_S", "0.3")))
         return self.proj(x)
 
 
 _C = Complexity("-", "-", "-", "-")
-for _how in ("raise", "abort", "hang", "oom", "slow"):
+for _how in ("raise", "abort", "hang", "oom", "oom_long", "slow"):
     if f"test_{_how}" not in registry.names():
         registry.register(
             ArchSpec(

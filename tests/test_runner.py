@@ -148,3 +148,20 @@ def test_resume_reruns_failed_cells_and_load_keeps_the_latest(tmp_path):
     df = load(run_dir.path)
     assert len(df) == 2 and set(df["status"]) == {"ok"}
     assert len(load(run_dir.path, all_rows=True)) == 3
+
+
+def test_stop_after_oom_skips_longer_lengths_of_the_same_curve(tmp_path):
+    raw = {
+        "name": "oom",
+        "plugins": ["faulty_mixers"],
+        "defaults": {"d_model": 16, "n_heads": 2, "stop_after_oom": True, "measure": FAST},
+        "sweep": {"arch": ["test_oom_long", "softmax_attention"], "seq_len": [16, 32, 64, 128]},
+    }
+    cells = parse_suite(raw).cells()
+    run_dir = RunDir(tmp_path / "run").create()
+    Runner(cells, run_dir, plugins=["faulty_mixers"]).run()
+    status = {(r["arch"], r["seq_len"]): r["status"] for r in run_dir.rows()}
+    assert [status[("test_oom_long", T)] for T in (16, 32, 64, 128)] == ["ok", "oom", "skipped", "skipped"]
+    assert all(status[("softmax_attention", T)] == "ok" for T in (16, 32, 64, 128))  # other curves unaffected
+    skipped = next(r for r in run_dir.rows() if r["status"] == "skipped")
+    assert "seq_len=32" in skipped["error"]
