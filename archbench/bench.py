@@ -29,6 +29,7 @@ import torch
 from archbench import registry
 from archbench.measure.energy import EnergyResult, energy_source, measure_energy
 from archbench.measure.memory import PeakMemory, current_memory, release_free_memory
+from archbench.measure.roofline import measure_peaks
 from archbench.measure.timing import time_fn
 from archbench.mixers.base import Mixer, MixerConfig
 from archbench.ops.dispatch import recording
@@ -170,6 +171,8 @@ def run_cell(cell: dict) -> dict:
     row.update(work.extra)
     if "decode_tokens" in work.extra:
         row["latency_per_token_s"] = stats.median_s / work.extra["decode_tokens"]
+    achieved = (flops / stats.median_s / 1e12) if flops and stats.median_s > 0 else None
+    row.update(_roofline(device, dtype, achieved) if m.get("roofline", True) else {})
     row.update(
         tokens_per_s=work.tokens_per_call / stats.median_s if stats.median_s > 0 else None,
         peak_mem_bytes=max(0, pm.peak_bytes - baseline),
@@ -177,13 +180,19 @@ def run_cell(cell: dict) -> dict:
         state_bytes=_state_bytes(module, cell),
         params=sum(p.numel() for p in module.parameters()),
         flops=flops,
-        achieved_tflops=(flops / stats.median_s / 1e12) if flops and stats.median_s > 0 else None,
+        achieved_tflops=achieved,
         build_s=build_s,
         threads=torch.get_num_threads(),
         family=spec.family,
         kernels=sorted(kernels),
     )
     return row
+
+
+def _roofline(device: str, dtype: str, achieved_tflops: float | None) -> dict:
+    peaks = measure_peaks(device, dtype)
+    pct = 100.0 * achieved_tflops / peaks["peak_tflops"] if achieved_tflops and peaks["peak_tflops"] > 0 else None
+    return {**peaks, "pct_peak_flops": pct}
 
 
 def _energy(work: Workload, device: str, m: dict) -> EnergyResult:

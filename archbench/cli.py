@@ -123,7 +123,9 @@ def run(suite_path, out_dir, resume, device, overrides, results_dir, allow_failu
     counts: dict[str, int] = {}
     for r in all_rows.values():
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    meta.update(ended_at=now_iso(), counts=counts, status="interrupted" if summary.interrupted else "complete")
+    peaks = {f"{r['device']}/{r['dtype']}": {k: r[k] for k in ("peak_tflops", "peak_gbps", "peak_method")}
+             for r in all_rows.values() if r.get("peak_tflops")}  # fmt: skip
+    meta.update(ended_at=now_iso(), counts=counts, peaks=peaks, status="interrupted" if summary.interrupted else "complete")
     run_dir.write_meta(meta)
 
     if not no_report:

@@ -55,3 +55,11 @@ def test_peak_memory_sees_a_transient_allocation():
         spike()
     assert pm.method == "rss_sampled_1ms"
     assert pm.peak_bytes - base.peak_bytes > 48 * 2**20
+
+
+def test_measured_roofs_are_positive_and_cached():
+    from archbench.measure.roofline import measure_peaks
+
+    p = measure_peaks("cpu", "float32", budget_s=0.05)
+    assert p["peak_tflops"] > 0 and p["peak_gbps"] > 0 and "mm 1024x1024 float32" in p["peak_method"]
+    assert measure_peaks("cpu", "float32", budget_s=0.05) is p  # once per process
