@@ -226,3 +226,20 @@ def test_several_runs_get_separate_lines():
     specs = build_figures(df)
     names = {t.name for t in specs[0].figure.data}
     assert {"linear/torch [run-1]", "linear/torch [run-2]"} <= names
+
+
+def test_decode_groups_get_a_state_figure():
+    import pandas as pd
+
+    from archbench.report import build_figures
+
+    rows = []
+    for arch, per_token in (("softmax_attention", 2 * 64 * 4), ("linear_attention", 0)):
+        for T in (128, 512, 2048):
+            rows.append(dict(key=f"{arch}{T}", arch=arch, backend="ref", family="f", mode="decode", dtype="float32",
+                             device="cpu", batch=1, seq_len=T, status="ok", time_median_s=1e-3, time_p10_s=1e-3,
+                             time_p90_s=1e-3, tokens_per_s=1e3, state_bytes=per_token * T or 4096, peak_mem_bytes=1))
+    specs = build_figures(pd.DataFrame(rows))
+    assert [s.kind for s in specs].count("state") == 1
+    fwd = pd.DataFrame([{**r, "mode": "fwd"} for r in rows])
+    assert "state" not in [s.kind for s in build_figures(fwd)]

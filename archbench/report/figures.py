@@ -325,7 +325,10 @@ def latency_figure(group: Group, colors: dict[str, str], backends: dict[str, int
             **_line_style(arch, backend, colors, backends),
         ))
     _add_failures(fig, group, ok, colors)
-    return _base_layout(fig, f"Latency: {group.label}", "median time (ms)", group.rows["seq_len"])
+    y_title = "median time per call (ms)"
+    if text(group.rows["mode"].iloc[0]) == "decode":
+        y_title = "median time per call of decode_tokens steps (ms)"
+    return _base_layout(fig, f"Latency: {group.label}", y_title, group.rows["seq_len"])
 
 
 def _add_failures(fig: go.Figure, group: Group, ok: pd.DataFrame, colors: dict[str, str]) -> None:
@@ -384,17 +387,42 @@ def throughput_figure(group: Group, colors: dict[str, str], backends: dict[str, 
     return _base_layout(fig, f"Throughput: {group.label}", "tokens/s", ok["seq_len"])
 
 
+def state_figure(group: Group, colors: dict[str, str], backends: dict[str, int]) -> go.Figure | None:
+    """Decode state / KV-cache bytes (MiB) vs seq_len, for prefill and decode groups."""
+    if text(group.rows["mode"].iloc[0]) not in ("prefill", "decode"):
+        return None
+    ok = group.ok
+    ok = ok[ok["state_bytes"] > 0]
+    if ok.empty:
+        return None
+    fig = go.Figure()
+    for arch, backend, label, rows in _lines(ok):
+        fig.add_trace(go.Scatter(
+            x=rows["seq_len"], y=rows["state_bytes"] / _MIB, name=html.escape(label),
+            customdata=_customdata(rows),
+            hovertemplate=_HOVER_HEAD + "state: %{y:,.4g} MiB<extra></extra>",
+            **_line_style(arch, backend, colors, backends),
+        ))
+    return _base_layout(fig, f"Decode state (KV cache or recurrent state): {group.label}", "state (MiB)", ok["seq_len"])
+
+
 def build_figures(df: pd.DataFrame | None) -> list[FigureSpec]:
     """All report figures for ``df``, grouped and ordered for display.
 
-    Per group: latency (always), then peak memory and throughput when the data has them.
+    Per group: latency (always), then peak memory, throughput, and (prefill / decode) the
+    decode state's size, when the data has them.
     """
     data = prepare(df)
     colors = arch_colors(data)
     backends = _style_index(data["backend"])
     specs = []
     for g in groups(data):
-        builders = (("latency", latency_figure), ("memory", memory_figure), ("throughput", throughput_figure))
+        builders = (
+            ("latency", latency_figure),
+            ("memory", memory_figure),
+            ("throughput", throughput_figure),
+            ("state", state_figure),
+        )
         for kind, build in builders:
             fig = build(g, colors, backends)
             if fig is not None:
