@@ -105,6 +105,13 @@ def run(suite_path, out_dir, resume, device, overrides, results_dir, allow_failu
         status="running",
     )
     meta.setdefault("started_at", now_iso())
+    from archbench.measure.env import busy_warning
+
+    warnings = list(meta.get("warnings") or [])
+    if busy_warning(env):
+        warnings.append("at start: " + busy_warning(env))
+        click.echo(f"warning: {busy_warning(env)}", err=True)
+    meta["warnings"] = warnings
     meta.setdefault("resumed_at", [])
     if resume:
         meta["resumed_at"].append(now_iso())
@@ -125,6 +132,12 @@ def run(suite_path, out_dir, resume, device, overrides, results_dir, allow_failu
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     peaks = {f"{r['device']}/{r['dtype']}": {k: r[k] for k in ("peak_tflops", "peak_gbps", "peak_method")}
              for r in all_rows.values() if r.get("peak_tflops")}  # fmt: skip
+    if devices[0].startswith("cuda"):
+        from archbench.measure.env import nvml_device_info
+
+        late = busy_warning(nvml_device_info(int(devices[0].split(":")[1]) if ":" in devices[0] else 0))
+        if late:
+            meta["warnings"].append("at end: " + late)
     meta.update(ended_at=now_iso(), counts=counts, peaks=peaks, status="interrupted" if summary.interrupted else "complete")
     run_dir.write_meta(meta)
 

@@ -243,3 +243,15 @@ def test_decode_groups_get_a_state_figure():
     assert [s.kind for s in specs].count("state") == 1
     fwd = pd.DataFrame([{**r, "mode": "fwd"} for r in rows])
     assert "state" not in [s.kind for s in build_figures(fwd)]
+
+
+def test_header_shows_run_warnings_and_noisy_count():
+    import pandas as pd
+
+    from archbench.report import render_html
+
+    df = pd.DataFrame([dict(key="k", arch="a", backend="b", mode="fwd", dtype="float32", device="cpu", batch=1,
+                            seq_len=8, status="ok", time_median_s=1e-3, time_p10_s=1e-3, time_p90_s=2e-3,
+                            noisy=True)])
+    page = render_html(df, [{"run_id": "r", "warnings": ["at start: other processes <b>x</b>"]}])
+    assert "other processes &lt;b&gt;x&lt;/b&gt;" in page and "noisy (IQR/median &gt; 10%): 1" in page

@@ -9,7 +9,9 @@ import socket
 import subprocess
 from pathlib import Path
 
-OPTIONAL_PACKAGES = ("triton", "flash-linear-attention", "fla-core", "mamba-ssm", "flash-attn", "causal-conv1d")
+OPTIONAL_PACKAGES = (
+    "triton", "flash-linear-attention", "fla-core", "mamba-ssm", "flash-attn", "causal-conv1d", "transformers",
+)  # fmt: skip
 
 
 def package_version(dist: str) -> str | None:
@@ -73,7 +75,7 @@ def collect_env(device: str = "cpu") -> dict:
         "archbench": package_version("archbench"),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
-        env["driver"] = _nvidia_driver()
+        env.update(nvml_device_info(_cuda_index(device)))
     for dist in OPTIONAL_PACKAGES:
         v = package_version(dist)
         if v:
@@ -81,15 +83,54 @@ def collect_env(device: str = "cpu") -> dict:
     return env
 
 
-def _nvidia_driver() -> str | None:
-    try:
-        import pynvml
+def _cuda_index(device: str) -> int:
+    return int(device.split(":")[1]) if ":" in device else 0
 
-        pynvml.nvmlInit()
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def nvml_device_info(index: int = 0, pynvml=None) -> dict:
+    """Driver, clocks, power limit and the other processes on GPU ``index``, from NVML.
+
+    Each field is read on its own: a GPU or driver that lacks one just leaves it out.
+    ``gpu_other_processes`` lists the PIDs other than this one holding the GPU, the
+    signal that timings may be disturbed.
+    """
+    if pynvml is None:
         try:
-            v = pynvml.nvmlSystemGetDriverVersion()
-            return v.decode() if isinstance(v, bytes) else v
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # NVML missing or unusable: the driver is simply not recorded
-        return None
+            import pynvml
+        except ImportError:
+            return {"nvml": "nvidia-ml-py is not installed"}
+    try:
+        pynvml.nvmlInit()
+        h = pynvml.nvmlDeviceGetHandleByIndex(index)
+    except Exception as e:
+        return {"nvml": f"unavailable ({type(e).__name__})"}
+    info: dict = {}
+    reads = {
+        "driver": lambda: _text(pynvml.nvmlSystemGetDriverVersion()),
+        "gpu_sm_clock_mhz": lambda: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
+        "gpu_mem_clock_mhz": lambda: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM),
+        "gpu_max_sm_clock_mhz": lambda: pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM),
+        "gpu_power_limit_w": lambda: pynvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1000.0,
+        "gpu_temperature_c": lambda: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU),
+        "gpu_other_processes": lambda: sorted(
+            {p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h)} - {os.getpid()}
+        ),
+    }
+    for key, read in reads.items():
+        try:
+            info[key] = read()
+        except Exception:  # not supported on this GPU / driver: leave the field out
+            continue
+    return info
+
+
+def busy_warning(env: dict) -> str | None:
+    """A warning when other processes hold the GPU during a run, else None."""
+    others = env.get("gpu_other_processes") or []
+    if others:
+        return f"other processes are using the GPU (pids {', '.join(map(str, others))}): timings may be disturbed"
+    return None

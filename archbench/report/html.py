@@ -55,6 +55,7 @@ tr:nth-child(even) td { background: #fafafa; }
 .counts .status { margin-right: .6em; }
 .figure { margin: .5em 0 1.5em; }
 .empty { color: #666; font-style: italic; }
+.warning { color: #7a4a00; background: #fde7c4; padding: .3em .6em; border-radius: 3px; }
 .failure h3 { margin-bottom: .2em; } .failure .ids { margin: 0; font-size: .85em; color: #555; }
 .failure pre { background: #f7f7f7; border: 1px solid #ddd; padding: .6em; overflow-x: auto;
                white-space: pre-wrap; font-size: .85em; }
@@ -153,11 +154,16 @@ def _header(data: pd.DataFrame, runs: Sequence[Mapping[str, Any]], title: str) -
     ]
     rows = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v) or '—'}</dd>" for k, v in fields)
     counts = "".join(status_badge(s, f"{s}: {n}") for s, n in status_counts(data).items())
+    noisy = int((data["noisy"] == True).sum()) if "noisy" in data else 0  # noqa: E712 - column may hold None
+    if noisy:
+        counts += status_badge("timeout", f"noisy (IQR/median > 10%): {noisy}")
+    warnings = _unique(w for r in runs for w in (r.get("warnings") or []))
+    warn_html = "".join(f'<p class="warning">&#9888; {html.escape(w)}</p>' for w in warnings)
     return (
         f"<header><h1>{html.escape(title)}</h1>"
         '<nav><a href="#figures">Figures</a><a href="#results">Results</a>'
         '<a href="#failures">Failures</a><a href="#runs">Runs</a></nav>'
-        f'<dl class="summary">{rows}</dl><p class="counts">{counts}</p></header>'
+        f'<dl class="summary">{rows}</dl><p class="counts">{counts}</p>{warn_html}</header>'
     )
 
 
