@@ -151,6 +151,7 @@ def run_cell(cell: dict) -> dict:
         work.call,
         device=device,
         setup=work.setup,
+        flush_l2=m.get("flush_l2", True),
         warmup=m["warmup"],
         min_repeats=m["min_repeats"],
         max_repeats=max(m["max_repeats"], m["min_repeats"]),
@@ -172,7 +173,9 @@ def run_cell(cell: dict) -> dict:
     if "decode_tokens" in work.extra:
         row["latency_per_token_s"] = stats.median_s / work.extra["decode_tokens"]
     achieved = (flops / stats.median_s / 1e12) if flops and stats.median_s > 0 else None
-    row.update(_roofline(device, dtype, achieved) if m.get("roofline", True) else {})
+    min_bytes = _min_bytes(module, x, cell, work)
+    if m.get("roofline", True):
+        row.update(_roofline(device, dtype, achieved, flops, min_bytes, stats.median_s))
     row.update(
         tokens_per_s=work.tokens_per_call / stats.median_s if stats.median_s > 0 else None,
         peak_mem_bytes=max(0, pm.peak_bytes - baseline),
@@ -189,10 +192,33 @@ def run_cell(cell: dict) -> dict:
     return row
 
 
-def _roofline(device: str, dtype: str, achieved_tflops: float | None) -> dict:
+def _min_bytes(module: torch.nn.Module, x: torch.Tensor, cell: dict, work: Workload) -> int:
+    """A lower bound on the bytes a call must move: the weights once, its inputs and outputs,
+    and for decode the context state it reads (x2 for fwd_bwd: gradients of the same size)."""
+    weights = sum(p.numel() * p.element_size() for p in module.parameters())
+    io = 2 * work.tokens_per_call * x.shape[-1] * x.element_size()
+    state = (_state_bytes(module, cell) or 0) if cell["mode"] == "decode" else 0
+    total = weights + io + state
+    return int(total * (2 if cell["mode"] == "fwd_bwd" else 1))
+
+
+def _roofline(device: str, dtype: str, achieved_tflops, flops, min_bytes: int, median_s: float) -> dict:
+    """Where the cell sits under the measured roofs: arithmetic intensity (FLOPs per byte of
+    the lower-bound traffic), the roof at that intensity, and the percentage of it achieved."""
     peaks = measure_peaks(device, dtype)
-    pct = 100.0 * achieved_tflops / peaks["peak_tflops"] if achieved_tflops and peaks["peak_tflops"] > 0 else None
-    return {**peaks, "pct_peak_flops": pct}
+    out = {**peaks, "min_bytes": min_bytes, "achieved_gbps": min_bytes / median_s / 1e9 if median_s > 0 else None}
+    out["pct_peak_flops"] = 100.0 * achieved_tflops / peaks["peak_tflops"] if achieved_tflops else None
+    if flops and min_bytes:
+        intensity = flops / min_bytes
+        roof_tflops = min(peaks["peak_tflops"], intensity * peaks["peak_gbps"] / 1e3)
+        out.update(
+            arithmetic_intensity=intensity,
+            bound="compute" if roof_tflops >= peaks["peak_tflops"] else "memory",
+            pct_of_roof=100.0 * achieved_tflops / roof_tflops if achieved_tflops and roof_tflops > 0 else None,
+        )
+    elif out["achieved_gbps"] is not None and peaks["peak_gbps"] > 0:  # decode: no FLOPs counted
+        out.update(bound="memory", pct_of_roof=100.0 * out["achieved_gbps"] / peaks["peak_gbps"])
+    return out
 
 
 def _energy(work: Workload, device: str, m: dict) -> EnergyResult:

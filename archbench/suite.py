@@ -66,6 +66,7 @@ class MeasureConfig(_Strict):
     energy: bool = True  # measure energy where a counter exists (NVML / RAPL); else recorded as none
     energy_window_s: float = Field(1.0, gt=0)
     decode_tokens: int = Field(16, ge=1)  # decode mode: tokens generated per timed call
+    flush_l2: bool = True  # GPU: overwrite L2 before each timed call (cold-cache numbers, as do_bench)
     roofline: bool = True  # measure the device's matmul / copy peaks once per worker; rows get % of peak
 
 

@@ -50,6 +50,7 @@ def test_failures_are_isolated_and_recorded(tmp_path):
     assert ok["time_median_s"] > 0 and ok["repeats"] >= 2 and len(ok["time_samples_s"]) == ok["repeats"]
     assert ok["tokens_per_s"] > 0 and ok["peak_mem_bytes"] >= 0 and ok["mem_method"].startswith("rss_sampled")
     assert ok["peak_tflops"] > 0 and ok["pct_peak_flops"] > 0 and ok["kernels"] == ["torch.sdpa"]
+    assert ok["bound"] in ("compute", "memory") and ok["pct_of_roof"] > 0 and ok["min_bytes"] > 0
     assert ok["energy_source"] in ("none", "rapl") and (ok["energy_reason"] or ok["energy_j_per_call"])
     assert summary.counts["ok"] == 2 and summary.failed == 3  # error x2 + timeout; oom is a result
     # the crashed and hung workers were replaced: three worker logs, not one per cell

@@ -8,7 +8,8 @@ spent, or ``max_repeats`` samples exist. Every raw sample is kept.
 An optional ``setup`` runs before each call, outside the timed region.
 
 CPU: ``time.perf_counter`` around each call. CUDA: a pair of CUDA events around each call,
-synchronised once per call before its elapsed time is read.
+synchronised once per call before its elapsed time is read, with L2 flushed (untimed)
+before each call unless ``flush_l2=False``.
 """
 
 from __future__ import annotations
@@ -82,14 +83,22 @@ def _rel_iqr(samples: list[float]) -> float:
     return float(q3 - q1) / float(med) if med > 0 else float("inf")
 
 
-def _cuda_call_timer(fn: Callable[[], object], setup: Callable[[], None] | None) -> Callable[[], float]:
+L2_FLUSH_BYTES = 256 << 20  # larger than any current GPU's L2 (H100: 50 MB)
+
+
+def _cuda_call_timer(
+    fn: Callable[[], object], setup: Callable[[], None] | None, flush_l2: bool, device: str
+) -> Callable[[], float]:
     import torch
 
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    scratch = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device=device) if flush_l2 else None
 
     def timed() -> float:
         if setup:
             setup()
+        if scratch is not None:  # evict the inputs from L2, as triton's do_bench does
+            scratch.zero_()
         start.record()
         fn()
         end.record()
@@ -115,6 +124,7 @@ def time_fn(
     *,
     device: str = "cpu",
     setup: Callable[[], None] | None = None,
+    flush_l2: bool = True,
     warmup: int = 3,
     min_repeats: int = 5,
     max_repeats: int = 200,
@@ -124,6 +134,8 @@ def time_fn(
     """Time ``fn`` following the module's protocol and return its statistics.
 
     ``setup``, when given, runs untimed before every call (e.g. restoring a decode state).
+    ``flush_l2`` (CUDA only) overwrites a 256 MiB scratch buffer before each call, so a
+    small working set is not timed from a warm L2 cache.
     """
     if min_repeats < 1 or max_repeats < min_repeats:
         raise ValueError(f"need 1 <= min_repeats <= max_repeats (got {min_repeats}, {max_repeats})")
@@ -132,7 +144,7 @@ def time_fn(
         import torch
 
         torch.cuda.synchronize()
-    timed = _cuda_call_timer(fn, setup) if cuda else _cpu_call_timer(fn, setup)
+    timed = _cuda_call_timer(fn, setup, flush_l2, device) if cuda else _cpu_call_timer(fn, setup)
     for _ in range(warmup):
         timed()
     samples: list[float] = []
