@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from archbench import registry
 from archbench.measure.energy import EnergyResult, energy_source, measure_energy
@@ -32,6 +33,7 @@ from archbench.measure.memory import PeakMemory, current_memory, release_free_me
 from archbench.measure.roofline import measure_peaks
 from archbench.measure.timing import time_fn
 from archbench.mixers.base import Mixer, MixerConfig
+from archbench.models import LM, Stack, make_ffn
 from archbench.ops.dispatch import recording
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -70,14 +72,19 @@ def _workload(cell: dict, module: torch.nn.Module, x: torch.Tensor) -> Workload:
         return Workload(fwd, B * T)
     if mode == "fwd_bwd":
         module.train()
-        x.requires_grad_(True)
-        grad_out = torch.randn_like(x)
+        if x.is_floating_point():  # mixer level: a fixed random output gradient
+            x.requires_grad_(True)
+            grad_out = torch.randn_like(x)
+            loss_of = lambda out: (out * grad_out).sum()  # noqa: E731 - d loss / d out = grad_out
+        else:  # model level: next-token cross-entropy on the ids themselves
+            targets = x.roll(-1, dims=1)
+            loss_of = lambda logits: F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())  # noqa: E731
 
         def fwd_bwd():
             for p in module.parameters():
                 p.grad = None
             x.grad = None
-            module(x).backward(grad_out)
+            loss_of(module(x)).backward()
 
         return Workload(fwd_bwd, B * T, flops_factor=3.0)
     if mode == "prefill":
@@ -95,7 +102,10 @@ def _workload(cell: dict, module: torch.nn.Module, x: torch.Tensor) -> Workload:
         n = int(cell["measure"].get("decode_tokens", 16))
         with torch.no_grad():
             _, context_state = module.prefill(x)
-        xs = torch.randn(B, n, x.shape[-1], device=x.device, dtype=x.dtype)
+        if x.is_floating_point():
+            xs = torch.randn(B, n, x.shape[-1], device=x.device, dtype=x.dtype)
+        else:
+            xs = torch.randint(0, int(cell["vocab_size"]), (B, n), device=x.device)
         live = {}
 
         def restore():
@@ -109,6 +119,33 @@ def _workload(cell: dict, module: torch.nn.Module, x: torch.Tensor) -> Workload:
 
         return Workload(decode, B * n, setup=restore, flops_factor=0.0, extra={"decode_tokens": n})
     raise Unsupported(f"mode {mode!r} is not implemented by the bench; modes: {', '.join(MODES)}")
+
+
+def build_module(spec, config: MixerConfig, cell: dict) -> torch.nn.Module:
+    """The mixer alone (level ``mixer``), or a small LM around it (level ``model``):
+    embedding -> n_layers pre-norm blocks of this mixer + SwiGLU MLP -> tied head. A hybrid
+    is already a stack of blocks, so at model level it only gains the embedding and head."""
+    built = spec.build(config, cell["backend"])
+    if cell.get("level", "mixer") != "model":
+        return built
+    stack = built if isinstance(built, Stack) else Stack(
+        config, [built] + [spec.build(config, cell["backend"]) for _ in range(int(cell["n_layers"]) - 1)]
+    )
+    return LM(stack, int(cell["vocab_size"]))
+
+
+def _forward_flops(spec, config: MixerConfig, cell: dict, module: torch.nn.Module) -> float:
+    B, T = cell["batch"], cell["seq_len"]
+    mixer = spec.flops(config, B, T)
+    if cell.get("level", "mixer") != "model":
+        return mixer
+    d, V, L = config.d_model, int(cell["vocab_size"]), int(cell["n_layers"])
+    hidden = make_ffn("swiglu", d).down.in_features  # the MLP width Stack uses
+    per_layer = mixer + 2 * B * T * 3 * d * hidden  # mixer + SwiGLU (gate, up, down)
+    if isinstance(module, LM) and spec.family.startswith("hybrid/"):  # a hybrid counts its own mixers
+        n_blocks = len(module.stack.blocks)
+        return mixer + n_blocks * 2 * B * T * 3 * d * hidden + 2 * B * T * d * V
+    return L * per_layer + 2 * B * T * d * V  # + tied output head
 
 
 def mixer_config(cell: dict) -> MixerConfig:
@@ -141,8 +178,11 @@ def run_cell(cell: dict) -> dict:
     torch.manual_seed(cell["seed"])
     config = mixer_config(cell)
     t_build = time.perf_counter()
-    module = spec.build(config, cell["backend"]).to(device=device, dtype=DTYPES[dtype])
-    x = torch.randn(cell["batch"], cell["seq_len"], config.d_model, device=device, dtype=DTYPES[dtype])
+    module = build_module(spec, config, cell).to(device=device, dtype=DTYPES[dtype])
+    if cell.get("level", "mixer") == "model":
+        x = torch.randint(0, int(cell["vocab_size"]), (cell["batch"], cell["seq_len"]), device=device)
+    else:
+        x = torch.randn(cell["batch"], cell["seq_len"], config.d_model, device=device, dtype=DTYPES[dtype])
     work = _workload(cell, module, x)
     build_s = time.perf_counter() - t_build
 
@@ -166,7 +206,7 @@ def run_cell(cell: dict) -> dict:
 
     flops = None
     if spec.flops is not None and work.flops_factor:
-        flops = spec.flops(config, cell["batch"], cell["seq_len"]) * work.flops_factor
+        flops = _forward_flops(spec, config, cell, module) * work.flops_factor
     row = stats.as_row()
     row.update(energy.as_row(tokens_per_call=work.tokens_per_call))
     row.update(work.extra)
@@ -196,7 +236,8 @@ def _min_bytes(module: torch.nn.Module, x: torch.Tensor, cell: dict, work: Workl
     """A lower bound on the bytes a call must move: the weights once, its inputs and outputs,
     and for decode the context state it reads (x2 for fwd_bwd: gradients of the same size)."""
     weights = sum(p.numel() * p.element_size() for p in module.parameters())
-    io = 2 * work.tokens_per_call * x.shape[-1] * x.element_size()
+    width = x.shape[-1] * x.element_size() if x.is_floating_point() else 8 + 4 * int(cell["vocab_size"])
+    io = work.tokens_per_call * (2 * width if x.is_floating_point() else width)  # ids in, logits out
     state = (_state_bytes(module, cell) or 0) if cell["mode"] == "decode" else 0
     total = weights + io + state
     return int(total * (2 if cell["mode"] == "fwd_bwd" else 1))

@@ -189,6 +189,13 @@ class LM(nn.Module):
     def init_state(self, batch: int) -> list:
         return self.stack.init_state(batch)
 
+    def prefill(self, ids: torch.Tensor) -> tuple[torch.Tensor, list]:
+        h, state = self.stack.prefill(self.embed(ids))
+        return h @ self.embed.weight.t(), state
+
+    def state_bytes(self, batch: int, seq_len: int) -> int:
+        return self.stack.state_bytes(batch, seq_len)
+
     def step(self, ids_t: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
         h, state = self.stack.step(self.embed(ids_t), state)
         return h @ self.embed.weight.t(), state

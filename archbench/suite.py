@@ -37,11 +37,12 @@ from archbench.mixers.base import MixerConfig
 from archbench.spec import DTYPES
 
 MODES = ("fwd", "fwd_bwd", "prefill", "decode")
+LEVELS = ("mixer", "model")
 DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 # Cell fields, in the order they expand (seq_len innermost, so one arch's lengths run in order).
 CELL_FIELDS = (
-    "arch", "backend", "mode", "dtype", "device", "batch", "d_model", "n_heads",
+    "arch", "backend", "level", "mode", "dtype", "device", "batch", "n_layers", "vocab_size", "d_model", "n_heads",
     "head_dim", "n_kv_heads", "chunk_size", "d_state", "expand", "conv_size", "window",
     "block_size", "block_count", "threads", "seed", "seq_len",
 )  # fmt: skip
@@ -76,6 +77,9 @@ class CellValues(_Strict):
     arch: str | None = None
     backend: str = "auto"
     mode: str = "fwd"
+    level: str = "mixer"  # mixer: the token mixer alone; model: a small LM (embedding, blocks, head)
+    n_layers: int = Field(2, ge=1)  # model level: blocks of this mixer (hybrids bring their own)
+    vocab_size: int = Field(256, ge=2)  # model level
     dtype: str = "float32"
     device: str = "cpu"
     batch: int = Field(1, ge=1)
@@ -99,6 +103,13 @@ class CellValues(_Strict):
     def _mode(cls, v: str) -> str:
         if v not in MODES:
             raise ValueError(f"unknown mode {v!r}; allowed: {', '.join(MODES)}")
+        return v
+
+    @field_validator("level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        if v not in LEVELS:
+            raise ValueError(f"unknown level {v!r}; allowed: {', '.join(LEVELS)}")
         return v
 
     @field_validator("dtype")
@@ -201,6 +212,9 @@ class Cell(BaseModel):
 
     arch: str
     backend: str
+    level: str
+    n_layers: int
+    vocab_size: int
     mode: str
     dtype: str
     device: str
@@ -231,7 +245,8 @@ class Cell(BaseModel):
 
     @property
     def label(self) -> str:
-        return f"{self.arch}/{self.backend} {self.mode} {self.dtype} B={self.batch} T={self.seq_len}"
+        level = f" [model L={self.n_layers}]" if self.level == "model" else ""
+        return f"{self.arch}/{self.backend}{level} {self.mode} {self.dtype} B={self.batch} T={self.seq_len}"
 
     def identity(self) -> dict:
         return {f: getattr(self, f) for f in KEY_FIELDS}

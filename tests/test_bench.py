@@ -1,0 +1,48 @@
+"""One cell in-process (no worker): every mode at mixer and model level produces a sane row."""
+
+import pytest
+
+from archbench.bench import run_cell
+from archbench.suite import parse_suite
+
+FAST = {"warmup": 1, "min_repeats": 2, "max_repeats": 3, "budget_s": 0.02, "energy": False, "decode_tokens": 4}
+
+
+def _cells(level, archs=("softmax_attention", "mamba2", "hybrid_samba")):
+    raw = {
+        "name": "b",
+        "defaults": {"d_model": 32, "n_heads": 2, "d_state": 8, "window": 16, "level": level, "n_layers": 2,
+                     "vocab_size": 64, "measure": FAST},
+        "sweep": {"arch": list(archs), "backend": "reference", "seq_len": 48, "mode": ["fwd", "fwd_bwd", "prefill", "decode"]},
+    }  # fmt: skip
+    return parse_suite(raw).cells()
+
+
+@pytest.mark.parametrize("level", ["mixer", "model"])
+def test_every_mode_measures(level):
+    for cell in _cells(level):
+        row = run_cell(cell.model_dump())
+        assert row["time_median_s"] > 0 and row["tokens_per_s"] > 0 and row["params"] > 0, cell.label
+        if cell.mode == "decode":
+            assert row["decode_tokens"] == 4 and row["latency_per_token_s"] > 0 and row["state_bytes"] > 0
+            assert row["bound"] == "memory"
+        else:
+            assert row["flops"] > 0 and row["arithmetic_intensity"] > 0
+        if level == "model":
+            assert "[model L=2]" in cell.label
+
+
+def test_model_level_adds_layers_mlp_and_head():
+    mixer = {c.arch: run_cell(c.model_dump()) for c in _cells("mixer", ("mamba2",)) if c.mode == "fwd"}
+    model = {c.arch: run_cell(c.model_dump()) for c in _cells("model", ("mamba2",)) if c.mode == "fwd"}
+    assert model["mamba2"]["params"] > 2 * mixer["mamba2"]["params"]  # two blocks + embedding
+    assert model["mamba2"]["flops"] > 2 * mixer["mamba2"]["flops"]
+
+
+def test_unknown_level_is_a_suite_error(tmp_path):
+    from archbench.suite import SuiteError, load_suite
+
+    p = tmp_path / "s.yaml"
+    p.write_text("name: a\nsweep: {arch: softmax_attention, level: network}\n")
+    with pytest.raises(SuiteError, match="sweep.level: unknown level 'network'; allowed: mixer, model"):
+        load_suite(p)
