@@ -227,9 +227,10 @@ def _write_report(run_dirs, out_path) -> Path:
 
 @main.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="HTML file to write (default: RUN_DIR/report.html for one run, reports/report.html for several).")
-def report(run_dirs, output):
-    """Render one self-contained HTML report from one or more RUN_DIRS."""
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="File to write (default for html: RUN_DIR/report.html for one run, reports/report.html for several; md prints to stdout).")
+@click.option("--format", "fmt", type=click.Choice(["html", "md"]), default="html", show_default=True, help="html: the interactive page (+ a CSV of its data); md: a Markdown summary, e.g. for a CI comment.")
+def report(run_dirs, output, fmt):
+    """Render a report from one or more RUN_DIRS."""
     from archbench.store import find_run_dirs
 
     try:
@@ -238,6 +239,17 @@ def report(run_dirs, output):
         _fail(str(e))
     if not dirs:
         _fail(f"no runs found under {', '.join(run_dirs)}")
+    if fmt == "md":
+        from archbench.report import render_markdown
+        from archbench.store import load, load_meta
+
+        text = render_markdown(load(*dirs), load_meta(*dirs))
+        if output:
+            Path(output).write_text(text)
+            click.echo(str(output))
+        else:
+            click.echo(text)
+        return
     if output is None:
         output = dirs[0] / "report.html" if len(dirs) == 1 else Path("reports") / "report.html"
     Path(output).parent.mkdir(parents=True, exist_ok=True)

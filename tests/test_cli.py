@@ -63,6 +63,9 @@ def test_smoke_suite_end_to_end(tmp_path):
     assert (df["time_median_s"] > 0).all() and (df["tokens_per_s"] > 0).all()
     meta = json.loads((out / "run.json").read_text())
     assert meta["status"] == "complete" and meta["counts"] == {"ok": 30} and meta["env"]["torch"]
+    assert (out / "report.csv").is_file()
+    md = CliRunner().invoke(main, ["report", str(out), "--format", "md"])
+    assert md.exit_code == 0 and "| arch/backend | T=256 |" in md.output
     html = (out / "report.html").read_text()
     assert "<script src" not in html and "softmax_attention" in html and "linear_attention" in html
     # a second report from the CLI, to a chosen file

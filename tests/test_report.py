@@ -255,3 +255,39 @@ def test_header_shows_run_warnings_and_noisy_count():
                             noisy=True)])
     page = render_html(df, [{"run_id": "r", "warnings": ["at start: other processes <b>x</b>"]}])
     assert "other processes &lt;b&gt;x&lt;/b&gt;" in page and "noisy (IQR/median &gt; 10%): 1" in page
+
+
+def _mixed_rows():
+    import pandas as pd
+
+    rows = []
+    for arch in ("softmax_attention", "linear|attention"):
+        for T in (128, 512):
+            rows.append(dict(key=f"{arch}{T}", run_id="r", suite="s", arch=arch, backend="ref", family="f", mode="fwd",
+                             dtype="float32", device="cpu", batch=1, seq_len=T, status="ok", time_median_s=T * 1e-6,
+                             time_p10_s=T * 1e-6, time_p90_s=T * 1e-6, time_samples_s=[T * 1e-6]))
+    rows.append(dict(rows[0], key="x", seq_len=2048, status="oom", error="CUDA out of memory\nline two",
+                     time_median_s=None))
+    return pd.DataFrame(rows)
+
+
+def test_markdown_summary_is_well_formed():
+    from archbench.report import render_markdown
+
+    md = render_markdown(_mixed_rows(), [{"suite": "s"}])
+    table = [line for line in md.splitlines() if line.startswith("|")]
+    assert table[0] == "| arch/backend | T=128 | T=512 | T=2048 |" and table[1] == "|---|---|---|---|"
+    assert all(line.count("|") - line.count("\\|") == 5 for line in table)  # escaped pipes do not split cells
+    assert "| softmax_attention/ref | 0.128 | 0.512 | **oom** |" in md
+    assert "### Failures" in md and "CUDA out of memory" in md
+
+
+def test_write_html_also_writes_csv(tmp_path):
+    import pandas as pd
+
+    from archbench.report import write_html
+
+    path = write_html(_mixed_rows(), [], tmp_path / "r.html")
+    csv = pd.read_csv(path.with_suffix(".csv"))
+    assert len(csv) == 5 and {"arch", "seq_len", "time_median_s", "status"} <= set(csv.columns)
+    assert "time_samples_s" not in csv.columns

@@ -16,8 +16,9 @@ import pandas as pd
 
 from archbench.report.figures import build_figures
 from archbench.report.html import render_page
+from archbench.report.summary import render_markdown, write_csv
 
-__all__ = ["render_html", "write_html", "build_figures"]
+__all__ = ["render_html", "write_html", "build_figures", "render_markdown", "write_csv"]
 
 
 def render_html(
@@ -36,8 +37,10 @@ def write_html(
     path: str | Path,
     title: str | None = None,
 ) -> Path:
-    """Write the report page to ``path`` (parent folders are created) and return the path."""
+    """Write the report page to ``path`` (parent folders are created) and the plotted data
+    next to it as ``<stem>.csv``; return the page's path."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_html(df, runs, title), encoding="utf-8")
+    write_csv(df, out.with_suffix(".csv"))
     return out
