@@ -227,6 +227,7 @@ def run_cell(cell: dict) -> dict:
         build_s=build_s,
         threads=torch.get_num_threads(),
         family=spec.family,
+        expected_exponent=spec.time_exponent,
         kernels=sorted(kernels),
     )
     return row

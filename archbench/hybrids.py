@@ -126,6 +126,7 @@ def _inter_layer_spec(h: Hybrid, lookup: Lookup) -> ArchSpec:
         factory=factory,
         flops=_sum_flops([(comps[c], h.pattern.count(c)) for c in letters]),  # FFN FLOPs not counted
         has_decode=all(s.has_decode for s in comps.values()),
+        time_exponent=max(s.time_exponent for s in comps.values()),
     )
 
 

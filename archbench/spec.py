@@ -54,6 +54,7 @@ class ArchSpec:
     flops: Callable[..., float] | None = None  # forward FLOPs: flops(config, batch, seq_len)
     has_decode: bool = True
     tags: tuple[str, ...] = field(default_factory=tuple)
+    time_exponent: float = 1.0  # asymptotic exponent of training time in T (2 = quadratic), for the report
 
     @property
     def backend_names(self) -> list[str]:

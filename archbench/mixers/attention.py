@@ -105,6 +105,7 @@ SPECS = (
             Backend("sdpa", "torch.nn.functional.scaled_dot_product_attention", always),
             Backend("naive", "pure-PyTorch reference, materialises the T x T scores", always),
         ),
+        time_exponent=2.0,
         factory=lambda cfg, backend: SoftmaxAttention(cfg, backend),
         flops=softmax_attention_flops,
     ),

@@ -495,6 +495,7 @@ SPECS = (
             Backend("fla", "fla parallel_nsa Triton kernels (needs H/Hkv a power of 2 >= 16)", requires_fla),
             Backend("chunked", "pure-PyTorch reference (block-major dispatch of selected blocks)", always),
         ),
+        time_exponent=2.0,
         factory=lambda cfg, backend: NSA(cfg, backend),
         flops=nsa_flops,
     ),

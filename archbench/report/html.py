@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import pandas as pd
 from plotly.offline import get_plotlyjs
 
+from archbench.report.analysis import answers, fmt_length
 from archbench.report.figures import (
     STATUSES,
     FigureSpec,
@@ -161,7 +162,7 @@ def _header(data: pd.DataFrame, runs: Sequence[Mapping[str, Any]], title: str) -
     warn_html = "".join(f'<p class="warning">&#9888; {html.escape(w)}</p>' for w in warnings)
     return (
         f"<header><h1>{html.escape(title)}</h1>"
-        '<nav><a href="#figures">Figures</a><a href="#results">Results</a>'
+        '<nav><a href="#answers">Answers</a><a href="#figures">Figures</a><a href="#results">Results</a>'
         '<a href="#failures">Failures</a><a href="#runs">Runs</a></nav>'
         f'<dl class="summary">{rows}</dl><p class="counts">{counts}</p>{warn_html}</header>'
     )
@@ -313,6 +314,30 @@ def _plotly_script() -> str:
 # --------------------------------------------------------------------------- page
 
 
+def _answers_section(data: pd.DataFrame) -> str:
+    """Crossover lengths vs softmax attention and fitted vs expected scaling exponents."""
+    table = answers(data)
+    if table.empty:
+        return ""
+    head = ("<tr><th>group</th><th>arch</th><th>backend</th><th>faster than softmax from T =</th>"
+            "<th>leaner than softmax from T =</th><th>scaling exponent (fitted)</th><th>expected</th>"
+            "<th>measured T</th></tr>")  # fmt: skip
+    body = []
+    for _, r in table.iterrows():
+        fitted = "—" if r["fitted_exponent"] is None or r["fitted_exponent"] != r["fitted_exponent"] else f"{r['fitted_exponent']:.2f}"
+        expected = "—" if r["expected_exponent"] is None or r["expected_exponent"] != r["expected_exponent"] else f"{r['expected_exponent']:g}"
+        cells = [r["group"], r["arch"], r["backend"], fmt_length(r["faster_from"]), fmt_length(r["leaner_from"]),
+                 fitted, expected, r["lengths"]]  # fmt: skip
+        body.append("<tr>" + "".join(f"<td>{html.escape(text(c))}</td>" for c in cells) + "</tr>")
+    return (
+        '<section id="answers"><h2>Answers</h2>'
+        "<p>Crossover: the sequence length from which each architecture is faster (leaner in peak memory) "
+        "than softmax attention's best backend, interpolated between measured lengths. Scaling exponent: "
+        "the slope of log latency vs log length over the top half of the measured range.</p>"
+        f"<table><thead>{head}</thead><tbody>{''.join(body)}</tbody></table></section>"
+    )
+
+
 def render_page(
     df: pd.DataFrame | None, runs: Sequence[Mapping[str, Any]] | None, title: str | None = None
 ) -> str:
@@ -327,6 +352,7 @@ def render_page(
         _plotly_script() if specs else "",
         "</head><body>",
         _header(data, run_list, page_title),
+        _answers_section(data),
         _figures_section(specs),
         _table_section(data),
         _failures_section(data),

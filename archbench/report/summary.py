@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from archbench.report.analysis import answers, fmt_length
 from archbench.report.figures import FAILED_STATUSES, error_excerpt, groups, mode_rank, prepare, text
 
 CSV_COLUMNS = (
@@ -62,6 +63,18 @@ def render_markdown(df: pd.DataFrame | None, runs: Sequence[Mapping[str, Any]] |
                 else:
                     out.append(f"**{_md(r['status'])}**")
             lines.append(f"| {_md(arch)}/{_md(backend)} | " + " | ".join(out) + " |")
+        lines.append("")
+    table = answers(data)
+    if len(table):
+        lines += ["### Answers", "", "| group | arch/backend | faster than softmax from T | leaner from T | exponent (fitted / expected) |",
+                  "|---|---|---|---|---|"]
+        for _, r in table.iterrows():
+            fit = r["fitted_exponent"]
+            fit_s = "—" if fit is None or fit != fit else f"{fit:.2f}"
+            exp = r["expected_exponent"]
+            exp_s = "—" if exp is None or exp != exp else f"{exp:g}"
+            lines.append(f"| {_md(r['group'])} | {_md(r['arch'])}/{_md(r['backend'])} | {_md(fmt_length(r['faster_from']))} "
+                         f"| {_md(fmt_length(r['leaner_from']))} | {fit_s} / {exp_s} |")
         lines.append("")
     failed = data[data["status"].isin(FAILED_STATUSES)] if len(data) else data
     if len(failed):

@@ -1,0 +1,39 @@
+"""Crossover lengths and scaling exponents, on synthetic curves with known answers."""
+
+import pandas as pd
+import pytest
+
+from archbench.report.analysis import answers, crossover_length, fitted_exponent
+
+
+def test_crossover_interpolates_in_log_log():
+    ref = pd.Series({1024: 1.0, 4096: 16.0})  # quadratic
+    lin = pd.Series({1024: 4.0, 4096: 16.0 / 4})  # linear, 4x slower at 1024
+    # log ratio: ln 4 at 1024, ln(1/4) at 4096 -> crosses half way in log space: 2048
+    assert crossover_length(lin, ref) == pytest.approx(2048.0)
+    assert crossover_length(pd.Series({1024: 0.5, 4096: 1.0}), ref) == "always"
+    assert crossover_length(pd.Series({1024: 2.0, 4096: 40.0}), ref) == "never in range"
+
+
+def test_fitted_exponent_uses_the_top_of_the_range():
+    T = [256, 512, 1024, 2048, 4096]
+    curve = pd.Series({t: (1.0 if t <= 512 else (t / 1024) ** 2) for t in T})  # flat, then quadratic
+    assert fitted_exponent(curve) == pytest.approx(2.0)
+    assert fitted_exponent(pd.Series({1: 1.0})) is None
+
+
+def test_answers_table():
+    rows = []
+    for T in (512, 1024, 2048, 4096):
+        rows.append(dict(arch="softmax_attention", backend="sdpa", seq_len=T, time_median_s=(T / 1024) ** 2,
+                         peak_mem_bytes=T * T, expected_exponent=2.0))
+        rows.append(dict(arch="linear_attention", backend="chunked", seq_len=T, time_median_s=2 * T / 1024,
+                         peak_mem_bytes=1000 * T, expected_exponent=1.0))
+    df = pd.DataFrame(rows).assign(status="ok", mode="fwd", batch=1, dtype="float32", device="cpu", family="f",
+                                   time_p10_s=None, time_p90_s=None, key=lambda d: d.index.astype(str))
+    a = answers(df).set_index("arch")
+    assert a.loc["linear_attention", "faster_from"] == pytest.approx(2048.0)
+    assert a.loc["linear_attention", "leaner_from"] == pytest.approx(1000.0, rel=1e-6) or a.loc["linear_attention", "leaner_from"] == "always"
+    assert a.loc["linear_attention", "fitted_exponent"] == pytest.approx(1.0)
+    assert a.loc["softmax_attention", "fitted_exponent"] == pytest.approx(2.0)
+    assert a.loc["softmax_attention", "faster_from"] == "reference"
