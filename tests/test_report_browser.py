@@ -1,0 +1,59 @@
+"""The report in a real browser: headless Chromium (Debian's ``chromium``, which ``.ci/run``
+installs) loads the page offline, runs plotly, and must log nothing to the console; the
+figures must have drawn (plotly's SVG layers present). A screenshot is kept as an artifact
+in ``reports/test-artifacts/``."""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from archbench.report import build_figures, write_html
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "reports" / "test-artifacts"
+FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--enable-logging=stderr", "--v=0", "--virtual-time-budget=8000",
+]  # fmt: skip
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+
+
+def _rows():
+    rows = []
+    for arch, p in (("softmax_attention", 2), ("linear_attention", 1), ("<script>alert(1)</script>", 1)):
+        for T in (256, 1024, 4096):
+            t = (T / 1024) ** p * 1e-2
+            rows.append(dict(key=f"{arch}{T}", run_id="r1", suite="browser", arch=arch, backend="ref", family="f",
+                             mode="fwd", dtype="float32", device="cpu", batch=1, seq_len=T, status="ok",
+                             time_median_s=t, time_p10_s=t * 0.9, time_p90_s=t * 1.1, repeats=5,
+                             tokens_per_s=T / t, peak_mem_bytes=T * 1e4, mem_method="rss", expected_exponent=p))
+    rows.append(dict(rows[0], key="e", seq_len=16384, status="error", error="boom <b>bold</b>", time_median_s=None))
+    return pd.DataFrame(rows)
+
+
+def _chromium(tmp_path, *args):
+    profile = tmp_path / "profile"
+    return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_report_renders_in_chromium_without_console_errors(tmp_path):
+    df = _rows()
+    page = write_html(df, [{"run_id": "r1", "suite": "browser"}], tmp_path / "report.html")
+    dom = _chromium(tmp_path, "--dump-dom", page.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    console = [line for line in dom.stderr.splitlines() if ":CONSOLE" in line]
+    assert not console, "the page logged to the console:\n" + "\n".join(console)
+    n_figures = len(build_figures(df))
+    drawn = len(re.findall(r'class="main-svg"', dom.stdout))
+    assert drawn >= n_figures, f"{drawn} plotly SVG layers for {n_figures} figures: the plots did not draw"
+    assert "<script>alert(1)</script>" not in dom.stdout.replace("\\u003c", "<")  # escaped, never live
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = _chromium(tmp_path, "--window-size=1300,2000", f"--screenshot={ARTIFACTS / 'report.png'}", page.as_uri())
+    assert shot.returncode == 0 and (ARTIFACTS / "report.png").stat().st_size > 10_000
