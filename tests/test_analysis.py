@@ -37,3 +37,24 @@ def test_answers_table():
     assert a.loc["linear_attention", "fitted_exponent"] == pytest.approx(1.0)
     assert a.loc["softmax_attention", "fitted_exponent"] == pytest.approx(2.0)
     assert a.loc["softmax_attention", "faster_from"] == "reference"
+
+
+def test_ratio_table_and_html_section():
+    from archbench.report import render_html
+    from archbench.report.analysis import ratio_table
+
+    rows = []
+    for T in (1024, 4096):
+        rows.append(dict(arch="softmax_attention", backend="sdpa", seq_len=T, time_median_s=(T / 1024) ** 2 * 1e-3))
+        rows.append(dict(arch="softmax_attention", backend="naive", seq_len=T, time_median_s=(T / 1024) ** 2 * 3e-3))
+        rows.append(dict(arch="linear_attention", backend="chunked", seq_len=T, time_median_s=2e-3 * T / 1024))
+    df = pd.DataFrame(rows).assign(status="ok", mode="fwd", batch=1, dtype="float32", device="cpu", family="f",
+                                   key=lambda d: d.index.astype(str))
+    from archbench.report.figures import prepare
+
+    t = ratio_table(prepare(df))
+    assert t.loc["linear_attention/chunked", 1024] == pytest.approx((2e-3, 2.0))
+    assert t.loc["linear_attention/chunked", 4096] == pytest.approx((8e-3, 0.5))
+    assert t.loc["softmax_attention/naive", 1024][1] == pytest.approx(3.0)  # vs the reference's best backend
+    page = render_html(df, [])
+    assert 'id="ratios"' in page and "(0.50x)" in page and "<b>" in page

@@ -101,3 +101,18 @@ def _best(curves: dict, arch: str) -> pd.Series | None:
 
 def fmt_length(v) -> str:
     return f"{v:,.0f}" if isinstance(v, float) else text(v)
+
+
+def ratio_table(group_ok: pd.DataFrame, reference: str = REFERENCE, column: str = "time_median_s") -> pd.DataFrame:
+    """LRA-style: rows arch/backend, columns seq_len, values (median, median / reference best)."""
+    curves = _curves(group_ok, column)
+    ref = _best(curves, reference)
+    cells = {}
+    for (arch, backend), curve in curves.items():
+        row = {}
+        for t, v in curve.items():
+            r = ref.get(t) if ref is not None else None
+            row[int(t)] = (float(v), float(v / r) if r else None)
+        cells[f"{arch}/{backend}"] = row
+    table = pd.DataFrame.from_dict(cells, orient="index")
+    return table.reindex(sorted(table.columns), axis=1) if len(table) else table

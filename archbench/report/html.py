@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import pandas as pd
 from plotly.offline import get_plotlyjs
 
-from archbench.report.analysis import answers, fmt_length
+from archbench.report.analysis import answers, fmt_length, ratio_table
 from archbench.report.figures import (
     STATUSES,
     FigureSpec,
@@ -24,6 +24,7 @@ from archbench.report.figures import (
     esc,
     fmt_num,
     fmt_time,
+    groups,
     mode_rank,
     prepare,
     text,
@@ -314,6 +315,38 @@ def _plotly_script() -> str:
 # --------------------------------------------------------------------------- page
 
 
+def _ratios_section(data: pd.DataFrame) -> str:
+    """Per group, a table like LRA's: one column per seq_len, each cell the median and its
+    ratio to softmax attention's best backend; the fastest in each column in bold."""
+    parts = []
+    for g in groups(data):
+        table = ratio_table(g.ok)
+        if table.empty:
+            continue
+        best = {t: min((v[0] for v in table[t] if isinstance(v, tuple)), default=None) for t in table.columns}
+        head = "<tr><th>arch/backend</th>" + "".join(f"<th>T={t}</th>" for t in table.columns) + "</tr>"
+        body = []
+        for name, row in table.iterrows():
+            cells = []
+            for t in table.columns:
+                v = row[t]
+                if not isinstance(v, tuple):
+                    cells.append("<td></td>")
+                    continue
+                ratio = f" ({v[1]:.2f}x)" if v[1] is not None else ""
+                txt = html.escape(f"{fmt_time(v[0])}{ratio}")
+                cells.append(f'<td class="num">{"<b>" + txt + "</b>" if v[0] == best[t] else txt}</td>')
+            body.append(f"<tr><td>{html.escape(text(name))}</td>{''.join(cells)}</tr>")
+        parts.append(f"<h3>{html.escape(g.label)}</h3><table><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>")
+    if not parts:
+        return ""
+    return (
+        '<section id="ratios"><h2>Median latency by length, and ratio to softmax attention</h2>'
+        "<p>Each cell: the median, and in brackets the ratio to softmax attention's best backend at that "
+        "length (below 1 = faster). The fastest in each column is in bold.</p>" + "".join(parts) + "</section>"
+    )
+
+
 def _answers_section(data: pd.DataFrame) -> str:
     """Crossover lengths vs softmax attention and fitted vs expected scaling exponents."""
     table = answers(data)
@@ -353,6 +386,7 @@ def render_page(
         "</head><body>",
         _header(data, run_list, page_title),
         _answers_section(data),
+        _ratios_section(data),
         _figures_section(specs),
         _table_section(data),
         _failures_section(data),
