@@ -57,4 +57,4 @@ def test_ratio_table_and_html_section():
     assert t.loc["linear_attention/chunked", 4096] == pytest.approx((8e-3, 0.5))
     assert t.loc["softmax_attention/naive", 1024][1] == pytest.approx(3.0)  # vs the reference's best backend
     page = render_html(df, [])
-    assert 'id="ratios"' in page and "(0.50x)" in page and "<b>" in page
+    assert 'id="ratios"' in page and "<b>8 ms (0.50x)</b>" in page and "2 ms (2.00x)" in page

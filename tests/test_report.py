@@ -293,3 +293,18 @@ def test_write_html_also_writes_csv(tmp_path):
     csv = pd.read_csv(path.with_suffix(".csv"))
     assert len(csv) == 5 and {"arch", "seq_len", "time_median_s", "status"} <= set(csv.columns)
     assert "time_samples_s" not in csv.columns
+
+
+def test_roofline_figure_when_rows_carry_intensity():
+    import pandas as pd
+
+    from archbench.report import build_figures
+
+    rows = [dict(key=f"k{T}", arch="a", backend="b", family="f", mode="fwd", dtype="float32", device="cpu", batch=1,
+                 seq_len=T, status="ok", time_median_s=1e-3, time_p10_s=1e-3, time_p90_s=1e-3,
+                 arithmetic_intensity=10.0 * T, achieved_tflops=0.01 * T / 256, peak_tflops=0.3, peak_gbps=20.0)
+            for T in (256, 1024)]
+    kinds = [s.kind for s in build_figures(pd.DataFrame(rows))]
+    assert "roofline" in kinds
+    no_ai = pd.DataFrame([{k: v for k, v in r.items() if k != "arithmetic_intensity"} for r in rows])
+    assert "roofline" not in [s.kind for s in build_figures(no_ai)]

@@ -32,7 +32,9 @@ def _rows():
             rows.append(dict(key=f"{arch}{T}", run_id="r1", suite="browser", arch=arch, backend="ref", family="f",
                              mode="fwd", dtype="float32", device="cpu", batch=1, seq_len=T, status="ok",
                              time_median_s=t, time_p10_s=t * 0.9, time_p90_s=t * 1.1, repeats=5,
-                             tokens_per_s=T / t, peak_mem_bytes=T * 1e4, mem_method="rss", expected_exponent=p))
+                             tokens_per_s=T / t, peak_mem_bytes=T * 1e4, mem_method="rss", expected_exponent=p,
+                             arithmetic_intensity=T / 8, achieved_tflops=1e-6 * T / t, peak_tflops=0.3,
+                             peak_gbps=20.0))
     rows.append(dict(rows[0], key="e", seq_len=16384, status="error", error="boom <b>bold</b>", time_median_s=None))
     return pd.DataFrame(rows)
 

@@ -42,7 +42,7 @@ NUMERIC_COLUMNS = (
     "batch", "seq_len", "d_model", "n_heads", "head_dim", "seed", "threads",
     "time_median_s", "time_p10_s", "time_p90_s", "time_iqr_s", "time_rel_iqr",
     "repeats", "tokens_per_s", "peak_mem_bytes", "state_bytes", "params", "flops",
-    "achieved_tflops", "wall_s",
+    "achieved_tflops", "wall_s", "arithmetic_intensity", "peak_tflops", "peak_gbps",
 )
 
 _PALETTE = plotly.colors.qualitative.Plotly + plotly.colors.qualitative.Dark24
@@ -284,7 +284,7 @@ def _customdata(rows: pd.DataFrame) -> list[list[str]]:
     """Per-point hover text, escaped, one list per row.
 
     0 arch, 1 backend, 2 family, 3 repeats, 4 tokens/s, 5 mem_method, 6 status,
-    7 error excerpt, 8 p10 ms, 9 p90 ms, 10 median ms.
+    7 error excerpt, 8 p10 ms, 9 p90 ms, 10 median ms, 11 seq_len.
     """
     out = []
     for _, r in rows.iterrows():
@@ -292,7 +292,7 @@ def _customdata(rows: pd.DataFrame) -> list[list[str]]:
             r["arch"], r["backend"], r["family"], text(r["repeats"]), fmt_num(r["tokens_per_s"], ",.4g"),
             r["mem_method"], r["status"], error_excerpt(r["error"], 200),
             fmt_num(r["time_p10_s"], ".4g", 1e3), fmt_num(r["time_p90_s"], ".4g", 1e3),
-            fmt_num(r["time_median_s"], ".4g", 1e3),
+            fmt_num(r["time_median_s"], ".4g", 1e3), text(r["seq_len"]),
         )
         out.append([esc(v) or "n/a" for v in values])
     return out
@@ -406,6 +406,46 @@ def state_figure(group: Group, colors: dict[str, str], backends: dict[str, int])
     return _base_layout(fig, f"Decode state (KV cache or recurrent state): {group.label}", "state (MiB)", ok["seq_len"])
 
 
+def roofline_figure(group: Group, colors: dict[str, str], backends: dict[str, int]) -> go.Figure | None:
+    """Achieved TFLOP/s vs arithmetic intensity (FLOPs per byte of lower-bound traffic), under
+    the device's measured roofs: min(peak matmul TFLOP/s, intensity x peak copy bandwidth)."""
+    ok = group.ok
+    need = ("arithmetic_intensity", "achieved_tflops", "peak_tflops", "peak_gbps")
+    if any(c not in ok for c in need):
+        return None
+    ok = ok.dropna(subset=list(need))
+    ok = ok[(ok["arithmetic_intensity"] > 0) & (ok["achieved_tflops"] > 0)]
+    if ok.empty:
+        return None
+    fig = go.Figure()
+    peak, bw = float(ok["peak_tflops"].median()), float(ok["peak_gbps"].median())
+    lo = min(float(ok["arithmetic_intensity"].min()), peak * 1e3 / bw) / 4
+    hi = max(float(ok["arithmetic_intensity"].max()), peak * 1e3 / bw) * 4
+    xs = np.geomspace(lo, hi, 64)
+    fig.add_trace(go.Scatter(
+        x=xs, y=np.minimum(peak, xs * bw / 1e3), mode="lines", name="measured roof",
+        line={"color": "#222", "width": 2},
+        hovertemplate=f"roof: min({peak:.3g} TFLOP/s, AI x {bw:.3g} GB/s)<extra></extra>",
+    ))  # fmt: skip
+    for arch, backend, label, rows in _lines(ok):
+        style = _line_style(arch, backend, colors, backends)
+        fig.add_trace(go.Scatter(
+            x=rows["arithmetic_intensity"], y=rows["achieved_tflops"], mode="markers", name=html.escape(label),
+            marker={"color": style.get("line", {}).get("color"), "size": 9},
+            customdata=_customdata(rows),
+            hovertemplate=_HOVER_HEAD.replace("seq_len: %{x}", "seq_len: %{customdata[11]}")
+            + "intensity: %{x:.3g} FLOP/B<br>achieved: %{y:.3g} TFLOP/s<extra></extra>",
+        ))  # fmt: skip
+    fig.update_layout(
+        title={"text": html.escape(f"Roofline: {group.label}")},
+        xaxis={"type": "log", "title": {"text": "arithmetic intensity (FLOPs / byte, lower-bound traffic)"}},
+        yaxis={"type": "log", "title": {"text": "achieved TFLOP/s"}},
+        height=_FIG_HEIGHT, template="plotly_white", hovermode="closest",
+        legend={"title": {"text": "arch/backend"}}, margin={"l": 60, "r": 20, "t": 60, "b": 50},
+    )  # fmt: skip
+    return fig
+
+
 def build_figures(df: pd.DataFrame | None) -> list[FigureSpec]:
     """All report figures for ``df``, grouped and ordered for display.
 
@@ -422,6 +462,7 @@ def build_figures(df: pd.DataFrame | None) -> list[FigureSpec]:
             ("memory", memory_figure),
             ("throughput", throughput_figure),
             ("state", state_figure),
+            ("roofline", roofline_figure),
         )
         for kind, build in builders:
             fig = build(g, colors, backends)

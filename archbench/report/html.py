@@ -334,7 +334,7 @@ def _ratios_section(data: pd.DataFrame) -> str:
                     cells.append("<td></td>")
                     continue
                 ratio = f" ({v[1]:.2f}x)" if v[1] is not None else ""
-                txt = html.escape(f"{fmt_time(v[0])}{ratio}")
+                txt = html.escape(f"{fmt_num(v[0], '.3g', 1e3)} ms{ratio}")
                 cells.append(f'<td class="num">{"<b>" + txt + "</b>" if v[0] == best[t] else txt}</td>')
             body.append(f"<tr><td>{html.escape(text(name))}</td>{''.join(cells)}</tr>")
         parts.append(f"<h3>{html.escape(g.label)}</h3><table><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>")
