@@ -228,6 +228,9 @@ def run_cell(cell: dict) -> dict:
         threads=torch.get_num_threads(),
         family=spec.family,
         expected_exponent=spec.time_exponent,
+        paper=spec.paper,
+        train_complexity=spec.complexity.train_time,
+        decode_complexity=f"{spec.complexity.decode_time}, {spec.complexity.decode_memory}",
         kernels=sorted(kernels),
     )
     return row

@@ -58,3 +58,22 @@ def test_ratio_table_and_html_section():
     assert t.loc["softmax_attention/naive", 1024][1] == pytest.approx(3.0)  # vs the reference's best backend
     page = render_html(df, [])
     assert 'id="ratios"' in page and "<b>8 ms (0.50x)</b>" in page and "2 ms (2.00x)" in page
+
+
+def test_survey_puts_claims_beside_evidence():
+    from archbench.report import render_html
+    from archbench.report.analysis import survey
+
+    rows = []
+    for arch, fam, p, state in (("softmax_attention", "full/softmax", 2, None), ("mamba2", "ssm/ssd", 1, 4096)):
+        for T in (512, 1024, 2048):
+            rows.append(dict(arch=arch, family=fam, backend="b", seq_len=T, time_median_s=(T / 512) ** p * 1e-3,
+                             expected_exponent=float(p), paper=f"{arch} paper", train_complexity="O(T)",
+                             decode_complexity="O(1)", state_bytes=state if state else 2 * T * 64))
+    df = pd.DataFrame(rows).assign(status="ok", mode="fwd", batch=1, dtype="float32", device="cpu",
+                                   key=lambda d: d.index.astype(str))
+    s = survey(df).set_index("arch")
+    assert s.loc["mamba2", "family"] == "ssm/ssd" and s.loc["mamba2", "fitted_exponent"] == pytest.approx(1.0)
+    assert s.loc["softmax_attention", "state_bytes"] == 2 * 2048 * 64 and s.loc["softmax_attention", "state_at_T"] == 2048
+    page = render_html(df, [])
+    assert 'id="survey"' in page and "mamba2 paper" in page

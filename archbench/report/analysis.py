@@ -116,3 +116,32 @@ def ratio_table(group_ok: pd.DataFrame, reference: str = REFERENCE, column: str 
         cells[f"{arch}/{backend}"] = row
     table = pd.DataFrame.from_dict(cells, orient="index")
     return table.reindex(sorted(table.columns), axis=1) if len(table) else table
+
+
+def survey(df: pd.DataFrame | None) -> pd.DataFrame:
+    """The taxonomy as measured: one row per architecture, its family, paper and claimed
+    complexity (from the rows), beside this run's evidence: the fitted latency exponent over
+    the longest curve, and the decode state at the longest context measured."""
+    data = prepare(df)
+    if data.empty or "family" not in data:
+        return pd.DataFrame()
+    ok = data[data["status"] == "ok"]
+    fits = answers(data)
+    out = []
+    for arch, rows in data.groupby("arch", sort=True):
+        first = rows.iloc[0]
+        mine = fits[fits["arch"] == arch] if len(fits) else fits
+        fitted = [f for f in mine.get("fitted_exponent", []) if f is not None and f == f]
+        state = ok[(ok["arch"] == arch) & (pd.to_numeric(ok.get("state_bytes"), errors="coerce") > 0)]
+        state_at = state.sort_values("seq_len").iloc[-1] if len(state) else None
+        out.append({
+            "family": text(first.get("family")),
+            "arch": text(arch),
+            "paper": text(first.get("paper")),
+            "claimed": " / ".join(x for x in (text(first.get("train_complexity")), text(first.get("decode_complexity"))) if x),
+            "expected_exponent": first.get("expected_exponent"),
+            "fitted_exponent": max(fitted) if fitted else None,
+            "state_bytes": None if state_at is None else float(state_at["state_bytes"]),
+            "state_at_T": None if state_at is None else int(state_at["seq_len"]),
+        })  # fmt: skip
+    return pd.DataFrame(out).sort_values(["family", "arch"]).reset_index(drop=True)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import pandas as pd
 from plotly.offline import get_plotlyjs
 
-from archbench.report.analysis import answers, fmt_length, ratio_table
+from archbench.report.analysis import answers, fmt_length, ratio_table, survey
 from archbench.report.figures import (
     STATUSES,
     FigureSpec,
@@ -164,7 +164,7 @@ def _header(data: pd.DataFrame, runs: Sequence[Mapping[str, Any]], title: str) -
     return (
         f"<header><h1>{html.escape(title)}</h1>"
         '<nav><a href="#answers">Answers</a><a href="#figures">Figures</a><a href="#results">Results</a>'
-        '<a href="#failures">Failures</a><a href="#runs">Runs</a></nav>'
+        '<a href="#survey">Survey</a><a href="#failures">Failures</a><a href="#runs">Runs</a></nav>'
         f'<dl class="summary">{rows}</dl><p class="counts">{counts}</p>{warn_html}</header>'
     )
 
@@ -347,6 +347,29 @@ def _ratios_section(data: pd.DataFrame) -> str:
     )
 
 
+def _survey_section(data: pd.DataFrame) -> str:
+    """The registry's claims (family, paper, complexity) beside this run's evidence."""
+    table = survey(data)
+    if table.empty:
+        return ""
+    head = ("<tr><th>family</th><th>arch</th><th>paper</th><th>claimed: train / decode</th>"
+            "<th>expected exponent</th><th>fitted exponent (max over groups)</th><th>decode state</th></tr>")  # fmt: skip
+    body = []
+    for _, r in table.iterrows():
+        exp = r["expected_exponent"]
+        fit = r["fitted_exponent"]
+        state = "—" if r["state_bytes"] is None or r["state_bytes"] != r["state_bytes"] else f"{r['state_bytes'] / _MIB:,.3g} MiB at T={r['state_at_T']}"
+        cells = [r["family"], r["arch"], r["paper"], r["claimed"],
+                 "—" if exp is None or exp != exp else f"{float(exp):g}",
+                 "—" if fit is None or fit != fit else f"{fit:.2f}", state]  # fmt: skip
+        body.append("<tr>" + "".join(f"<td>{html.escape(text(c)) or '—'}</td>" for c in cells) + "</tr>")
+    return (
+        '<section id="survey"><h2>Survey view</h2><p>Each architecture\'s taxonomy entry and claimed '
+        "complexity, beside what this run measured.</p>"
+        f"<table><thead>{head}</thead><tbody>{''.join(body)}</tbody></table></section>"
+    )
+
+
 def _answers_section(data: pd.DataFrame) -> str:
     """Crossover lengths vs softmax attention and fitted vs expected scaling exponents."""
     table = answers(data)
@@ -388,6 +411,7 @@ def render_page(
         _answers_section(data),
         _ratios_section(data),
         _figures_section(specs),
+        _survey_section(data),
         _table_section(data),
         _failures_section(data),
         _runs_section(run_list),
