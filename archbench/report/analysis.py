@@ -21,6 +21,7 @@ import pandas as pd
 from archbench.report.figures import groups, prepare, text
 
 REFERENCE = "softmax_attention"
+TRAINING_MODES = ("fwd", "fwd_bwd", "prefill")  # where latency grows with T as the complexity claims
 
 
 def _curves(ok: pd.DataFrame, column: str) -> dict[tuple[str, str], pd.Series]:
@@ -79,6 +80,7 @@ def answers(df: pd.DataFrame | None, reference: str = REFERENCE) -> pd.DataFrame
             is_ref = key[0] == reference
             out.append({
                 "group": g.label,
+                "mode": text(g.rows["mode"].iloc[0]),
                 "arch": key[0],
                 "backend": key[1],
                 "faster_from": "reference" if is_ref else (crossover_length(curve, ref_lat) if ref_lat is not None else "no reference"),
@@ -120,8 +122,9 @@ def ratio_table(group_ok: pd.DataFrame, reference: str = REFERENCE, column: str 
 
 def survey(df: pd.DataFrame | None) -> pd.DataFrame:
     """The taxonomy as measured: one row per architecture, its family, paper and claimed
-    complexity (from the rows), beside this run's evidence: the fitted latency exponent over
-    the longest curve, and the decode state at the longest context measured."""
+    complexity (from the rows), beside this run's evidence: the largest fitted latency
+    exponent over its fwd / fwd_bwd / prefill curves (decode is per token, a different
+    claim), and the decode state at the longest context measured."""
     data = prepare(df)
     if data.empty or "family" not in data:
         return pd.DataFrame()
@@ -130,7 +133,7 @@ def survey(df: pd.DataFrame | None) -> pd.DataFrame:
     out = []
     for arch, rows in data.groupby("arch", sort=True):
         first = rows.iloc[0]
-        mine = fits[fits["arch"] == arch] if len(fits) else fits
+        mine = fits[(fits["arch"] == arch) & fits["mode"].isin(TRAINING_MODES)] if len(fits) else fits
         fitted = [f for f in mine.get("fitted_exponent", []) if f is not None and f == f]
         state = ok[(ok["arch"] == arch) & (pd.to_numeric(ok.get("state_bytes"), errors="coerce") > 0)]
         state_at = state.sort_values("seq_len").iloc[-1] if len(state) else None

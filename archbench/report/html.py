@@ -353,7 +353,7 @@ def _survey_section(data: pd.DataFrame) -> str:
     if table.empty:
         return ""
     head = ("<tr><th>family</th><th>arch</th><th>paper</th><th>claimed: train / decode</th>"
-            "<th>expected exponent</th><th>fitted exponent (max over groups)</th><th>decode state</th></tr>")  # fmt: skip
+            "<th>expected exponent</th><th>fitted exponent (max over fwd / fwd_bwd / prefill)</th><th>decode state</th></tr>")  # fmt: skip
     body = []
     for _, r in table.iterrows():
         exp = r["expected_exponent"]
