@@ -8,9 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
-import pytest
 
 from archbench.runner import Runner
 from archbench.store import RunDir, load, read_rows

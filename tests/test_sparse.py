@@ -6,7 +6,6 @@ import time
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from archbench.mixers.base import MixerConfig
 from archbench.mixers.sparse import (

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archbench.mixers.base import Mixer, MixerConfig
-from archbench.ops.nsa import fla_unavailable_reason, nsa
+from archbench.ops.nsa import nsa
 from archbench.ops.softmax_attention import flex_unavailable_reason, masked_attention, softmax_attention
 from archbench.spec import ArchSpec, Backend, Complexity, always, requires_fla, requires_flash_attn
 

@@ -154,7 +154,7 @@ def _blocks(x: torch.Tensor, block_size: int) -> torch.Tensor:
 def _selected_gather(q, kb, vb, idx, block_size, kv_len, scale):
     """Branch (b) by gathering every query's selected blocks: [B, T, Hkv, n, l, D] keys."""
     B, T, H, D = q.shape
-    Hkv, n = kb.shape[1], idx.shape[-1]
+    Hkv = kb.shape[1]
     G = H // Hkv
     valid = idx >= 0
     idc = idx.clamp_min(0)
