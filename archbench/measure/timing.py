@@ -149,12 +149,15 @@ def time_fn(
         timed()
     samples: list[float] = []
     t_start = time.perf_counter()
-    while len(samples) < max_repeats:
+    next_check = min_repeats  # the spread is checked at geometric intervals, not after every call:
+    while len(samples) < max_repeats:  # bookkeeping between calls would cool the caches the op uses
         samples.append(timed())
         if len(samples) < min_repeats:
             continue
         if time.perf_counter() - t_start >= budget_s:
             break
-        if _rel_iqr(samples) <= target_rel_iqr:
-            break
+        if len(samples) >= next_check:
+            if _rel_iqr(samples) <= target_rel_iqr:
+                break
+            next_check = max(next_check + 1, int(next_check * 1.25))
     return summarize(samples, warmup_calls=warmup, timer="cuda_events" if cuda else "perf_counter")
