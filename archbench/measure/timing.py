@@ -149,8 +149,8 @@ def time_fn(
         timed()
     samples: list[float] = []
     t_start = time.perf_counter()
-    next_check = min_repeats  # the spread is checked at geometric intervals, not after every call:
-    while len(samples) < max_repeats:  # bookkeeping between calls would cool the caches the op uses
+    next_check = min_repeats  # the spread is checked at geometric intervals, not after every call,
+    while len(samples) < max_repeats:  # to keep bookkeeping out of the gaps between timed calls
         samples.append(timed())
         if len(samples) < min_repeats:
             continue
