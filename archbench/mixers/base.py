@@ -92,3 +92,18 @@ class Mixer(nn.Module):
 
     def state_bytes(self, batch: int, seq_len: int) -> int:
         raise NotImplementedError
+
+
+class ParallelMixer(Mixer):
+    """A mixer whose ``_forward(x, want_state)`` computes the parallel form and, when asked,
+    the decode state in the same pass: ``forward`` and ``prefill`` are both that one call."""
+
+    def _forward(self, x: torch.Tensor, want_state: bool) -> tuple[torch.Tensor, Any]:  # pragma: no cover
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x, False)[0]
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Forward over the prompt plus the decode state, from the same parallel pass."""
+        return self._forward(x, True)

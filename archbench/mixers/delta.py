@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archbench.mixers.base import Mixer, MixerConfig
+from archbench.mixers.base import MixerConfig, ParallelMixer
 from archbench.mixers.common import HeadRMSNorm, ShortConv
 from archbench.ops.delta_rule import (
     delta_rule,
@@ -63,7 +63,7 @@ def _conv_window(y: torch.Tensor, kernel: int) -> torch.Tensor:
     return yt[..., yt.shape[-1] - keep :].clone(memory_format=torch.contiguous_format)
 
 
-class _DeltaBase(Mixer):
+class _DeltaBase(ParallelMixer):
     """Projections, short convolutions and beta shared by both layers."""
 
     def __init__(self, config: MixerConfig, backend: str = "chunked"):
@@ -132,12 +132,6 @@ class _DeltaBase(Mixer):
         y = self._output(o, x)
         return y, ({"conv": conv, "S": S.to(self.state_dtype())} if want_state else None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(x, want_state=False)[0]
-
-    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-        """forward(x) and the decode state after x: the op's final state and the conv windows."""
-        return self._forward(x, want_state=True)
 
     # -- decode -----------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archbench.mixers.base import Mixer, MixerConfig
+from archbench.mixers.base import MixerConfig, ParallelMixer
 from archbench.mixers.common import HeadRMSNorm
 from archbench.ops.gla import gla, gla_step, simple_gla, simple_gla_step
 from archbench.spec import ArchSpec, Backend, Complexity, always, requires_fla
@@ -54,7 +54,7 @@ def _check_backend(name: str, backend: str) -> str:
     return backend
 
 
-class RetNet(Mixer):
+class RetNet(ParallelMixer):
     """Multi-scale retention (Sun et al., 2023, arXiv 2307.08621).
 
     Per head h: S_t = gamma_h S_{t-1} + k_t^T v_t, o_t = q_t S_t / sqrt(K), gamma_h = 1 - 2^(-5-h);
@@ -96,12 +96,6 @@ class RetNet(Mixer):
         )
         return self._output(o, gate), (final.to(self.state_dtype()) if want_state else None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(x, want_state=False)[0]
-
-    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """forward(x) and the decode state after x: the op's final state [B, H, K, V]."""
-        return self._forward(x, want_state=True)
 
     def init_state(self, batch: int) -> torch.Tensor:
         h, hd = self.config.n_heads, self.config.hd
@@ -116,7 +110,7 @@ class RetNet(Mixer):
         return batch * self.config.n_heads * self.config.hd**2 * 4  # fp32, independent of seq_len
 
 
-class GLA(Mixer):
+class GLA(ParallelMixer):
     """Gated linear attention (Yang et al., 2023, arXiv 2312.06635).
 
     Per head: S_t = diag(alpha_t) S_{t-1} + k_t^T v_t, o_t = q_t S_t / sqrt(K),
@@ -159,12 +153,6 @@ class GLA(Mixer):
         )
         return self._output(o, r), (final.to(self.state_dtype()) if want_state else None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(x, want_state=False)[0]
-
-    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """forward(x) and the decode state after x: the op's final state [B, H, K, V]."""
-        return self._forward(x, want_state=True)
 
     def init_state(self, batch: int) -> torch.Tensor:
         h, hd = self.config.n_heads, self.config.hd
@@ -179,7 +167,7 @@ class GLA(Mixer):
         return batch * self.config.n_heads * self.config.hd**2 * 4
 
 
-class HGRN2(Mixer):
+class HGRN2(ParallelMixer):
     """HGRN2, gated linear RNN with state expansion (Qin et al., 2024, arXiv 2404.07904).
 
     Per head: f_t = beta + (1 - beta) sigmoid(x_t W_f), S_t = diag(f_t) S_{t-1} + (1 - f_t)^T v_t,
@@ -226,12 +214,6 @@ class HGRN2(Mixer):
         )
         return self._output(o), (final.to(self.state_dtype()) if want_state else None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(x, want_state=False)[0]
-
-    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """forward(x) and the decode state after x: the op's final state [B, H, K, V]."""
-        return self._forward(x, want_state=True)
 
     def init_state(self, batch: int) -> torch.Tensor:
         h, hd = self.config.n_heads, self.config.hd

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archbench.mixers.base import Mixer, MixerConfig
+from archbench.mixers.base import MixerConfig, ParallelMixer
 from archbench.ops.dplr import dplr, dplr_flops, dplr_step
 from archbench.spec import ArchSpec, Backend, Complexity, always, requires_fla
 
@@ -60,7 +60,7 @@ def lora_rank(d_model: int, factor: float, power: float) -> int:
     return max(32, int(round(factor * d_model**power / 32)) * 32)
 
 
-class RWKV7(Mixer):
+class RWKV7(ParallelMixer):
     """RWKV-7 time mixing: token shift, DPLR recurrence with an in-context learning rate, bonus, gate."""
 
     def __init__(self, config: MixerConfig, backend: str = "chunked"):
@@ -151,12 +151,6 @@ class RWKV7(Mixer):
         shift = x[:, -1].clone() if x.shape[1] else x.new_zeros(x.shape[0], x.shape[-1])
         return y, (S.to(self.state_dtype()), shift)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(x, want_state=False)[0]
-
-    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """forward(x) and the decode state after x: (the op's final DPLR state, the last x)."""
-        return self._forward(x, want_state=True)
 
     # -- decode ----------------------------------------------------------------------------
 

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archbench.mixers.base import Mixer, MixerConfig
+from archbench.mixers.base import MixerConfig, ParallelMixer
 from archbench.ops.nsa import nsa
 from archbench.ops.softmax_attention import flex_unavailable_reason, masked_attention, softmax_attention
 from archbench.spec import ArchSpec, Backend, Complexity, always, requires_fla, requires_flash_attn
@@ -59,7 +59,7 @@ def requires_flex(device: str, dtype: str | None = None) -> str | None:
     return flex_unavailable_reason(device, _DTYPES.get(dtype) if dtype else None)
 
 
-class _QKV(Mixer):
+class _QKV(ParallelMixer):
     """The projections shared by the sparse attentions (as in SoftmaxAttention)."""
 
     def _init_proj(self, config: MixerConfig) -> None:
@@ -106,12 +106,6 @@ class SlidingWindowAttention(_QKV):
             return y, None
         return y, {"k": self._ring(k), "v": self._ring(v), "pos": x.shape[1]}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(x, False)[0]
-
-    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Forward over the prompt; the ring cache holds its last W keys and values."""
-        return self._forward(x, True)
 
     def _capacity(self, seq_len: int) -> int:
         """The ring cache's slots after ``seq_len`` tokens, grown exactly as ``step`` grows it."""
@@ -237,12 +231,6 @@ class BlockSparseAttention(_QKV):
             "lstart": lstart, "pos": T,
         }  # fmt: skip
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(x, False)[0]
-
-    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Forward over the prompt; the cache keeps its global blocks and the local blocks still visible."""
-        return self._forward(x, True)
 
     def _local_start(self, pos: int) -> int:
         """First position kept in the local cache once the token at ``pos`` is in."""
@@ -348,12 +336,6 @@ class NSA(_QKV):
             "kc": k_cmp.contiguous(), "vc": v_cmp.contiguous(), "len": x.shape[1],
         }  # fmt: skip
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(x, False)[0]
-
-    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Forward over the prompt; the state is its KV cache and its compressed blocks."""
-        return self._forward(x, True)
 
     def init_state(self, batch: int) -> dict[str, Any]:
         """KV cache (doubling capacity) and the compressed blocks completed so far."""

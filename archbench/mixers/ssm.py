@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archbench.mixers.base import Mixer, MixerConfig
+from archbench.mixers.base import MixerConfig, ParallelMixer
 from archbench.mixers.common import HeadRMSNorm, ShortConv
 from archbench.ops.selective_scan import selective_scan, selective_scan_step
 from archbench.ops.ssd import ssd, ssd_step
@@ -94,7 +94,7 @@ class _Conv(nn.Module):
         return self.conv.state_bytes(batch) if self.conv is not None else 0
 
 
-class Mamba(Mixer):
+class Mamba(ParallelMixer):
     """The Mamba (S6) block as a token mixer."""
 
     def __init__(self, config: MixerConfig, backend: str = "chunked"):
@@ -140,12 +140,6 @@ class Mamba(Mixer):
             return out, None
         return out, {"conv": conv_state, "ssm": h.to(self.state_dtype()).contiguous()}
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
-        return self._forward(u, False)[0]
-
-    def prefill(self, u: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Forward over the prompt plus the decode state: the conv window and the scan's final h."""
-        return self._forward(u, True)
 
     def init_state(self, batch: int) -> dict[str, Any]:
         w = self.in_proj.weight
@@ -166,7 +160,7 @@ class Mamba(Mixer):
         return self.conv.state_bytes(batch) + batch * self.d_inner * self.d_state * 4  # fp32 h
 
 
-class Mamba2(Mixer):
+class Mamba2(ParallelMixer):
     """The Mamba2 (SSD) block as a token mixer; ngroups = 1."""
 
     def __init__(self, config: MixerConfig, backend: str = "chunked"):
@@ -219,12 +213,6 @@ class Mamba2(Mixer):
             return out, None
         return out, {"conv": conv_state, "ssm": h.to(self.state_dtype()).contiguous()}
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
-        return self._forward(u, False)[0]
-
-    def prefill(self, u: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Forward over the prompt plus the decode state: the conv window and SSD's final state."""
-        return self._forward(u, True)
 
     def init_state(self, batch: int) -> dict[str, Any]:
         w = self.in_proj.weight
