@@ -10,6 +10,8 @@ Modes:
   ``decode``   ``decode_tokens`` calls of ``step`` continuing from the state of a T-token
                context (built untimed by ``prefill``, and restored untimed before each timed
                call); reported per call and per token, with the state's bytes.
+  ``task``     train a small LM of this arch on a task (``archbench.tasks``) and report
+               its held-out accuracy (or bits per byte), best over the lr grid.
 
 Called inside a worker process (``archbench.worker``); raises on failure and lets the
 worker classify the exception into a row status.
@@ -37,7 +39,7 @@ from archbench.models import LM, Stack, make_ffn
 from archbench.ops.dispatch import recording
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-MODES = ("fwd", "fwd_bwd", "prefill", "decode")
+MODES = ("fwd", "fwd_bwd", "prefill", "decode", "task")
 
 
 class Unsupported(Exception):
@@ -154,11 +156,12 @@ def mixer_config(cell: dict) -> MixerConfig:
     return MixerConfig(**{k: v for k, v in cell.items() if k in fields and v is not None})
 
 
-def run_cell(cell: dict) -> dict:
-    """Measure one cell (a dict of ``suite.Cell`` fields); returns the measurement fields."""
+def run_cell(cell: dict, progress: Callable[[dict], None] | None = None) -> dict:
+    """Measure one cell (a dict of ``suite.Cell`` fields); returns the measurement fields.
+    ``progress`` receives task cells' training progress (step, score, ...)."""
     device, dtype = cell["device"], cell["dtype"]
     spec = registry.get(cell["arch"])
-    reason = spec.backend(cell["backend"]).unavailable_reason(device, dtype)
+    reason = spec.backend(cell["backend"]).unavailable_reason(device, dtype, backward=cell["mode"] in ("fwd_bwd", "task"))
     if reason:
         raise Unsupported(f"backend {cell['backend']!r} of {cell['arch']!r} unavailable: {reason}")
     if cell["mode"] in ("prefill", "decode") and not spec.has_decode:
@@ -166,6 +169,8 @@ def run_cell(cell: dict) -> dict:
     _device_ready(device)
     if cell.get("threads"):
         torch.set_num_threads(int(cell["threads"]))
+    if cell["mode"] == "task":
+        return run_task(cell, spec, progress)
 
     torch._dynamo.reset()  # compiled backends (flex) compile afresh in this cell's warm-up, under no recompile limit
     gc.collect()
@@ -232,6 +237,45 @@ def run_cell(cell: dict) -> dict:
         train_complexity=spec.complexity.train_time,
         decode_complexity=f"{spec.complexity.decode_time}, {spec.complexity.decode_memory}",
         kernels=sorted(kernels),
+    )
+    return row
+
+
+def run_task(cell: dict, spec, progress: Callable[[dict], None] | None = None) -> dict:
+    """A task cell: train LMs of this arch (``archbench.tasks.cell``) and describe the model."""
+    from archbench.tasks.cell import run_task_cell
+
+    config = mixer_config(cell)
+    device, dtype = cell["device"], DTYPES[cell["dtype"]]
+    ffn_choice = cell["train"].get("ffn", "auto")
+    shapes: dict = {}
+
+    def build_model(task) -> LM:
+        ffn = task.default_ffn if ffn_choice == "auto" else (None if ffn_choice == "none" else ffn_choice)
+        built = spec.build(config, cell["backend"])
+        if isinstance(built, Stack):  # a hybrid: its own blocks and FFNs
+            stack = built
+        else:
+            more = [spec.build(config, cell["backend"]) for _ in range(int(cell["n_layers"]) - 1)]
+            stack = Stack(config, [built] + more, ffn=ffn)
+        model = LM(stack, task.vocab_size)
+        shapes.update(vocab=task.vocab_size, seq_len=task.seq_len, ffn=ffn if not isinstance(built, Stack) else "hybrid")
+        return model
+
+    t0 = time.perf_counter()
+    row = run_task_cell(cell, build_model, dtype=dtype, on_progress=progress)
+    from archbench.tasks.cell import task_from_cell
+
+    model = build_model(task_from_cell(cell))  # fresh weights: the analytic sizes do not depend on them
+    row.update(
+        state_bytes=int(model.state_bytes(1, shapes["seq_len"])) if spec.has_decode else None,
+        params=sum(p.numel() for p in model.parameters()),
+        model_ffn=shapes["ffn"],
+        wall_train_s=time.perf_counter() - t0,
+        threads=torch.get_num_threads(),
+        family=spec.family,
+        paper=spec.paper,
+        decode_complexity=f"{spec.complexity.decode_time}, {spec.complexity.decode_memory}",
     )
     return row
 

@@ -193,14 +193,25 @@ def _run_with_progress(runner):
         transient=False,
     ) as progress:
         task = progress.add_task("starting", total=len(runner.cells))
+        training = {}  # a second bar for task cells: optimiser steps of the current run
 
         def on_start(i, cell):
             progress.update(task, description=escape(cell.label))
 
+        def on_progress(cell, info):
+            desc = f"  train run {info.get('run', 1)}/{info.get('runs', 1)} lr={info.get('lr', 0):g} seed={info.get('seed')}  score={info.get('score', float('nan')):.3f}"
+            if "bar" not in training:
+                training["bar"] = progress.add_task(desc, total=info.get("steps", 1))
+            progress.update(training["bar"], description=escape(desc), completed=info.get("step", 0), total=info.get("steps", 1))
+
         def on_row(i, cell, row):
             status = row["status"]
             detail = ""
-            if status == "ok" and row.get("time_median_s") is not None:
+            if "bar" in training:
+                progress.remove_task(training.pop("bar"))
+            if status == "ok" and row.get("task_score") is not None:
+                detail = f"{row['task_metric']} {row['task_score']:.3f} (best lr {row.get('best_lr'):g}, {row.get('train_wall_s', 0):.0f} s training)"
+            elif status == "ok" and row.get("time_median_s") is not None:
                 detail = f"{row['time_median_s'] * 1e3:9.3f} ms  (n={row.get('repeats')}, iqr/med={row.get('time_rel_iqr', 0):.1%})"
             elif row.get("error"):
                 detail = str(row["error"]).splitlines()[0][:160]
@@ -208,7 +219,7 @@ def _run_with_progress(runner):
             progress.console.print(f"[{color}]{status:>11}[/] {escape(cell.label)}  {escape(detail)}")
             progress.advance(task)
 
-        runner.on_start, runner.on_row = on_start, on_row
+        runner.on_start, runner.on_row, runner.on_progress = on_start, on_row, on_progress
         summary = runner.run()
         progress.update(task, description="done")
     return summary

@@ -184,18 +184,26 @@ class LM(nn.Module):
         nn.init.normal_(self.embed.weight, std=stack.config.d_model**-0.5)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.stack(self.embed(ids)) @ self.embed.weight.t()
+        return self.head(self.hidden(ids))
+
+    def hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        """The final normed hidden states [B, T, D] (training scores only the positions it needs)."""
+        return self.stack(self.embed(ids))
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states [..., D] -> logits [..., V] through the tied embedding."""
+        return h @ self.embed.weight.t()
 
     def init_state(self, batch: int) -> list:
         return self.stack.init_state(batch)
 
     def prefill(self, ids: torch.Tensor) -> tuple[torch.Tensor, list]:
         h, state = self.stack.prefill(self.embed(ids))
-        return h @ self.embed.weight.t(), state
+        return self.head(h), state
 
     def state_bytes(self, batch: int, seq_len: int) -> int:
         return self.stack.state_bytes(batch, seq_len)
 
     def step(self, ids_t: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
         h, state = self.stack.step(self.embed(ids_t), state)
-        return h @ self.embed.weight.t(), state
+        return self.head(h), state

@@ -119,6 +119,7 @@ class Runner:
         env: dict | None = None,
         on_start: Callable[[int, Cell], None] | None = None,
         on_row: Callable[[int, Cell, dict], None] | None = None,
+        on_progress: Callable[[Cell, dict], None] | None = None,
     ):
         self.cells = cells
         self.run_dir = run_dir
@@ -131,6 +132,7 @@ class Runner:
         self.env = dict(env)
         self.on_start = on_start
         self.on_row = on_row
+        self.on_progress = on_progress
         self.worker: Worker | None = None
 
     def run(self, skip_keys: set[str] | frozenset = frozenset()) -> RunSummary:
@@ -198,9 +200,15 @@ class Runner:
         while True:
             if w.conn.poll(POLL_S):
                 try:
-                    return self._row(cell, started, t0, w.conn.recv())
+                    msg = w.conn.recv()
                 except (EOFError, OSError):
-                    pass  # died while answering: fall through to the crash path
+                    msg = None  # died while answering: fall through to the crash path
+                if isinstance(msg, tuple) and msg and msg[0] == "progress":
+                    if self.on_progress:
+                        self.on_progress(cell, msg[1])
+                    continue
+                if msg is not None:
+                    return self._row(cell, started, t0, msg)
             if not w.alive() or w.conn.closed:
                 w.proc.join(timeout=5)
                 self.worker = None

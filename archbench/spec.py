@@ -29,9 +29,13 @@ class Backend:
     name: str
     description: str
     detect: Detector
+    detect_backward: Detector | None = None  # extra limits when gradients are needed (fwd_bwd, training)
 
-    def unavailable_reason(self, device: str, dtype: str | None = None) -> str | None:
-        return self.detect(device, dtype)
+    def unavailable_reason(self, device: str, dtype: str | None = None, backward: bool = False) -> str | None:
+        reason = self.detect(device, dtype)
+        if reason is None and backward and self.detect_backward is not None:
+            reason = self.detect_backward(device, dtype)
+        return reason
 
 
 @dataclass(frozen=True)
@@ -68,16 +72,17 @@ class ArchSpec:
             f"architecture {self.name!r} has no backend {name!r}; available: {', '.join(self.backend_names)}"
         )
 
-    def resolve_backend(self, name: str, device: str, dtype: str | None = None) -> str:
-        """``auto`` -> the first backend that can run on (device, dtype); ``reference`` -> the
-        pure-PyTorch reference (listed last by convention); other names pass through."""
+    def resolve_backend(self, name: str, device: str, dtype: str | None = None, backward: bool = False) -> str:
+        """``auto`` -> the first backend that can run on (device, dtype) (and differentiate,
+        when ``backward``); ``reference`` -> the pure-PyTorch reference (listed last by
+        convention); other names pass through."""
         if name == "reference" and "reference" not in self.backend_names:
             return self.backends[-1].name
         if name != "auto":
             self.backend(name)
             return name
         for b in self.backends:
-            if b.unavailable_reason(device, dtype) is None:
+            if b.unavailable_reason(device, dtype, backward) is None:
                 return b.name
         return self.backends[-1].name
 

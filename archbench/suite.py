@@ -36,7 +36,8 @@ from archbench import registry
 from archbench.mixers.base import MixerConfig
 from archbench.spec import DTYPES
 
-MODES = ("fwd", "fwd_bwd", "prefill", "decode")
+MODES = ("fwd", "fwd_bwd", "prefill", "decode", "task")
+BACKWARD_MODES = ("fwd_bwd", "task")  # modes that differentiate: auto picks a backend with a backward
 LEVELS = ("mixer", "model")
 DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
@@ -44,10 +45,12 @@ DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 CELL_FIELDS = (
     "arch", "backend", "level", "mode", "dtype", "device", "batch", "n_layers", "vocab_size", "d_model", "n_heads",
     "head_dim", "n_kv_heads", "chunk_size", "d_state", "expand", "conv_size", "window",
-    "block_size", "block_count", "threads", "seed", "seq_len",
+    "block_size", "block_count", "threads", "seed", "task", "num_kv_pairs", "seq_len",
 )  # fmt: skip
 # Fields that identify a measurement (the cell key); timeouts and budgets are not among them.
 KEY_FIELDS = CELL_FIELDS
+# Fields only task cells use: left out of other cells' keys (so those keys predate tasks).
+TASK_FIELDS = ("task", "num_kv_pairs")
 
 
 class SuiteError(ValueError):
@@ -69,6 +72,42 @@ class MeasureConfig(_Strict):
     decode_tokens: int = Field(16, ge=1)  # decode mode: tokens generated per timed call
     flush_l2: bool = True  # GPU: overwrite L2 before each timed call (cold-cache numbers, as do_bench)
     roofline: bool = True  # measure the device's matmul / copy peaks once per worker; rows get % of peak
+
+
+class TrainConfig(_Strict):
+    """How a ``mode: task`` cell trains (``archbench.tasks.train``); part of its key."""
+
+    steps: int = Field(1000, ge=1)  # optimiser steps per run (fewer when the target is reached)
+    batch_size: int = Field(64, ge=1)  # examples per step (a task cell's ``batch``)
+    lr: Union[float, list[float]] = 1e-3  # a grid: every value is trained, the best is reported
+    seeds: int = Field(1, ge=1)  # runs per lr, with seeds seed, seed+1, ...: mean and spread
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_frac: float = Field(0.1, ge=0, le=1)
+    grad_clip: float = Field(1.0, ge=0)  # 0 = off
+    eval_every: int = Field(100, ge=1)
+    target: float | None = None  # early stop when the held-out score passes it
+    train_examples: int = Field(20_000, ge=1)
+    test_examples: int = Field(500, ge=1)
+    eval_batch: int = Field(256, ge=1)
+    ffn: str = "auto"  # auto (the task's default: none for recall tasks), none, swiglu, moe
+
+    @field_validator("lr")
+    @classmethod
+    def _lr(cls, v):
+        vals = v if isinstance(v, list) else [v]
+        if not vals or any(x <= 0 for x in vals):
+            raise ValueError("lr must be a positive number or a non-empty list of them")
+        return v
+
+    @field_validator("ffn")
+    @classmethod
+    def _ffn(cls, v: str) -> str:
+        if v not in ("auto", "none", "swiglu", "moe"):
+            raise ValueError(f"unknown ffn {v!r}; allowed: auto, none, swiglu, moe")
+        return v
+
+    def lrs(self) -> list[float]:
+        return [float(x) for x in (self.lr if isinstance(self.lr, list) else [self.lr])]
 
 
 class CellValues(_Strict):
@@ -97,6 +136,18 @@ class CellValues(_Strict):
     block_count: int = Field(16, ge=1)
     threads: int | None = Field(None, ge=1)
     seed: int = Field(0, ge=0)
+    task: str | None = None  # mode task: which task (archbench.tasks), e.g. mqar
+    num_kv_pairs: int | None = Field(None, ge=1)  # mqar: key-value pairs per example
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, v: str | None) -> str | None:
+        if v is not None:
+            from archbench.tasks import TASKS
+
+            if v not in TASKS:
+                raise ValueError(f"unknown task {v!r}; allowed: {', '.join(sorted(TASKS))}")
+        return v
 
     @field_validator("mode")
     @classmethod
@@ -138,6 +189,8 @@ class Defaults(CellValues):
     timeout_s: float = Field(300.0, gt=0)
     stop_after_oom: bool = False  # after an OOM, record longer seq_len of the same cell as skipped
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)  # task cells
+    task_args: dict[str, Any] = Field(default_factory=dict)  # task cells: options of the task (e.g. power_a)
 
 
 class _SweepBase(_Strict):
@@ -233,27 +286,37 @@ class Cell(BaseModel):
     block_count: int
     threads: int | None
     seed: int
+    task: str | None = None
+    num_kv_pairs: int | None = None
     timeout_s: float
     stop_after_oom: bool = False
     measure: MeasureConfig
+    train: TrainConfig | None = None  # task cells only
+    task_args: dict[str, Any] | None = None  # task cells only
 
     @property
     def key(self) -> str:
-        ident = {f: getattr(self, f) for f in KEY_FIELDS}
+        ident = self.identity()
+        if self.mode == "task":  # how it trains defines what a task cell measures
+            ident["train"] = self.train.model_dump() if self.train else None
+            ident["task_args"] = self.task_args or {}
         blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @property
     def label(self) -> str:
         level = f" [model L={self.n_layers}]" if self.level == "model" else ""
+        if self.mode == "task":
+            kv = f" kv={self.num_kv_pairs}" if self.num_kv_pairs else ""
+            return f"{self.arch}/{self.backend} task {self.task}{kv} d={self.d_model} L={self.n_layers} T={self.seq_len}"
         return f"{self.arch}/{self.backend}{level} {self.mode} {self.dtype} B={self.batch} T={self.seq_len}"
 
     def identity(self) -> dict:
-        return {f: getattr(self, f) for f in KEY_FIELDS}
+        return {f: getattr(self, f) for f in KEY_FIELDS if not (f in TASK_FIELDS and getattr(self, f) is None)}
 
     def without_seq_len(self) -> tuple:
         """The cell's identity minus its length: cells of one scaling curve share it."""
-        return tuple((f, getattr(self, f)) for f in KEY_FIELDS if f != "seq_len")
+        return tuple((f, v) for f, v in self.identity().items() if f != "seq_len")
 
 
 class Suite:
@@ -278,6 +341,7 @@ _ALLOWED = {
     (): list(SuiteModel.model_fields),
     ("defaults",): list(Defaults.model_fields),
     ("defaults", "measure"): list(MeasureConfig.model_fields),
+    ("defaults", "train"): list(TrainConfig.model_fields),
     ("sweep",): list(Sweep.model_fields),
     ("exclude",): list(ExcludeRule.model_fields),
 }
@@ -458,15 +522,37 @@ def expand(model: SuiteModel, source: str = "<suite>") -> list[Cell]:
         spec = specs[values["arch"]]
         if values["backend"] not in generic and values["backend"] not in spec.backend_names:
             continue
-        values["backend"] = spec.resolve_backend(values["backend"], values["device"], values["dtype"])
+        backward = values["mode"] in BACKWARD_MODES
+        values["backend"] = spec.resolve_backend(values["backend"], values["device"], values["dtype"], backward)
+        task_extra = _task_values(values, d, source)
         if any(rule.matches(values) for rule in model.exclude):
             continue
         _check_dims(values, source)
-        cell = Cell(**values, timeout_s=d.timeout_s, stop_after_oom=d.stop_after_oom, measure=d.measure)
+        cell = Cell(**values, timeout_s=d.timeout_s, stop_after_oom=d.stop_after_oom, measure=d.measure, **task_extra)
         cells.setdefault(cell.key, cell)
     if not cells:
         raise SuiteError(f"{source}: the sweep expands to no cells (every cell is excluded); loosen 'exclude'")
     return list(cells.values())
+
+
+def _task_values(values: dict, d: Defaults, source: str) -> dict:
+    """Task cells: a task is required, the batch is the training batch, and the task's own
+    options are checked now (so an impossible MQAR shape fails before anything runs).
+    Other modes: the task fields are cleared (a suite may sweep ``mode: [decode, task]``)."""
+    if values["mode"] != "task":
+        values["task"] = values["num_kv_pairs"] = None
+        return {}
+    if values["task"] is None:
+        raise SuiteError(f"{source}: mode task needs a task (sweep.task or defaults.task), e.g. task: mqar")
+    values["batch"] = d.train.batch_size
+    from archbench.tasks import TaskError
+    from archbench.tasks.cell import task_from_cell
+
+    try:
+        task_from_cell({**values, "task_args": d.task_args})
+    except TaskError as e:
+        raise SuiteError(f"{source}: cell {values['arch']} task {values['task']} T={values['seq_len']}: {e}") from None
+    return {"train": d.train, "task_args": dict(d.task_args)}
 
 
 def _check_dims(v: dict, source: str) -> None:

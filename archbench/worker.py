@@ -2,7 +2,8 @@
 
 Protocol over a ``multiprocessing`` pipe: the worker sends ``("ready", pid)`` once its
 imports are done, then for each cell dict it receives it sends back one result dict
-(``status``, ``error`` and the measurement fields); ``None`` tells it to exit. Its stdout
+(``status``, ``error`` and the measurement fields), preceded by any number of
+``("progress", info)`` messages from long cells (training); ``None`` tells it to exit. Its stdout
 and stderr go to a log file (with faulthandler on), so a hard crash leaves a traceback the
 runner can quote.
 """
@@ -58,7 +59,7 @@ def main(conn, log_path: str | None, plugins: list[str]) -> None:  # pragma: no 
             return
         print(f"cell {cell.get('key')}: {cell.get('arch')}/{cell.get('backend')} {cell.get('mode')}", flush=True)
         try:
-            result = {"status": "ok", "error": None, **run_cell(cell)}
+            result = {"status": "ok", "error": None, **run_cell(cell, progress=lambda info: conn.send(("progress", info)))}
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a row
             status, text = classify(exc)
             traceback.print_exc()

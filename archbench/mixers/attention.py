@@ -2,7 +2,9 @@
 
     o_t = sum_{s <= t} softmax_s(q_t . k_s / sqrt(d)) v_s,   q = x W_q, k = x W_k, v = x W_v
 
-Time O(T^2 d) to train or prefill, O(T d) per decoded token; the decode state is the KV
+Queries and keys carry rotary position embeddings (RoPE, Su et al., 2021, as in Llama;
+``config.rope_theta``, None for none), applied at each token's absolute position, so the KV
+cache holds rotated keys. Time O(T^2 d) to train or prefill, O(T d) per decoded token; the decode state is the KV
 cache, 2 * T * H_kv * d_head values that grow with the context. Grouped-query attention
 (n_kv_heads < n_heads) shares each key/value head among n_heads / n_kv_heads query heads.
 
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archbench.mixers.base import Mixer, MixerConfig
+from archbench.mixers.common import rotary
 from archbench.ops.softmax_attention import softmax_attention
 from archbench.spec import ArchSpec, Backend, Complexity, always, requires_flash_attn
 
@@ -27,21 +30,40 @@ from archbench.spec import ArchSpec, Backend, Complexity, always, requires_flash
 OP_BACKEND = {"naive": "torch", "sdpa": "sdpa", "flash_attn": "flash_attn"}
 
 
-class SoftmaxAttention(Mixer):
+class QKVProjections:
+    """The projections every attention variant shares: fused q/k/v (grouped-query: fewer
+    k/v heads), RoPE on q and k at absolute positions ``offset ..``, and the output map."""
+
+    config: MixerConfig
+
+    def _init_proj(self, config: MixerConfig) -> None:
+        h, hkv, hd = config.n_heads, config.kv_heads, config.hd
+        self.qkv = nn.Linear(config.d_model, (h + 2 * hkv) * hd, bias=False)
+        self.out = nn.Linear(h * hd, config.d_model, bias=False)
+
+    def _project(self, x: torch.Tensor, offset: int = 0):
+        B, T, _ = x.shape
+        h, hkv, hd = self.config.n_heads, self.config.kv_heads, self.config.hd
+        q, k, v = self.qkv(x).split([h * hd, hkv * hd, hkv * hd], dim=-1)
+        q, k, v = q.view(B, T, h, hd), k.view(B, T, hkv, hd), v.view(B, T, hkv, hd)
+        if self.config.rope_theta:
+            q, k = rotary(q, offset, self.config.rope_theta), rotary(k, offset, self.config.rope_theta)
+        return q, k, v
+
+    def _elem(self) -> int:
+        return self.qkv.weight.element_size()
+
+    def _kv_bytes(self, batch: int, tokens: int) -> int:
+        return 2 * batch * tokens * self.config.kv_heads * self.config.hd * self._elem()
+
+
+class SoftmaxAttention(QKVProjections, Mixer):
     def __init__(self, config: MixerConfig, backend: str = "sdpa"):
         super().__init__()
         if backend not in OP_BACKEND:
             raise ValueError(f"unknown softmax attention backend {backend!r}; choose one of {', '.join(OP_BACKEND)}")
         self.config, self.backend = config, backend
-        h, hkv, hd = config.n_heads, config.kv_heads, config.hd
-        self.qkv = nn.Linear(config.d_model, (h + 2 * hkv) * hd, bias=False)
-        self.out = nn.Linear(h * hd, config.d_model, bias=False)
-
-    def _project(self, x: torch.Tensor):
-        B, T, _ = x.shape
-        h, hkv, hd = self.config.n_heads, self.config.kv_heads, self.config.hd
-        q, k, v = self.qkv(x).split([h * hd, hkv * hd, hkv * hd], dim=-1)
-        return q.view(B, T, h, hd), k.view(B, T, hkv, hd), v.view(B, T, hkv, hd)
+        self._init_proj(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self._project(x)
@@ -62,8 +84,8 @@ class SoftmaxAttention(Mixer):
         return {"k": w.new_zeros(shape), "v": w.new_zeros(shape), "len": 0}
 
     def step(self, x_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        q, k, v = self._project(x_t[:, None])
         n = state["len"]
+        q, k, v = self._project(x_t[:, None], offset=n)
         if n == state["k"].shape[1]:
             state["k"] = torch.cat([state["k"], torch.zeros_like(state["k"])], dim=1)
             state["v"] = torch.cat([state["v"], torch.zeros_like(state["v"])], dim=1)
@@ -76,8 +98,7 @@ class SoftmaxAttention(Mixer):
         return self.out(o.flatten(2))[:, 0], state
 
     def state_bytes(self, batch: int, seq_len: int) -> int:
-        elem = self.qkv.weight.element_size()
-        return 2 * batch * seq_len * self.config.kv_heads * self.config.hd * elem
+        return self._kv_bytes(batch, seq_len)
 
 
 def softmax_attention_flops(config: MixerConfig, batch: int, seq_len: int) -> float:

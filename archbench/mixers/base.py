@@ -30,6 +30,7 @@ class MixerConfig:
     window: int | None = None  # sliding-window length in tokens (family default when None)
     block_size: int = 64  # block-sparse attention / NSA block length
     block_count: int = 16  # NSA: number of selected blocks per query
+    rope_theta: float | None = 10000.0  # attention families: rotary base (None = no positional encoding)
 
     def __post_init__(self) -> None:
         for name in ("chunk_size", "expand", "block_size", "block_count"):

@@ -57,3 +57,23 @@ class HeadRMSNorm(nn.Module):
         x = x.to(torch.promote_types(dtype, torch.float32))
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return (x * self.weight.to(x.dtype)).to(dtype)
+
+
+def rotary(x: torch.Tensor, offset: int = 0, theta: float = 10000.0) -> torch.Tensor:
+    """Rotary position embedding (Su et al., 2021, RoFormer), rotate-half layout as in Llama.
+
+    x [B, T, H, D] holds the tokens at positions offset .. offset+T-1; channel pairs
+    (i, i + D/2) are rotated by the angle pos * theta**(-2i/D), so the dot product of a
+    rotated query and key depends only on their distance. An odd D leaves its last channel.
+    """
+    D = x.shape[-1] - x.shape[-1] % 2
+    half = D // 2
+    if half == 0:
+        return x
+    inv_freq = theta ** (-torch.arange(half, device=x.device, dtype=torch.float32) * 2 / D)
+    pos = torch.arange(offset, offset + x.shape[1], device=x.device, dtype=torch.float32)
+    angle = pos[:, None] * inv_freq[None]  # [T, D/2]
+    cos = angle.cos()[None, :, None].to(x.dtype)
+    sin = angle.sin()[None, :, None].to(x.dtype)
+    x1, x2, rest = x[..., :half], x[..., half:D], x[..., D:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1)

@@ -2,8 +2,8 @@
 dynamic, content-chosen one (Native Sparse Attention).
 
 All three keep the projections of softmax attention (``archbench.mixers.attention``):
-q = x W_q, k = x W_k, v = x W_v with grouped-query sharing (n_kv_heads), o W_o, and no
-positional encoding of their own, and restrict which keys each query may see.
+q = x W_q, k = x W_k, v = x W_v with grouped-query sharing (n_kv_heads), o W_o, and RoPE
+at absolute positions (the KV caches hold rotated keys), and restrict which keys each query may see.
 
 **Sliding-window attention** (Beltagy et al., 2020, Longformer's local attention; the
 causal form used by Mistral): query t sees keys t-W+1 .. t, W = ``config.window`` (512 when
@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archbench.mixers.attention import QKVProjections
 from archbench.mixers.base import MixerConfig, ParallelMixer
 from archbench.ops.nsa import nsa
 from archbench.ops.softmax_attention import flex_unavailable_reason, masked_attention, softmax_attention
@@ -59,25 +60,15 @@ def requires_flex(device: str, dtype: str | None = None) -> str | None:
     return flex_unavailable_reason(device, _DTYPES.get(dtype) if dtype else None)
 
 
-class _QKV(ParallelMixer):
-    """The projections shared by the sparse attentions (as in SoftmaxAttention)."""
+def flex_backward(device: str, dtype: str | None = None) -> str | None:
+    """FlexAttention has no backward on CPU (torch raises at the call)."""
+    if not device.startswith("cuda"):
+        return "FlexAttention has no backward on CPU; use backend sdpa or naive for fwd_bwd / task cells"
+    return None
 
-    def _init_proj(self, config: MixerConfig) -> None:
-        h, hkv, hd = config.n_heads, config.kv_heads, config.hd
-        self.qkv = nn.Linear(config.d_model, (h + 2 * hkv) * hd, bias=False)
-        self.out = nn.Linear(h * hd, config.d_model, bias=False)
 
-    def _project(self, x: torch.Tensor):
-        B, T, _ = x.shape
-        h, hkv, hd = self.config.n_heads, self.config.kv_heads, self.config.hd
-        q, k, v = self.qkv(x).split([h * hd, hkv * hd, hkv * hd], dim=-1)
-        return q.view(B, T, h, hd), k.view(B, T, hkv, hd), v.view(B, T, hkv, hd)
-
-    def _elem(self) -> int:
-        return self.qkv.weight.element_size()
-
-    def _kv_bytes(self, batch: int, tokens: int) -> int:
-        return 2 * batch * tokens * self.config.kv_heads * self.config.hd * self._elem()
+class _QKV(QKVProjections, ParallelMixer):
+    """The projections (and RoPE) of softmax attention, in a parallel-form mixer."""
 
 
 def _check_backend(name: str, backend: str, choices) -> None:
@@ -131,8 +122,8 @@ class SlidingWindowAttention(_QKV):
         return {"k": w.new_zeros(shape), "v": w.new_zeros(shape), "pos": 0}
 
     def step(self, x_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        q, k, v = self._project(x_t[:, None])
         p, W = state["pos"], self.window
+        q, k, v = self._project(x_t[:, None], offset=p)
         cap = state["k"].shape[1]
         if p == cap and cap < W:  # still filling: grow, the cache is in position order
             grow = min(cap, W - cap)
@@ -249,8 +240,8 @@ class BlockSparseAttention(_QKV):
         return {"gk": empty, "gv": empty, "lk": empty, "lv": empty, "lstart": 0, "pos": 0}
 
     def step(self, x_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        q, k, v = self._project(x_t[:, None])
         p = state["pos"]
+        q, k, v = self._project(x_t[:, None], offset=p)
         if p < self.n_global * self.block:
             state["gk"] = torch.cat([state["gk"], k], dim=1)
             state["gv"] = torch.cat([state["gv"], v], dim=1)
@@ -345,8 +336,8 @@ class NSA(_QKV):
         return {"k": w.new_zeros(shape), "v": w.new_zeros(shape), "kc": empty, "vc": empty, "len": 0}
 
     def step(self, x_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        q, k, v = self._project(x_t[:, None])
         n = state["len"]
+        q, k, v = self._project(x_t[:, None], offset=n)
         if n == state["k"].shape[1]:
             state["k"] = torch.cat([state["k"], torch.zeros_like(state["k"])], dim=1)
             state["v"] = torch.cat([state["v"], torch.zeros_like(state["v"])], dim=1)
@@ -436,7 +427,7 @@ SPECS = (
         ),
         backends=(
             Backend("flash_attn", "flash-attn window_size=(W-1, 0) (Dao, 2023)", requires_flash_attn),
-            Backend("flex", "torch FlexAttention with a sliding-window block mask (compiled)", requires_flex),
+            Backend("flex", "torch FlexAttention with a sliding-window block mask (compiled)", requires_flex, flex_backward),
             Backend("sdpa", "torch SDPA on query chunks with a banded boolean mask", always),
             Backend("naive", "pure-PyTorch banded reference (chunks of queries x C+W-1 keys)", always),
         ),
@@ -455,7 +446,7 @@ SPECS = (
             decode_memory="O((n_local + n_global) l d) KV cache",
         ),
         backends=(
-            Backend("flex", "torch FlexAttention with the block mask (compiled)", requires_flex),
+            Backend("flex", "torch FlexAttention with the block mask (compiled)", requires_flex, flex_backward),
             Backend("sdpa", "torch SDPA with a dense boolean mask", always),
             Backend("naive", "pure-PyTorch dense masked reference", always),
         ),

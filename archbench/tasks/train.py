@@ -1,0 +1,198 @@
+"""The training loop every task shares.
+
+AdamW (weight decay on matrices and embeddings, none on norms and biases), linear warm-up then
+cosine decay to zero, gradient-norm clipping, evaluation every ``eval_every`` steps on the
+task's held-out sets, early stop once the overall score passes ``target``. Loss and scores
+are computed only at labelled positions, so the output head runs on those rows alone (a
+large-vocabulary MQAR costs what its queries cost). Deterministic on CPU given the seed:
+the seed fixes the initialisation, the training set and the order of its batches.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from archbench.tasks.base import IGNORE, Task, TaskData, generator, split_seed
+from archbench.tasks.metrics import accuracy, bits_per_token, exact_match, passes
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """One training run's settings (the suite's ``defaults.train`` minus the grids)."""
+
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_frac: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    target: float | None = None
+    train_examples: int = 20_000
+    test_examples: int = 500
+    eval_batch: int = 256
+
+
+@dataclass
+class RunResult:
+    """What one (lr, seed) run produced."""
+
+    lr: float
+    seed: int
+    score: float  # the task metric on the held-out sets at the end of the run
+    by_group: dict[str, float]
+    exact: float | None  # accuracy tasks: fraction of examples fully right
+    steps: int
+    tokens_seen: int
+    wall_s: float
+    stopped_early: bool
+    diverged: bool
+    final_loss: float
+    history: list[dict] = field(default_factory=list)
+
+
+def lr_at(step: int, total: int, peak: float, warmup_frac: float) -> float:
+    """Linear warm-up over ``warmup_frac * total`` steps, then cosine decay to zero."""
+    warm = max(1, int(round(warmup_frac * total)))
+    if step < warm:
+        return peak * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-8)
+
+
+def labelled_loss(model, inputs: torch.Tensor, labels: torch.Tensor, autocast: dict | None = None):
+    """(summed cross-entropy in nats, the logits at labelled positions, their labels)."""
+    with torch.autocast(**autocast) if autocast else _null():
+        h = model.hidden(inputs)
+    mask = labels != IGNORE
+    logits = model.head(h[mask].float() if autocast else h[mask]).float()
+    target = labels[mask]
+    return F.cross_entropy(logits, target, reduction="sum"), logits, target
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+@torch.no_grad()
+def evaluate(model, task: Task, sets: dict[str, TaskData], settings: TrainSettings, device: str, autocast=None) -> dict:
+    """The task metric per eval group and overall (examples pooled across groups)."""
+    was_training = model.training
+    model.eval()
+    groups, total_nats, total_tokens, exact_all, preds_all = {}, 0.0, 0, [], []
+    for name, data in sets.items():
+        nats, tokens, preds, labs = 0.0, 0, [], []
+        for lo in range(0, len(data), settings.eval_batch):
+            inp = data.inputs[lo : lo + settings.eval_batch].to(device)
+            lab = data.labels[lo : lo + settings.eval_batch].to(device)
+            loss, logits, target = labelled_loss(model, inp, lab, autocast)
+            nats += float(loss)
+            tokens += target.numel()
+            full = torch.full_like(lab, IGNORE)
+            full[lab != IGNORE] = logits.argmax(-1)
+            preds.append(full.cpu())
+            labs.append(lab.cpu())
+        preds_t, labs_t = torch.cat(preds), torch.cat(labs)
+        if task.metric == "bits_per_byte":
+            groups[name] = bits_per_token(nats, tokens)
+        else:
+            groups[name] = accuracy(preds_t, labs_t)
+            exact_all.append((exact_match(preds_t, labs_t), len(data)))
+        total_nats, total_tokens = total_nats + nats, total_tokens + tokens
+        preds_all.append((preds_t, labs_t))
+    if task.metric == "bits_per_byte":
+        overall = bits_per_token(total_nats, total_tokens)
+        exact = None
+    else:
+        n = sum(len(d) for d in sets.values())
+        overall = sum(groups[k] * len(d) for k, d in sets.items()) / n
+        exact = sum(e * m for e, m in exact_all) / n
+    model.train(was_training)
+    return {"score": overall, "by_group": groups, "exact": exact, "loss_nats": total_nats / max(1, total_tokens)}
+
+
+def train_run(
+    build_model: Callable[[], torch.nn.Module],
+    task: Task,
+    settings: TrainSettings,
+    seed: int,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    on_progress: Callable[[dict], None] | None = None,
+) -> RunResult:
+    """Train one model from scratch with ``settings.lr`` and ``seed``; evaluate it."""
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    model = build_model().to(device)
+    model.train()
+    opt = make_optimizer(model, settings.lr, settings.weight_decay)
+    train = task.sample(settings.train_examples, split_seed(seed, "train"))
+    sets = task.eval_sets(settings.test_examples, seed)
+    autocast = {"device_type": torch.device(device).type, "dtype": dtype} if dtype != torch.float32 else None
+    order_gen = generator(split_seed(seed, "train", 1))
+    order = torch.randperm(len(train), generator=order_gen)
+    cursor, history, last = 0, [], None
+    stopped_early = diverged = False
+    loss_val = float("nan")
+    step = 0
+    for step in range(1, settings.steps + 1):
+        if cursor + settings.batch_size > len(train):
+            order, cursor = torch.randperm(len(train), generator=order_gen), 0
+        idx = order[cursor : cursor + settings.batch_size]
+        cursor += settings.batch_size
+        inputs, labels = train.inputs[idx].to(device), train.labels[idx].to(device)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step - 1, settings.steps, settings.lr, settings.warmup_frac)
+        nats, _, target = labelled_loss(model, inputs, labels, autocast)
+        loss = nats / max(1, target.numel())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if settings.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        opt.step()
+        loss_val = float(loss)
+        if not math.isfinite(loss_val):
+            diverged = True
+        if diverged or step % settings.eval_every == 0 or step == settings.steps:
+            last = evaluate(model, task, sets, settings, device, autocast)
+            history.append({"step": step, "loss": loss_val, "score": last["score"]})
+            if on_progress:
+                on_progress({"step": step, "steps": settings.steps, "lr": settings.lr, "seed": seed, "loss": loss_val, "score": last["score"]})
+            if diverged:
+                break
+            if passes(task.metric, last["score"], settings.target):
+                stopped_early = step < settings.steps
+                break
+    return RunResult(
+        lr=settings.lr,
+        seed=seed,
+        score=last["score"],
+        by_group=last["by_group"],
+        exact=last["exact"],
+        steps=step,
+        tokens_seen=step * settings.batch_size * task.seq_len,
+        wall_s=time.perf_counter() - t0,
+        stopped_early=stopped_early,
+        diverged=diverged,
+        final_loss=loss_val,
+        history=history,
+    )
