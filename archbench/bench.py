@@ -230,7 +230,7 @@ def run_cell(cell: dict, progress: Callable[[dict], None] | None = None) -> dict
         flops=flops,
         achieved_tflops=achieved,
         build_s=build_s,
-        threads=torch.get_num_threads(),
+        threads_used=torch.get_num_threads(),
         family=spec.family,
         expected_exponent=spec.time_exponent,
         paper=spec.paper,
@@ -246,7 +246,7 @@ def run_task(cell: dict, spec, progress: Callable[[dict], None] | None = None) -
     from archbench.tasks.cell import run_task_cell
 
     config = mixer_config(cell)
-    device, dtype = cell["device"], DTYPES[cell["dtype"]]
+    dtype = DTYPES[cell["dtype"]]
     ffn_choice = cell["train"].get("ffn", "auto")
     shapes: dict = {}
 
@@ -272,7 +272,7 @@ def run_task(cell: dict, spec, progress: Callable[[dict], None] | None = None) -
         params=sum(p.numel() for p in model.parameters()),
         model_ffn=shapes["ffn"],
         wall_train_s=time.perf_counter() - t0,
-        threads=torch.get_num_threads(),
+        threads_used=torch.get_num_threads(),
         family=spec.family,
         paper=spec.paper,
         decode_complexity=f"{spec.complexity.decode_time}, {spec.complexity.decode_memory}",

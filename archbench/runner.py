@@ -175,7 +175,7 @@ class Runner:
             started_at=started,
             ended_at=now_iso(),
             wall_s=round(time.monotonic() - t0, 4),
-            env={**self.env, **({"threads": row["threads"]} if row.get("threads") else {})},
+            env={**self.env, **({"threads": row["threads_used"]} if row.get("threads_used") else {})},
         )
         return row
 

@@ -140,3 +140,68 @@ def test_shipped_suites_validate(path):
 def test_reference_backend_keyword(tmp_path):
     cells = load_suite(write(tmp_path, GOOD.replace("[naive, sdpa, chunked]", "reference"))).cells()
     assert {(c.arch, c.backend) for c in cells} == {("softmax_attention", "naive"), ("linear_attention", "chunked")}
+
+
+# ---- task cells -----------------------------------------------------------------------
+
+TASKS = """
+name: t
+defaults: {device: cpu, d_model: 32, n_heads: 2, vocab_size: 256, task: mqar, train: {steps: 10, batch_size: 16, lr: [1e-3, 3e-3]}}
+sweep:
+  arch: [softmax_attention, sliding_window_attention]
+  mode: [decode, task]
+  batch: [1, 4]
+  num_kv_pairs: [2, 4]
+  seq_len: [64]
+"""
+
+
+def test_task_cells_take_train_batch_and_drop_task_fields_elsewhere(tmp_path):
+    cells = load_suite(write(tmp_path, TASKS)).cells()
+    task = [c for c in cells if c.mode == "task"]
+    decode = [c for c in cells if c.mode == "decode"]
+    # task: 2 archs x 2 kv (batch is the training batch: both batch values collapse)
+    assert len(task) == 4 and {c.batch for c in task} == {16} and {c.num_kv_pairs for c in task} == {2, 4}
+    # decode: 2 archs x 2 batch (num_kv_pairs means nothing there: both values collapse)
+    assert len(decode) == 4 and all(c.task is None and c.num_kv_pairs is None for c in decode)
+    assert "task" not in decode[0].identity() and decode[0].train is None
+    assert task[0].train.lrs() == [1e-3, 3e-3] and "kv=2" in task[0].label
+    # training needs a backward: auto never picks FlexAttention (no CPU backward) for a task cell
+    assert {c.backend for c in task if c.arch == "sliding_window_attention"} == {"sdpa"}
+
+
+def test_task_cell_key_includes_how_it_trains(tmp_path):
+    a = {c.label: c.key for c in load_suite(write(tmp_path, TASKS)).cells()}
+    b = {c.label: c.key for c in load_suite(write(tmp_path, TASKS.replace("steps: 10", "steps: 20"), "b.yaml")).cells()}
+    assert {k for lbl, k in a.items() if " task " in lbl}.isdisjoint(b.values())
+    assert {k for lbl, k in a.items() if " decode " in lbl} <= set(b.values()), "other cells keep their keys"
+
+
+GOLDEN_KEYS = ["2bdb7dbcb4e5af05", "7afc8cf0004a2c10"]  # computed by the code before task cells existed
+
+
+def test_keys_do_not_drift():
+    """Resume and compare match cells by key across versions: a new cell field must not
+    change the keys of cells that do not use it (golden keys from before task cells)."""
+    from archbench.suite import parse_suite
+
+    raw = {"name": "g", "defaults": {"d_model": 64, "n_heads": 4}, "sweep": {"arch": "softmax_attention", "backend": "sdpa", "seq_len": [64, 128]}}
+    assert [c.key for c in parse_suite(raw).cells()] == GOLDEN_KEYS
+
+
+@pytest.mark.parametrize(
+    "text,expect",
+    [
+        (TASKS.replace("task: mqar, ", ""), "mode task needs a task"),
+        (TASKS.replace("task: mqar", "task: sudoku"), "unknown task 'sudoku'"),
+        (TASKS.replace("num_kv_pairs: [2, 4]", "num_kv_pairs: [32]"), "4 \\* num_kv_pairs <= seq_len"),
+        (TASKS.replace("vocab_size: 256", "vocab_size: 32"), "vocab_size > seq_len"),
+        (TASKS.replace("lr: [1e-3, 3e-3]", "lr: [-1]"), "lr must be a positive"),
+        (TASKS.replace("steps: 10", "stepz: 10"), "defaults.train.stepz: unknown key; allowed: steps"),
+        (TASKS.replace("batch_size: 16", "batch_size: 16, ffn: mlp"), "unknown ffn 'mlp'"),
+    ],
+)
+def test_task_suite_errors(tmp_path, text, expect):
+    import re
+
+    assert re.search(expect, error_of(tmp_path, text))

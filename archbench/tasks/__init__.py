@@ -6,6 +6,7 @@ one module per task family registers its tasks, ``train`` is the shared training
 """
 
 from archbench.tasks import mqar  # noqa: F401 - registers the task
+from archbench.tasks import synthetic  # noqa: F401 - registers selective_copy and induction
 from archbench.tasks.base import IGNORE, TASKS, Task, TaskData, TaskError, make_task
 
 __all__ = ["IGNORE", "TASKS", "Task", "TaskData", "TaskError", "make_task"]

@@ -169,7 +169,7 @@ def train_run(
         if settings.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         opt.step()
-        loss_val = float(loss)
+        loss_val = float(loss.detach())
         if not math.isfinite(loss_val):
             diverged = True
         if diverged or step % settings.eval_every == 0 or step == settings.steps:
