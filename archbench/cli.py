@@ -1,8 +1,9 @@
-"""The ``archbench`` command line: run | report | list | env.
+"""The ``archbench`` command line: run | report | compare | baseline save | list | env.
 
 Exit codes: 0 success; 1 the run finished but some cells failed (error / timeout; see
-``--allow-failures``); 2 bad input (a suite error, an unknown architecture, a missing
-run); 130 interrupted with Ctrl-C (rows already written are kept).
+``--allow-failures``), or ``compare`` found a regressed cell; 2 bad input (a suite error,
+an unknown architecture, a missing run, runs that cannot be compared); 130 interrupted
+with Ctrl-C (rows already written are kept).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def main() -> None:
     \b
     archbench run suites/smoke.yaml      run a suite, write rows and an HTML report
     archbench report RUN_DIR -o r.html   render a report from one or more runs
+    archbench compare BASE HEAD          regression gate: exit 1 if a cell got slower
+    archbench baseline save RUN_DIR F    keep a run as a baseline JSON for compare
     archbench list                       the architecture catalogue and its backends
     archbench env                        this machine: device, libraries, optional kernels
     """
@@ -367,6 +370,122 @@ def _nvml_status() -> str:
         return f"ok ({n} device(s))"
     except Exception as e:  # no driver on CPU machines
         return f"unavailable ({type(e).__name__})"
+
+
+# ---- compare / baseline -------------------------------------------------------------------
+
+EXIT_REGRESSED = EXIT_FAILED_CELLS  # compare: some cell got slower (or bigger) beyond the threshold
+
+
+@main.command(name="compare")
+@click.argument("base", metavar="BASE", type=click.Path())
+@click.argument("head", metavar="HEAD", type=click.Path())
+@click.option(
+    "--threshold",
+    type=float,
+    default=1.10,
+    show_default=True,
+    help="A cell regresses when HEAD/BASE of its medians exceeds this (and the change is significant); it improves below 1/threshold.",
+)
+@click.option(
+    "--metric",
+    type=click.Choice(["latency", "memory", "energy"]),
+    default="latency",
+    show_default=True,
+    help="latency: median time per call, with significance tests on the raw samples; memory: peak bytes; energy: joules per call (memory and energy: the threshold alone).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "md", "json"]),
+    default="text",
+    show_default=True,
+    help="text: an aligned table; md: a GitHub-comment-ready summary (regressions first, the rest folded); json: everything, for tools.",
+)
+@click.option(
+    "--alpha",
+    type=float,
+    default=0.002,
+    show_default=True,
+    help="Significance level of the two-sided Mann-Whitney U test (latency only).",
+)
+@click.option("--force", is_flag=True, help="Compare even when BASE and HEAD were measured on different device models.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Write the report to this file and print only the verdict line.",
+)
+def compare_cmd(base, head, threshold, metric, fmt, alpha, force, output):
+    """Compare HEAD against BASE cell by cell; exit 1 if any cell regressed.
+
+    BASE and HEAD are run directories (holding rows.jsonl) or baseline JSON files from
+    `archbench baseline save`. Cells are matched by key; cells on one side only are listed
+    as added/removed, and cells that are not ok on a side are listed with their status.
+
+    \b
+    Latency decision, per cell, with r = median(HEAD) / median(BASE):
+      regressed      r > threshold and significant
+      improved       r < 1/threshold and significant
+      insignificant  beyond the threshold but not significant (does not fail)
+      unchanged      within the threshold
+    Significant: Mann-Whitney U two-sided p < alpha on the raw samples, or the
+    distribution-free 99% intervals of the two medians do not overlap. The 99%
+    interval shown for r is a seeded bootstrap (2000 resamples).
+
+    \b
+    Exit codes: 0 no regression; 1 some cell regressed; 2 bad input (a missing path,
+    no common cells, different devices without --force).
+
+    \b
+    archbench compare results/baselines/ci.json results/smoke/20260101-120000
+    archbench compare BASE_RUN HEAD_RUN --format md -o comment.md
+    """
+    from archbench.compare import CompareError, compare, format_json, format_markdown, format_text
+
+    try:
+        result = compare(base, head, threshold=threshold, metric=metric, alpha=alpha, force=force)
+    except CompareError as e:
+        _fail(str(e))
+    text = {"text": format_text, "md": format_markdown, "json": format_json}[fmt](result)
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(text, encoding="utf-8")
+        click.echo(f"{result.summary()}  -> {output}")
+    else:
+        click.echo(text, nl=False)
+    if not result.passed:
+        sys.exit(EXIT_REGRESSED)
+
+
+@main.group()
+def baseline() -> None:
+    """Reference results to compare against, saved as one JSON file (small enough to check in).
+
+    \b
+    archbench baseline save results/smoke/20260101-120000 results/baselines/smoke-cpu.json
+    archbench compare results/baselines/smoke-cpu.json results/smoke/20260102-090000
+    """
+
+
+@baseline.command(name="save")
+@click.argument("run_dir", metavar="RUN_DIR", type=click.Path())
+@click.argument("path", metavar="PATH", type=click.Path(dir_okay=False))
+def baseline_save(run_dir, path):
+    """Save the cells of RUN_DIR as a baseline JSON at PATH (overwritten if present).
+
+    The file keeps, per cell key: the cell's identity fields, status, median time and raw
+    samples, peak memory and energy per call; plus the device, an environment summary
+    (torch, CUDA, driver, kernel packages, git revision), the source run id and the time
+    it was written. `archbench compare` accepts it as BASE or HEAD.
+    """
+    from archbench.compare import CompareError, save_baseline
+
+    try:
+        out = save_baseline(run_dir, path)
+    except CompareError as e:
+        _fail(str(e))
+    click.echo(str(out))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import pandas as pd
 from plotly.offline import get_plotlyjs
 
+from archbench.report.accuracy import TaskGroup, pareto_figure, task_groups, task_table
 from archbench.report.analysis import answers, fmt_length, ratio_table, survey
 from archbench.report.figures import (
     STATUSES,
@@ -207,16 +208,11 @@ def _figures_section(specs: Sequence[FigureSpec]) -> str:
         msg = "Nothing to plot: no successful (ok) cells with a seq_len."
         return f'{head}<p class="empty">{msg}</p></section>'
     parts, current = [head], None
-    config = {"displaylogo": False, "responsive": True}
     for i, spec in enumerate(specs):
         if spec.group != current:
             current = spec.group
             parts.append(f"<h3>{html.escape(spec.group)}</h3>")
-        fig_html = spec.figure.to_html(
-            full_html=False, include_plotlyjs=False, include_mathjax=False,
-            div_id=f"fig-{i}", config=config,
-        )
-        parts.append(f'<div class="figure figure-{spec.kind}">{fig_html}</div>')
+        parts.append(_figure_div(spec.figure, f"fig-{i}", spec.kind))
     return "".join(parts) + "</section>"
 
 
@@ -394,6 +390,56 @@ def _answers_section(data: pd.DataFrame) -> str:
     )
 
 
+def _figure_div(fig, div_id: str, kind: str) -> str:
+    fig_html = fig.to_html(
+        full_html=False, include_plotlyjs=False, include_mathjax=False, div_id=div_id,
+        config={"displaylogo": False, "responsive": True},
+    )  # fmt: skip
+    return f'<div class="figure figure-{kind}">{fig_html}</div>'
+
+
+def _accuracy_section(groups_: Sequence[TaskGroup]) -> str:
+    """Per task group: the score table (best in bold) and the Pareto charts."""
+    if not groups_:
+        return ""
+    parts = []
+    for gi, g in enumerate(groups_):
+        table = task_table(g)
+        cols = [c for c in table.columns if c not in ("std", "n_seeds")]
+        best = table["score"].max() if g.higher_is_better else table["score"].min()
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+        body = []
+        for _, r in table.iterrows():
+            cells = []
+            for c in cols:
+                v = r[c]
+                if c == "score":
+                    spread = f" ± {r['std']:.3f}" if isinstance(r["std"], float) and r["n_seeds"] and r["n_seeds"] > 1 else ""
+                    txt = html.escape(f"{v:.4f}{spread}")
+                    cells.append(f'<td class="num">{"<b>" + txt + "</b>" if v == best else txt}</td>')
+                elif c == "state_bytes":
+                    cells.append(f'<td class="num">{html.escape(fmt_num(v, ",.0f"))}</td>')
+                elif isinstance(v, float):
+                    cells.append(f'<td class="num">{html.escape(fmt_num(v, ".4g"))}</td>')
+                else:
+                    cells.append(f"<td>{html.escape(text(v))}</td>")
+            body.append("<tr>" + "".join(cells) + "</tr>")
+        parts.append(f"<h3>{html.escape(g.label)} ({html.escape(g.metric)})</h3>"
+                     f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")  # fmt: skip
+        for x in ("state_bytes", "decode_s_per_token"):
+            fig = pareto_figure(g, x)
+            if fig is not None:
+                parts.append(_figure_div(fig, f"task-{gi}-{x}", "pareto"))
+    return (
+        '<section id="accuracy"><h2>Accuracy vs efficiency</h2>'
+        "<p>Task cells: small models of each architecture trained on the task; the score is the held-out "
+        "metric at the best learning rate of the grid (mean ± spread over seeds). Bracketed columns break "
+        "the score down by evaluation group. The charts put the score against the decode state's size and, "
+        "where this run measured it, decode latency per token; the dashed line is the Pareto front.</p>"
+        + "".join(parts) + "</section>"
+    )
+
+
 def render_page(
     df: pd.DataFrame | None, runs: Sequence[Mapping[str, Any]] | None, title: str | None = None
 ) -> str:
@@ -402,14 +448,16 @@ def render_page(
     run_list = [r for r in (runs or []) if isinstance(r, Mapping)]
     page_title = title if title is not None else default_title(data, run_list)
     specs = build_figures(data)
+    tasks = task_groups(data)
     return "".join([
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
         f"<title>{html.escape(page_title)}</title><style>{_CSS}</style>",
-        _plotly_script() if specs else "",
+        _plotly_script() if specs or tasks else "",
         "</head><body>",
         _header(data, run_list, page_title),
         _answers_section(data),
         _ratios_section(data),
+        _accuracy_section(tasks),
         _figures_section(specs),
         _survey_section(data),
         _table_section(data),

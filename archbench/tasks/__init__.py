@@ -6,6 +6,8 @@ one module per task family registers its tasks, ``train`` is the shared training
 """
 
 from archbench.tasks import mqar  # noqa: F401 - registers the task
+from archbench.tasks import passkey  # noqa: F401 - registers passkey
+from archbench.tasks import corpus  # noqa: F401 - registers lm (byte-level language modelling)
 from archbench.tasks import synthetic  # noqa: F401 - registers selective_copy and induction
 from archbench.tasks.base import IGNORE, TASKS, Task, TaskData, TaskError, make_task
 

@@ -1,0 +1,160 @@
+"""Accuracy vs efficiency: what each architecture can still do, and at what cost.
+
+Task rows (``mode: task``) are grouped by what they were trained on (task, length, number of
+key-value pairs). For each group the report shows a table (score +- spread over seeds, best
+lr, the per-group breakdown such as accuracy per kv or per passkey depth) and a Pareto chart:
+score against the decode state's bytes (the quantity Zoology's recall/memory trade-off is
+about), and against measured decode latency per token where the same run has decode rows of
+the same arch, width and length. The Pareto front (no other point is both leaner and more
+accurate) is drawn as a step line.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from archbench.report.figures import _FIG_HEIGHT, arch_colors, fmt_num, text
+
+LOWER_IS_BETTER = ("bits_per_byte",)
+
+
+def pareto_front(xs: Sequence[float], ys: Sequence[float], higher_is_better: bool = True) -> list[int]:
+    """Indices of the points no other point dominates (x no larger and y no worse, one strictly),
+    ordered by x. NaNs are never on the front."""
+    pts = [(x, y, i) for i, (x, y) in enumerate(zip(xs, ys)) if _finite(x) and _finite(y)]
+    sign = 1.0 if higher_is_better else -1.0
+    pts.sort(key=lambda p: (p[0], -sign * p[1]))
+    front, best = [], -math.inf
+    for x, y, i in pts:
+        if sign * y > best:
+            front.append(i)
+            best = sign * y
+    return front
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+@dataclass(frozen=True, eq=False)
+class TaskGroup:
+    task: str
+    seq_len: int
+    num_kv_pairs: int | None
+    rows: pd.DataFrame  # ok task rows of this group
+
+    @property
+    def label(self) -> str:
+        kv = f", kv={self.num_kv_pairs}" if self.num_kv_pairs else ""
+        return f"task={self.task}, T={self.seq_len}{kv}"
+
+    @property
+    def metric(self) -> str:
+        return text(self.rows["task_metric"].iloc[0]) or "accuracy"
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric not in LOWER_IS_BETTER
+
+
+def task_groups(data: pd.DataFrame) -> list[TaskGroup]:
+    """ok task rows grouped by (task, seq_len, num_kv_pairs), in a stable order."""
+    if data.empty or "mode" not in data or "task_score" not in data:
+        return []
+    rows = data[(data["mode"] == "task") & (data["status"] == "ok")].copy()
+    rows = rows[rows["task_score"].map(_finite)]
+    if rows.empty:
+        return []
+    rows["num_kv_pairs"] = rows.get("num_kv_pairs", pd.Series([None] * len(rows), index=rows.index))
+    kv = rows["num_kv_pairs"].map(lambda v: int(v) if _finite(v) else 0)
+    out = []
+    for (task, T, k), idx in rows.groupby([rows["task"].map(text), rows["seq_len"].astype(int), kv], sort=True).groups.items():
+        out.append(TaskGroup(task, int(T), int(k) or None, with_decode_latency(rows.loc[idx], data)))
+    return out
+
+
+def with_decode_latency(rows: pd.DataFrame, data: pd.DataFrame) -> pd.DataFrame:
+    """Add ``decode_s_per_token``: the fastest ok decode row of the same arch, d_model and
+    seq_len in the data (any backend), or NaN."""
+    rows = rows.copy()
+    rows["decode_s_per_token"] = math.nan
+    if "latency_per_token_s" not in data:
+        return rows
+    dec = data[(data["mode"] == "decode") & (data["status"] == "ok")]
+    if dec.empty:
+        return rows
+    best = dec.groupby([dec["arch"].map(text), dec["d_model"], dec["seq_len"]])["latency_per_token_s"].min()
+    for i, r in rows.iterrows():
+        rows.at[i, "decode_s_per_token"] = best.get((text(r["arch"]), r["d_model"], r["seq_len"]), math.nan)
+    return rows
+
+
+def _point_label(r: pd.Series) -> str:
+    return f"{text(r['arch'])} d={int(r['d_model'])}" if _finite(r.get("d_model")) else text(r["arch"])
+
+
+def pareto_figure(group: TaskGroup, x: str = "state_bytes") -> go.Figure | None:
+    """Score vs ``x`` (state bytes or decode latency per token), one marker line per arch
+    (its widths in order), the Pareto front as a dashed step line."""
+    rows = group.rows[group.rows[x].map(_finite)] if x in group.rows else group.rows.iloc[0:0]
+    if rows.empty:
+        return None
+    colors = arch_colors(group.rows)
+    scale, x_title = (1.0, "decode state (bytes, log)") if x == "state_bytes" else (1e3, "decode latency per token (ms, log)")
+    fig = go.Figure()
+    for arch, cells in rows.groupby(rows["arch"].map(text), sort=True):
+        cells = cells.sort_values(x)
+        custom = [[_point_label(r), fmt_num(r["task_score_std"], ".3f"), fmt_num(r.get("best_lr"), ".3g"),
+                   fmt_num(r.get("train_steps"), ".0f")] for _, r in cells.iterrows()]  # fmt: skip
+        fig.add_trace(go.Scatter(
+            x=cells[x] * scale, y=cells["task_score"], mode="lines+markers", name=html.escape(arch),
+            line={"color": colors.get(arch), "width": 1.5}, marker={"size": 9}, customdata=custom,
+            hovertemplate="%{customdata[0]}<br>score %{y:.4f} ± %{customdata[1]}<br>x %{x:.4g}"
+                          "<br>best lr %{customdata[2]}, steps %{customdata[3]}<extra></extra>",
+        ))  # fmt: skip
+    front = pareto_front(list(rows[x]), list(rows["task_score"]), group.higher_is_better)
+    if front:
+        fr = rows.iloc[front]
+        fig.add_trace(go.Scatter(
+            x=fr[x] * scale, y=fr["task_score"], mode="lines", name="Pareto front", line_shape="hv",
+            line={"color": "black", "dash": "dash", "width": 1}, hoverinfo="skip",
+        ))  # fmt: skip
+    what = "state size" if x == "state_bytes" else "decode latency"
+    fig.update_layout(
+        title={"text": html.escape(f"{group.metric} vs {what}: {group.label}")},
+        xaxis={"type": "log", "title": {"text": x_title}},
+        yaxis={"title": {"text": group.metric + (" (lower is better)" if not group.higher_is_better else "")}},
+        height=_FIG_HEIGHT, template="plotly_white", hovermode="closest",
+        legend={"title": {"text": "arch"}}, margin={"l": 60, "r": 20, "t": 60, "b": 50},
+    )  # fmt: skip
+    return fig
+
+
+def task_table(group: TaskGroup) -> pd.DataFrame:
+    """One row per (arch, backend, d_model, n_layers): score, spread, best lr, steps, state
+    bytes, and the per-group breakdown columns (e.g. ``kv=4``, ``T=512 depth=0.50``)."""
+    out = []
+    for _, r in group.rows.iterrows():
+        entry = {
+            "arch": text(r["arch"]), "backend": text(r["backend"]),
+            "d_model": int(r["d_model"]) if _finite(r.get("d_model")) else None,
+            "n_layers": int(r["n_layers"]) if _finite(r.get("n_layers")) else None,
+            "score": float(r["task_score"]), "std": r.get("task_score_std"), "n_seeds": r.get("n_seeds"),
+            "best_lr": r.get("best_lr"), "steps": r.get("train_steps"), "state_bytes": r.get("state_bytes"),
+            "decode_ms": r["decode_s_per_token"] * 1e3 if _finite(r.get("decode_s_per_token")) else None,
+        }  # fmt: skip
+        by = r.get("task_by_group")
+        if isinstance(by, dict) and len(by) > 1:
+            entry.update({f"[{k}]": v for k, v in by.items()})
+        out.append(entry)
+    df = pd.DataFrame(out)
+    return df.sort_values(["d_model", "score"], ascending=[True, not group.higher_is_better], kind="stable")
