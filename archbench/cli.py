@@ -161,10 +161,13 @@ def _check_devices(suite_path: str, cells) -> None:
         import torch
 
         if not torch.cuda.is_available():
+            if any(c.mode == "task" for c in cells):
+                hint = f"archbench run {suite_path} --device cpu --set defaults.train.steps=200 --set 'sweep.d_model=[64]'"
+            else:
+                hint = f"archbench run {suite_path} --device cpu --set 'sweep.seq_len=[1024,2048]' --set 'sweep.batch=[1]'"
             _fail(
                 f"{suite_path} asks for a CUDA device and this machine has none (torch {torch.__version__}); "
-                "to run a reduced grid on the CPU instead: "
-                f"archbench run {suite_path} --device cpu --set 'sweep.seq_len=[1024,2048]' --set 'sweep.batch=[1]'"
+                f"to run a reduced grid on the CPU instead: {hint}"
             )
 
 

@@ -190,7 +190,7 @@ class Defaults(CellValues):
     stop_after_oom: bool = False  # after an OOM, record longer seq_len of the same cell as skipped
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)  # task cells
-    task_args: dict[str, Any] = Field(default_factory=dict)  # task cells: options of the task (e.g. power_a)
+    task_args: dict[str, dict[str, Any]] = Field(default_factory=dict)  # task name -> its options, e.g. {mqar: {power_a: 0.01}}
 
 
 class _SweepBase(_Strict):
@@ -292,7 +292,7 @@ class Cell(BaseModel):
     stop_after_oom: bool = False
     measure: MeasureConfig
     train: TrainConfig | None = None  # task cells only
-    task_args: dict[str, Any] | None = None  # task cells only
+    task_args: dict[str, dict[str, Any]] | None = None  # task cells only
 
     @property
     def key(self) -> str:

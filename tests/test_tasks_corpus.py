@@ -190,7 +190,7 @@ def test_cell_options_and_training_smoke():
     from archbench.models import LM, Stack
     from archbench.tasks.train import TrainSettings, train_run
 
-    cell = {"task": "lm", "seq_len": 32, "vocab_size": 8192, "task_args": {"max_bytes": SMALL}}
+    cell = {"task": "lm", "seq_len": 32, "vocab_size": 8192, "task_args": {"lm": {"max_bytes": SMALL}}}
     task = task_from_cell(cell)  # the cell's vocab_size is not a byte LM option
     assert task.vocab_size == 256 and task.metric == "bits_per_byte" and task.default_ffn == "swiglu"
     config = MixerConfig(d_model=32, n_heads=2)

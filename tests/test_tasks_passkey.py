@@ -119,7 +119,7 @@ def test_impossible_options_are_one_line_errors(options, words):
 
 
 def test_cell_options_and_description():
-    cell = {"task": "passkey", "seq_len": 64, "vocab_size": 8192, "task_args": {"n_digits": 3, "depth": 0.5}}
+    cell = {"task": "passkey", "seq_len": 64, "vocab_size": 8192, "task_args": {"passkey": {"n_digits": 3, "depth": 0.5}}}
     task = task_from_cell(cell)  # vocab_size is fixed by the task, not taken from the cell
     assert task.vocab_size == VOCAB and task.seq_len == 64 and task.depth == 0.5
     assert task.metric == "accuracy" and task.default_ffn == "swiglu"

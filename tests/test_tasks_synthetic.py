@@ -115,7 +115,7 @@ def test_induction_eval_groups_per_test_length():
 
 
 def test_induction_from_a_suite_cell():
-    cell = {"task": "induction", "seq_len": 32, "vocab_size": 8, "task_args": {"test_lengths": [32, 128]}}
+    cell = {"task": "induction", "seq_len": 32, "vocab_size": 8, "task_args": {"induction": {"test_lengths": [32, 128]}}}
     task = task_from_cell(cell)
     assert isinstance(task, InductionHeads) and task.test_lengths == (32, 128)
     assert task.describe() == {"task": "induction", "seq_len": 32, "vocab_size": 8, "test_lengths": (32, 128)}

@@ -99,8 +99,13 @@ def test_summary_lower_is_better_for_bits():
 
 
 def test_task_from_cell_takes_cell_fields_and_args():
-    cell = {"task": "mqar", "seq_len": 32, "vocab_size": 64, "num_kv_pairs": 4, "task_args": {"power_a": 0.5}}
+    args = {"mqar": {"power_a": 0.5}, "induction": {"test_lengths": [64]}}
+    cell = {"task": "mqar", "seq_len": 32, "vocab_size": 64, "num_kv_pairs": 4, "task_args": args}
     t = task_from_cell(cell)
     assert (t.seq_len, t.vocab_size, t.num_kv_pairs, t.power_a) == (32, 64, 4, 0.5)
     with pytest.raises(ValueError, match="already sets"):
-        task_from_cell({**cell, "task_args": {"seq_len": 8}})
+        task_from_cell({**cell, "task_args": {"mqar": {"seq_len": 8}}})
+    with pytest.raises(ValueError, match="'power_a' is not a task"):
+        task_from_cell({**cell, "task_args": {"power_a": 0.5}})
+    with pytest.raises(ValueError, match="has no num_kv_pairs"):
+        task_from_cell({**cell, "task": "induction"})

@@ -8,14 +8,16 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from archbench.report.accuracy import task_groups, task_table
 from archbench.report.analysis import answers, fmt_length
-from archbench.report.figures import FAILED_STATUSES, error_excerpt, groups, mode_rank, prepare, text
+from archbench.report.figures import FAILED_STATUSES, error_excerpt, fmt_num, groups, mode_rank, prepare, text
 
 CSV_COLUMNS = (
     "run_id", "suite", "key", "arch", "family", "backend", "level", "mode", "dtype", "device", "batch", "seq_len",
     "status", "time_median_s", "time_p10_s", "time_p90_s", "time_rel_iqr", "noisy", "repeats", "tokens_per_s",
     "latency_per_token_s", "peak_mem_bytes", "mem_method", "state_bytes", "flops", "achieved_tflops",
-    "pct_of_roof", "bound", "energy_j_per_token", "energy_source", "kernels", "error",
+    "pct_of_roof", "bound", "energy_j_per_token", "energy_source", "kernels", "task", "num_kv_pairs", "d_model",
+    "n_layers", "task_metric", "task_score", "task_score_std", "best_lr", "train_steps", "tokens_seen", "error",
 )  # fmt: skip
 
 
@@ -75,6 +77,16 @@ def render_markdown(df: pd.DataFrame | None, runs: Sequence[Mapping[str, Any]] |
             exp_s = "—" if exp is None or exp != exp else f"{exp:g}"
             lines.append(f"| {_md(r['group'])} | {_md(r['arch'])}/{_md(r['backend'])} | {_md(fmt_length(r['faster_from']))} "
                          f"| {_md(fmt_length(r['leaner_from']))} | {fit_s} / {exp_s} |")
+        lines.append("")
+    for g in task_groups(data):
+        table = task_table(g)
+        lines += [f"### {g.label} ({g.metric}, best over lr)", "",
+                  "| arch/backend | d_model | score | best lr | steps | state bytes |", "|---|---|---|---|---|---|"]  # fmt: skip
+        for _, r in table.iterrows():
+            spread = f" ± {r['std']:.3f}" if r["n_seeds"] and r["n_seeds"] > 1 else ""
+            lines.append(f"| {_md(r['arch'])}/{_md(r['backend'])} | {_md(r['d_model'])} | {r['score']:.4f}{spread} "
+                         f"| {_md(fmt_num(r['best_lr'], '.3g'))} | {_md(fmt_num(r['steps'], '.0f'))} "
+                         f"| {_md(fmt_num(r['state_bytes'], ',.0f'))} |")  # fmt: skip
         lines.append("")
     failed = data[data["status"].isin(FAILED_STATUSES)] if len(data) else data
     if len(failed):

@@ -33,7 +33,14 @@ def task_from_cell(cell: dict) -> Task:
     options = {k: cell[k] for k in _CELL_OPTIONS if k in fields and cell.get(k) is not None}
     if cell.get("num_kv_pairs") is not None and "num_kv_pairs" not in fields:
         raise TaskError(f"task {name!r} has no num_kv_pairs; drop it from the suite for this task")
-    args = dict(cell.get("task_args") or {})
+    per_task = dict(cell.get("task_args") or {})
+    unknown = sorted(set(per_task) - set(TASKS))
+    if unknown:
+        raise TaskError(
+            f"task_args maps task names to their options (e.g. task_args: {{mqar: {{power_a: 0.01}}}}); "
+            f"{', '.join(map(repr, unknown))} is not a task; tasks: {', '.join(sorted(TASKS))}"
+        )
+    args = dict(per_task.get(name) or {})
     clash = sorted(set(args) & set(options))
     if clash:
         raise TaskError(f"task_args sets {', '.join(clash)}, which the cell already sets; sweep it as a cell field instead")
