@@ -231,12 +231,12 @@ def _run_with_progress(runner):
     return summary
 
 
-def _write_report(run_dirs, out_path) -> Path:
+def _write_report(run_dirs, out_path, comparison=None) -> Path:
     from archbench.report import write_html
     from archbench.store import load, load_meta
 
     df = load(*run_dirs)
-    return write_html(df, load_meta(*run_dirs), out_path)
+    return write_html(df, load_meta(*run_dirs), out_path, comparison=comparison)
 
 
 # ---- report -----------------------------------------------------------------------------
@@ -247,7 +247,10 @@ def _write_report(run_dirs, out_path) -> Path:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="File to write (default for html: RUN_DIR/report.html for one run, reports/report.html for several; md prints to stdout).")
 @click.option("--format", "fmt", type=click.Choice(["html", "md"]), default="html", show_default=True, help="html: the interactive page (+ a CSV of its data); md: a Markdown summary, e.g. for a CI comment.")
 def report(run_dirs, output, fmt):
-    """Render a report from one or more RUN_DIRS."""
+    """Render a report from one or more RUN_DIRS.
+
+    With exactly two runs (A then B) that share cells, the page (and the Markdown) adds B/A per
+    cell with significance, as `archbench compare` judges it (devices may differ here)."""
     from archbench.store import find_run_dirs
 
     try:
@@ -256,11 +259,16 @@ def report(run_dirs, output, fmt):
         _fail(str(e))
     if not dirs:
         _fail(f"no runs found under {', '.join(run_dirs)}")
+    comparison = _two_run_comparison(dirs)
     if fmt == "md":
         from archbench.report import render_markdown
         from archbench.store import load, load_meta
 
         text = render_markdown(load(*dirs), load_meta(*dirs))
+        if comparison is not None:
+            from archbench.compare import format_markdown
+
+            text += "\n" + format_markdown(comparison)
         if output:
             Path(output).write_text(text)
             click.echo(str(output))
@@ -270,8 +278,21 @@ def report(run_dirs, output, fmt):
     if output is None:
         output = dirs[0] / "report.html" if len(dirs) == 1 else Path("reports") / "report.html"
     Path(output).parent.mkdir(parents=True, exist_ok=True)
-    path = _write_report(dirs, output)
+    path = _write_report(dirs, output, comparison.to_json() if comparison is not None else None)
     click.echo(str(path))
+
+
+def _two_run_comparison(dirs):
+    """Two runs with cells in common: B (the second) against A, per cell, for the report.
+    Devices may differ here (it is a report, not a gate); the section says so."""
+    if len(dirs) != 2:
+        return None
+    from archbench.compare import CompareError, compare
+
+    try:
+        return compare(dirs[0], dirs[1], force=True)
+    except CompareError:
+        return None  # no common cells: the page just shows both runs
 
 
 # ---- list -------------------------------------------------------------------------------

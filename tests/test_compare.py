@@ -278,3 +278,23 @@ def test_rows_without_samples_are_judged_by_the_threshold(tmp_path):
     head = _write_run(tmp_path / "h", [{**_row("a", 64, [1.3e-3] * 5, key="k1"), "time_samples_s": None}])
     (c,) = compare(base, head).cells
     assert c.outcome == "regressed" and c.p_value is None and "threshold alone" in c.note
+
+
+# ---- the report of two runs ----------------------------------------------------------------
+
+
+def test_report_of_two_runs_shows_b_over_a_with_significance(tmp_path):
+    a = _write_run(tmp_path / "a", _cells(1), run_id="run-a")
+    b = _write_run(tmp_path / "b", _cells(2, slow="arch2", factor=1.5), run_id="run-b")
+    out = tmp_path / "r.html"
+    r = CliRunner().invoke(main, ["report", str(a), str(b), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    page = out.read_text()
+    assert 'id="comparison"' in page and "comparison-ratios" in page and "run-a" in page and "run-b" in page
+    section = page[page.index('id="comparison"') :]
+    first_row = section[section.index("<tbody>") : section.index("</tr>", section.index("<tbody>"))]
+    assert "regressed" in first_row and "arch2" in first_row, "regressions lead the table"
+    md = CliRunner().invoke(main, ["report", str(a), str(b), "--format", "md"])
+    assert md.exit_code == 0 and "arch2" in md.output and "regress" in md.output.lower()
+    one = CliRunner().invoke(main, ["report", str(a), "-o", str(tmp_path / "one.html")])
+    assert one.exit_code == 0 and 'id="comparison"' not in (tmp_path / "one.html").read_text()

@@ -36,7 +36,23 @@ def _rows():
                              arithmetic_intensity=T / 8, achieved_tflops=1e-6 * T / t, peak_tflops=0.3,
                              peak_gbps=20.0))
     rows.append(dict(rows[0], key="e", seq_len=16384, status="error", error="boom <b>bold</b>", time_median_s=None))
+    for arch, acc, state in (("softmax_attention", 0.99, 65536), ("linear_attention", 0.4, 8192)):  # task rows
+        rows.append(dict(key=f"t-{arch}", run_id="r1", suite="browser", arch=arch, backend="ref", mode="task",
+                         task="mqar", num_kv_pairs=4, d_model=64, n_layers=2, dtype="float32", device="cpu",
+                         batch=64, seq_len=64, status="ok", task_metric="accuracy", task_score=acc, accuracy=acc,
+                         task_score_std=0.0, n_seeds=1, best_lr=3e-3, train_steps=500, state_bytes=state))
     return pd.DataFrame(rows)
+
+
+# The JSON form of a two-run comparison (archbench.compare), as `archbench report A B` passes it.
+COMPARISON = {
+    "metric": "latency", "threshold": 1.1, "summary": "FAIL: 1 regressed", "base": {"run_id": "a"},
+    "head": {"run_id": "b"}, "notes": [],
+    "cells": [{"label": "x/ref fwd T=256", "outcome": "regressed", "ratio": 1.4, "ratio_ci": [1.3, 1.5],
+               "p_value": 1e-6, "base_value": 1e-3, "head_value": 1.4e-3, "base_status": "ok", "head_status": "ok"},
+              {"label": "<i>y</i>/ref fwd T=256", "outcome": "unchanged", "ratio": 1.01, "ratio_ci": [0.98, 1.04],
+               "p_value": 0.5, "base_value": 1e-3, "head_value": 1.01e-3, "base_status": "ok", "head_status": "ok"}],
+}  # fmt: skip
 
 
 def _chromium(tmp_path, *args):
@@ -47,12 +63,12 @@ def _chromium(tmp_path, *args):
 
 def test_report_renders_in_chromium_without_console_errors(tmp_path):
     df = _rows()
-    page = write_html(df, [{"run_id": "r1", "suite": "browser"}], tmp_path / "report.html")
+    page = write_html(df, [{"run_id": "r1", "suite": "browser"}], tmp_path / "report.html", comparison=COMPARISON)
     dom = _chromium(tmp_path, "--dump-dom", page.as_uri())
     assert dom.returncode == 0, dom.stderr[-2000:]
     console = [line for line in dom.stderr.splitlines() if ":CONSOLE" in line]
     assert not console, "the page logged to the console:\n" + "\n".join(console)
-    n_figures = len(build_figures(df))
+    n_figures = len(build_figures(df)) + 2  # + the accuracy Pareto chart + the B/A ratio plot
     drawn = len(re.findall(r'class="main-svg"', dom.stdout))
     assert drawn >= n_figures, f"{drawn} plotly SVG layers for {n_figures} figures: the plots did not draw"
     assert "<script>alert(1)</script>" not in dom.stdout.replace("\\u003c", "<")  # escaped, never live

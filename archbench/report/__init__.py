@@ -22,13 +22,17 @@ __all__ = ["render_html", "write_html", "build_figures", "render_markdown", "wri
 
 
 def render_html(
-    df: pd.DataFrame | None, runs: Sequence[Mapping[str, Any]] | None, title: str | None = None
+    df: pd.DataFrame | None,
+    runs: Sequence[Mapping[str, Any]] | None,
+    title: str | None = None,
+    comparison: Mapping[str, Any] | None = None,
 ) -> str:
     """The report page for ``df`` (result rows) and ``runs`` (run metadata) as HTML.
 
-    ``title`` defaults to ``archbench report — <suite names>``.
+    ``title`` defaults to ``archbench report — <suite names>``; ``comparison`` (the JSON form of
+    ``archbench.compare.compare(A, B)``) adds a B/A section.
     """
-    return render_page(df, runs, title)
+    return render_page(df, runs, title, comparison)
 
 
 def write_html(
@@ -36,11 +40,12 @@ def write_html(
     runs: Sequence[Mapping[str, Any]] | None,
     path: str | Path,
     title: str | None = None,
+    comparison: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the report page to ``path`` (parent folders are created) and the plotted data
     next to it as ``<stem>.csv``; return the page's path."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_html(df, runs, title), encoding="utf-8")
+    out.write_text(render_html(df, runs, title, comparison), encoding="utf-8")
     write_csv(df, out.with_suffix(".csv"))
     return out

@@ -16,6 +16,7 @@ import pandas as pd
 from plotly.offline import get_plotlyjs
 
 from archbench.report.accuracy import TaskGroup, pareto_figure, task_groups, task_table
+from archbench.report.comparison import comparison_section
 from archbench.report.analysis import answers, fmt_length, ratio_table, survey
 from archbench.report.figures import (
     STATUSES,
@@ -142,7 +143,7 @@ def status_counts(data: pd.DataFrame) -> dict[str, int]:
 # --------------------------------------------------------------------------- sections
 
 
-def _header(data: pd.DataFrame, runs: Sequence[Mapping[str, Any]], title: str) -> str:
+def _header(data: pd.DataFrame, runs: Sequence[Mapping[str, Any]], title: str, extra_nav: Sequence[tuple[str, str]] = ()) -> str:
     fields = [
         ("Suites", ", ".join(suite_names(data, runs))),
         ("Runs", ", ".join(_unique([r.get("run_id") for r in runs] + list(data["run_id"])))),
@@ -162,10 +163,11 @@ def _header(data: pd.DataFrame, runs: Sequence[Mapping[str, Any]], title: str) -
         counts += status_badge("timeout", f"noisy (IQR/median > 10%): {noisy}")
     warnings = _unique(w for r in runs for w in (r.get("warnings") or []))
     warn_html = "".join(f'<p class="warning">&#9888; {html.escape(w)}</p>' for w in warnings)
+    nav = [*extra_nav, ("answers", "Answers"), ("figures", "Figures"), ("results", "Results"), ("survey", "Survey"),
+           ("failures", "Failures"), ("runs", "Runs")]  # fmt: skip
+    links = "".join(f'<a href="#{a}">{html.escape(name)}</a>' for a, name in nav)
     return (
-        f"<header><h1>{html.escape(title)}</h1>"
-        '<nav><a href="#answers">Answers</a><a href="#figures">Figures</a><a href="#results">Results</a>'
-        '<a href="#survey">Survey</a><a href="#failures">Failures</a><a href="#runs">Runs</a></nav>'
+        f"<header><h1>{html.escape(title)}</h1><nav>{links}</nav>"
         f'<dl class="summary">{rows}</dl><p class="counts">{counts}</p>{warn_html}</header>'
     )
 
@@ -441,20 +443,27 @@ def _accuracy_section(groups_: Sequence[TaskGroup]) -> str:
 
 
 def render_page(
-    df: pd.DataFrame | None, runs: Sequence[Mapping[str, Any]] | None, title: str | None = None
+    df: pd.DataFrame | None,
+    runs: Sequence[Mapping[str, Any]] | None,
+    title: str | None = None,
+    comparison: Mapping[str, Any] | None = None,
 ) -> str:
-    """The whole report page as one HTML string."""
+    """The whole report page as one HTML string; ``comparison`` (``Comparison.to_json()`` of two
+    runs) adds the B/A section."""
     data = prepare(df)
     run_list = [r for r in (runs or []) if isinstance(r, Mapping)]
     page_title = title if title is not None else default_title(data, run_list)
     specs = build_figures(data)
     tasks = task_groups(data)
+    comparison_html = comparison_section(comparison, _figure_div)
+    extra_nav = ([("comparison", "Comparison")] if comparison_html else []) + ([("accuracy", "Accuracy")] if tasks else [])
     return "".join([
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
         f"<title>{html.escape(page_title)}</title><style>{_CSS}</style>",
-        _plotly_script() if specs or tasks else "",
+        _plotly_script() if specs or tasks or comparison else "",
         "</head><body>",
-        _header(data, run_list, page_title),
+        _header(data, run_list, page_title, extra_nav),
+        comparison_html,
         _answers_section(data),
         _ratios_section(data),
         _accuracy_section(tasks),
