@@ -1,7 +1,7 @@
-"""The ``archbench`` command line: run | report | compare | baseline save | list | env.
+"""The ``archbench`` command line: run | report | compare | ab | baseline save | list | env.
 
 Exit codes: 0 success; 1 the run finished but some cells failed (error / timeout; see
-``--allow-failures``), or ``compare`` found a regressed cell; 2 bad input (a suite error,
+``--allow-failures``), or ``compare`` / ``ab`` found a regressed cell; 2 bad input (a suite error,
 an unknown architecture, a missing run, runs that cannot be compared); 130 interrupted
 with Ctrl-C (rows already written are kept).
 """
@@ -31,6 +31,7 @@ def main() -> None:
     archbench run suites/smoke.yaml      run a suite, write rows and an HTML report
     archbench report RUN_DIR -o r.html   render a report from one or more runs
     archbench compare BASE HEAD          regression gate: exit 1 if a cell got slower
+    archbench ab SUITE --base REV        the suite on two code versions, interleaved, compared
     archbench baseline save RUN_DIR F    keep a run as a baseline JSON for compare
     archbench list                       the architecture catalogue and its backends
     archbench env                        this machine: device, libraries, optional kernels
@@ -293,6 +294,79 @@ def _two_run_comparison(dirs):
         return compare(dirs[0], dirs[1], force=True)
     except CompareError:
         return None  # no common cells: the page just shows both runs
+
+
+# ---- ab ---------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("suite_path", metavar="SUITE", type=click.Path(dir_okay=False))
+@click.option("--base", "base_spec", default=".", show_default=True, help="Side A: a git revision (HEAD~1, main, a sha), a directory holding another checkout, or '.' for this code.")
+@click.option("--head", "head_spec", default=".", show_default=True, help="Side B, as --base.")
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(min=1), help="Times each cell is measured on each side, alternating A B, B A, ...")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a suite value for both sides (repeatable).")
+@click.option("--base-set", "base_sets", multiple=True, metavar="KEY=VALUE", help="Override for side A only, e.g. --base-set sweep.backend=sdpa (cells pair by position).")
+@click.option("--head-set", "head_sets", multiple=True, metavar="KEY=VALUE", help="Override for side B only.")
+@click.option("--device", help="Run every cell on this device, overriding the suite.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where the two run directories go (default: results/<suite>/ab-<id>).")
+@click.option("--threshold", default=1.10, show_default=True, type=click.FloatRange(min=1.0, min_open=True), help="B/A ratio beyond which a significant change counts.")
+@click.option("--alpha", default=0.002, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), help="Significance level of the Mann-Whitney test.")
+@click.option("--format", "fmt", type=click.Choice(["text", "md", "json"]), default="text", show_default=True, help="How to print the comparison.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the comparison to this file.")
+def ab(suite_path, base_spec, head_spec, rounds, overrides, base_sets, head_sets, device, out_dir, threshold, alpha, fmt, output):
+    """Measure SUITE with two versions of the code (or two settings), interleaved, and compare.
+
+    Each side runs in its own worker importing its own copy of archbench; every cell is
+    measured --rounds times alternately on the two sides, so machine drift cancels. Writes
+    OUT/base and OUT/head (ordinary run directories) and prints B/A per cell. Exit 1 when a
+    cell regressed, 0 otherwise, 2 on bad input.
+    """
+    import tempfile
+
+    from archbench.ab import ABError, materialize, require_consistent_rounds, run_ab
+    from archbench.compare import compare, format_json, format_markdown, format_text
+    from archbench.measure.env import collect_env
+    from archbench.store import new_run_id
+    from archbench.suite import SuiteError, load_suite
+
+    common = list(overrides) + ([f"defaults.device={device}"] if device else [])
+    try:
+        base_suite = load_suite(suite_path, common + list(base_sets))
+        head_suite = load_suite(suite_path, common + list(head_sets))
+        base_cells, head_cells = base_suite.cells(), head_suite.cells()
+    except SuiteError as e:
+        _fail(str(e))
+    _check_devices(suite_path, base_cells + head_cells)
+    out = Path(out_dir) if out_dir else Path("results") / base_suite.name / f"ab-{new_run_id()}"
+    if (out / "base" / "rows.jsonl").exists():
+        _fail(f"{out} already holds an A/B run; choose another --out")
+    with tempfile.TemporaryDirectory(prefix="archbench-ab-") as work:
+        try:
+            base = materialize(base_spec, "base", Path(work))
+            head = materialize(head_spec, "head", Path(work))
+            click.echo(f"archbench ab: {len(base_cells)} cells x {rounds} rounds; A = {base.label}; B = {head.label}; out {out}", err=True)
+            env = collect_env(base_cells[0].device)
+
+            def on_row(i, cell, side, row):
+                detail = f"{row['time_median_s'] * 1e3:9.3f} ms" if row.get("time_median_s") else str(row.get("error") or "")[:120]
+                click.echo(f"[{i + 1}/{len(base_cells)}] {side:>4} {row['status']:>11} {cell.label}  {detail}", err=True)
+
+            meta = {"suite": base_suite.name, "suite_path": str(suite_path), "suite_config": base_suite.raw}
+            base_dir, head_dir = run_ab(base_cells, head_cells, base, head, out, rounds=rounds,
+                                        plugins=base_suite.model.plugins, env=env, meta=meta, on_row=on_row)  # fmt: skip
+        except ABError as e:
+            _fail(str(e))
+        except KeyboardInterrupt:
+            click.echo(f"interrupted; rows so far are in {out}", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+    cmp = compare(base_dir.path, head_dir.path, threshold=threshold, alpha=alpha, force=True)
+    by_key = lambda d: {r["key"]: r for r in d.rows()}  # noqa: E731
+    require_consistent_rounds(cmp, by_key(base_dir), by_key(head_dir))
+    text = {"text": format_text, "md": format_markdown, "json": format_json}[fmt](cmp)
+    click.echo(text)
+    if output:
+        Path(output).write_text(text)
+    sys.exit(EXIT_OK if cmp.passed else EXIT_FAILED_CELLS)
 
 
 # ---- list -------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import signal
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,13 +37,21 @@ class Worker:
 
     _counter = 0
 
-    def __init__(self, log_dir: Path | None, plugins: list[str]):
+    def __init__(self, log_dir: Path | None, plugins: list[str], code_path: str | None = None):
+        """``code_path``: a directory holding another copy of the ``archbench`` package (a git
+        revision, another checkout); the worker imports that code instead of this one (A/B runs)."""
         Worker._counter += 1
         self.log_path = str(log_dir / f"worker-{Worker._counter}.log") if log_dir else None
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=worker_mod.main, args=(child, self.log_path, plugins), daemon=True)
-        self.proc.start()
+        saved = list(sys.path)
+        if code_path:  # the spawned child takes the parent's sys.path at start: put that code first
+            sys.path.insert(0, str(code_path))
+        try:
+            self.proc.start()
+        finally:
+            sys.path[:] = saved
         child.close()
         deadline = time.monotonic() + WORKER_START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -120,6 +129,7 @@ class Runner:
         on_start: Callable[[int, Cell], None] | None = None,
         on_row: Callable[[int, Cell, dict], None] | None = None,
         on_progress: Callable[[Cell, dict], None] | None = None,
+        code_path: str | None = None,
     ):
         self.cells = cells
         self.run_dir = run_dir
@@ -133,6 +143,7 @@ class Runner:
         self.on_start = on_start
         self.on_row = on_row
         self.on_progress = on_progress
+        self.code_path = code_path
         self.worker: Worker | None = None
 
     def run(self, skip_keys: set[str] | frozenset = frozenset()) -> RunSummary:
@@ -179,11 +190,21 @@ class Runner:
         )
         return row
 
+    def close(self) -> None:
+        """Stop the worker (``run`` does this itself; for callers driving ``run_one``)."""
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+
+    def run_one(self, cell: Cell) -> dict:
+        """Run one cell on this runner's worker and return its row (not written anywhere)."""
+        return self._run_one(cell)
+
     def _run_one(self, cell: Cell) -> dict:
         started, t0 = now_iso(), time.monotonic()
         if self.worker is None or not self.worker.alive():
             try:
-                self.worker = Worker(self.run_dir.logs, self.plugins)
+                self.worker = Worker(self.run_dir.logs, self.plugins, self.code_path)
             except WorkerStartError as e:
                 self.worker = None
                 return self._row(cell, started, t0, {"status": "error", "error": str(e)})

@@ -309,7 +309,7 @@ class Cell(BaseModel):
         if self.mode == "task":
             kv = f" kv={self.num_kv_pairs}" if self.num_kv_pairs else ""
             return f"{self.arch}/{self.backend} task {self.task}{kv} d={self.d_model} L={self.n_layers} T={self.seq_len}"
-        return f"{self.arch}/{self.backend}{level} {self.mode} {self.dtype} B={self.batch} T={self.seq_len}"
+        return f"{self.arch}/{self.backend}{level} {self.mode} {self.dtype} d={self.d_model} B={self.batch} T={self.seq_len}"
 
     def identity(self) -> dict:
         return {f: getattr(self, f) for f in KEY_FIELDS if not (f in TASK_FIELDS and getattr(self, f) is None)}

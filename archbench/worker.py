@@ -44,8 +44,11 @@ def main(conn, log_path: str | None, plugins: list[str]) -> None:  # pragma: no 
         os.dup2(log.fileno(), 2)
         sys.stdout = sys.stderr = log
         faulthandler.enable(file=log)
+    import archbench
     from archbench import registry
     from archbench.bench import run_cell
+
+    code_path = os.path.dirname(os.path.dirname(os.path.abspath(archbench.__file__)))
 
     registry.load_plugins(plugins)
     _warm_up_runtime()
@@ -60,6 +63,7 @@ def main(conn, log_path: str | None, plugins: list[str]) -> None:  # pragma: no 
         print(f"cell {cell.get('key')}: {cell.get('arch')}/{cell.get('backend')} {cell.get('mode')}", flush=True)
         try:
             result = {"status": "ok", "error": None, **run_cell(cell, progress=lambda info: conn.send(("progress", info)))}
+            result["code_path"] = code_path  # which copy of archbench measured this (A/B runs)
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a row
             status, text = classify(exc)
             traceback.print_exc()

@@ -1,0 +1,130 @@
+"""Interleaved A/B runs: two copies of the code, alternating cells, pooled rows, a verdict."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from archbench.ab import ABError, materialize, pool_rows
+from archbench.cli import main
+from archbench.store import load
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SUITE = """
+name: ab-tiny
+defaults:
+  device: cpu
+  d_model: 32
+  n_heads: 2
+  threads: 1
+  timeout_s: 120
+  measure: {warmup: 2, min_repeats: 15, max_repeats: 15, budget_s: 5.0, energy: false, roofline: false}
+sweep:
+  arch: [linear_attention]
+  mode: [fwd]
+  seq_len: [64, 128]
+"""
+
+
+def _copy_code(dest: Path, slow: bool = False) -> Path:
+    """A copy of this archbench package; ``slow`` makes linear attention's op sleep 5 ms per call."""
+    shutil.copytree(ROOT / "archbench", dest / "archbench", ignore=shutil.ignore_patterns("__pycache__"))
+    if slow:
+        op = dest / "archbench" / "ops" / "linear_attention.py"
+        src = op.read_text()
+        marker = "\ndef linear_attention("
+        assert marker in src
+        op.write_text(src.replace(marker, "\nimport time as _ab_time\n" + marker, 1) + textwrap.dedent('''
+
+            _ab_fast = linear_attention
+
+
+            def linear_attention(*args, **kwargs):
+                _ab_time.sleep(0.005)
+                return _ab_fast(*args, **kwargs)
+        '''))
+    return dest
+
+
+def test_pool_rows_recomputes_timing_over_rounds():
+    rows = [
+        {"status": "ok", "time_samples_s": [1.0, 2.0], "time_median_s": 1.5, "tokens_per_s": 100.0, "warmup_calls": 2},
+        {"status": "error", "error": "x"},
+        {"status": "ok", "time_samples_s": [3.0, 4.0, 5.0], "time_median_s": 4.0, "tokens_per_s": 37.5, "warmup_calls": 2},
+    ]
+    out = pool_rows(rows)
+    assert out["time_samples_s"] == [1.0, 2.0, 3.0, 4.0, 5.0] and out["time_median_s"] == 3.0
+    assert out["repeats"] == 5 and out["ab_rounds"] == 2 and out["warmup_calls"] == 4
+    assert out["tokens_per_s"] == pytest.approx(50.0)  # tokens per call / pooled median
+    failed = pool_rows([{"status": "oom", "error": "big"}])
+    assert failed["status"] == "oom" and failed["ab_rounds"] == 1
+
+
+def test_materialize_sides(tmp_path):
+    assert materialize(".", "base", tmp_path).code_path is None
+    with pytest.raises(ABError, match="must hold the archbench package"):
+        materialize(str(tmp_path), "base", tmp_path)
+    with pytest.raises(ABError, match="not a revision"):
+        materialize("no-such-rev-xyz", "head", tmp_path)
+    if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True).returncode == 0:
+        side = materialize("HEAD", "head", tmp_path)
+        assert side.spec.startswith("HEAD@") and (Path(side.code_path) / "archbench" / "ab.py").exists() is not None
+        assert (Path(side.code_path) / "archbench" / "__init__.py").is_file()
+
+
+def test_ab_catches_a_slowdown_and_passes_identical_code(tmp_path):
+    suite = tmp_path / "s.yaml"
+    suite.write_text(textwrap.dedent(SUITE))
+    fast = _copy_code(tmp_path / "fast")
+    slow = _copy_code(tmp_path / "slow", slow=True)
+
+    r = CliRunner().invoke(main, ["ab", str(suite), "--base", str(fast), "--head", str(slow), "--rounds", "3",
+                                  "--out", str(tmp_path / "ab1"), "--format", "md", "-o", str(tmp_path / "c.md")])  # fmt: skip
+    assert r.exit_code == 1, r.output
+    assert "regress" in (tmp_path / "c.md").read_text().lower()
+    base, head = load(tmp_path / "ab1" / "base"), load(tmp_path / "ab1" / "head")
+    assert set(base["key"]) == set(head["key"]) and len(base) == 2
+    assert set(base["code_path"]) == {str(fast)} and set(head["code_path"]) == {str(slow)}, "each side ran its own code"
+    assert (base["ab_rounds"] == 3).all() and (base["repeats"] == 45).all()
+    assert all(len(m) == 3 for m in head["ab_round_medians_s"])
+    # interleaved: within a cell the two sides' rounds overlap in time (A B, B A)
+    assert (head["time_median_s"] > base["time_median_s"] + 4e-3).all()
+
+    same = CliRunner().invoke(main, ["ab", str(suite), "--base", str(fast), "--head", ".", "--rounds", "3",
+                                     "--out", str(tmp_path / "ab2")])  # fmt: skip
+    assert same.exit_code == 0, same.output
+
+
+def test_ab_pairs_cells_that_differ_in_a_field(tmp_path):
+    suite = tmp_path / "s.yaml"
+    suite.write_text(textwrap.dedent(SUITE).replace("linear_attention", "softmax_attention"))
+    r = CliRunner().invoke(main, ["ab", str(suite), "--base-set", "sweep.backend=sdpa", "--head-set", "sweep.backend=naive",
+                                  "--rounds", "1", "--out", str(tmp_path / "ab"), "--format", "json"])  # fmt: skip
+    assert r.exit_code in (0, 1), r.output
+    head = load(tmp_path / "ab" / "head")
+    assert set(head["backend"]) == {"naive"} and head["ab_head_key"].notna().all()
+    assert set(head["key"]) == set(load(tmp_path / "ab" / "base")["key"])
+    bad = CliRunner().invoke(main, ["ab", str(suite), "--head-set", "sweep.seq_len=[256]", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "pair one to one" in bad.output
+
+
+def test_rounds_must_agree_on_the_direction():
+    from types import SimpleNamespace
+
+    from archbench.ab import require_consistent_rounds
+
+    cells = [SimpleNamespace(key="a", outcome="regressed", note=None), SimpleNamespace(key="b", outcome="regressed", note=None),
+             SimpleNamespace(key="c", outcome="improved", note=None)]  # fmt: skip
+    base = {"a": {"ab_round_medians_s": [1.0, 1.0, 1.0]}, "b": {"ab_round_medians_s": [1.0, 1.0, 1.0]},
+            "c": {"ab_round_medians_s": [1.0, 1.0]}}  # fmt: skip
+    head = {"a": {"ab_round_medians_s": [1.3, 1.2, 1.4]}, "b": {"ab_round_medians_s": [2.0, 0.9, 1.5]},
+            "c": {"ab_round_medians_s": [0.5, 0.6]}}  # fmt: skip
+    require_consistent_rounds(SimpleNamespace(cells=cells), base, head)
+    assert [c.outcome for c in cells] == ["regressed", "insignificant", "improved"]
+    assert "1 of 3" not in (cells[1].note or "") and "2 of 3 slower" in cells[1].note
