@@ -127,6 +127,10 @@ def build_module(spec, config: MixerConfig, cell: dict) -> torch.nn.Module:
     """The mixer alone (level ``mixer``), or a small LM around it (level ``model``):
     embedding -> n_layers pre-norm blocks of this mixer + SwiGLU MLP -> tied head. A hybrid
     is already a stack of blocks, so at model level it only gains the embedding and head."""
+    if spec.level == "model":  # a whole LM already (e.g. a transformers model family)
+        if cell.get("level", "mixer") != "model":
+            raise Unsupported(f"{spec.name!r} is a model-level architecture (ids -> logits); set level: model")
+        return spec.factory(config, cell["backend"], n_layers=int(cell["n_layers"]), vocab_size=int(cell["vocab_size"]))
     built = spec.build(config, cell["backend"])
     if cell.get("level", "mixer") != "model":
         return built
@@ -250,8 +254,11 @@ def run_task(cell: dict, spec, progress: Callable[[dict], None] | None = None) -
     ffn_choice = cell["train"].get("ffn", "auto")
     shapes: dict = {}
 
-    def build_model(task) -> LM:
+    def build_model(task) -> torch.nn.Module:
         ffn = task.default_ffn if ffn_choice == "auto" else (None if ffn_choice == "none" else ffn_choice)
+        if spec.level == "model":  # the library's own LM, MLPs included
+            shapes.update(vocab=task.vocab_size, seq_len=task.seq_len, ffn="model")
+            return spec.factory(config, cell["backend"], n_layers=int(cell["n_layers"]), vocab_size=task.vocab_size)
         built = spec.build(config, cell["backend"])
         if isinstance(built, Stack):  # a hybrid: its own blocks and FFNs
             stack = built

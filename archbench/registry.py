@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 
-from archbench import hybrids
+from archbench import hf, hybrids
 from archbench.mixers import attention, delta, gla, linear, rnn, sparse, ssm
 from archbench.spec import (  # noqa: F401 - re-exported for plugins
     DTYPES,
@@ -26,7 +26,7 @@ from archbench.spec import (  # noqa: F401 - re-exported for plugins
     requires_fla,
 )
 
-CATALOGUE = (attention, sparse, linear, gla, delta, rnn, ssm)
+CATALOGUE = (attention, sparse, linear, gla, delta, rnn, ssm, hf)
 
 _REGISTRY: dict[str, ArchSpec] = {}
 

@@ -59,6 +59,7 @@ class ArchSpec:
     has_decode: bool = True
     tags: tuple[str, ...] = field(default_factory=tuple)
     time_exponent: float = 1.0  # asymptotic exponent of training time in T (2 = quadratic), for the report
+    level: str = "mixer"  # "model": the factory builds a whole LM (ids -> logits): factory(config, backend, n_layers=, vocab_size=)
 
     @property
     def backend_names(self) -> list[str]:

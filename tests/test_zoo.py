@@ -8,7 +8,7 @@ import torch
 from archbench import registry
 from archbench.mixers.base import MixerConfig
 
-ARCHS = [s.name for s in registry.all_specs() if not s.family.startswith("test/")]
+ARCHS = [s.name for s in registry.all_specs() if not s.family.startswith("test/") and s.level == "mixer"]
 CFG = MixerConfig(d_model=32, n_heads=2, chunk_size=8, d_state=8, window=6, block_size=4, block_count=2)
 T = 19
 
