@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from archbench import registry
+from archbench import spec as spec_mod
 from archbench.measure.energy import EnergyResult, energy_source, measure_energy
 from archbench.measure.memory import PeakMemory, current_memory, release_free_memory
 from archbench.measure.roofline import measure_peaks
@@ -42,7 +43,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 MODES = ("fwd", "fwd_bwd", "prefill", "decode", "task")
 
 
-class Unsupported(Exception):
+class Unsupported(spec_mod.Unsupported):
     """The cell cannot run here (backend unavailable, dtype unsupported, ...)."""
 
 

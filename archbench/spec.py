@@ -20,6 +20,11 @@ class RegistryError(ValueError):
     """An unknown architecture or backend; the message lists what is available."""
 
 
+class Unsupported(Exception):
+    """This configuration cannot run on this backend / device (a result, not an error: the
+    row's status is ``unsupported``). Mixers raise it for shapes a fused kernel does not take."""
+
+
 # A detector returns None when the backend can run on (device, dtype), else the reason it cannot.
 Detector = Callable[[str, "str | None"], "str | None"]
 

@@ -21,7 +21,7 @@ OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory
 
 def classify(exc: BaseException) -> tuple[str, str]:
     """Map an exception to (status, one-paragraph error text)."""
-    from archbench.bench import Unsupported
+    from archbench.spec import Unsupported
 
     text = f"{type(exc).__name__}: {exc}".strip()
     if isinstance(exc, Unsupported):

@@ -50,7 +50,7 @@ from archbench.mixers.attention import QKVProjections
 from archbench.mixers.base import MixerConfig, ParallelMixer
 from archbench.ops.nsa import nsa
 from archbench.ops.softmax_attention import flex_unavailable_reason, masked_attention, softmax_attention
-from archbench.spec import ArchSpec, Backend, Complexity, always, requires_fla, requires_flash_attn
+from archbench.spec import ArchSpec, Backend, Complexity, Unsupported, always, requires_fla, requires_flash_attn
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -282,7 +282,7 @@ class NSA(_QKV):
         if backend == "fla":
             G, slots = h // hkv, 1 << (self.count - 1).bit_length()
             if G < 16 or G & (G - 1) or self.block < 2 * slots:
-                raise ValueError(
+                raise Unsupported(
                     "NSA backend 'fla' needs n_heads / n_kv_heads a power of 2 >= 16 "
                     f"(got {G}) and block_size >= 2 * next_pow2(block_count) = {2 * slots} (got {self.block})"
                 )
