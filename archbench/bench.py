@@ -31,8 +31,10 @@ import torch.nn.functional as F
 
 from archbench import registry
 from archbench import spec as spec_mod
+from archbench.measure.cuda_graph import Graphed, capture
 from archbench.measure.energy import EnergyResult, energy_source, measure_energy
 from archbench.measure.memory import PeakMemory, current_memory, release_free_memory
+from archbench.measure.pinning import pinned_cpus
 from archbench.measure.roofline import measure_peaks
 from archbench.measure.timing import time_fn
 from archbench.mixers.base import Mixer, MixerConfig
@@ -174,6 +176,14 @@ def run_cell(cell: dict, progress: Callable[[dict], None] | None = None) -> dict
     _device_ready(device)
     if cell.get("threads"):
         torch.set_num_threads(int(cell["threads"]))
+    with pinned_cpus(cell["measure"].get("pin_cpus", False) and not device.startswith("cuda"), torch.get_num_threads()) as cpus:
+        row = _run(cell, spec, device, dtype, progress)
+    if cpus is not None:
+        row["cpu_affinity"] = cpus
+    return row
+
+
+def _run(cell: dict, spec, device: str, dtype: str, progress) -> dict:
     if cell["mode"] == "task":
         return run_task(cell, spec, progress)
 
@@ -197,6 +207,13 @@ def run_cell(cell: dict, progress: Callable[[dict], None] | None = None) -> dict
     build_s = time.perf_counter() - t_build
 
     m = cell["measure"]
+    graphed = None
+    if m.get("cuda_graph") and device.startswith("cuda"):
+        if work.setup is not None:
+            graphed = Graphed(work.call, False, f"{cell['mode']} restores state before each call; timed eagerly")
+        else:
+            graphed = capture(work.call, device, warmup=max(1, m["warmup"]))
+            work = dataclasses.replace(work, call=graphed.call)
     stats = time_fn(
         work.call,
         device=device,
@@ -218,6 +235,8 @@ def run_cell(cell: dict, progress: Callable[[dict], None] | None = None) -> dict
     if spec.flops is not None and work.flops_factor:
         flops = _forward_flops(spec, config, cell, module) * work.flops_factor
     row = stats.as_row()
+    if graphed is not None:
+        row.update(cuda_graph=graphed.used, cuda_graph_reason=graphed.reason)
     row.update(energy.as_row(tokens_per_call=work.tokens_per_call))
     row.update(work.extra)
     if "decode_tokens" in work.extra:

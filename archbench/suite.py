@@ -72,6 +72,8 @@ class MeasureConfig(_Strict):
     decode_tokens: int = Field(16, ge=1)  # decode mode: tokens generated per timed call
     flush_l2: bool = True  # GPU: overwrite L2 before each timed call (cold-cache numbers, as do_bench)
     roofline: bool = True  # measure the device's matmul / copy peaks once per worker; rows get % of peak
+    cuda_graph: bool = False  # GPU: time CUDA-graph replays (no launch overhead); fwd / fwd_bwd / prefill
+    pin_cpus: bool = False  # CPU: pin the worker to `threads` cores (os.sched_setaffinity) for the cell
 
 
 class TrainConfig(_Strict):

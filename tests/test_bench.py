@@ -46,3 +46,28 @@ def test_unknown_level_is_a_suite_error(tmp_path):
     p.write_text("name: a\nsweep: {arch: softmax_attention, level: network}\n")
     with pytest.raises(SuiteError, match="sweep.level: unknown level 'network'; allowed: mixer, model"):
         load_suite(p)
+
+
+def test_pin_cpus_records_the_cores_and_cuda_graph_is_gpu_only():
+    import os
+
+    cell = _cells("mixer", ("softmax_attention",))[0].model_dump()
+    cell["measure"].update(pin_cpus=True, cuda_graph=True, roofline=False)
+    cell["threads"] = 1
+    row = run_cell(cell)
+    if hasattr(os, "sched_getaffinity"):
+        assert row["cpu_affinity"] == sorted(os.sched_getaffinity(0))[:1] and row["threads_used"] == 1
+    assert "cuda_graph" not in row  # asked for, but a CPU cell is timed eagerly without comment
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="CUDA-graph replay needs a CUDA device")
+def test_cuda_graph_replay_on_gpu():
+    for cell in _cells("mixer", ("softmax_attention", "mamba2")):
+        d = cell.model_dump()
+        d["device"] = "cuda"
+        d["measure"].update(cuda_graph=True, roofline=False)
+        row = run_cell(d)
+        if cell.mode == "decode":
+            assert row["cuda_graph"] is False and "restores state" in row["cuda_graph_reason"]
+        else:
+            assert row["cuda_graph"] in (True, False) and (row["cuda_graph"] or row["cuda_graph_reason"])

@@ -63,3 +63,93 @@ def test_measured_roofs_are_positive_and_cached():
     p = measure_peaks("cpu", "float32", budget_s=0.05)
     assert p["peak_tflops"] > 0 and p["peak_gbps"] > 0 and "mm 1024x1024 float32" in p["peak_method"]
     assert measure_peaks("cpu", "float32", budget_s=0.05) is p  # once per process
+
+
+# ---- CUDA-graph replay and CPU pinning --------------------------------------------------
+
+
+class _FakeCuda:
+    """Enough of torch.cuda for capture()'s control flow: streams, a graph that records what
+    was captured and replays it."""
+
+    def __init__(self, fail_capture=False):
+        self.fail_capture, self.synced = fail_capture, 0
+        outer = self
+
+        class Stream:
+            def wait_stream(self, other):
+                pass
+
+        class Graph:
+            def __init__(self):
+                self.captured = None
+
+            def replay(self):
+                self.captured()
+
+        class GraphCtx:
+            def __init__(self, graph):
+                self.graph = graph
+
+            def __enter__(self):
+                outer.capturing = self.graph
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+        import contextlib
+
+        self.Stream, self.CUDAGraph = Stream, Graph
+        self.stream = lambda s: contextlib.nullcontext()
+        self.current_stream = lambda: Stream()
+        self.graph = GraphCtx
+        self.capturing = None
+
+    def synchronize(self):
+        self.synced += 1
+
+
+def test_cuda_graph_capture_replays_the_call_and_falls_back_with_a_reason():
+    from types import SimpleNamespace
+
+    from archbench.measure.cuda_graph import capture
+
+    calls = []
+    cuda = _FakeCuda()
+    fake_torch = SimpleNamespace(cuda=cuda)
+
+    def call():
+        calls.append(1)
+        if cuda.capturing is not None and cuda.capturing.captured is None:
+            cuda.capturing.captured = call  # what a capture records
+
+    g = capture(call, "cuda:0", warmup=2, torch_module=fake_torch)
+    assert g.used and g.reason is None and len(calls) == 2 + 1 + 1  # warm-up, capture, check replay
+    g.call()
+    assert len(calls) == 5, "the timed call is the graph's replay"
+
+    def host_sync():
+        if cuda.capturing is not None:
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    cuda.capturing = None
+    bad = capture(host_sync, "cuda", torch_module=fake_torch)
+    assert not bad.used and bad.call is host_sync and "capture failed: RuntimeError" in bad.reason
+    cpu = capture(call, "cpu", torch_module=fake_torch)
+    assert not cpu.used and "CUDA device" in cpu.reason
+
+
+def test_pinned_cpus_restricts_and_restores():
+    import os
+
+    from archbench.measure.pinning import pinned_cpus
+
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no sched_setaffinity on this OS")
+    before = os.sched_getaffinity(0)
+    with pinned_cpus(True, 1) as cpus:
+        assert cpus == sorted(before)[:1] and os.sched_getaffinity(0) == set(cpus)
+    assert os.sched_getaffinity(0) == before
+    with pinned_cpus(False, 1) as cpus:
+        assert cpus is None and os.sched_getaffinity(0) == before

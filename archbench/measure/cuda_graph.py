@@ -1,0 +1,56 @@
+"""CUDA-graph replay: time a call without its CPU launch overhead.
+
+A small kernel on a fast GPU can take less time than Python and the driver need to launch it,
+so eager timing measures the launcher, not the kernel. Capturing the call once into a CUDA
+graph and timing ``graph.replay()`` measures the GPU work alone (what a serving stack that
+uses graphs, such as vLLM's decode, sees). The call is warmed up on a side stream first, as
+capture requires; a call that cannot be captured (a host sync, data-dependent shapes, a
+kernel that allocates in an uncapturable way) falls back to eager timing and the row says why.
+
+Only calls that need no untimed reset in between can be replayed (fwd, fwd_bwd, prefill;
+decode restores its state before every call, so it is always timed eagerly).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass
+class Graphed:
+    call: Callable[[], object]  # what to time: graph.replay, or the eager call on fallback
+    used: bool  # the timed call is a graph replay
+    reason: str | None = None  # why not, when not
+
+
+def capture(
+    call: Callable[[], object], device: str, warmup: int = 3, torch_module: Any = None
+) -> Graphed:
+    """Warm ``call`` up on a side stream, capture it into a CUDA graph, return its replay.
+    ``torch_module`` is injectable so the control flow is tested on machines without CUDA."""
+    if torch_module is None:
+        import torch as torch_module
+    torch = torch_module
+    if not device.startswith("cuda"):
+        return Graphed(call, False, "CUDA graphs need a CUDA device")
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(max(1, warmup)):
+                call()
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            call()
+        graph.replay()  # the first replay runs the captured work once, as a check
+        torch.cuda.synchronize()
+    except Exception as exc:  # noqa: BLE001 - any capture failure means: time it eagerly
+        try:
+            torch.cuda.synchronize()
+        except Exception:  # noqa: BLE001 - a broken capture can leave the device in error
+            pass
+        return Graphed(call, False, f"capture failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    return Graphed(graph.replay, True)
