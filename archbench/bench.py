@@ -122,7 +122,7 @@ def _workload(cell: dict, module: torch.nn.Module, x: torch.Tensor) -> Workload:
                 for i in range(n):
                     _, state = module.step(xs[:, i], state)
 
-        return Workload(decode, B * n, setup=restore, flops_factor=0.0, extra={"decode_tokens": n})
+        return Workload(decode, B * n, setup=restore, extra={"decode_tokens": n})
     raise Unsupported(f"mode {mode!r} is not implemented by the bench; modes: {', '.join(MODES)}")
 
 
@@ -143,18 +143,29 @@ def build_module(spec, config: MixerConfig, cell: dict) -> torch.nn.Module:
     return LM(stack, int(cell["vocab_size"]))
 
 
-def _forward_flops(spec, config: MixerConfig, cell: dict, module: torch.nn.Module) -> float:
+def _forward_flops(spec, config: MixerConfig, cell: dict, module: torch.nn.Module) -> float | None:
+    """Analytic FLOPs of one call: the forward pass over B x T tokens, or for decode the
+    ``decode_tokens`` steps after a T-token context (each priced at context T). Model level
+    adds the SwiGLU MLPs and the tied output head for the same tokens."""
     B, T = cell["batch"], cell["seq_len"]
-    mixer = spec.flops(config, B, T)
+    if cell["mode"] == "decode":
+        n = int(cell["measure"].get("decode_tokens", 16))
+        per_token = spec.decode_cost(config, B, T)
+        if per_token is None:
+            return None
+        mixer, tokens = n * per_token, B * n
+    else:
+        if spec.flops is None:
+            return None
+        mixer, tokens = spec.flops(config, B, T), B * T
     if cell.get("level", "mixer") != "model":
         return mixer
     d, V, L = config.d_model, int(cell["vocab_size"]), int(cell["n_layers"])
     hidden = make_ffn("swiglu", d).down.in_features  # the MLP width Stack uses
-    per_layer = mixer + 2 * B * T * 3 * d * hidden  # mixer + SwiGLU (gate, up, down)
+    mlp = 2 * tokens * 3 * d * hidden  # SwiGLU (gate, up, down) per block
     if isinstance(module, LM) and spec.family.startswith("hybrid/"):  # a hybrid counts its own mixers
-        n_blocks = len(module.stack.blocks)
-        return mixer + n_blocks * 2 * B * T * 3 * d * hidden + 2 * B * T * d * V
-    return L * per_layer + 2 * B * T * d * V  # + tied output head
+        return mixer + len(module.stack.blocks) * mlp + 2 * tokens * d * V
+    return L * (mixer + mlp) + 2 * tokens * d * V  # + tied output head
 
 
 def mixer_config(cell: dict) -> MixerConfig:
@@ -232,8 +243,9 @@ def _run(cell: dict, spec, device: str, dtype: str, progress) -> dict:
     energy = _energy(work, device, m)
 
     flops = None
-    if spec.flops is not None and work.flops_factor:
-        flops = _forward_flops(spec, config, cell, module) * work.flops_factor
+    if spec.level == "mixer" and work.flops_factor:
+        base = _forward_flops(spec, config, cell, module)
+        flops = base * work.flops_factor if base is not None else None
     row = stats.as_row()
     if graphed is not None:
         row.update(cuda_graph=graphed.used, cuda_graph_reason=graphed.reason)
@@ -308,13 +320,20 @@ def run_task(cell: dict, spec, progress: Callable[[dict], None] | None = None) -
 
 
 def _min_bytes(module: torch.nn.Module, x: torch.Tensor, cell: dict, work: Workload) -> int:
-    """A lower bound on the bytes a call must move: the weights once, its inputs and outputs,
-    and for decode the context state it reads (x2 for fwd_bwd: gradients of the same size)."""
+    """A lower bound on the bytes a call must move: the weights once, its inputs and outputs
+    (x2 for fwd_bwd: gradients of the same size). Decode is sequential, so each of its steps
+    reads every weight and the whole context state again; a fixed recurrent state is also
+    written back each step, a KV cache gains one slot."""
     weights = sum(p.numel() * p.element_size() for p in module.parameters())
     width = x.shape[-1] * x.element_size() if x.is_floating_point() else 8 + 4 * int(cell["vocab_size"])
     io = work.tokens_per_call * (2 * width if x.is_floating_point() else width)  # ids in, logits out
-    state = (_state_bytes(module, cell) or 0) if cell["mode"] == "decode" else 0
-    total = weights + io + state
+    if cell["mode"] == "decode":
+        n, T, B = int(work.extra.get("decode_tokens", 1)), cell["seq_len"], cell["batch"]
+        state = _state_bytes(module, cell) or 0
+        grows = state > 0 and (module.state_bytes(B, T + 1) > state if hasattr(module, "state_bytes") else False)
+        per_step = weights + state + (state // max(T, 1) if grows else state)  # read; write one slot / all of it
+        return int(n * per_step + io)
+    total = weights + io
     return int(total * (2 if cell["mode"] == "fwd_bwd" else 1))
 
 

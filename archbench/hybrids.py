@@ -64,6 +64,13 @@ def _backends(components: list[ArchSpec]) -> tuple[Backend, ...]:
     )
 
 
+def _sum_decode(components: list[tuple[ArchSpec, int]]):
+    def decode(config: MixerConfig, batch: int, context: int) -> float:
+        return sum(count * (spec.decode_cost(config, batch, context) or 0.0) for spec, count in components)
+
+    return decode
+
+
 def _sum_flops(components: list[tuple[ArchSpec, int]]):
     def flops(config: MixerConfig, batch: int, seq_len: int) -> float:
         total = 0.0
@@ -125,6 +132,7 @@ def _inter_layer_spec(h: Hybrid, lookup: Lookup) -> ArchSpec:
         backends=_backends(list(comps.values())),
         factory=factory,
         flops=_sum_flops([(comps[c], h.pattern.count(c)) for c in letters]),  # FFN FLOPs not counted
+        decode_flops=_sum_decode([(comps[c], h.pattern.count(c)) for c in letters]),
         has_decode=all(s.has_decode for s in comps.values()),
         time_exponent=max(s.time_exponent for s in comps.values()),
     )
@@ -180,6 +188,7 @@ def _hymba_spec(lookup: Lookup) -> ArchSpec:
         backends=_backends([attn, ssm]),
         factory=factory,
         flops=_sum_flops([(attn, 1), (ssm, 1)]),
+        decode_flops=_sum_decode([(attn, 1), (ssm, 1)]),
     )
 
 

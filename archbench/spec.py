@@ -61,10 +61,19 @@ class ArchSpec:
     backends: tuple[Backend, ...]  # in order of preference for backend "auto"
     factory: Callable[..., nn.Module]  # factory(config: MixerConfig, backend: str) -> Mixer
     flops: Callable[..., float] | None = None  # forward FLOPs: flops(config, batch, seq_len)
+    # FLOPs of one decode step at a context of `context` tokens; None = flops(config, batch, 1), the
+    # cost of one token in the parallel form, which for a fixed-state recurrence is its step
+    decode_flops: Callable[..., float] | None = None
     has_decode: bool = True
     tags: tuple[str, ...] = field(default_factory=tuple)
     time_exponent: float = 1.0  # asymptotic exponent of training time in T (2 = quadratic), for the report
     level: str = "mixer"  # "model": the factory builds a whole LM (ids -> logits): factory(config, backend, n_layers=, vocab_size=)
+
+    def decode_cost(self, config, batch: int, context: int) -> float | None:
+        """Analytic FLOPs of one decode step after ``context`` tokens (None when unknown)."""
+        if self.decode_flops is not None:
+            return float(self.decode_flops(config, batch, context))
+        return float(self.flops(config, batch, 1)) if self.flops is not None else None
 
     @property
     def backend_names(self) -> list[str]:
@@ -95,6 +104,16 @@ class ArchSpec:
     def build(self, config, backend: str) -> nn.Module:
         self.backend(backend)
         return self.factory(config, backend)
+
+
+def marginal_flops(flops: Callable[..., float]) -> Callable[..., float]:
+    """Decode FLOPs of an attention-like mixer: the cost of token ``context + 1`` in the parallel
+    form (its projections, and the query's scores and mix over every key it may see)."""
+
+    def decode(config, batch: int, context: int) -> float:
+        return float(flops(config, batch, context + 1) - flops(config, batch, context))
+
+    return decode
 
 
 # ---- detectors ------------------------------------------------------------------------

@@ -25,7 +25,7 @@ def test_every_mode_measures(level):
         assert row["time_median_s"] > 0 and row["tokens_per_s"] > 0 and row["params"] > 0, cell.label
         if cell.mode == "decode":
             assert row["decode_tokens"] == 4 and row["latency_per_token_s"] > 0 and row["state_bytes"] > 0
-            assert row["bound"] == "memory"
+            assert row["bound"] == "memory" and row["flops"] > 0 and row["arithmetic_intensity"] < 10
         else:
             assert row["flops"] > 0 and row["arithmetic_intensity"] > 0
         if level == "model":

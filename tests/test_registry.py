@@ -49,3 +49,21 @@ def test_list_table_and_family_filter():
     result = CliRunner().invoke(main, ["list", "--device", "cpu", "--family", "linear"])
     assert result.exit_code == 0
     assert "linear_attention" in result.output and "softmax_attention" not in result.output
+
+
+def test_decode_flops_follow_each_family_s_state():
+    from archbench.mixers.base import MixerConfig
+
+    cfg = MixerConfig(d_model=64, n_heads=4, window=128, block_size=16)
+    cost = lambda name, T: registry.get(name).decode_cost(cfg, 1, T)  # noqa: E731
+    # softmax: the query reads every key: linear in the context, 4 * H * hd flops per key
+    assert cost("softmax_attention", 2000) - cost("softmax_attention", 1000) == pytest.approx(4 * 4 * 16 * 1000)
+    # sliding window: stops growing at the window
+    assert cost("sliding_window_attention", 5000) == cost("sliding_window_attention", 1000) > cost("sliding_window_attention", 10)
+    # fixed-state recurrences: the same at any context, the cost of one token of the parallel form
+    for name in ("linear_attention", "gla", "deltanet", "gated_deltanet", "rwkv7", "mamba", "mamba2", "retnet", "hgrn2"):
+        spec = registry.get(name)
+        assert cost(name, 10) == cost(name, 100_000) == spec.flops(cfg, 1, 1) > 0, name
+    # a hybrid adds its layers' costs: its attention layer's share still grows with the context
+    h = registry.get("hybrid_mamba2_attention")
+    assert h.decode_cost(cfg, 1, 2000) - h.decode_cost(cfg, 1, 1000) == pytest.approx(4 * 4 * 16 * 1000)

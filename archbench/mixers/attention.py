@@ -24,7 +24,7 @@ from torch import nn
 from archbench.mixers.base import Mixer, MixerConfig
 from archbench.mixers.common import rotary
 from archbench.ops.softmax_attention import softmax_attention
-from archbench.spec import ArchSpec, Backend, Complexity, always, requires_flash_attn
+from archbench.spec import ArchSpec, Backend, Complexity, always, marginal_flops, requires_flash_attn
 
 # registry backend name -> op backend name
 OP_BACKEND = {"naive": "torch", "sdpa": "sdpa", "flash_attn": "flash_attn"}
@@ -129,5 +129,6 @@ SPECS = (
         time_exponent=2.0,
         factory=lambda cfg, backend: SoftmaxAttention(cfg, backend),
         flops=softmax_attention_flops,
+        decode_flops=marginal_flops(softmax_attention_flops),
     ),
 )

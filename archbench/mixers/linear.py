@@ -80,7 +80,7 @@ def linear_attention_flops(config: MixerConfig, batch: int, seq_len: int) -> flo
     h, hd, d, c = config.n_heads, config.hd, config.d_model, config.chunk_size
     proj = 2 * batch * seq_len * d * 3 * h * hd + 2 * batch * seq_len * h * hd * d
     v = hd + 1
-    mix = batch * h * seq_len * (4 * hd * v + min(c, seq_len) * (hd + v))
+    mix = batch * h * seq_len * (4 * hd * v + min(c, seq_len) * (hd + v))  # one token (decode): c = 1
     return float(proj + mix)
 
 

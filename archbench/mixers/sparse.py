@@ -50,7 +50,7 @@ from archbench.mixers.attention import QKVProjections
 from archbench.mixers.base import MixerConfig, ParallelMixer
 from archbench.ops.nsa import nsa
 from archbench.ops.softmax_attention import flex_unavailable_reason, masked_attention, softmax_attention
-from archbench.spec import ArchSpec, Backend, Complexity, Unsupported, always, requires_fla, requires_flash_attn
+from archbench.spec import ArchSpec, Backend, Complexity, Unsupported, always, marginal_flops, requires_fla, requires_flash_attn
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -433,6 +433,7 @@ SPECS = (
         ),
         factory=lambda cfg, backend: SlidingWindowAttention(cfg, backend),
         flops=sliding_window_flops,
+        decode_flops=marginal_flops(sliding_window_flops),
     ),
     ArchSpec(
         name="block_sparse_attention",
@@ -452,6 +453,7 @@ SPECS = (
         ),
         factory=lambda cfg, backend: BlockSparseAttention(cfg, backend),
         flops=block_sparse_flops,
+        decode_flops=marginal_flops(block_sparse_flops),
     ),
     ArchSpec(
         name="nsa",
@@ -471,5 +473,6 @@ SPECS = (
         time_exponent=2.0,
         factory=lambda cfg, backend: NSA(cfg, backend),
         flops=nsa_flops,
+        decode_flops=marginal_flops(nsa_flops),
     ),
 )
