@@ -14,8 +14,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-
-from archbench import ops
+from inputs import Shape, device_sync, op_cases
 
 
 def median_time(fn, repeats: int = 5, sync=lambda: None) -> float:
@@ -30,30 +29,16 @@ def median_time(fn, repeats: int = 5, sync=lambda: None) -> float:
     return sorted(times)[repeats // 2]
 
 
+# the ops this comparison covers (the quadratic reference softmax_attention and nsa are left out)
+OPS = ("linear_attention", "simple_gla", "gla", "delta_rule", "gated_delta_rule", "dplr", "ssd", "selective_scan")
+
+
 def cases(T: int, device: str):
-    B, H, K = 1, 8, 64
-    r = lambda *s: torch.randn(*s, device=device)  # noqa: E731
-    q, k, v = r(B, T, H, K), r(B, T, H, K), r(B, T, H, K)
-    kn = F.normalize(k, dim=-1)
-    g, gk, beta = F.logsigmoid(r(B, T, H)), F.logsigmoid(r(B, T, H, K)) / 16, torch.rand(B, T, H, device=device)
-    w = -0.6 * torch.sigmoid(r(B, T, H, K))
-    a = -F.normalize(r(B, T, H, K), dim=-1)
-    b = -a * torch.rand(B, T, H, K, device=device)
-    dt, A = F.softplus(r(B, T, H)), -torch.rand(H, device=device) - 0.5
-    u, delta = r(B, T, 1024), F.softplus(r(B, T, 1024))
-    As = -torch.rand(1024, 16, device=device) - 0.5
-    qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))
-    return {
-        "sdpa_causal": lambda: F.scaled_dot_product_attention(qh, kh, vh, is_causal=True),
-        "linear_attention": lambda: ops.linear_attention(q, k, v),
-        "simple_gla": lambda: ops.simple_gla(q, k, v, g),
-        "gla": lambda: ops.gla(q, k, v, gk),
-        "delta_rule": lambda: ops.delta_rule(q, kn, v, beta),
-        "gated_delta_rule": lambda: ops.gated_delta_rule(q, kn, v, g, beta),
-        "dplr": lambda: ops.dplr(q, k, v, w, a, b),
-        "ssd": lambda: ops.ssd(v, dt, A, r(B, T, 1, 64), r(B, T, 1, 64)),
-        "selective_scan": lambda: ops.selective_scan(u, delta, As, r(B, T, 16), r(B, T, 16)),
-    }
+    shape = Shape(seq_len=T, heads=8, head_dim=64, scan_dim=1024, scan_state=16, ssd_state=64)
+    built = op_cases(shape, device=device)
+    qh, kh, vh = (x.transpose(1, 2) for x in built["softmax_attention"].inputs)
+    sdpa = {"sdpa_causal": lambda: F.scaled_dot_product_attention(qh, kh, vh, is_causal=True)}
+    return sdpa | {name: built[name].fn for name in OPS}
 
 
 def main() -> None:
@@ -64,14 +49,16 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    sync = (lambda: torch.cuda.synchronize()) if args.device.startswith("cuda") else (lambda: None)
+    sync = device_sync(args.device)
     print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, fp32, B=1 H=8 K=V=64")
     print(f"{'T':>6} {'op':18} {'median ms':>10} {'x sdpa':>7} {'x linear_attention':>19}")
     with torch.no_grad():
         for T in args.lengths:
             times = {name: median_time(fn, sync=sync) for name, fn in cases(T, args.device).items()}
             for name, t in times.items():
-                print(f"{T:>6} {name:18} {t * 1e3:10.1f} {t / times['sdpa_causal']:7.2f} {t / times['linear_attention']:19.2f}")
+                print(
+                    f"{T:>6} {name:18} {t * 1e3:10.1f} {t / times['sdpa_causal']:7.2f} {t / times['linear_attention']:19.2f}"
+                )
 
 
 if __name__ == "__main__":
