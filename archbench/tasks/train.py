@@ -55,6 +55,7 @@ class RunResult:
     diverged: bool
     final_loss: float
     history: list[dict] = field(default_factory=list)
+    model: torch.nn.Module | None = field(default=None, repr=False)  # the trained model, when kept
 
 
 def lr_at(step: int, total: int, peak: float, warmup_frac: float) -> float:
@@ -138,8 +139,10 @@ def train_run(
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     on_progress: Callable[[dict], None] | None = None,
+    keep_model: bool = False,
 ) -> RunResult:
-    """Train one model from scratch with ``settings.lr`` and ``seed``; evaluate it."""
+    """Train one model from scratch with ``settings.lr`` and ``seed``; evaluate it (and return
+    it as ``result.model`` when ``keep_model``)."""
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     model = build_model().to(device)
@@ -195,4 +198,5 @@ def train_run(
         diverged=diverged,
         final_loss=loss_val,
         history=history,
+        model=model.eval() if keep_model else None,
     )

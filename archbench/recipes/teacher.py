@@ -1,0 +1,147 @@
+"""Teachers for the recipes: a transformers causal LM, loaded from a local directory (or a hub
+name where the machine has internet), or, by default, a tiny byte-level Llama pre-trained here
+on the embedded standard-library corpus (``archbench.tasks.corpus``) and cached, so the CPU
+recipes need no download.
+
+The default teacher is a ``LlamaForCausalLM`` (RoPE, grouped-query softmax attention, SwiGLU
+MLPs, RMSNorm, tied embeddings) over the 256 byte values. It is trained with the same loop as
+the task cells (AdamW, warm-up + cosine, clipping) on random windows of the corpus' training
+split; its bits per byte on the validation split is recorded next to the weights. The cache key
+is a hash of everything that defines it (shape, steps, lr, seed, corpus facts), so a different
+Python version's stdlib, or another shape, trains another teacher instead of reusing one.
+
+Data helpers shared by the recipes live here too: ``lm_batches`` (training windows) and
+``bits_per_byte`` (held-out quality of any model that maps ids to logits).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from archbench.tasks.corpus import ByteLM
+
+CACHE_ENV = "ARCHBENCH_CACHE"  # where pre-trained teachers are kept (default ~/.cache/archbench)
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """The shape and training budget of the embedded default teacher."""
+
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    seq_len: int = 128
+    steps: int = 1500
+    batch_size: int = 32
+    lr: float = 3e-3
+    seed: int = 0
+    max_bytes: int = 2_000_000  # of the stdlib corpus
+
+    def key(self, corpus_facts: dict) -> str:
+        blob = json.dumps({"spec": asdict(self), "corpus": corpus_facts}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "archbench")
+
+
+def corpus_task(seq_len: int, max_bytes: int) -> ByteLM:
+    return ByteLM(seq_len=seq_len, max_bytes=max_bytes)
+
+
+def llama_config(spec: TeacherSpec):
+    from transformers import LlamaConfig
+
+    hidden = max(8, int(round(spec.d_model * 4 * 2 / 3 / 8)) * 8)
+    return LlamaConfig(
+        vocab_size=256, hidden_size=spec.d_model, intermediate_size=hidden, num_hidden_layers=spec.n_layers,
+        num_attention_heads=spec.n_heads, num_key_value_heads=spec.n_kv_heads, max_position_embeddings=1 << 16,
+        tie_word_embeddings=True, attn_implementation="sdpa",
+    )  # fmt: skip
+
+
+def build_teacher(spec: TeacherSpec):
+    """An untrained default teacher (random weights from ``spec.seed``)."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(spec.seed)
+    return LlamaForCausalLM(llama_config(spec))
+
+
+def default_teacher(spec: TeacherSpec = TeacherSpec(), progress=None) -> tuple[object, dict]:
+    """The cached pre-trained default teacher (trained now if missing) and its facts."""
+    from transformers import LlamaForCausalLM
+
+    task = corpus_task(spec.seq_len, spec.max_bytes)
+    facts = task.describe()["corpus"]
+    path = cache_dir() / "teachers" / spec.key(facts)
+    meta_path = path / "archbench-teacher.json"
+    if meta_path.is_file():
+        model = LlamaForCausalLM.from_pretrained(path).eval()
+        return model, json.loads(meta_path.read_text())
+    model, meta = pretrain(spec, task, progress)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    meta_path.write_text(json.dumps(meta, indent=2))
+    return model, meta
+
+
+def pretrain(spec: TeacherSpec, task: ByteLM | None = None, progress=None) -> tuple[object, dict]:
+    """Train a default teacher from scratch; returns (model, facts incl. validation bits per byte)."""
+    from archbench.hf import HFCausalLM
+    from archbench.tasks.train import TrainSettings, train_run
+
+    task = task or corpus_task(spec.seq_len, spec.max_bytes)
+    settings = TrainSettings(
+        steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, eval_every=max(1, spec.steps // 5),
+        train_examples=max(spec.batch_size, min(20_000, spec.steps * spec.batch_size)), test_examples=256,
+    )  # fmt: skip
+    result = train_run(lambda: HFCausalLM(build_teacher(spec), lambda *a: 0), task, settings, spec.seed,
+                       on_progress=progress, keep_model=True)  # fmt: skip
+    meta = {"spec": asdict(spec), "corpus": task.describe()["corpus"], "val_bits_per_byte": result.score,
+            "steps": result.steps, "tokens_seen": result.tokens_seen, "wall_s": result.wall_s}  # fmt: skip
+    return result.model.model, meta
+
+
+def load_teacher(source: str):
+    """A transformers causal LM from a local directory or a hub name (needs internet)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(source).eval()
+
+
+def lm_batches(task: ByteLM, batch_size: int, seed: int, n_examples: int = 20_000) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless shuffled batches (inputs, labels) of training windows, deterministic in ``seed``."""
+    from archbench.tasks.base import generator, split_seed
+
+    data = task.sample(n_examples, split_seed(seed, "train"))
+    g = generator(split_seed(seed, "train", 7))
+    while True:
+        order = torch.randperm(len(data), generator=g)
+        for lo in range(0, len(order) - batch_size + 1, batch_size):
+            idx = order[lo : lo + batch_size]
+            yield data.inputs[idx], data.labels[idx]
+
+
+@torch.no_grad()
+def bits_per_byte(logits_fn, task: ByteLM, n_windows: int = 128, batch_size: int = 32) -> float:
+    """Mean next-byte cross-entropy in bits on the validation split of ``task``;
+    ``logits_fn(ids[B, T]) -> logits[B, T, 256]``."""
+    data = task.eval_sets(n_windows, 0)["val"]
+    nats, n = 0.0, 0
+    for lo in range(0, len(data), batch_size):
+        inp, lab = data.inputs[lo : lo + batch_size], data.labels[lo : lo + batch_size]
+        logits = logits_fn(inp).float()
+        nats += float(F.cross_entropy(logits.flatten(0, 1), lab.flatten(), reduction="sum"))
+        n += lab.numel()
+    return nats / n / float(torch.log(torch.tensor(2.0)))

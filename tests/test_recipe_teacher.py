@@ -1,0 +1,31 @@
+"""The recipes' default teacher: a byte-level Llama pre-trained on the stdlib corpus, cached."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from archbench.recipes.teacher import TeacherSpec, bits_per_byte, build_teacher, corpus_task, default_teacher  # noqa: E402
+
+TINY = TeacherSpec(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, seq_len=32, steps=30, batch_size=16, lr=3e-3,
+                   max_bytes=200_000)  # fmt: skip
+
+
+def test_pretrained_teacher_learns_is_cached_and_reloads(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARCHBENCH_CACHE", str(tmp_path))
+    task = corpus_task(TINY.seq_len, TINY.max_bytes)
+    untrained = build_teacher(TINY).eval()
+    before = bits_per_byte(lambda ids: untrained(input_ids=ids).logits, task, n_windows=32)
+    model, meta = default_teacher(TINY)
+    after = bits_per_byte(lambda ids: model(input_ids=ids).logits, task, n_windows=32)
+    assert after < before - 1.0 and meta["val_bits_per_byte"] == pytest.approx(meta["val_bits_per_byte"])
+    assert meta["corpus"]["source"] == "stdlib" and meta["steps"] == 30
+    saved = list((tmp_path / "teachers").iterdir())
+    assert len(saved) == 1 and (saved[0] / "model.safetensors").is_file()
+    again, meta2 = default_teacher(TINY)  # from the cache: same weights, no training
+    ids = torch.randint(0, 256, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, again(input_ids=ids).logits)
+    assert meta2 == meta
