@@ -16,6 +16,7 @@ Data helpers shared by the recipes live here too: ``lm_batches`` (training windo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -86,14 +87,32 @@ def default_teacher(spec: TeacherSpec = TeacherSpec(), progress=None) -> tuple[o
     facts = task.describe()["corpus"]
     path = cache_dir() / "teachers" / spec.key(facts)
     meta_path = path / "archbench-teacher.json"
-    if meta_path.is_file():
-        model = LlamaForCausalLM.from_pretrained(path).eval()
-        return model, json.loads(meta_path.read_text())
-    model, meta = pretrain(spec, task, progress)
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
-    meta_path.write_text(json.dumps(meta, indent=2))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path.parent / f"{path.name}.lock"):  # one process trains; the others wait, then load
+        if meta_path.is_file():
+            model = LlamaForCausalLM.from_pretrained(path).eval()
+            return model, json.loads(meta_path.read_text())
+        model, meta = pretrain(spec, task, progress)
+        path.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(path, safe_serialization=True)
+        meta_path.write_text(json.dumps(meta, indent=2))  # last: its presence means the cache is complete
     return model, meta
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path):
+    """An exclusive advisory lock on ``lock_path`` (POSIX ``flock``; a no-op elsewhere)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(lock_path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def pretrain(spec: TeacherSpec, task: ByteLM | None = None, progress=None) -> tuple[object, dict]:
