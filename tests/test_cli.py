@@ -14,7 +14,7 @@ from archbench.store import load
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("cmd", [[], ["run"], ["report"], ["list"], ["env"]])
+@pytest.mark.parametrize("cmd", [[], ["run"], ["report"], ["list"], ["env"], ["compare"], ["ab"], ["baseline"], ["baseline", "save"]])
 def test_help(cmd):
     r = CliRunner().invoke(main, [*cmd, "--help"])
     assert r.exit_code == 0 and "Usage" in r.output
