@@ -232,12 +232,12 @@ def _run_with_progress(runner):
     return summary
 
 
-def _write_report(run_dirs, out_path, comparison=None) -> Path:
+def _write_report(run_dirs, out_path, comparison=None, reference="softmax_attention") -> Path:
     from archbench.report import write_html
     from archbench.store import load, load_meta
 
     df = load(*run_dirs)
-    return write_html(df, load_meta(*run_dirs), out_path, comparison=comparison)
+    return write_html(df, load_meta(*run_dirs), out_path, comparison=comparison, reference=reference)
 
 
 # ---- report -----------------------------------------------------------------------------
@@ -247,7 +247,8 @@ def _write_report(run_dirs, out_path, comparison=None) -> Path:
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="File to write (default for html: RUN_DIR/report.html for one run, reports/report.html for several; md prints to stdout).")
 @click.option("--format", "fmt", type=click.Choice(["html", "md"]), default="html", show_default=True, help="html: the interactive page (+ a CSV of its data); md: a Markdown summary, e.g. for a CI comment.")
-def report(run_dirs, output, fmt):
+@click.option("--reference", default="softmax_attention", show_default=True, help="The arch that crossover lengths and ratio tables are measured against.")
+def report(run_dirs, output, fmt, reference):
     """Render a report from one or more RUN_DIRS.
 
     With exactly two runs (A then B) that share cells, the page (and the Markdown) adds B/A per
@@ -265,7 +266,7 @@ def report(run_dirs, output, fmt):
         from archbench.report import render_markdown
         from archbench.store import load, load_meta
 
-        text = render_markdown(load(*dirs), load_meta(*dirs))
+        text = render_markdown(load(*dirs), load_meta(*dirs), reference)
         if comparison is not None:
             from archbench.compare import format_markdown
 
@@ -279,7 +280,7 @@ def report(run_dirs, output, fmt):
     if output is None:
         output = dirs[0] / "report.html" if len(dirs) == 1 else Path("reports") / "report.html"
     Path(output).parent.mkdir(parents=True, exist_ok=True)
-    path = _write_report(dirs, output, comparison.to_json() if comparison is not None else None)
+    path = _write_report(dirs, output, comparison.to_json() if comparison is not None else None, reference)
     click.echo(str(path))
 
 

@@ -341,3 +341,25 @@ def test_a_long_context_sized_run_stays_a_few_megabytes():
                                      expected_exponent=1))  # fmt: skip
     page = render_html(pd.DataFrame(rows), [{"run_id": "r", "suite": "long"}])
     assert len(page) < 4 * 2**20, f"{len(page) / 2**20:.1f} MiB"
+
+
+def test_energy_figure_and_configurable_reference():
+    rows = []
+    for arch, p in (("softmax_attention", 2), ("linear_attention", 1)):
+        for t in (256, 1024, 4096):
+            med = (t / 1024) ** p * 1e-2
+            rows.append(dict(key=f"{arch}{t}", arch=arch, backend="ref", mode="fwd", dtype="float32", device="cpu",
+                             batch=1, seq_len=t, status="ok", time_median_s=med, energy_j_per_token=med / t * 30,
+                             energy_source="rapl"))  # fmt: skip
+    df = pd.DataFrame(rows)
+    kinds = [s.kind for s in build_figures(df)]
+    assert "energy" in kinds
+    energy = next(s for s in build_figures(df) if s.kind == "energy").figure
+    assert "rapl" in energy.layout.title.text and len(energy.data) == 2
+    assert "energy" not in [s.kind for s in build_figures(df.drop(columns=["energy_j_per_token"]))]
+    page = render_html(df, [], reference="linear_attention")
+    assert "faster than linear_attention from T" in page and "ratio to linear_attention" in page
+    r = __import__("click.testing", fromlist=["CliRunner"]).CliRunner()
+    from archbench.cli import main
+
+    assert r.invoke(main, ["report", "--help"]).output.count("--reference") == 1

@@ -26,13 +26,15 @@ def render_html(
     runs: Sequence[Mapping[str, Any]] | None,
     title: str | None = None,
     comparison: Mapping[str, Any] | None = None,
+    reference: str = "softmax_attention",
 ) -> str:
     """The report page for ``df`` (result rows) and ``runs`` (run metadata) as HTML.
 
     ``title`` defaults to ``archbench report — <suite names>``; ``comparison`` (the JSON form of
-    ``archbench.compare.compare(A, B)``) adds a B/A section.
+    ``archbench.compare.compare(A, B)``) adds a B/A section; ``reference`` is the arch that
+    crossovers and ratio tables are measured against.
     """
-    return render_page(df, runs, title, comparison)
+    return render_page(df, runs, title, comparison, reference)
 
 
 def write_html(
@@ -41,11 +43,12 @@ def write_html(
     path: str | Path,
     title: str | None = None,
     comparison: Mapping[str, Any] | None = None,
+    reference: str = "softmax_attention",
 ) -> Path:
     """Write the report page to ``path`` (parent folders are created) and the plotted data
     next to it as ``<stem>.csv``; return the page's path."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_html(df, runs, title, comparison), encoding="utf-8")
+    out.write_text(render_html(df, runs, title, comparison, reference), encoding="utf-8")
     write_csv(df, out.with_suffix(".csv"))
     return out

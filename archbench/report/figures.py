@@ -387,6 +387,26 @@ def throughput_figure(group: Group, colors: dict[str, str], backends: dict[str, 
     return _base_layout(fig, f"Throughput: {group.label}", "tokens/s", ok["seq_len"])
 
 
+def energy_figure(group: Group, colors: dict[str, str], backends: dict[str, int]) -> go.Figure | None:
+    """Energy per token (mJ) vs seq_len, or None when no ok row has a measured energy."""
+    ok = group.ok
+    if "energy_j_per_token" not in ok:
+        return None
+    ok = ok[_to_float(ok["energy_j_per_token"]) > 0]
+    if ok.empty:
+        return None
+    fig = go.Figure()
+    for arch, backend, label, rows in _lines(ok):
+        fig.add_trace(go.Scatter(
+            x=rows["seq_len"], y=_to_float(rows["energy_j_per_token"]) * 1e3, name=html.escape(label),
+            customdata=_customdata(rows),
+            hovertemplate=_HOVER_HEAD + "energy: %{y:,.4g} mJ per token<extra></extra>",
+            **_line_style(arch, backend, colors, backends),
+        ))  # fmt: skip
+    source = ", ".join(sorted({text(v) for v in ok.get("energy_source", pd.Series(dtype=object)).dropna()}))
+    return _base_layout(fig, f"Energy per token ({source or 'measured'}): {group.label}", "energy per token (mJ)", ok["seq_len"])
+
+
 def state_figure(group: Group, colors: dict[str, str], backends: dict[str, int]) -> go.Figure | None:
     """Decode state / KV-cache bytes (MiB) vs seq_len, for prefill and decode groups."""
     if text(group.rows["mode"].iloc[0]) not in ("prefill", "decode"):
@@ -449,8 +469,8 @@ def roofline_figure(group: Group, colors: dict[str, str], backends: dict[str, in
 def build_figures(df: pd.DataFrame | None) -> list[FigureSpec]:
     """All report figures for ``df``, grouped and ordered for display.
 
-    Per group: latency (always), then peak memory, throughput, and (prefill / decode) the
-    decode state's size, when the data has them.
+    Per group: latency (always), then peak memory, throughput, energy per token, and
+    (prefill / decode) the decode state's size, when the data has them.
     """
     data = prepare(df)
     colors = arch_colors(data)
@@ -461,6 +481,7 @@ def build_figures(df: pd.DataFrame | None) -> list[FigureSpec]:
             ("latency", latency_figure),
             ("memory", memory_figure),
             ("throughput", throughput_figure),
+            ("energy", energy_figure),
             ("state", state_figure),
             ("roofline", roofline_figure),
         )

@@ -21,7 +21,7 @@ from plotly.offline import get_plotlyjs
 
 from archbench.report.accuracy import TaskGroup, pareto_figure, task_groups, task_table
 from archbench.report.comparison import comparison_section
-from archbench.report.analysis import answers, fmt_length, ratio_table, survey
+from archbench.report.analysis import REFERENCE, answers, fmt_length, ratio_table, survey
 from archbench.report.figures import (
     STATUSES,
     FigureSpec,
@@ -340,12 +340,12 @@ def _plotly_script() -> str:
 # --------------------------------------------------------------------------- page
 
 
-def _ratios_section(data: pd.DataFrame) -> str:
+def _ratios_section(data: pd.DataFrame, reference: str = REFERENCE) -> str:
     """Per group, a table like LRA's: one column per seq_len, each cell the median and its
-    ratio to softmax attention's best backend; the fastest in each column in bold."""
+    ratio to the reference arch's best backend; the fastest in each column in bold."""
     parts = []
     for g in groups(data):
-        table = ratio_table(g.ok)
+        table = ratio_table(g.ok, reference)
         if table.empty:
             continue
         best = {t: min((v[0] for v in table[t] if isinstance(v, tuple)), default=None) for t in table.columns}
@@ -366,8 +366,8 @@ def _ratios_section(data: pd.DataFrame) -> str:
     if not parts:
         return ""
     return (
-        '<section id="ratios"><h2>Median latency by length, and ratio to softmax attention</h2>'
-        "<p>Each cell: the median, and in brackets the ratio to softmax attention's best backend at that "
+        f'<section id="ratios"><h2>Median latency by length, and ratio to {html.escape(reference)}</h2>'
+        f"<p>Each cell: the median, and in brackets the ratio to {html.escape(reference)}'s best backend at that "
         "length (below 1 = faster). The fastest in each column is in bold.</p>" + "".join(parts) + "</section>"
     )
 
@@ -395,13 +395,14 @@ def _survey_section(data: pd.DataFrame) -> str:
     )
 
 
-def _answers_section(data: pd.DataFrame) -> str:
-    """Crossover lengths vs softmax attention and fitted vs expected scaling exponents."""
-    table = answers(data)
+def _answers_section(data: pd.DataFrame, reference: str = REFERENCE) -> str:
+    """Crossover lengths vs the reference arch and fitted vs expected scaling exponents."""
+    table = answers(data, reference)
     if table.empty:
         return ""
-    head = ("<tr><th>group</th><th>arch</th><th>backend</th><th>faster than softmax from T =</th>"
-            "<th>leaner than softmax from T =</th><th>scaling exponent (fitted)</th><th>expected</th>"
+    ref = html.escape(reference)
+    head = (f"<tr><th>group</th><th>arch</th><th>backend</th><th>faster than {ref} from T =</th>"
+            f"<th>leaner than {ref} from T =</th><th>scaling exponent (fitted)</th><th>expected</th>"
             "<th>measured T</th></tr>")  # fmt: skip
     body = []
     for _, r in table.iterrows():
@@ -413,7 +414,7 @@ def _answers_section(data: pd.DataFrame) -> str:
     return (
         '<section id="answers"><h2>Answers</h2>'
         "<p>Crossover: the sequence length from which each architecture is faster (leaner in peak memory) "
-        "than softmax attention's best backend, interpolated between measured lengths. Scaling exponent: "
+        f"than {ref}'s best backend, interpolated between measured lengths. Scaling exponent: "
         "the slope of log latency vs log length over the top half of the measured range.</p>"
         f"<table><thead>{head}</thead><tbody>{''.join(body)}</tbody></table></section>"
     )
@@ -475,9 +476,10 @@ def render_page(
     runs: Sequence[Mapping[str, Any]] | None,
     title: str | None = None,
     comparison: Mapping[str, Any] | None = None,
+    reference: str = REFERENCE,
 ) -> str:
     """The whole report page as one HTML string; ``comparison`` (``Comparison.to_json()`` of two
-    runs) adds the B/A section."""
+    runs) adds the B/A section; ``reference`` is the arch crossovers and ratios are taken against."""
     data = prepare(df)
     run_list = [r for r in (runs or []) if isinstance(r, Mapping)]
     page_title = title if title is not None else default_title(data, run_list)
@@ -491,8 +493,8 @@ def render_page(
         "</head><body>",
         _header(data, run_list, page_title, extra_nav),
         comparison_html,
-        _answers_section(data),
-        _ratios_section(data),
+        _answers_section(data, reference),
+        _ratios_section(data, reference),
         _accuracy_section(tasks),
         _figures_section(specs),
         _survey_section(data),

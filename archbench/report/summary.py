@@ -34,7 +34,9 @@ def _ms(value: Any) -> str:
     return "—" if v != v else f"{v * 1e3:.3g}"
 
 
-def render_markdown(df: pd.DataFrame | None, runs: Sequence[Mapping[str, Any]] | None = None) -> str:
+def render_markdown(
+    df: pd.DataFrame | None, runs: Sequence[Mapping[str, Any]] | None = None, reference: str = "softmax_attention"
+) -> str:
     """Per (mode, batch, dtype, device): a table of median ms, one row per arch/backend and one
     column per seq_len (failed cells show their status), then the failures."""
     data = prepare(df)
@@ -66,9 +68,9 @@ def render_markdown(df: pd.DataFrame | None, runs: Sequence[Mapping[str, Any]] |
                     out.append(f"**{_md(r['status'])}**")
             lines.append(f"| {_md(arch)}/{_md(backend)} | " + " | ".join(out) + " |")
         lines.append("")
-    table = answers(data)
+    table = answers(data, reference)
     if len(table):
-        lines += ["### Answers", "", "| group | arch/backend | faster than softmax from T | leaner from T | exponent (fitted / expected) |",
+        lines += ["### Answers", "", f"| group | arch/backend | faster than {_md(reference)} from T | leaner from T | exponent (fitted / expected) |",
                   "|---|---|---|---|---|"]
         for _, r in table.iterrows():
             fit = r["fitted_exponent"]
