@@ -1,0 +1,557 @@
+"""RADLADS: convert a softmax-attention transformer into a linear-attention decoder by distillation
+(Goldstein et al., 2025, "RADLADS: Rapid Attention Distillation to Linear Attention Decoders at
+Scale", arXiv 2505.03005).
+
+The student is the teacher with every self-attention module replaced by a recurrent mixer that
+starts from the attention's own q/k/v/o weights (``archbench.recipes.students``: RAD-RWKV7,
+RAD-RWKV6, a gated-delta variant, or the teacher's attention itself for the exactness check).
+Embeddings, MLPs, norms and the LM head are the teacher's. Training runs in three steps:
+
+1. Attention hidden-state alignment. The teacher runs frozen; forward hooks capture, for every
+   decoder layer, the (normed) input of its attention module and that module's output. Each
+   student mixer sees the same input and is trained to reproduce the output:
+   loss = mean over layers and tokens of ||o_teacher - o_student||_2 / sqrt(d).
+   Only the mixers train (each layer independently: no error accumulates across layers), with a
+   cosine schedule from 1e-3 to 1e-5 (the paper's).
+2. Knowledge distillation. The whole student trains on KL(teacher || student) of the next-token
+   distributions, at a constant learning rate. The paper uses 1e-5 for 7B-72B models and 500M
+   tokens; this recipe's default is 1e-3, because the CPU-scale student is tiny (d = 128) and sees
+   a few hundred thousand tokens, where 1e-5 barely moves it (measured on the default teacher,
+   steps 1+2 at 250k + 500k tokens: student/teacher bits per byte 1.115 at 1e-5, 0.996 at 1e-3).
+3. Fine-tuning (optional, off by default): 0.5 KL + 0.5 cross-entropy on the data, optionally at
+   a longer context.
+
+Every budget is in tokens (converted to whole steps of batch_size x seq_len). The evaluation
+puts the teacher and the student side by side: bits per byte on the corpus' validation split,
+teacher-student top-1 agreement and mean KL on held-out windows, and the decode state: the
+teacher's KV cache grows with the context, the student's recurrent state does not. State sizes
+are computed analytically and measured: the teacher by a cached prefill, the student by running
+its recurrent decode (prefill, then token-by-token steps) at two context lengths.
+
+Outputs (``run``): ``rows.jsonl`` (teacher and student rows), ``losses.jsonl`` (per step: stage,
+loss, lr, tokens, wall time), ``run.json`` (config and summary), ``student.safetensors`` +
+``student.json`` (``load_student`` rebuilds the student to identical outputs).
+
+Teachers: the byte-level default (``archbench.recipes.teacher``) or any local directory / hub
+name of a Llama/Qwen2-style causal LM over the 256 byte values (the corpus is byte-level; a
+tokenised teacher is refused with a one-line error).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archbench.recipes.students import KINDS, StudentAttention, make_student_attention
+from archbench.recipes.teacher import TeacherSpec, bits_per_byte, corpus_task, lm_batches
+
+RECIPE = "radlads"
+
+
+class RadladsError(ValueError):
+    """A bad RADLADS configuration or teacher."""
+
+
+@dataclass(frozen=True)
+class RadladsConfig:
+    """One conversion. ``teacher`` is ``"default"`` (the cached byte-level Llama of ``teacher_spec``)
+    or a local directory / hub name of a byte-level Llama/Qwen2-style causal LM.
+
+    CPU defaults (default teacher d=128, 4 layers, context 128): step 1 125k tokens, step 2 250k
+    tokens at lr 1e-3, no step 3; about 3 minutes on one thread, and the rad_gdn student lands at
+    ~0.99x the teacher's bits per byte (top-1 agreement ~0.80, KL ~0.22 nats). The paper's budgets
+    (context 512): 100M + 500M + 250M tokens, step-2 lr 1e-5: pass those for a GPU-scale teacher.
+    """
+
+    kind: str = "rad_gdn"
+    teacher: str = "default"
+    teacher_spec: TeacherSpec = field(default_factory=TeacherSpec)
+    seq_len: int = 128
+    batch_size: int = 16
+    # step 1: attention hidden-state alignment (mixers only, cosine lr1 -> lr1_min)
+    step1_tokens: int = 125_000
+    lr1: float = 1e-3
+    lr1_min: float = 1e-5
+    # step 2: KL(teacher || student), all parameters, constant lr2
+    step2_tokens: int = 250_000
+    lr2: float = 1e-3
+    # step 3: 0.5 KL + 0.5 CE, constant lr3, at step3_seq_len (0: seq_len)
+    step3_tokens: int = 0
+    lr3: float = 1e-4
+    step3_seq_len: int = 0
+    grad_clip: float = 1.0
+    seed: int = 0
+    max_bytes: int = 2_000_000  # of the stdlib corpus (the default teacher uses teacher_spec.max_bytes)
+    # evaluation
+    eval_windows: int = 64
+    eval_batch: int = 16
+    state_contexts: tuple[int, ...] = (128, 1024, 8192)  # analytic decode-state sizes at these contexts
+    decode_contexts: tuple[int, int] = (16, 48)  # measured by running the decode at these two contexts
+
+    def __post_init__(self) -> None:
+        if isinstance(self.teacher_spec, dict):  # rebuilt from run.json / student.json
+            object.__setattr__(self, "teacher_spec", TeacherSpec(**self.teacher_spec))
+        object.__setattr__(self, "state_contexts", tuple(int(c) for c in self.state_contexts))
+        object.__setattr__(self, "decode_contexts", tuple(int(c) for c in self.decode_contexts))
+        if self.kind not in KINDS:
+            raise RadladsError(f"radlads: kind must be one of {', '.join(KINDS)} (got {self.kind!r})")
+        if not isinstance(self.teacher, str) or not self.teacher:
+            raise RadladsError(
+                f"radlads: teacher must be 'default' or a model directory / hub name (got {self.teacher!r})"
+            )
+        for name in ("seq_len", "batch_size", "eval_windows", "eval_batch", "max_bytes"):
+            if int(getattr(self, name)) < 1:
+                raise RadladsError(f"radlads: {name} must be >= 1 (got {getattr(self, name)})")
+        for name in ("step1_tokens", "step2_tokens", "step3_tokens", "step3_seq_len"):
+            if int(getattr(self, name)) < 0:
+                raise RadladsError(f"radlads: {name} must be >= 0 (got {getattr(self, name)})")
+        for name in ("lr1", "lr1_min", "lr2", "lr3", "grad_clip"):
+            if not float(getattr(self, name)) > 0:
+                raise RadladsError(f"radlads: {name} must be > 0 (got {getattr(self, name)})")
+        if self.lr1_min > self.lr1:
+            raise RadladsError(f"radlads: lr1_min must be <= lr1 (got {self.lr1_min} > {self.lr1})")
+        if not self.state_contexts or min(self.state_contexts) < 1:
+            raise RadladsError(f"radlads: state_contexts must be positive lengths (got {list(self.state_contexts)})")
+        if len(self.decode_contexts) != 2 or not 2 <= self.decode_contexts[0] < self.decode_contexts[1]:
+            raise RadladsError(f"radlads: decode_contexts must be two increasing lengths >= 2 "
+                               f"(got {list(self.decode_contexts)})")  # fmt: skip
+
+    def steps(self, tokens: int, seq_len: int | None = None) -> int:
+        """Whole optimiser steps that cover ``tokens`` (0 tokens: no steps)."""
+        per_step = self.batch_size * (seq_len or self.seq_len)
+        return -(-int(tokens) // per_step)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---- the student ---------------------------------------------------------------------------
+
+
+def _layers(model: nn.Module) -> nn.ModuleList | None:
+    return getattr(getattr(model, "base_model", model), "layers", None)
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers of a Llama/Qwen2-style causal LM, each with ``self_attn.{q,k,v,o}_proj``."""
+    layers = _layers(model)
+    ok = layers is not None and all(
+        all(hasattr(getattr(layer, "self_attn", None), p) for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
+        for layer in layers
+    )
+    if not ok:
+        raise RadladsError(f"radlads: {type(model).__name__} is not a Llama/Qwen2-style causal LM "
+                           "(needs model.layers[i].self_attn with q_proj, k_proj, v_proj, o_proj)")  # fmt: skip
+    return layers
+
+
+class RadladsStudent(nn.Module):
+    """The converted model: ``forward(ids) -> logits``, and for the recurrent kinds
+    ``prefill(ids) -> (logits, state)`` and ``step(ids_t, state) -> (logits_t, state)``."""
+
+    def __init__(self, model: nn.Module, kind: str):
+        super().__init__()
+        self.model, self.kind = model, kind
+
+    @property
+    def attentions(self) -> list[StudentAttention]:
+        return [layer.self_attn for layer in _layers(self.model)]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=ids, use_cache=False).logits
+
+    # -- recurrent decode -------------------------------------------------------------------
+
+    def _run(self, ids: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
+        attns = self.attentions
+        if not attns[0].recurrent:
+            raise RadladsError(f"radlads: student kind {self.kind!r} has no recurrent decode")
+        pos = 0 if state is None else int(state["pos"])
+        position_ids = torch.arange(pos, pos + ids.shape[1], device=ids.device)[None].expand(ids.shape[0], -1)
+        try:
+            for i, a in enumerate(attns):
+                a.carry, a.state = True, None if state is None else state["layers"][i]
+            logits = self.model(input_ids=ids, position_ids=position_ids, use_cache=False).logits
+            layers = [a.state for a in attns]
+        finally:
+            for a in attns:
+                a.carry, a.state = False, None
+        return logits, {"layers": layers, "pos": pos + ids.shape[1]}
+
+    def prefill(self, ids: torch.Tensor, state: dict | None = None) -> tuple[torch.Tensor, dict]:
+        """Logits of ``ids`` [B, T] (continuing ``state`` if given) and the recurrent state after them."""
+        return self._run(ids, state)
+
+    def step(self, ids_t: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
+        """One decode step: ids_t [B] -> (logits [B, V], state); each layer runs its op's ``*_step``."""
+        logits, state = self._run(ids_t[:, None], state)
+        return logits[:, -1], state
+
+    @staticmethod
+    def state_nbytes(state: dict) -> int:
+        """Bytes held by a decode state (what ``prefill``/``step`` return)."""
+        return sum(s.numel() * s.element_size() for s in state["layers"])
+
+    def state_bytes(self, batch: int, seq_len: int) -> int:
+        """Analytic decode-state bytes: per layer an fp32 [B, H, D, D] matrix, whatever ``seq_len``."""
+        return sum(math.prod(a.mixer.state_shape(batch)) * 4 for a in self.attentions if a.recurrent)
+
+
+def convert(teacher: nn.Module, kind: str, seed: int = 0) -> RadladsStudent:
+    """The student: a copy of ``teacher`` with every self-attention replaced by a ``kind`` mixer
+    initialised from it (new parameters drawn from ``seed``)."""
+    if kind not in KINDS:
+        raise RadladsError(f"radlads: kind must be one of {', '.join(KINDS)} (got {kind!r})")
+    model = copy.deepcopy(teacher)
+    torch.manual_seed(seed)
+    for layer in decoder_layers(model):
+        layer.self_attn = make_student_attention(kind, layer.self_attn, model.config)
+    model.train(teacher.training)
+    return RadladsStudent(model, kind)
+
+
+def teacher_kv_bytes(teacher: nn.Module, batch: int, seq_len: int) -> int:
+    """Analytic KV-cache bytes of a softmax teacher: K and V per layer, per kv head, per token."""
+    c = teacher.config
+    heads = int(c.num_attention_heads)
+    kv = int(getattr(c, "num_key_value_heads", None) or heads)
+    hd = int(getattr(c, "head_dim", None) or c.hidden_size // heads)
+    elem = next(teacher.parameters()).element_size()
+    return 2 * int(c.num_hidden_layers) * batch * seq_len * kv * hd * elem
+
+
+def cache_nbytes(cache: Any) -> int:
+    """Bytes of the K/V tensors of a transformers cache (5.x ``layers``, 4.x ``key_cache``, or legacy tuples)."""
+    if hasattr(cache, "layers"):
+        pairs = [(getattr(lay, "keys", None), getattr(lay, "values", None)) for lay in cache.layers]
+    elif hasattr(cache, "key_cache"):
+        pairs = list(zip(cache.key_cache, cache.value_cache))
+    else:
+        pairs = [tuple(p[:2]) for p in cache]
+    return sum(t.numel() * t.element_size() for p in pairs for t in p if isinstance(t, torch.Tensor))
+
+
+def _cache_of(out) -> Any:
+    for name in ("cache", "past_key_values"):
+        c = getattr(out, name, None) if not isinstance(out, dict) else out.get(name)
+        if c is not None:
+            return c
+    return None
+
+
+# ---- the three steps -------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def capture_attention(teacher: nn.Module, ids: torch.Tensor) -> list[tuple[torch.Tensor, Any, torch.Tensor]]:
+    """Run the teacher once; per layer (attention input hidden_states, position_embeddings, attention output)."""
+    captured: list = []
+
+    def hook(module, args, kwargs, output):
+        h = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        pe = kwargs.get("position_embeddings", args[1] if len(args) > 1 else None)
+        out = output[0] if isinstance(output, (tuple, list)) else output
+        captured.append((h.detach(), pe, out.detach()))
+
+    handles = [layer.self_attn.register_forward_hook(hook, with_kwargs=True) for layer in decoder_layers(teacher)]
+    try:
+        teacher(input_ids=ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
+def alignment_loss(student: RadladsStudent, captured: list) -> torch.Tensor:
+    """Mean over layers and tokens of ||teacher_out - student_out||_2 * d^-0.5."""
+    losses = []
+    for attn, (h, pe, target) in zip(student.attentions, captured):
+        y, _ = attn(hidden_states=h, position_embeddings=pe)
+        losses.append((target.float() - y.float()).norm(dim=-1).mean() * target.shape[-1] ** -0.5)
+    return torch.stack(losses).mean()
+
+
+def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None = None,
+                 kl_weight: float = 1.0, ce_weight: float = 0.0) -> torch.Tensor:  # fmt: skip
+    """kl_weight * KL(teacher || student) (mean per token) + ce_weight * cross-entropy on ``labels``."""
+    s = F.log_softmax(student_logits.float().flatten(0, -2), dim=-1)
+    loss = s.new_zeros(())
+    if kl_weight:
+        t = F.log_softmax(teacher_logits.float().flatten(0, -2), dim=-1)
+        loss = loss + kl_weight * F.kl_div(s, t, log_target=True, reduction="batchmean")
+    if ce_weight:
+        loss = loss + ce_weight * F.nll_loss(s, labels.flatten())
+    return loss
+
+
+def cosine_lr(step: int, steps: int, peak: float, floor: float) -> float:
+    """Cosine from ``peak`` at step 0 to ``floor`` at the last step."""
+    if steps <= 1:
+        return peak
+    return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * step / (steps - 1)))
+
+
+def _train(stage: str, params: list[nn.Parameter], steps: int, lr_fn: Callable[[int], float], loss_fn,
+           batches: Iterator, grad_clip: float, progress=None) -> list[dict]:  # fmt: skip
+    """A plain AdamW loop; returns the per-step history (stage, step, loss, lr, tokens, wall_s)."""
+    opt = torch.optim.AdamW(params, lr=lr_fn(0), betas=(0.9, 0.99), eps=1e-8, weight_decay=0.0)
+    history, tokens, t0 = [], 0, time.perf_counter()
+    for step in range(steps):
+        lr = lr_fn(step)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        inputs, labels = next(batches)
+        loss = loss_fn(inputs, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+        tokens += inputs.numel()
+        row = {"stage": stage, "step": step, "loss": float(loss.detach()), "lr": lr, "tokens": tokens,
+               "wall_s": time.perf_counter() - t0}  # fmt: skip
+        history.append(row)
+        if progress:
+            progress(dict(row, steps=steps))
+    return history
+
+
+def _set_trainable(student: RadladsStudent, mixers_only: bool) -> list[nn.Parameter]:
+    mixer_ids = {id(p) for a in student.attentions for p in a.parameters()}
+    params = []
+    for p in student.parameters():
+        p.requires_grad_(not mixers_only or id(p) in mixer_ids)
+        if p.requires_grad:
+            params.append(p)
+    return params
+
+
+def step1_align(student: RadladsStudent, teacher: nn.Module, batches: Iterator, steps: int, lr: float = 1e-3,
+                lr_min: float = 1e-5, grad_clip: float = 1.0, progress=None) -> list[dict]:  # fmt: skip
+    """Attention hidden-state alignment: only the mixers train, teacher attention frozen beside them."""
+    teacher.eval().requires_grad_(False)
+    student.train()
+    params = _set_trainable(student, mixers_only=True)
+    loss_fn = lambda ids, _: alignment_loss(student, capture_attention(teacher, ids))  # noqa: E731
+    return _train("align", params, steps, lambda s: cosine_lr(s, steps, lr, lr_min), loss_fn, batches, grad_clip,
+                  progress)  # fmt: skip
+
+
+def step_distill(student: RadladsStudent, teacher: nn.Module, batches: Iterator, steps: int, lr: float,
+                 kl_weight: float = 1.0, ce_weight: float = 0.0, stage: str = "distill", grad_clip: float = 1.0,
+                 progress=None) -> list[dict]:  # fmt: skip
+    """Steps 2 and 3: all student parameters, kl_weight * KL(teacher || student) + ce_weight * CE, constant lr."""
+    teacher.eval().requires_grad_(False)
+    student.train()
+    params = _set_trainable(student, mixers_only=False)
+
+    def loss_fn(ids, labels):
+        with torch.no_grad():
+            t = teacher(input_ids=ids, use_cache=False).logits
+        return distill_loss(student(ids), t, labels, kl_weight, ce_weight)
+
+    return _train(stage, params, steps, lambda s: lr, loss_fn, batches, grad_clip, progress)
+
+
+def step2_distill(student, teacher, batches, steps, lr=1e-3, grad_clip=1.0, progress=None) -> list[dict]:
+    """Knowledge distillation: KL(teacher || student) on logits, all parameters."""
+    return step_distill(student, teacher, batches, steps, lr, 1.0, 0.0, "distill", grad_clip, progress)
+
+
+def step3_finetune(student, teacher, batches, steps, lr=1e-4, grad_clip=1.0, progress=None) -> list[dict]:
+    """Fine-tuning: 0.5 KL + 0.5 CE (feed batches at the longer context for the long-context variant)."""
+    return step_distill(student, teacher, batches, steps, lr, 0.5, 0.5, "finetune", grad_clip, progress)
+
+
+# ---- evaluation ------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def agreement(student: nn.Module, teacher: nn.Module, inputs: torch.Tensor, batch_size: int = 16) -> dict:
+    """Teacher-student top-1 agreement and mean KL(teacher || student) per token on ``inputs`` [N, T]."""
+    agree, kl, n = 0, 0.0, 0
+    for lo in range(0, len(inputs), batch_size):
+        ids = inputs[lo : lo + batch_size]
+        t = teacher(input_ids=ids, use_cache=False).logits.float()
+        s = student(ids).float()
+        agree += int((t.argmax(-1) == s.argmax(-1)).sum())
+        kl += float(distill_loss(s, t)) * ids.numel()
+        n += ids.numel()
+    return {"top1_agreement": agree / n, "kl": kl / n}
+
+
+@torch.no_grad()
+def decode_state_check(student: RadladsStudent, teacher: nn.Module, contexts: tuple[int, int], seed: int = 0) -> dict:
+    """Measured decode-state bytes at two context lengths (batch 1): the student by prefill + recurrent
+    steps, the teacher by its KV cache after a cached forward. Also checks that the student's stepwise
+    logits match its parallel forward."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, int(teacher.config.vocab_size), (1, contexts[1]), generator=g)
+    out: dict[str, Any] = {}
+    split = contexts[0] // 2
+    logits, state = student.prefill(ids[:, :split])
+    steps = [logits[:, -1]]
+    for t in range(split, contexts[1]):
+        if t == contexts[0]:
+            out[f"student_state_bytes_measured_{contexts[0]}"] = student.state_nbytes(state)
+        lt, state = student.step(ids[:, t], state)
+        steps.append(lt)
+    out[f"student_state_bytes_measured_{contexts[1]}"] = student.state_nbytes(state)
+    full = student(ids)
+    stepped = torch.stack(steps[1:], dim=1)
+    out["decode_max_abs_err"] = float((full[:, split:] - stepped).abs().max())
+    for T in contexts:
+        o = teacher(input_ids=ids[:, :T], use_cache=True)
+        out[f"teacher_state_bytes_measured_{T}"] = cache_nbytes(_cache_of(o))
+    return out
+
+
+# ---- checkpoints -----------------------------------------------------------------------------
+
+
+def save_student(student: RadladsStudent, out_dir: Path, config: RadladsConfig) -> None:
+    from safetensors.torch import save_model
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_model(student.model, str(out_dir / "student.safetensors"))
+    meta = {"kind": student.kind, "hf_config": student.model.config.to_dict(), "config": config.to_dict()}
+    (out_dir / "student.json").write_text(json.dumps(meta, indent=2, default=str))
+
+
+def load_student(out_dir: str | Path) -> RadladsStudent:
+    """Rebuild the student saved by ``run`` (or ``save_student``) in ``out_dir``."""
+    from safetensors.torch import load_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    out_dir = Path(out_dir)
+    meta_path = out_dir / "student.json"
+    if not meta_path.is_file():
+        raise RadladsError(f"radlads: no student.json in {out_dir}; pass the out_dir of a finished radlads run")
+    meta = json.loads(meta_path.read_text())
+    hf = dict(meta["hf_config"])
+    cfg = AutoConfig.for_model(hf.pop("model_type"), **hf)
+    shell = AutoModelForCausalLM.from_config(cfg)
+    student = convert(shell, meta["kind"])
+    load_model(student.model, str(out_dir / "student.safetensors"))
+    return student.eval()
+
+
+# ---- the recipe ------------------------------------------------------------------------------
+
+
+def load_recipe_teacher(config: RadladsConfig, progress=None) -> tuple[nn.Module, dict]:
+    from archbench.recipes.teacher import default_teacher, load_teacher
+
+    if config.teacher == "default":
+        teacher, facts = default_teacher(config.teacher_spec, progress=progress)
+    else:
+        teacher, facts = load_teacher(config.teacher), {"source": config.teacher}
+    if int(teacher.config.vocab_size) != 256:
+        raise RadladsError(f"radlads: teacher {config.teacher!r} has vocab {teacher.config.vocab_size}; the recipe "
+                           "trains on the byte-level corpus, so it needs a byte-level (vocab 256) teacher")  # fmt: skip
+    decoder_layers(teacher)
+    return teacher.eval(), facts
+
+
+def train_steps(student: RadladsStudent, teacher: nn.Module, config: RadladsConfig, task, max_bytes: int,
+                progress=None) -> list[dict]:  # fmt: skip
+    """Steps 1-3 at the configured budgets (a step with 0 tokens is skipped); the per-step history."""
+    history: list[dict] = []
+    seq3 = config.step3_seq_len or config.seq_len
+    n1, n2, n3 = (
+        config.steps(config.step1_tokens),
+        config.steps(config.step2_tokens),
+        config.steps(config.step3_tokens, seq3),
+    )
+    if n1:
+        batches = lm_batches(task, config.batch_size, config.seed)
+        history += step1_align(student, teacher, batches, n1, config.lr1, config.lr1_min, config.grad_clip, progress)
+    if n2:
+        batches = lm_batches(task, config.batch_size, config.seed + 1)
+        history += step2_distill(student, teacher, batches, n2, config.lr2, config.grad_clip, progress)
+    if n3:
+        task3 = corpus_task(seq3, max_bytes) if seq3 != config.seq_len else task
+        batches = lm_batches(task3, config.batch_size, config.seed + 2)
+        history += step3_finetune(student, teacher, batches, n3, config.lr3, config.grad_clip, progress)
+    student.eval().requires_grad_(False)
+    return history
+
+
+def stage_summary(history: list[dict]) -> dict[str, dict]:
+    """Per stage: steps, tokens, wall time, first and last loss."""
+    stages = {}
+    for name in ("align", "distill", "finetune"):
+        rows = [r for r in history if r["stage"] == name]
+        if rows:
+            stages[name] = {"steps": len(rows), "tokens": rows[-1]["tokens"], "wall_s": rows[-1]["wall_s"],
+                            "first_loss": rows[0]["loss"], "last_loss": rows[-1]["loss"]}  # fmt: skip
+    return stages
+
+
+@torch.no_grad()
+def evaluate(student: RadladsStudent, teacher: nn.Module, task, config: RadladsConfig) -> tuple[dict, dict]:
+    """(teacher metrics, student metrics): bits per byte, agreement and KL, decode-state bytes (analytic and
+    measured at ``decode_contexts``; the student's stepwise-vs-parallel logit error)."""
+    n, bs = config.eval_windows, config.eval_batch
+    t_bpb = bits_per_byte(lambda ids: teacher(input_ids=ids, use_cache=False).logits, task, n_windows=n, batch_size=bs)
+    s_bpb = bits_per_byte(student, task, n_windows=n, batch_size=bs)
+    t_m = {
+        "bits_per_byte": t_bpb,
+        **{f"state_bytes_{T}": teacher_kv_bytes(teacher, 1, T) for T in config.state_contexts},
+    }
+    s_m = {"bits_per_byte": s_bpb, "bpb_ratio": s_bpb / t_bpb}
+    s_m.update(agreement(student, teacher, task.eval_sets(n, 0)["val"].inputs, bs))
+    if student.attentions[0].recurrent:
+        s_m.update({f"state_bytes_{T}": student.state_bytes(1, T) for T in config.state_contexts})
+        decode = decode_state_check(student, teacher, config.decode_contexts, config.seed)
+        t_m.update({k.removeprefix("teacher_"): v for k, v in decode.items() if k.startswith("teacher_")})
+        s_m.update({k.removeprefix("student_"): v for k, v in decode.items() if not k.startswith("teacher_")})
+    else:  # the teacher's own attention: its KV cache
+        s_m.update({k: v for k, v in t_m.items() if k.startswith("state_bytes_")})
+    return t_m, s_m
+
+
+def run(config: RadladsConfig, out_dir: Path, progress=None) -> dict:
+    """Convert, train steps 1-3 at the configured budgets, evaluate teacher and student, write ``out_dir``."""
+    from archbench.store import RunDir, now_iso
+
+    rd = RunDir(out_dir).create()
+    started = now_iso()
+    teacher, facts = load_recipe_teacher(config)
+    max_bytes = config.teacher_spec.max_bytes if config.teacher == "default" else config.max_bytes
+    task = corpus_task(config.seq_len, max_bytes)
+    student = convert(teacher, config.kind, config.seed)
+
+    t0 = time.perf_counter()
+    history = train_steps(student, teacher, config, task, max_bytes, progress)
+    train_wall = time.perf_counter() - t0
+    with open(rd.path / "losses.jsonl", "w", encoding="utf-8") as f:
+        for row in history:
+            f.write(json.dumps(row) + "\n")
+    stages = stage_summary(history)
+    tokens = sum(s["tokens"] for s in stages.values())
+
+    t1 = time.perf_counter()
+    t_m, s_m = evaluate(student, teacher, task, config)
+    eval_wall = time.perf_counter() - t1
+    common = {"recipe": RECIPE, "status": "ok", "kind": config.kind, "seq_len": config.seq_len}
+    rd.append({**common, "model": "teacher", **t_m, "tokens": int(facts.get("tokens_seen", 0)),
+               "wall_s": float(facts.get("wall_s", 0.0))})  # fmt: skip
+    rd.append({**common, "model": f"student:{config.kind}", **s_m, "tokens": tokens, "wall_s": train_wall,
+               "eval_wall_s": eval_wall, "stages": stages})  # fmt: skip
+    save_student(student, rd.path, config)
+    summary = {"kind": config.kind, "teacher_bpb": t_m["bits_per_byte"], "student_bpb": s_m["bits_per_byte"],
+               "bpb_ratio": s_m["bpb_ratio"], "top1_agreement": s_m["top1_agreement"], "kl": s_m["kl"],
+               "tokens": tokens, "train_wall_s": train_wall, "stages": stages}  # fmt: skip
+    rd.write_meta({"recipe": RECIPE, "config": config.to_dict(), "teacher": facts, "started": started,
+                   "finished": now_iso(), "summary": summary})  # fmt: skip
+    return summary
