@@ -1,4 +1,4 @@
-"""The ``archbench`` command line: run | report | compare | ab | baseline save | list | env.
+"""The ``archbench`` command line: run | report | compare | ab | baseline save | convert | redundancy | list | env.
 
 Exit codes: 0 success; 1 the run finished but some cells failed (error / timeout; see
 ``--allow-failures``), or ``compare`` / ``ab`` found a regressed cell; 2 bad input (a suite error,
@@ -33,6 +33,8 @@ def main() -> None:
     archbench compare BASE HEAD          regression gate: exit 1 if a cell got slower
     archbench ab SUITE --base REV        the suite on two code versions, interleaved, compared
     archbench baseline save RUN_DIR F    keep a run as a baseline JSON for compare
+    archbench convert radlads            convert a transformer into a linear-attention student
+    archbench redundancy MODEL           rank redundant attention layers, distil a hybrid
     archbench list                       the architecture catalogue and its backends
     archbench env                        this machine: device, libraries, optional kernels
     """
@@ -56,6 +58,8 @@ def run(suite_path, out_dir, resume, device, overrides, results_dir, allow_failu
     from archbench.suite import SuiteError, load_suite
 
     overrides = list(overrides)
+    if _is_recipe_suite(suite_path):
+        return _run_recipe_suite(suite_path, out_dir, results_dir, dry_run)
     if device:
         overrides.append(f"defaults.device={device}")
     try:
@@ -155,6 +159,39 @@ def run(suite_path, out_dir, resume, device, overrides, results_dir, allow_failu
     if summary.failed and not allow_failures:
         click.echo(f"{summary.failed} cell(s) failed (error/timeout); see the report's Failures section", err=True)
         sys.exit(EXIT_FAILED_CELLS)
+
+
+def _is_recipe_suite(path: str) -> bool:
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return False  # load_suite reports it
+    return isinstance(raw, dict) and "recipes" in raw and "sweep" not in raw
+
+
+def _run_recipe_suite(suite_path, out_dir, results_dir, dry_run):
+    """A suite of recipes (``recipes:`` instead of ``sweep:``): each into its own directory."""
+    from archbench.recipes.runner import RecipeError, load_recipe_suite, run_suite
+    from archbench.store import new_run_id
+
+    try:
+        raw = load_recipe_suite(suite_path)
+    except RecipeError as e:
+        _fail(str(e))
+    if dry_run:
+        for i, entry in enumerate(raw["recipes"]):
+            click.echo(f"{i}: {entry['recipe']}  {', '.join(f'{k}={v}' for k, v in entry.items() if k != 'recipe')}")
+        click.echo(f"{len(raw['recipes'])} recipes")
+        return
+    out = Path(out_dir) if out_dir else Path(results_dir) / str(raw.get("name", "recipes")) / new_run_id()
+    run = run_suite(raw, out, on_event=lambda line: click.echo(line, err=True))
+    rows = run.rows()
+    failed = [r for r in rows if r.get("status") != "ok"]
+    _write_report([out], out / "report.html")
+    click.echo(f"report: {out / 'report.html'}\nrows: {run.rows_path}  ({len(rows)} rows, {len(failed)} failed)")
+    sys.exit(EXIT_FAILED_CELLS if failed else EXIT_OK)
 
 
 def _check_devices(suite_path: str, cells) -> None:
@@ -368,6 +405,66 @@ def ab(suite_path, base_spec, head_spec, rounds, overrides, base_sets, head_sets
     if output:
         Path(output).write_text(text)
     sys.exit(EXIT_OK if cmp.passed else EXIT_FAILED_CELLS)
+
+
+# ---- recipes ----------------------------------------------------------------------------
+
+
+def _run_recipe_cli(name, overrides, out_dir, threads):
+    import torch
+
+    from archbench.recipes.runner import RecipeError, parse_overrides, run_recipe
+    from archbench.store import new_run_id
+
+    if threads:
+        torch.set_num_threads(threads)
+    out = Path(out_dir) if out_dir else Path("results") / f"recipe-{name}" / new_run_id()
+    if (out / "rows.jsonl").exists():
+        _fail(f"{out} already holds a run; choose another --out")
+    try:
+        summary = run_recipe(name, parse_overrides(overrides), out, progress=lambda info: click.echo(f"  {info}", err=True))
+    except RecipeError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        click.echo(f"interrupted; what was written is in {out}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    click.echo(json.dumps(summary, indent=2, default=str))
+    click.echo(f"run: {out}", err=True)
+
+
+@main.command()
+@click.argument("method", type=click.Choice(["radlads", "rad", "bridge"]))
+@click.option("--teacher", default="default", show_default=True, help="'default' (a byte-level Llama pre-trained here on the stdlib corpus and cached) or a local transformers model directory.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="A recipe setting, e.g. --set step1_tokens=50000 or --set teacher_spec.steps=300 (repeatable).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run directory (default: results/recipe-<method>/<run-id>).")
+@click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads (1 is fastest for these tiny models on a busy 2-core machine).")
+def convert(method, teacher, overrides, out_dir, threads):
+    """Convert or distil a softmax transformer into an efficient student and measure both.
+
+    \b
+    radlads  attention -> linear attention (RADLADS): align, distil, fine-tune
+    rad      redundancy-aware hybrid: replace the most redundant attention layers with Mamba2
+    bridge   cross-attention knowledge transfer from a frozen big model (LLM Modules)
+
+    Writes rows.jsonl (teacher and student quality side by side), losses, run.json and the
+    student's safetensors into the run directory.
+    """
+    _run_recipe_cli(method, [f"teacher={teacher}", *overrides], out_dir, threads)
+
+
+@main.command()
+@click.argument("model", default="default")
+@click.option("--k", "k", type=click.IntRange(min=1), default=2, show_default=True, help="Attention layers to replace with Mamba2.")
+@click.option("--search", type=click.Choice(["bo", "greedy"]), default="bo", show_default=True, help="Which search picks the layers (both are run and stored).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="A RAD setting, e.g. --set steps=100 (repeatable).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run directory (default: results/recipe-rad/<run-id>).")
+@click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads.")
+def redundancy(model, k, search, overrides, out_dir, threads):
+    """Rank MODEL's attention layers by redundancy (self-speculative decoding acceptance with
+    the layers skipped; Bayesian optimisation and greedy search), replace the k most redundant
+    with Mamba2 mixers initialised from the attention weights, distil them, and compare with
+    replacing k evenly spaced layers. MODEL: 'default' or a local transformers model directory."""
+    _run_recipe_cli("rad", [f"teacher={model}", f"k={k}", f"search={search}", *overrides], out_dir, threads)
 
 
 # ---- list -------------------------------------------------------------------------------

@@ -147,4 +147,6 @@ def survey(df: pd.DataFrame | None) -> pd.DataFrame:
             "state_bytes": None if state_at is None else float(state_at["state_bytes"]),
             "state_at_T": None if state_at is None else int(state_at["seq_len"]),
         })  # fmt: skip
+    if not out:
+        return pd.DataFrame()
     return pd.DataFrame(out).sort_values(["family", "arch"]).reset_index(drop=True)

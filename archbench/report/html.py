@@ -21,6 +21,7 @@ from plotly.offline import get_plotlyjs
 
 from archbench.report.accuracy import TaskGroup, pareto_figure, task_groups, task_table
 from archbench.report.comparison import comparison_section
+from archbench.report.recipes import recipes_section
 from archbench.report.analysis import REFERENCE, answers, fmt_length, ratio_table, survey
 from archbench.report.figures import (
     STATUSES,
@@ -496,6 +497,7 @@ def render_page(
         _answers_section(data, reference),
         _ratios_section(data, reference),
         _accuracy_section(tasks),
+        recipes_section(data),
         _figures_section(specs),
         _survey_section(data),
         _table_section(data),
