@@ -31,13 +31,9 @@ MAX_BYTES = 200_000  # of the stdlib corpus
 RECURRENT = ("rad_rwkv7", "rad_rwkv6", "rad_gdn")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny shapes: one intra-op thread is faster, and far steadier on a loaded 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(one_thread):
+    """Tiny models: one intra-op thread (see conftest)."""
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +161,7 @@ def test_run_writes_rows_losses_and_a_reloadable_student(teacher, tmp_path):
     teacher.save_pretrained(tmp_path / "teacher")  # a local teacher directory (no pre-training in the tests)
     cfg = RadladsConfig(kind="rad_rwkv6", teacher=str(tmp_path / "teacher"), max_bytes=MAX_BYTES, seq_len=32, batch_size=4, step1_tokens=3 * 128,
                         step2_tokens=2 * 128, step3_tokens=2 * 4 * 48, step3_seq_len=48, lr2=1e-3, eval_windows=4,
-                        eval_batch=4, state_contexts=(32, 4096), decode_contexts=(4, 12))  # fmt: skip
+                        eval_batch=4, state_contexts=(32, 4096), decode_contexts=(4, 12), speed_contexts=(24,))  # fmt: skip
     seen = []
     summary = run(cfg, tmp_path / "out", progress=seen.append)
     out = tmp_path / "out"
@@ -177,6 +173,9 @@ def test_run_writes_rows_losses_and_a_reloadable_student(teacher, tmp_path):
     assert s["state_bytes_measured_4"] == s["state_bytes_measured_12"] == s["state_bytes_32"]
     assert t["state_bytes_measured_12"] == 3 * t["state_bytes_measured_4"] > 0
     assert s["tokens"] == 3 * 128 + 2 * 128 + 2 * 4 * 48 and 0 <= s["top1_agreement"] <= 1 and s["kl"] >= 0
+    for r in rows:  # prefill and decode measured with archbench's timer, teacher and student alike
+        assert r["prefill_s_24"] > 0 and r["decode_s_per_token_24"] > 0 and r["decode_peak_mem_bytes_24"] >= 0
+    assert s["decode_speedup_24"] == pytest.approx(t["decode_s_per_token_24"] / s["decode_s_per_token_24"])
     losses = [json.loads(x) for x in (out / "losses.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in losses] == ["align"] * 3 + ["distill"] * 2 + ["finetune"] * 2
     assert len(seen) == 7 and summary["bpb_ratio"] == pytest.approx(s["bits_per_byte"] / t["bits_per_byte"])

@@ -43,12 +43,8 @@ def sharp_teacher(spec: TeacherSpec = TINY, seed: int = 0):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine run several times faster on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Tiny models: one intra-op thread (see conftest)."""
 
 
 @pytest.fixture(scope="module")

@@ -96,12 +96,16 @@ class RadladsConfig:
     eval_batch: int = 16
     state_contexts: tuple[int, ...] = (128, 1024, 8192)  # analytic decode-state sizes at these contexts
     decode_contexts: tuple[int, int] = (16, 48)  # measured by running the decode at these two contexts
+    speed_contexts: tuple[int, ...] = (128, 512)  # prefill / decode latency and memory of teacher and student ([] = skip)
 
     def __post_init__(self) -> None:
         if isinstance(self.teacher_spec, dict):  # rebuilt from run.json / student.json
             object.__setattr__(self, "teacher_spec", TeacherSpec(**self.teacher_spec))
         object.__setattr__(self, "state_contexts", tuple(int(c) for c in self.state_contexts))
         object.__setattr__(self, "decode_contexts", tuple(int(c) for c in self.decode_contexts))
+        object.__setattr__(self, "speed_contexts", tuple(int(c) for c in self.speed_contexts))
+        if any(c < 1 for c in self.speed_contexts):
+            raise RadladsError(f"speed_contexts must be positive lengths (got {self.speed_contexts})")
         if self.kind not in KINDS:
             raise RadladsError(f"radlads: kind must be one of {', '.join(KINDS)} (got {self.kind!r})")
         if not isinstance(self.teacher, str) or not self.teacher:
@@ -515,6 +519,15 @@ def evaluate(student: RadladsStudent, teacher: nn.Module, task, config: RadladsC
         decode = decode_state_check(student, teacher, config.decode_contexts, config.seed)
         t_m.update({k.removeprefix("teacher_"): v for k, v in decode.items() if k.startswith("teacher_")})
         s_m.update({k.removeprefix("student_"): v for k, v in decode.items() if not k.startswith("teacher_")})
+        from archbench.hf import HFCausalLM
+        from archbench.recipes.speed import lm_speed
+
+        wrapped = HFCausalLM(teacher, lambda *a: 0)
+        for T in config.speed_contexts:  # the same timer and memory probe as every other cell
+            t_m.update(lm_speed(wrapped, T, seed=config.seed))
+            s_m.update(lm_speed(student, T, seed=config.seed))
+        for T in config.speed_contexts:
+            s_m[f"decode_speedup_{T}"] = t_m[f"decode_s_per_token_{T}"] / s_m[f"decode_s_per_token_{T}"]
     else:  # the teacher's own attention: its KV cache
         s_m.update({k: v for k, v in t_m.items() if k.startswith("state_bytes_")})
     return t_m, s_m
