@@ -6,7 +6,9 @@ every ratio. ``archbench ab SUITE --base REV --head REV`` removes it: each side 
 worker process importing its own copy of ``archbench`` (a git revision exported with ``git
 archive``, or a directory holding another checkout), and every cell is measured ``rounds``
 times alternately on the two workers (A B, B A, A B, ...), so both sides see the same
-conditions to within seconds. Each side's samples from all rounds are pooled into one row
+conditions to within seconds. On a CPU both workers are pinned to the same cores: measured on
+the 2-core dev VM, two processes running identical code on the cores the OS happened to give
+them differed by 25-35% in every round. Each side's samples from all rounds are pooled into one row
 per cell (median and spread recomputed), written to ``OUT/base`` and ``OUT/head`` as ordinary
 run directories, and compared with ``archbench.compare`` (exit 1 on a regression), with one
 more condition: every round must agree on the direction of the change (each round's B median

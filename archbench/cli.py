@@ -161,6 +161,14 @@ def run(suite_path, out_dir, resume, device, overrides, results_dir, allow_failu
         sys.exit(EXIT_FAILED_CELLS)
 
 
+def _pinned(cell):
+    """A/B on a CPU: both sides' workers pinned to the same cores (measure.pin_cpus), or each
+    process keeps the core the OS first gave it and a slower core reads as a code change."""
+    if cell.device != "cpu" or cell.measure.pin_cpus:
+        return cell
+    return cell.model_copy(update={"measure": cell.measure.model_copy(update={"pin_cpus": True})})
+
+
 def _is_recipe_suite(path: str) -> bool:
     import yaml
 
@@ -341,7 +349,7 @@ def _two_run_comparison(dirs):
 @click.argument("suite_path", metavar="SUITE", type=click.Path(dir_okay=False))
 @click.option("--base", "base_spec", default=".", show_default=True, help="Side A: a git revision (HEAD~1, main, a sha), a directory holding another checkout, or '.' for this code.")
 @click.option("--head", "head_spec", default=".", show_default=True, help="Side B, as --base.")
-@click.option("--rounds", default=3, show_default=True, type=click.IntRange(min=1), help="Times each cell is measured on each side, alternating A B, B A, ...")
+@click.option("--rounds", default=5, show_default=True, type=click.IntRange(min=1), help="Times each cell is measured on each side, alternating A B, B A, ...; a verdict needs every round to agree, so more rounds make a chance verdict rarer (2 / 2^rounds).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a suite value for both sides (repeatable).")
 @click.option("--base-set", "base_sets", multiple=True, metavar="KEY=VALUE", help="Override for side A only, e.g. --base-set sweep.backend=sdpa (cells pair by position).")
 @click.option("--head-set", "head_sets", multiple=True, metavar="KEY=VALUE", help="Override for side B only.")
@@ -371,7 +379,7 @@ def ab(suite_path, base_spec, head_spec, rounds, overrides, base_sets, head_sets
     try:
         base_suite = load_suite(suite_path, common + list(base_sets))
         head_suite = load_suite(suite_path, common + list(head_sets))
-        base_cells, head_cells = base_suite.cells(), head_suite.cells()
+        base_cells, head_cells = [_pinned(c) for c in base_suite.cells()], [_pinned(c) for c in head_suite.cells()]
     except SuiteError as e:
         _fail(str(e))
     _check_devices(suite_path, base_cells + head_cells)
