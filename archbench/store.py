@@ -139,17 +139,18 @@ def load(*paths: str | os.PathLike, all_rows: bool = False) -> pd.DataFrame:
     """A DataFrame of the rows of one or many runs (``env`` flattened to ``env_*`` columns).
 
     By default only the last row of each key within a run is kept (a retried cell
-    replaces its failed attempt); ``all_rows=True`` keeps every attempt.
+    replaces its failed attempt; rows without a key are all kept); ``all_rows=True`` keeps
+    every attempt.
     """
     if len(paths) == 1 and isinstance(paths[0], (list, tuple)):
         paths = tuple(paths[0])
     records = []
     for run_dir in find_run_dirs(paths):
         rows = read_rows(run_dir / ROWS)
-        if not all_rows:
+        if not all_rows:  # rows without a key (recipe rows, hand-written ones) are all kept
             latest = {}
-            for r in rows:
-                latest[r.get("key")] = r
+            for i, r in enumerate(rows):
+                latest[r.get("key") or ("", i)] = r
             rows = list(latest.values())
         for r in rows:
             r = dict(r)

@@ -48,6 +48,11 @@ def test_recipe_suite_runs_each_recipe_and_isolates_failures(tmp_path, fake):
     assert len(broken) == 1 and "asked to fail" in broken[0]["error"], "a failed recipe is a row; the next still runs"
     assert (tmp_path / "out" / "0-fake" / "rows.jsonl").is_file() and run.read_meta()["status"] == "complete"
 
+    assert len({r["key"] for r in rows}) == len(rows), "every gathered row has its own key"
+    from archbench.store import load
+
+    assert len(load(tmp_path / "out")) == len(rows), "the report sees every row, not the last per (missing) key"
+
     r = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "cli")])
     assert r.exit_code == 1 and (tmp_path / "cli" / "report.html").is_file(), r.output
 

@@ -32,3 +32,15 @@ def test_load_many_runs_flattens_env(tmp_path):
     assert [m["run_id"] for m in load_meta(tmp_path / "s")] == ["20260101-000000", "20260102-000000"]
     # a single run dir, or its rows.jsonl, works too
     assert len(load(tmp_path / "s" / "20260101-000000" / "rows.jsonl")) == 2
+
+
+def test_rows_without_a_key_are_all_kept(tmp_path):
+    from archbench.store import RunDir, load
+
+    rd = RunDir(tmp_path / "r").create()
+    for model in ("teacher", "student", "baseline"):
+        rd.append({"model": model, "status": "ok"})
+    rd.append({"key": "a", "status": "error"})
+    rd.append({"key": "a", "status": "ok"})
+    df = load(tmp_path / "r")
+    assert sorted(df["model"].dropna()) == ["baseline", "student", "teacher"] and len(df) == 4

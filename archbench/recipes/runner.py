@@ -122,8 +122,9 @@ def run_suite(raw: dict, out: Path, on_event: Callable[[str], None] = lambda s: 
             status, error = "ok", None
         except Exception as e:  # noqa: BLE001 - a failed recipe is a row; the next one still runs
             summary, status, error = {}, "error", f"{type(e).__name__}: {e}"
-        for row in RunDir(sub).rows() if (sub / "rows.jsonl").exists() else []:
-            run.append({**row, "recipe": name, "recipe_label": label})
+        for j, row in enumerate(RunDir(sub).rows() if (sub / "rows.jsonl").exists() else []):
+            key = f"{i}-{label}-{row.get('key') or row.get('model', j)}"  # unique across the suite's recipes
+            run.append({**row, "key": key, "recipe": name, "recipe_label": label})
         if status != "ok":
             run.append({"key": f"{i}-{label}", "recipe": name, "recipe_label": label, "status": status, "error": error})
         on_event(f"  {status} in {time.perf_counter() - t0:.0f} s: {summary if status == 'ok' else error}")
