@@ -108,8 +108,10 @@ def load_recipe_suite(path: str | Path) -> dict:
 def run_suite(raw: dict, out: Path, on_event: Callable[[str], None] = lambda s: None) -> RunDir:
     """Run every recipe of a suite into ``out/<i>-<recipe>/``; gather the rows into ``out``."""
     run = RunDir(out).create()
+    from archbench.measure.env import collect_env
+
     meta = {"run_id": out.name, "suite": raw.get("name", "recipes"), "suite_config": raw, "kind": "recipes",
-            "started_at": now_iso(), "status": "running"}  # fmt: skip
+            "env": collect_env("cpu"), "started_at": now_iso(), "status": "running"}  # fmt: skip
     run.write_meta(meta)
     for i, entry in enumerate(raw["recipes"]):
         name = entry["recipe"]

@@ -487,7 +487,9 @@ def render_page(
     specs = build_figures(data)
     tasks = task_groups(data)
     comparison_html = comparison_section(comparison, _figure_div)
+    recipes_html = recipes_section(data)
     extra_nav = ([("comparison", "Comparison")] if comparison_html else []) + ([("accuracy", "Accuracy")] if tasks else [])
+    extra_nav += [("recipes", "Recipes")] if recipes_html else []
     return "".join([
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
         f"<title>{html.escape(page_title)}</title><style>{_CSS}</style>",
@@ -497,7 +499,7 @@ def render_page(
         _answers_section(data, reference),
         _ratios_section(data, reference),
         _accuracy_section(tasks),
-        recipes_section(data),
+        recipes_html,
         _figures_section(specs),
         _survey_section(data),
         _table_section(data),
