@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from archbench.measure.stats import bootstrap_ratio_ci, mann_whitney_p, median_ci
+from archbench.fields import CELL_FIELDS
 from archbench.store import ROWS, RUN, RunDir, find_run_dirs, now_iso
 
 METRICS = ("latency", "memory", "energy")
@@ -64,13 +65,8 @@ BASELINE_SCHEMA = "archbench-baseline"
 BASELINE_VERSION = 1
 MIN_SAMPLES = 2  # below this on either side a latency cell is judged by the threshold alone
 
-#: The fields that identify a cell; the same as ``archbench.suite.CELL_FIELDS`` (a test
-#: checks), repeated here so that comparing results does not import the model code.
-IDENTITY_FIELDS = (
-    "arch", "backend", "level", "mode", "dtype", "device", "batch", "n_layers", "vocab_size", "d_model", "n_heads",
-    "head_dim", "n_kv_heads", "chunk_size", "d_state", "expand", "conv_size", "window",
-    "block_size", "block_count", "threads", "seed", "task", "num_kv_pairs", "seq_len",
-)  # fmt: skip
+#: The fields that identify a cell (``archbench.fields``: comparing results imports no model code).
+IDENTITY_FIELDS = CELL_FIELDS
 #: Environment facts a baseline keeps, and whose differences a comparison notes.
 ENV_SUMMARY_FIELDS = (
     "device_name", "torch", "cuda", "driver", "python", "cpu", "cpu_count", "git_rev", "archbench",

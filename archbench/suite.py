@@ -33,6 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from archbench import registry
+from archbench.fields import CELL_FIELDS, TASK_FIELDS
 from archbench.mixers.base import MixerConfig
 from archbench.spec import DTYPES
 
@@ -41,16 +42,8 @@ BACKWARD_MODES = ("fwd_bwd", "task")  # modes that differentiate: auto picks a b
 LEVELS = ("mixer", "model")
 DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
-# Cell fields, in the order they expand (seq_len innermost, so one arch's lengths run in order).
-CELL_FIELDS = (
-    "arch", "backend", "level", "mode", "dtype", "device", "batch", "n_layers", "vocab_size", "d_model", "n_heads",
-    "head_dim", "n_kv_heads", "chunk_size", "d_state", "expand", "conv_size", "window",
-    "block_size", "block_count", "threads", "seed", "task", "num_kv_pairs", "seq_len",
-)  # fmt: skip
 # Fields that identify a measurement (the cell key); timeouts and budgets are not among them.
 KEY_FIELDS = CELL_FIELDS
-# Fields only task cells use: left out of other cells' keys (so those keys predate tasks).
-TASK_FIELDS = ("task", "num_kv_pairs")
 
 
 class SuiteError(ValueError):
