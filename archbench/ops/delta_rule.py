@@ -65,6 +65,7 @@ import torch
 import torch.nn.functional as F
 
 from archbench.ops.dispatch import record
+from archbench.ops.segments import by_segments
 
 BACKENDS = ("torch", "fla", "auto")
 FLA_CHUNK_SIZES = (16, 32, 64)  # the chunk sizes fla's delta-rule kernels accept
@@ -406,7 +407,11 @@ def delta_rule(
         return _fla_delta_rule(q, k, v, beta, scale, initial_state, output_final_state, chunk_size, qk_l2norm)
     if qk_l2norm:
         q, k = l2norm(q), l2norm(k)
-    return _chunked(q, k, v, beta, None, scale, initial_state, output_final_state, chunk_size)
+    o, S = by_segments(
+        lambda t0, t1, s: _chunked(q[:, t0:t1], k[:, t0:t1], v[:, t0:t1], beta[:, t0:t1], None, scale, s, True, chunk_size),
+        q.shape[1], initial_state, chunk_size,
+    )  # fmt: skip
+    return o, (S if output_final_state else None)
 
 
 def gated_delta_rule(
@@ -438,7 +443,13 @@ def gated_delta_rule(
         )
     if qk_l2norm:
         q, k = l2norm(q), l2norm(k)
-    return _chunked(q, k, v, beta, g, scale, initial_state, output_final_state, chunk_size)
+    o, S = by_segments(
+        lambda t0, t1, s: _chunked(
+            q[:, t0:t1], k[:, t0:t1], v[:, t0:t1], beta[:, t0:t1], g[:, t0:t1], scale, s, True, chunk_size
+        ),
+        q.shape[1], initial_state, chunk_size,
+    )  # fmt: skip
+    return o, (S if output_final_state else None)
 
 
 def delta_rule_step(

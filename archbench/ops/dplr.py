@@ -76,6 +76,7 @@ import torch
 import torch.nn.functional as F
 
 from archbench.ops.dispatch import record
+from archbench.ops.segments import by_segments
 
 BACKENDS = ("torch", "fla", "auto")
 
@@ -340,7 +341,13 @@ def dplr(
         acc = torch.promote_types(q.dtype, torch.float32)
         s = q.new_zeros(B, H, K, v.shape[-1], dtype=acc) if initial_state is None else initial_state.to(acc)
         return o, s
-    return _dplr_torch(q, k, v, w, a, b, scale, initial_state, output_final_state, chunk_size)
+    o, S = by_segments(
+        lambda t0, t1, s: _dplr_torch(
+            q[:, t0:t1], k[:, t0:t1], v[:, t0:t1], w[:, t0:t1], a[:, t0:t1], b[:, t0:t1], scale, s, True, chunk_size
+        ),
+        T, initial_state, chunk_size,
+    )  # fmt: skip
+    return o, (S if output_final_state else None)
 
 
 def dplr_step(

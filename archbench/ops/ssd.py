@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from archbench.ops.dispatch import record
+from archbench.ops.segments import by_segments
 
 BACKENDS = ("torch", "mamba_ssm", "fla", "auto")
 
@@ -100,7 +101,11 @@ def ssd(
         return _ssd_mamba_ssm(x, dt, A, B, C, D, initial_state, output_final_state, chunk_size)
     if backend == "fla":
         return _ssd_fla(x, dt, A, B, C, D, initial_state, output_final_state, chunk_size)
-    return _ssd_torch(x, dt, A, B, C, D, initial_state, output_final_state, chunk_size)
+    y, S = by_segments(
+        lambda t0, t1, s: _ssd_torch(x[:, t0:t1], dt[:, t0:t1], A, B[:, t0:t1], C[:, t0:t1], D, s, True, chunk_size),
+        x.shape[1], initial_state, chunk_size,
+    )  # fmt: skip
+    return y, (S if output_final_state else None)
 
 
 def _ssd_torch(x, dt, A, B, C, D, initial_state, output_final_state, chunk_size):
