@@ -148,10 +148,19 @@ def test_run_writes_rows_and_students_reload_identically(tmp_path, monkeypatch):
     spec = TeacherSpec(d_model=32, n_layers=3, n_heads=2, n_kv_heads=1, seq_len=32, steps=30, batch_size=16,
                        lr=3e-3, max_bytes=200_000)  # fmt: skip
     cfg = RedundancyConfig(teacher_spec=spec, k=1, n_prompts=2, prompt_len=12, new_tokens=6, bo_budget=3, bo_init=1,
-                           seq_len=32, max_bytes=200_000, steps=4, e2e_steps=2, batch_size=4, eval_windows=4)  # fmt: skip
+                           seq_len=32, max_bytes=200_000, steps=4, e2e_steps=2, batch_size=4, eval_windows=4,
+                           decode_contexts=(8, 24), speed_contexts=(16,))  # fmt: skip
     out = tmp_path / "run"
     summary = run(cfg, out)
     rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    # decode state, measured through the cached driver: the KV cache grows 16 tokens' worth per kept
+    # attention layer (3 in the teacher, 2 in a k=1 hybrid); the converted layer's SSM state does not grow
+    per_token_layer = 2 * 1 * 16 * 4  # K and V, one kv head of 16, fp32
+    growth = [r["state_bytes_24"] - r["state_bytes_8"] for r in rows]
+    assert growth == [16 * per_token_layer * 3, 16 * per_token_layer * 2, 16 * per_token_layer * 2]
+    assert rows[0]["ssm_bytes_24"] == 0 and rows[1]["ssm_bytes_24"] == rows[1]["ssm_bytes_8"] > 0
+    assert all(r["decode_s_per_token_16"] > 0 and r["prefill_s_16"] > 0 for r in rows)
+    assert rows[1]["decode_speedup_16"] == rows[0]["decode_s_per_token_16"] / rows[1]["decode_s_per_token_16"]
     assert [r["model"] for r in rows] == ["teacher", "student_rad", "student_uniform"]
     assert all(r["status"] == "ok" and r["recipe"] == "redundancy" for r in rows)
     assert rows[1]["tokens"] == rows[2]["tokens"] == 6 * 4 * 32 and rows[2]["layers_replaced"] == uniform_layers(3, 1)
@@ -181,6 +190,7 @@ def test_run_writes_rows_and_students_reload_identically(tmp_path, monkeypatch):
         ({"steps": -1}, "steps must be >= 0"),
         ({"lr": 0.0}, "lr and e2e_lr must be > 0"),
         ({"warmup_frac": 1.0}, "warmup_frac must be in"),
+        ({"speed_contexts": [0]}, "speed_contexts must be positive"),
     ],
 )
 def test_config_errors_are_one_line(kwargs, message):

@@ -138,6 +138,19 @@ class MambaInLlamaMixer(nn.Module):
         y, _ = ssd(x, dt, A, Bm, Cm, D=self.D.float(), chunk_size=self.chunk_size, backend=self.backend)
         return self._out(y, u)
 
+    def prefill(self, u: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The parallel form from an empty state, and the decode state it leaves: u [B, T, d_model] ->
+        (y, {"conv": the last kernel-1 conv inputs, "ssm": the final SSD state})."""
+        xbc = self._xbc(u)
+        x, dt, Bm, Cm = self._ssm_inputs(self.conv(xbc), u)
+        A = -torch.exp(self.A_log.float())
+        y, ssm = ssd(x, dt, A, Bm, Cm, D=self.D.float(), output_final_state=True, chunk_size=self.chunk_size,
+                     backend=self.backend)  # fmt: skip
+        K = self.conv.kernel - 1
+        tail = xbc[:, -K:].transpose(1, 2) if K else xbc[:, :0].transpose(1, 2)
+        conv = F.pad(tail, (K - tail.shape[-1], 0))  # oldest first, zeros before the sequence start
+        return self._out(y, u), {"conv": conv.contiguous(), "ssm": ssm.float()}
+
     def init_state(self, batch: int) -> dict[str, torch.Tensor]:
         w = self.C_proj.weight
         N = P = self.head_dim

@@ -79,9 +79,15 @@ class RedundancyConfig:
     conv_kernel: int = 4
     chunk_size: int = 64
     compare_uniform: bool = True
+    decode_contexts: tuple[int, ...] = (16, 48)  # decode state measured after prompts of these lengths
+    speed_contexts: tuple[int, ...] = (128, 512)  # prefill / decode latency and memory ([] = skip)
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("decode_contexts", "speed_contexts"):
+            object.__setattr__(self, name, tuple(int(c) for c in getattr(self, name)))
+            if any(c < 1 for c in getattr(self, name)):
+                raise ValueError(f"redundancy: {name} must be positive lengths (got {getattr(self, name)})")
         positive = ("k", "n_prompts", "prompt_len", "new_tokens", "draft_len", "bo_budget", "seq_len", "batch_size",
                     "eval_windows", "conv_kernel", "chunk_size", "max_bytes")  # fmt: skip
         for name in positive:
@@ -422,6 +428,27 @@ def evaluate(model: nn.Module, teacher: nn.Module, task, n_windows: int, batch_s
     return {"bits_per_byte": bpb, "top1_agreement": agree / n, "kl_vs_teacher": kl / n}
 
 
+@torch.no_grad()
+def decode_metrics(model: nn.Module, config: RedundancyConfig) -> dict:
+    """Decode state and speed of ``model`` (teacher or hybrid) through ``HybridDecoder``, the same
+    cached driver for both: ``state_bytes_{T}`` (with its ``kv`` and ``ssm`` parts) after a T-byte
+    prompt for T in ``decode_contexts``, and prefill / decode latency and peak memory at
+    ``speed_contexts`` (``recipes.speed.lm_speed``)."""
+    from archbench.recipes.hybrid_decode import HybridDecoder
+    from archbench.recipes.speed import lm_speed
+
+    dec = HybridDecoder(model)
+    g = torch.Generator().manual_seed(config.seed)
+    out: dict = {}
+    for T in config.decode_contexts:
+        ids = torch.randint(0, 256, (1, T), generator=g)
+        sizes = dec.state_nbytes(dec.prefill(ids)[1])
+        out.update({f"state_bytes_{T}": sizes["total"], f"kv_bytes_{T}": sizes["kv"], f"ssm_bytes_{T}": sizes["ssm"]})
+    for T in config.speed_contexts:
+        out.update(lm_speed(dec, T, seed=config.seed))
+    return out
+
+
 # ---- the recipe ----------------------------------------------------------------------------------
 
 
@@ -476,7 +503,7 @@ def run(config: RedundancyConfig, out_dir: Path, progress=None) -> dict:
                   "bo": search["bo"]["mask"]})  # fmt: skip
 
     t0 = time.perf_counter()
-    base = evaluate(teacher, teacher, task, config.eval_windows)
+    base = {**evaluate(teacher, teacher, task, config.eval_windows), **decode_metrics(teacher, config)}
     rd.append({"recipe": "redundancy", "model": "teacher", "status": "ok", **base, "bpb_vs_teacher": 1.0,
                "layers_replaced": [], "tokens": 0, "wall_s": time.perf_counter() - t0})  # fmt: skip
     choices = {"rad": search[config.search]["mask"]}
@@ -494,7 +521,9 @@ def run(config: RedundancyConfig, out_dir: Path, progress=None) -> dict:
             t0 = time.perf_counter()
             student, h = _train_student(config, teacher, task, layers, name, progress)
             history += [{"student": name, **e} for e in h]
-            metrics = evaluate(student, teacher, task, config.eval_windows)
+            metrics = {**evaluate(student, teacher, task, config.eval_windows), **decode_metrics(student, config)}
+            for T in config.speed_contexts:
+                metrics[f"decode_speedup_{T}"] = base[f"decode_s_per_token_{T}"] / metrics[f"decode_s_per_token_{T}"]
             mask = scorer.record(layers)
             row = {"recipe": "redundancy", "model": f"student_{name}", "status": "ok", **metrics,
                    "bpb_vs_teacher": metrics["bits_per_byte"] / base["bits_per_byte"], "layers_replaced": list(layers),
