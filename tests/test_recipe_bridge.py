@@ -25,7 +25,7 @@ TINY = TeacherSpec(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, seq_len=32, 
                    max_bytes=200_000)  # fmt: skip
 SMALL = dict(teacher_spec=TINY, student_d_model=32, student_layers=1, student_heads=2, student_kv_heads=1, n_heads=4,
              steps=40, batch_size=8, seq_len=32, lr=3e-3, max_bytes=200_000, eval_windows=8, eval_batch=8,
-             gen_prompts=2, prompt_len=8, gen_len=8)  # fmt: skip
+             gen_prompts=2, prompt_len=8, gen_len=8, speed_contexts=(16,))  # fmt: skip
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -121,6 +121,7 @@ def test_rows_record_equal_tokens_and_no_gap_for_causal_models(trained):
         assert abs(rows[name]["gap_bpb"]) < 1e-4, name
     assert abs(rows["bridge-noncausal"]["gap_bpb"]) > 1e-5  # the published bridge's outputs move with the future
     assert rows["bridge-causal"]["params_inference"] > rows["teacher"]["params_inference"]
+    assert all(r["prefill_s_16"] > 0 and r["prefill_peak_mem_bytes_16"] >= 0 for r in rows.values())
     assert result["models"]["bridge-causal"]["tf_bpb"] == rows["bridge-causal"]["tf_bpb"]
     meta = json.loads((out / "run.json").read_text())
     assert meta["config"]["variants"] == ["noncausal", "causal", "distill"] and "finished" in meta
@@ -153,6 +154,7 @@ def test_checkpoints_reload_to_identical_outputs(trained):
         ({"lr": 0.0}, "lr must be > 0"),
         ({"prompt_len": 100, "gen_len": 64, "seq_len": 128}, "prompt_len \\+ gen_len"),
         ({"student_heads": 3}, "student_heads"),
+        ({"speed_contexts": [0]}, "speed_contexts must be positive"),
     ],
 )
 def test_config_errors_are_one_line(kwargs, message):

@@ -76,6 +76,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archbench.recipes.speed import prefill_speed
 from archbench.recipes.teacher import TeacherSpec, build_teacher, corpus_task, default_teacher, lm_batches, load_teacher
 from archbench.store import RunDir, now_iso
 from archbench.tasks.train import lr_at, make_optimizer
@@ -121,6 +122,7 @@ class BridgeConfig:
     # evaluation
     eval_windows: int = 32
     eval_batch: int = 32
+    speed_contexts: tuple[int, ...] = (128, 512)  # prefill latency and memory of every model ([] = skip)
     gen_prompts: int = 8
     prompt_len: int = 64
     gen_len: int = 64
@@ -129,6 +131,9 @@ class BridgeConfig:
         if isinstance(self.teacher_spec, dict):  # rebuilt from run.json / student.json
             object.__setattr__(self, "teacher_spec", TeacherSpec(**self.teacher_spec))
         object.__setattr__(self, "variants", tuple(self.variants))
+        object.__setattr__(self, "speed_contexts", tuple(int(c) for c in self.speed_contexts))
+        if any(c < 1 for c in self.speed_contexts):
+            raise BridgeError(f"bridge: speed_contexts must be positive lengths (got {list(self.speed_contexts)})")
         bad = [v for v in self.variants if v not in VARIANTS]
         if bad or not self.variants or len(set(self.variants)) != len(self.variants):
             raise BridgeError(
@@ -472,6 +477,8 @@ def run(config: BridgeConfig, out_dir: Path, progress: Callable[[dict], None] | 
 
     def evaluate(logits_fn, reference: torch.Tensor | None) -> tuple[dict, torch.Tensor]:
         scores = leak_scores(logits_fn, evalset.inputs, evalset.labels, config.eval_batch)
+        for T in config.speed_contexts:  # the bridge runs the big model too: its prefill is the teacher's plus more
+            scores.update(prefill_speed(logits_fn, T, seed=config.seed))
         gen = greedy_generate(logits_fn, prompts, config.gen_len)
         scores["gen_teacher_bpb"] = continuation_bpb(teacher_fn, gen, config.prompt_len)
         scores["gen_sample"] = bytes(gen[0, config.prompt_len :].tolist()).decode("utf-8", errors="replace")

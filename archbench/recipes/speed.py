@@ -53,3 +53,19 @@ def lm_speed(model, context: int, decode_tokens: int = 16, vocab: int = 256, dev
         f"decode_peak_mem_bytes_{context}": max(0, pm_dec.peak_bytes - base),
         "speed_timer": pre.timer,
     }
+
+
+@torch.no_grad()
+def prefill_speed(logits_fn, context: int, vocab: int = 256, device: str = "cpu", seed: int = 0,
+                  budget_s: float = 0.5) -> dict:  # fmt: skip
+    """``prefill_s_{context}`` and ``prefill_peak_mem_bytes_{context}`` of ``logits_fn(ids [1, context])``,
+    for models that have no cached decode (the bridge: its published form is not causal)."""
+    ids = torch.randint(0, vocab, (1, context), generator=torch.Generator().manual_seed(seed)).to(device)
+    base = current_memory(device)
+    pre = time_fn(lambda: logits_fn(ids), device=device, warmup=2, min_repeats=5, max_repeats=50, budget_s=budget_s,
+                  flush_l2=False)  # fmt: skip
+    with PeakMemory(device) as pm:
+        logits_fn(ids)
+    return {f"prefill_s_{context}": pre.median_s, f"prefill_peak_mem_bytes_{context}": max(0, pm.peak_bytes - base),
+            "speed_timer": pre.timer}  # fmt: skip
+
