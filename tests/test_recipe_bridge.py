@@ -122,6 +122,7 @@ def test_rows_record_equal_tokens_and_no_gap_for_causal_models(trained):
     assert abs(rows["bridge-noncausal"]["gap_bpb"]) > 1e-5  # the published bridge's outputs move with the future
     assert rows["bridge-causal"]["params_inference"] > rows["teacher"]["params_inference"]
     assert all(r["prefill_s_16"] > 0 and r["prefill_peak_mem_bytes_16"] >= 0 for r in rows.values())
+    assert all(0 <= r["probe_passkey_acc"] <= 1 and r["probe_n"] == 64 for r in rows.values())  # recall probes
     assert result["models"]["bridge-causal"]["tf_bpb"] == rows["bridge-causal"]["tf_bpb"]
     meta = json.loads((out / "run.json").read_text())
     assert meta["config"]["variants"] == ["noncausal", "causal", "distill"] and "finished" in meta

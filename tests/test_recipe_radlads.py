@@ -176,6 +176,8 @@ def test_run_writes_rows_losses_and_a_reloadable_student(teacher, tmp_path):
     for r in rows:  # prefill and decode measured with archbench's timer, teacher and student alike
         assert r["prefill_s_24"] > 0 and r["decode_s_per_token_24"] > 0 and r["decode_peak_mem_bytes_24"] >= 0
     assert s["decode_speedup_24"] == pytest.approx(t["decode_s_per_token_24"] / s["decode_s_per_token_24"])
+    for r in rows:  # zero-shot recall probes, teacher and student alike (windows of at least 64 bytes)
+        assert r["probe_seq_len"] == 64 and all(0 <= r[f"probe_{p}_acc"] <= 1 for p in ("mqar", "passkey", "copy"))
     losses = [json.loads(x) for x in (out / "losses.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in losses] == ["align"] * 3 + ["distill"] * 2 + ["finetune"] * 2
     assert len(seen) == 7 and summary["bpb_ratio"] == pytest.approx(s["bits_per_byte"] / t["bits_per_byte"])

@@ -160,6 +160,7 @@ def test_run_writes_rows_and_students_reload_identically(tmp_path, monkeypatch):
     assert growth == [16 * per_token_layer * 3, 16 * per_token_layer * 2, 16 * per_token_layer * 2]
     assert rows[0]["ssm_bytes_24"] == 0 and rows[1]["ssm_bytes_24"] == rows[1]["ssm_bytes_8"] > 0
     assert all(r["decode_s_per_token_16"] > 0 and r["prefill_s_16"] > 0 for r in rows)
+    assert all(0 <= r["probe_mqar_acc"] <= 1 and 0 <= r["probe_copy_exact"] <= 1 for r in rows)  # recall probes
     assert rows[1]["decode_speedup_16"] == rows[0]["decode_s_per_token_16"] / rows[1]["decode_s_per_token_16"]
     assert [r["model"] for r in rows] == ["teacher", "student_rad", "student_uniform"]
     assert all(r["status"] == "ok" and r["recipe"] == "redundancy" for r in rows)

@@ -76,6 +76,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archbench.recipes.probes import recall_probes
 from archbench.recipes.speed import prefill_speed
 from archbench.recipes.teacher import TeacherSpec, build_teacher, corpus_task, default_teacher, lm_batches, load_teacher
 from archbench.store import RunDir, now_iso
@@ -123,6 +124,7 @@ class BridgeConfig:
     eval_windows: int = 32
     eval_batch: int = 32
     speed_contexts: tuple[int, ...] = (128, 512)  # prefill latency and memory of every model ([] = skip)
+    probe_examples: int = 64  # zero-shot recall probes (recipes.probes), examples per probe (0 = skip)
     gen_prompts: int = 8
     prompt_len: int = 64
     gen_len: int = 64
@@ -479,6 +481,8 @@ def run(config: BridgeConfig, out_dir: Path, progress: Callable[[dict], None] | 
         scores = leak_scores(logits_fn, evalset.inputs, evalset.labels, config.eval_batch)
         for T in config.speed_contexts:  # the bridge runs the big model too: its prefill is the teacher's plus more
             scores.update(prefill_speed(logits_fn, T, seed=config.seed))
+        if config.probe_examples:  # teacher forced, so the published bridge may read answers from later bytes
+            scores.update(recall_probes(logits_fn, config.seq_len, config.probe_examples, config.seed))
         gen = greedy_generate(logits_fn, prompts, config.gen_len)
         scores["gen_teacher_bpb"] = continuation_bpb(teacher_fn, gen, config.prompt_len)
         scores["gen_sample"] = bytes(gen[0, config.prompt_len :].tolist()).decode("utf-8", errors="replace")

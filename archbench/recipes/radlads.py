@@ -97,6 +97,7 @@ class RadladsConfig:
     state_contexts: tuple[int, ...] = (128, 1024, 8192)  # analytic decode-state sizes at these contexts
     decode_contexts: tuple[int, int] = (16, 48)  # measured by running the decode at these two contexts
     speed_contexts: tuple[int, ...] = (128, 512)  # prefill / decode latency and memory of teacher and student ([] = skip)
+    probe_examples: int = 64  # zero-shot recall probes (recipes.probes), examples per probe (0 = skip)
 
     def __post_init__(self) -> None:
         if isinstance(self.teacher_spec, dict):  # rebuilt from run.json / student.json
@@ -514,6 +515,12 @@ def evaluate(student: RadladsStudent, teacher: nn.Module, task, config: RadladsC
     }
     s_m = {"bits_per_byte": s_bpb, "bpb_ratio": s_bpb / t_bpb}
     s_m.update(agreement(student, teacher, task.eval_sets(n, 0)["val"].inputs, bs))
+    if config.probe_examples:
+        from archbench.recipes.probes import recall_probes
+
+        t_m.update(recall_probes(lambda ids: teacher(input_ids=ids, use_cache=False).logits, config.seq_len,
+                                 config.probe_examples, config.seed))  # fmt: skip
+        s_m.update(recall_probes(student, config.seq_len, config.probe_examples, config.seed))
     if student.attentions[0].recurrent:
         s_m.update({f"state_bytes_{T}": student.state_bytes(1, T) for T in config.state_contexts})
         decode = decode_state_check(student, teacher, config.decode_contexts, config.seed)

@@ -81,6 +81,7 @@ class RedundancyConfig:
     compare_uniform: bool = True
     decode_contexts: tuple[int, ...] = (16, 48)  # decode state measured after prompts of these lengths
     speed_contexts: tuple[int, ...] = (128, 512)  # prefill / decode latency and memory ([] = skip)
+    probe_examples: int = 64  # zero-shot recall probes (recipes.probes), examples per probe (0 = skip)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -412,8 +413,10 @@ def distil(student: nn.Module, teacher: nn.Module, batches, steps: int, lr: floa
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, teacher: nn.Module, task, n_windows: int, batch_size: int = 32) -> dict:
-    """Bits per byte on the validation split, plus top-1 agreement and KL(teacher || model)."""
+def evaluate(model: nn.Module, teacher: nn.Module, task, n_windows: int, batch_size: int = 32, probes: int = 0,
+             seed: int = 0) -> dict:  # fmt: skip
+    """Bits per byte on the validation split, top-1 agreement and KL(teacher || model), and with
+    ``probes`` > 0 the zero-shot recall probes (``recipes.probes``) at the task's window length."""
     model.eval()
     bpb = bits_per_byte(lambda ids: model(input_ids=ids, use_cache=False).logits, task, n_windows, batch_size)
     data = task.eval_sets(n_windows, 0)["val"]
@@ -425,7 +428,12 @@ def evaluate(model: nn.Module, teacher: nn.Module, task, n_windows: int, batch_s
         agree += float((s.argmax(-1) == t.argmax(-1)).sum())
         kl += float(kd_loss(s, t)) * ids.numel()
         n += ids.numel()
-    return {"bits_per_byte": bpb, "top1_agreement": agree / n, "kl_vs_teacher": kl / n}
+    out = {"bits_per_byte": bpb, "top1_agreement": agree / n, "kl_vs_teacher": kl / n}
+    if probes:
+        from archbench.recipes.probes import recall_probes
+
+        out.update(recall_probes(lambda ids: model(input_ids=ids, use_cache=False).logits, task.seq_len, probes, seed))
+    return out
 
 
 @torch.no_grad()
@@ -503,7 +511,8 @@ def run(config: RedundancyConfig, out_dir: Path, progress=None) -> dict:
                   "bo": search["bo"]["mask"]})  # fmt: skip
 
     t0 = time.perf_counter()
-    base = {**evaluate(teacher, teacher, task, config.eval_windows), **decode_metrics(teacher, config)}
+    base = {**evaluate(teacher, teacher, task, config.eval_windows, probes=config.probe_examples, seed=config.seed),
+            **decode_metrics(teacher, config)}
     rd.append({"recipe": "redundancy", "model": "teacher", "status": "ok", **base, "bpb_vs_teacher": 1.0,
                "layers_replaced": [], "tokens": 0, "wall_s": time.perf_counter() - t0})  # fmt: skip
     choices = {"rad": search[config.search]["mask"]}
@@ -521,7 +530,8 @@ def run(config: RedundancyConfig, out_dir: Path, progress=None) -> dict:
             t0 = time.perf_counter()
             student, h = _train_student(config, teacher, task, layers, name, progress)
             history += [{"student": name, **e} for e in h]
-            metrics = {**evaluate(student, teacher, task, config.eval_windows), **decode_metrics(student, config)}
+            metrics = {**evaluate(student, teacher, task, config.eval_windows, probes=config.probe_examples,
+                                  seed=config.seed), **decode_metrics(student, config)}  # fmt: skip
             for T in config.speed_contexts:
                 metrics[f"decode_speedup_{T}"] = base[f"decode_s_per_token_{T}"] / metrics[f"decode_s_per_token_{T}"]
             mask = scorer.record(layers)
