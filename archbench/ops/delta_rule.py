@@ -15,7 +15,9 @@ data-dependent decay first (Yang, Kautz & Hatamizadeh, 2024, arXiv 2412.06464). 
 meant to be L2-normalised (then I - beta k^T k is a contraction); that is the layer's job,
 or pass ``qk_l2norm=True`` to let the op normalise q and k (fla's in-kernel option).
 
-Reference (``backend="torch"``): the chunked WY / UT-transform form (Yang et al., 2024).
+Reference (``backend="torch"``; past 1024 tokens it runs in segments with the state carried
+between them, ``archbench.ops.segments``, so its temporaries stay cache-sized):
+the chunked WY / UT-transform form (Yang et al., 2024).
 Write the update as S_t = a_t S_{t-1} + k_t^T u_t with the *pseudo-value*
 u_t = beta_t (v_t - a_t k_t S_{t-1}) and a_t = exp(g_t) (a_t = 1 without gates). Cut the
 sequence into chunks of C tokens; inside a chunk let gamma_i = g_1 + ... + g_i (cumulative

@@ -13,7 +13,9 @@ RWKV-7 (Peng et al., 2025, arXiv 2503.14456) uses a = kappa * lr, b = -kappa wit
 normalised removal key and lr its per-channel in-context learning rate, i.e. the transition
 diag(w) - (kappa * lr)^T kappa (see ``archbench.mixers.rnn``).
 
-Reference (``backend="torch"``): a chunked WY / UT-transform algorithm. Cut the sequence into
+Reference (``backend="torch"``; past 1024 tokens it runs in segments with the state carried
+between them, ``archbench.ops.segments``, so its temporaries stay cache-sized):
+a chunked WY / UT-transform algorithm. Cut the sequence into
 chunks of C tokens; inside a chunk, with S_0 the state entering it, let G_i = w_1 + ... + w_i
 be the cumulative log-decay (G_0 = 0, decreasing in i) and u_i = b_i S_{i-1} in R^{1xV}
 the rank-one read-out at step i. Unrolling,

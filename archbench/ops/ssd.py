@@ -13,7 +13,9 @@ L[t, s] = exp(a_{s+1} + ... + a_t) for s <= t (a_t = dt_t A), the "attention-lik
 Layout: x [B, T, H, P], dt [B, T, H] (already positive: softplus applied by the layer),
 A [H], B and C [B, T, G, N] with H % G == 0, D [H] (optional), state [B, H, N, P].
 
-Reference (``backend="torch"``): the SSD block decomposition. Cut the sequence into chunks of
+Reference (``backend="torch"``; past 1024 tokens it runs in segments with the state carried
+between them, ``archbench.ops.segments``, so its temporaries stay cache-sized):
+the SSD block decomposition. Cut the sequence into chunks of
 Q tokens and let c_t = a_1 + ... + a_t be the cumulative log-decay inside a chunk.
 
 1. intra-chunk (diagonal blocks): y_t += sum_{s <= t} (C_t . B_s) exp(c_t - c_s) dt_s x_s, the
