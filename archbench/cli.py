@@ -194,7 +194,10 @@ def _run_recipe_suite(suite_path, out_dir, results_dir, dry_run):
         click.echo(f"{len(raw['recipes'])} recipes")
         return
     out = Path(out_dir) if out_dir else Path(results_dir) / str(raw.get("name", "recipes")) / new_run_id()
-    run = run_suite(raw, out, on_event=lambda line: click.echo(line, err=True))
+    from archbench.recipes.progress import RecipeProgress
+
+    with RecipeProgress() as view:
+        run = run_suite(raw, out, on_event=view.print, progress=view)
     rows = run.rows()
     failed = [r for r in rows if r.get("status") != "ok"]
     _write_report([out], out / "report.html")
@@ -430,7 +433,10 @@ def _run_recipe_cli(name, overrides, out_dir, threads):
     if (out / "rows.jsonl").exists():
         _fail(f"{out} already holds a run; choose another --out")
     try:
-        summary = run_recipe(name, parse_overrides(overrides), out, progress=lambda info: click.echo(f"  {info}", err=True))
+        from archbench.recipes.progress import RecipeProgress
+
+        with RecipeProgress() as view:
+            summary = run_recipe(name, parse_overrides(overrides), out, progress=view)
     except RecipeError as e:
         _fail(str(e))
     except KeyboardInterrupt:

@@ -105,8 +105,10 @@ def load_recipe_suite(path: str | Path) -> dict:
     return raw
 
 
-def run_suite(raw: dict, out: Path, on_event: Callable[[str], None] = lambda s: None) -> RunDir:
-    """Run every recipe of a suite into ``out/<i>-<recipe>/``; gather the rows into ``out``."""
+def run_suite(raw: dict, out: Path, on_event: Callable[[str], None] = lambda s: None,
+              progress: Callable[[dict], None] | None = None) -> RunDir:  # fmt: skip
+    """Run every recipe of a suite into ``out/<i>-<recipe>/``; gather the rows into ``out``.
+    ``on_event`` gets a line per recipe started and ended, ``progress`` the recipes' own events."""
     run = RunDir(out).create()
     from archbench.measure.env import collect_env
 
@@ -120,7 +122,7 @@ def run_suite(raw: dict, out: Path, on_event: Callable[[str], None] = lambda s: 
         on_event(f"recipe {i + 1}/{len(raw['recipes'])}: {label} -> {sub}")
         t0 = time.perf_counter()
         try:
-            summary = run_recipe(name, {k: v for k, v in entry.items() if k not in ("recipe", "label")}, sub)
+            summary = run_recipe(name, {k: v for k, v in entry.items() if k not in ("recipe", "label")}, sub, progress)
             status, error = "ok", None
         except Exception as e:  # noqa: BLE001 - a failed recipe is a row; the next one still runs
             summary, status, error = {}, "error", f"{type(e).__name__}: {e}"
