@@ -28,12 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from archbench.recipes.mamba_init import MixerAsAttention
+from archbench.recipes.speed import CachedDecode
 from archbench.recipes.students import rotate
 
 _LAYER_PARTS = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
 
 
-class HybridDecoder(nn.Module):
+class HybridDecoder(CachedDecode, nn.Module):
     """``prefill(ids) -> (logits, state)`` and ``step(ids_t, state) -> (logits_t, state)`` for a
     Llama/Qwen2-style causal LM whose ``self_attn`` modules are attention or ``MixerAsAttention``."""
 
@@ -117,15 +118,6 @@ class HybridDecoder(nn.Module):
             new_layers.append(s)
         logits = self.model.lm_head(base.norm(x))
         return logits, {"layers": new_layers, "pos": past + T}
-
-    def prefill(self, ids: torch.Tensor, state: dict | None = None) -> tuple[torch.Tensor, dict]:
-        """Logits of ``ids`` [B, T] (continuing ``state`` if given) and the decode state after them."""
-        return self._run(ids, state)
-
-    def step(self, ids_t: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
-        """One decode step: ids_t [B] -> (logits [B, V], state)."""
-        logits, state = self._run(ids_t[:, None], state)
-        return logits[:, -1], state
 
     @staticmethod
     def state_nbytes(state: dict) -> dict[str, int]:

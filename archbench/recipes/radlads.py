@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archbench.recipes.speed import CachedDecode
 from archbench.recipes.students import KINDS, StudentAttention, make_student_attention
 from archbench.recipes.teacher import TeacherSpec, bits_per_byte, corpus_task, lm_batches
 
@@ -159,7 +160,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return layers
 
 
-class RadladsStudent(nn.Module):
+class RadladsStudent(CachedDecode, nn.Module):
     """The converted model: ``forward(ids) -> logits``, and for the recurrent kinds
     ``prefill(ids) -> (logits, state)`` and ``step(ids_t, state) -> (logits_t, state)``."""
 
@@ -191,15 +192,6 @@ class RadladsStudent(nn.Module):
             for a in attns:
                 a.carry, a.state = False, None
         return logits, {"layers": layers, "pos": pos + ids.shape[1]}
-
-    def prefill(self, ids: torch.Tensor, state: dict | None = None) -> tuple[torch.Tensor, dict]:
-        """Logits of ``ids`` [B, T] (continuing ``state`` if given) and the recurrent state after them."""
-        return self._run(ids, state)
-
-    def step(self, ids_t: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
-        """One decode step: ids_t [B] -> (logits [B, V], state); each layer runs its op's ``*_step``."""
-        logits, state = self._run(ids_t[:, None], state)
-        return logits[:, -1], state
 
     @staticmethod
     def state_nbytes(state: dict) -> int:

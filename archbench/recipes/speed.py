@@ -19,6 +19,20 @@ from archbench.measure.memory import PeakMemory, current_memory
 from archbench.measure.timing import time_fn
 
 
+class CachedDecode:
+    """``prefill`` and ``step``, the interface ``lm_speed`` times, for a model that implements
+    ``_run(ids [B, T], state or None) -> (logits [B, T, V], state)``."""
+
+    def prefill(self, ids: torch.Tensor, state: dict | None = None) -> tuple[torch.Tensor, dict]:
+        """Logits of ``ids`` [B, T] (continuing ``state`` if given) and the decode state after them."""
+        return self._run(ids, state)
+
+    def step(self, ids_t: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
+        """One decode step: ids_t [B] -> (logits [B, V], state)."""
+        logits, state = self._run(ids_t[:, None], state)
+        return logits[:, -1], state
+
+
 @torch.no_grad()
 def lm_speed(model, context: int, decode_tokens: int = 16, vocab: int = 256, device: str = "cpu", seed: int = 0,
              budget_s: float = 0.5) -> dict:  # fmt: skip
