@@ -173,7 +173,7 @@ def test_run_writes_rows_and_students_reload_identically(tmp_path, monkeypatch):
     ids = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(0))
     from archbench.recipes.redundancy import _teacher
 
-    teacher, _ = _teacher(cfg)
+    teacher, _, _ = _teacher(cfg)
     for which in ("rad", "uniform"):
         a, b = load_student(out, which), load_student(out, which)
         assert sorted(replaced_mixers(a)) == rows[1 if which == "rad" else 2]["layers_replaced"]

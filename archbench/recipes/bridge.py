@@ -460,7 +460,8 @@ def _load_big(config: BridgeConfig, progress=None) -> tuple[nn.Module, dict]:
         big, facts = load_teacher(config.teacher), {"source": config.teacher}
     vocab = big.config.vocab_size
     if vocab != 256:
-        raise BridgeError(f"bridge: the teacher must be byte-level (vocab_size 256), {config.teacher!r} has {vocab}")
+        raise BridgeError(f"bridge: the teacher must be byte-level (vocab_size 256), {config.teacher!r} has {vocab}: "
+                          "the bridge's small model reads bytes (radlads and rad take tokenised teachers)")  # fmt: skip
     return big.eval().requires_grad_(False), facts
 
 

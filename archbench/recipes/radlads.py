@@ -33,8 +33,10 @@ loss, lr, tokens, wall time), ``run.json`` (config and summary), ``student.safet
 ``student.json`` (``load_student`` rebuilds the student to identical outputs).
 
 Teachers: the byte-level default (``archbench.recipes.teacher``) or any local directory / hub
-name of a Llama/Qwen2-style causal LM over the 256 byte values (the corpus is byte-level; a
-tokenised teacher is refused with a one-line error).
+name of a Llama/Qwen2-style causal LM. A byte-level teacher (vocabulary 256) reads the corpus'
+bytes; any other reads it through the tokenizer saved with it (``recipes.tokenized``), and bits
+per byte are converted from bits per token. The recall probes are byte-level and are skipped
+(``probe_skipped``) for a tokenised teacher.
 """
 
 from __future__ import annotations
@@ -445,22 +447,21 @@ def load_student(out_dir: str | Path) -> RadladsStudent:
 # ---- the recipe ------------------------------------------------------------------------------
 
 
-def load_recipe_teacher(config: RadladsConfig, progress=None) -> tuple[nn.Module, dict]:
-    from archbench.recipes.teacher import default_teacher, load_teacher
+def load_recipe_teacher(config: RadladsConfig, progress=None) -> tuple[nn.Module, dict, object]:
+    """(teacher, facts, tokenizer or None for a byte-level teacher)."""
+    from archbench.recipes.teacher import default_teacher, load_teacher, teacher_tokenizer
 
     if config.teacher == "default":
         teacher, facts = default_teacher(config.teacher_spec, progress=progress)
     else:
         teacher, facts = load_teacher(config.teacher), {"source": config.teacher}
-    if int(teacher.config.vocab_size) != 256:
-        raise RadladsError(f"radlads: teacher {config.teacher!r} has vocab {teacher.config.vocab_size}; the recipe "
-                           "trains on the byte-level corpus, so it needs a byte-level (vocab 256) teacher")  # fmt: skip
     decoder_layers(teacher)
-    return teacher.eval(), facts
+    tokenizer = None if config.teacher == "default" else teacher_tokenizer(teacher, config.teacher)
+    return teacher.eval(), facts, tokenizer
 
 
 def train_steps(student: RadladsStudent, teacher: nn.Module, config: RadladsConfig, task, max_bytes: int,
-                progress=None) -> list[dict]:  # fmt: skip
+                progress=None, tokenizer=None) -> list[dict]:  # fmt: skip
     """Steps 1-3 at the configured budgets (a step with 0 tokens is skipped); the per-step history."""
     history: list[dict] = []
     seq3 = config.step3_seq_len or config.seq_len
@@ -476,7 +477,7 @@ def train_steps(student: RadladsStudent, teacher: nn.Module, config: RadladsConf
         batches = lm_batches(task, config.batch_size, config.seed + 1)
         history += step2_distill(student, teacher, batches, n2, config.lr2, config.grad_clip, progress)
     if n3:
-        task3 = corpus_task(seq3, max_bytes) if seq3 != config.seq_len else task
+        task3 = corpus_task(seq3, max_bytes, tokenizer) if seq3 != config.seq_len else task
         batches = lm_batches(task3, config.batch_size, config.seed + 2)
         history += step3_finetune(student, teacher, batches, n3, config.lr3, config.grad_clip, progress)
     student.eval().requires_grad_(False)
@@ -507,7 +508,9 @@ def evaluate(student: RadladsStudent, teacher: nn.Module, task, config: RadladsC
     }
     s_m = {"bits_per_byte": s_bpb, "bpb_ratio": s_bpb / t_bpb}
     s_m.update(agreement(student, teacher, task.eval_sets(n, 0)["val"].inputs, bs))
-    if config.probe_examples:
+    if config.probe_examples and getattr(task, "vocab_size", 256) != 256:
+        t_m["probe_skipped"] = s_m["probe_skipped"] = "the recall probes are byte-level; the teacher is tokenised"
+    elif config.probe_examples:
         from archbench.recipes.probes import recall_probes
 
         t_m.update(recall_probes(lambda ids: teacher(input_ids=ids, use_cache=False).logits, config.seq_len,
@@ -523,8 +526,8 @@ def evaluate(student: RadladsStudent, teacher: nn.Module, task, config: RadladsC
 
         wrapped = HFCausalLM(teacher, lambda *a: 0)
         for T in config.speed_contexts:  # the same timer and memory probe as every other cell
-            t_m.update(lm_speed(wrapped, T, seed=config.seed))
-            s_m.update(lm_speed(student, T, seed=config.seed))
+            t_m.update(lm_speed(wrapped, T, vocab=int(teacher.config.vocab_size), seed=config.seed))
+            s_m.update(lm_speed(student, T, vocab=int(teacher.config.vocab_size), seed=config.seed))
         for T in config.speed_contexts:
             s_m[f"decode_speedup_{T}"] = t_m[f"decode_s_per_token_{T}"] / s_m[f"decode_s_per_token_{T}"]
     else:  # the teacher's own attention: its KV cache
@@ -538,13 +541,13 @@ def run(config: RadladsConfig, out_dir: Path, progress=None) -> dict:
 
     rd = RunDir(out_dir).create()
     started = now_iso()
-    teacher, facts = load_recipe_teacher(config)
+    teacher, facts, tokenizer = load_recipe_teacher(config)
     max_bytes = config.teacher_spec.max_bytes if config.teacher == "default" else config.max_bytes
-    task = corpus_task(config.seq_len, max_bytes)
+    task = corpus_task(config.seq_len, max_bytes, tokenizer)
     student = convert(teacher, config.kind, config.seed)
 
     t0 = time.perf_counter()
-    history = train_steps(student, teacher, config, task, max_bytes, progress)
+    history = train_steps(student, teacher, config, task, max_bytes, progress, tokenizer)
     train_wall = time.perf_counter() - t0
     with open(rd.path / "losses.jsonl", "w", encoding="utf-8") as f:
         for row in history:
@@ -555,7 +558,8 @@ def run(config: RadladsConfig, out_dir: Path, progress=None) -> dict:
     t1 = time.perf_counter()
     t_m, s_m = evaluate(student, teacher, task, config)
     eval_wall = time.perf_counter() - t1
-    common = {"recipe": RECIPE, "status": "ok", "kind": config.kind, "seq_len": config.seq_len}
+    common = {"recipe": RECIPE, "status": "ok", "kind": config.kind, "seq_len": config.seq_len,
+              "vocab_size": int(teacher.config.vocab_size), "tokenizer": type(tokenizer).__name__ if tokenizer else "bytes"}
     rd.append({**common, "model": "teacher", **t_m, "tokens": int(facts.get("tokens_seen", 0)),
                "wall_s": float(facts.get("wall_s", 0.0))})  # fmt: skip
     rd.append({**common, "model": f"student:{config.kind}", **s_m, "tokens": tokens, "wall_s": train_wall,

@@ -44,7 +44,15 @@ from torch import nn
 
 from archbench.recipes.mamba_init import convert, load_saved_student, replaced_mixers, save_student
 from archbench.recipes.speculative import decoder_layers, greedy_tokens_per_s, score_mask
-from archbench.recipes.teacher import TeacherSpec, bits_per_byte, corpus_task, default_teacher, lm_batches, load_teacher
+from archbench.recipes.teacher import (
+    TeacherSpec,
+    bits_per_byte,
+    corpus_task,
+    default_teacher,
+    lm_batches,
+    load_teacher,
+    teacher_tokenizer,
+)
 
 OBJECTIVES = ("acceptance", "tokens_per_s")
 SEARCHES = ("bo", "greedy")
@@ -298,7 +306,7 @@ def held_out_prompts(
     seq_len: int, max_bytes: int, n: int, prompt_len: int, seed: int = 0, tokenizer=None
 ) -> list[torch.Tensor]:
     """``n`` prompts from the corpus' validation split: byte ids, or ``tokenizer`` ids of the same text."""
-    task = corpus_task(max(seq_len, prompt_len), max_bytes)
+    task = corpus_task(max(seq_len, prompt_len), max_bytes)  # the byte split; a tokenizer encodes the same text
     val = task.corpus.val
     if val.numel() <= prompt_len:
         raise ValueError(f"prompt_len {prompt_len} is longer than the validation split ({val.numel()} bytes); lower it")
@@ -429,7 +437,9 @@ def evaluate(model: nn.Module, teacher: nn.Module, task, n_windows: int, batch_s
         kl += float(kd_loss(s, t)) * ids.numel()
         n += ids.numel()
     out = {"bits_per_byte": bpb, "top1_agreement": agree / n, "kl_vs_teacher": kl / n}
-    if probes:
+    if probes and getattr(task, "vocab_size", 256) != 256:
+        out["probe_skipped"] = "the recall probes are byte-level; the teacher is tokenised"
+    elif probes:
         from archbench.recipes.probes import recall_probes
 
         out.update(recall_probes(lambda ids: model(input_ids=ids, use_cache=False).logits, task.seq_len, probes, seed))
@@ -448,23 +458,26 @@ def decode_metrics(model: nn.Module, config: RedundancyConfig) -> dict:
     dec = HybridDecoder(model)
     g = torch.Generator().manual_seed(config.seed)
     out: dict = {}
+    vocab = int(model.config.vocab_size)
     for T in config.decode_contexts:
-        ids = torch.randint(0, 256, (1, T), generator=g)
+        ids = torch.randint(0, vocab, (1, T), generator=g)
         sizes = dec.state_nbytes(dec.prefill(ids)[1])
         out.update({f"state_bytes_{T}": sizes["total"], f"kv_bytes_{T}": sizes["kv"], f"ssm_bytes_{T}": sizes["ssm"]})
     for T in config.speed_contexts:
-        out.update(lm_speed(dec, T, seed=config.seed))
+        out.update(lm_speed(dec, T, vocab=vocab, seed=config.seed))
     return out
 
 
 # ---- the recipe ----------------------------------------------------------------------------------
 
 
-def _teacher(config: RedundancyConfig, progress=None) -> tuple[nn.Module, dict]:
+def _teacher(config: RedundancyConfig, progress=None) -> tuple[nn.Module, dict, object]:
+    """(teacher, facts, tokenizer or None for a byte-level teacher)."""
     if config.teacher == "default":
         model, facts = default_teacher(config.teacher_spec, progress)
-        return model.eval(), {"name": "default", **facts}
-    return load_teacher(config.teacher), {"name": config.teacher}
+        return model.eval(), {"name": "default", **facts}, None
+    model = load_teacher(config.teacher)
+    return model, {"name": config.teacher}, teacher_tokenizer(model, config.teacher)
 
 
 def _train_student(config: RedundancyConfig, teacher: nn.Module, task, layers: Sequence[int], name: str,
@@ -492,16 +505,17 @@ def run(config: RedundancyConfig, out_dir: Path, progress=None) -> dict:
     rd = RunDir(out_dir).create()
     meta = {"recipe": "redundancy", "config": asdict(config), "started": now_iso(), "status": "running"}
     rd.write_meta(meta)
-    teacher, teacher_facts = _teacher(config, progress)
+    teacher, teacher_facts, tokenizer = _teacher(config, progress)
     for p in teacher.parameters():
         p.requires_grad_(False)
     n_layers = len(decoder_layers(teacher))
     if config.k >= n_layers:
         raise ValueError(f"redundancy: k = {config.k} must be below the teacher's {n_layers} layers; lower k")
-    task = corpus_task(config.seq_len, config.max_bytes)
+    task = corpus_task(config.seq_len, config.max_bytes, tokenizer)
 
     t0 = time.perf_counter()
-    prompts = held_out_prompts(config.seq_len, config.max_bytes, config.n_prompts, config.prompt_len, config.seed)
+    prompts = held_out_prompts(config.seq_len, config.max_bytes, config.n_prompts, config.prompt_len, config.seed,
+                               tokenizer)  # fmt: skip
     scorer = MaskScorer(teacher, prompts, config.new_tokens, config.draft_len, config.objective)
     search = search_masks(scorer, config.k, config.bo_budget, config.bo_init, config.seed)
     search["wall_s"] = time.perf_counter() - t0

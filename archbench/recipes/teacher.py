@@ -56,8 +56,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "archbench")
 
 
-def corpus_task(seq_len: int, max_bytes: int) -> ByteLM:
-    return ByteLM(seq_len=seq_len, max_bytes=max_bytes)
+def corpus_task(seq_len: int, max_bytes: int, tokenizer=None):
+    """The recipes' corpus in windows of ``seq_len`` bytes, or of ``tokenizer`` ids (``recipes.tokenized``)."""
+    if tokenizer is None:
+        return ByteLM(seq_len=seq_len, max_bytes=max_bytes)
+    from archbench.recipes.tokenized import TokenizedLM
+
+    return TokenizedLM(seq_len=seq_len, max_bytes=max_bytes, tokenizer=tokenizer)
 
 
 def llama_config(spec: TeacherSpec):
@@ -139,6 +144,16 @@ def load_teacher(source: str):
     return AutoModelForCausalLM.from_pretrained(source).eval()
 
 
+def teacher_tokenizer(teacher, source: str):
+    """None for a byte-level teacher (vocabulary 256: the corpus' bytes are its ids), else the
+    tokenizer saved with it, through which the recipes tokenise the corpus."""
+    if int(teacher.config.vocab_size) == 256:
+        return None
+    from archbench.recipes.tokenized import load_tokenizer
+
+    return load_tokenizer(source)
+
+
 def lm_batches(task: ByteLM, batch_size: int, seed: int, n_examples: int = 20_000) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless shuffled batches (inputs, labels) of training windows, deterministic in ``seed``."""
     from archbench.tasks.base import generator, split_seed
@@ -155,7 +170,8 @@ def lm_batches(task: ByteLM, batch_size: int, seed: int, n_examples: int = 20_00
 @torch.no_grad()
 def bits_per_byte(logits_fn, task: ByteLM, n_windows: int = 128, batch_size: int = 32) -> float:
     """Mean next-byte cross-entropy in bits on the validation split of ``task``;
-    ``logits_fn(ids[B, T]) -> logits[B, T, 256]``."""
+    ``logits_fn(ids[B, T]) -> logits[B, T, V]``. For a tokenized corpus the bits per token are
+    converted with the validation split's bytes per token."""
     data = task.eval_sets(n_windows, 0)["val"]
     nats, n = 0.0, 0
     for lo in range(0, len(data), batch_size):
@@ -163,4 +179,4 @@ def bits_per_byte(logits_fn, task: ByteLM, n_windows: int = 128, batch_size: int
         logits = logits_fn(inp).float()
         nats += float(F.cross_entropy(logits.flatten(0, 1), lab.flatten(), reduction="sum"))
         n += lab.numel()
-    return nats / n / float(torch.log(torch.tensor(2.0)))
+    return nats / n / float(torch.log(torch.tensor(2.0))) / getattr(task, "bytes_per_token", 1.0)
