@@ -53,7 +53,9 @@ def main() -> None:
 @click.option("--allow-failures", is_flag=True, help="Exit 0 even when some cells end in error or timeout.")
 @click.option("--no-report", is_flag=True, help="Do not write report.html at the end.")
 @click.option("--dry-run", is_flag=True, help="Validate the suite and list its cells; run nothing.")
-def run(suite_path, out_dir, resume, device, overrides, results_dir, allow_failures, no_report, dry_run):
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train up to N task cells at once (each with cpu_count/N threads); timing cells always run alone.")
+def run(suite_path, out_dir, resume, device, overrides, results_dir, allow_failures, no_report, dry_run, jobs):
     """Run every cell of SUITE (a YAML file) and write rows.jsonl, run.json and report.html."""
     from archbench.suite import SuiteError, load_suite
 
@@ -132,7 +134,7 @@ def run(suite_path, out_dir, resume, device, overrides, results_dir, allow_failu
         err=True,
     )
     base_row = {"run_id": run_dir.path.name, "suite": suite.name}
-    summary = _run_with_progress(Runner(todo, run_dir, plugins=suite.model.plugins, base_row=base_row, env=env))
+    summary = _run_with_progress(Runner(todo, run_dir, plugins=suite.model.plugins, base_row=base_row, env=env, jobs=jobs))
 
     all_rows = {r["key"]: r for r in run_dir.rows()}
     counts: dict[str, int] = {}
@@ -248,22 +250,22 @@ def _run_with_progress(runner):
         transient=False,
     ) as progress:
         task = progress.add_task("starting", total=len(runner.cells))
-        training = {}  # a second bar for task cells: optimiser steps of the current run
+        training = {}  # a bar per task cell in flight: optimiser steps of its current run
 
         def on_start(i, cell):
             progress.update(task, description=escape(cell.label))
 
         def on_progress(cell, info):
-            desc = f"  train run {info.get('run', 1)}/{info.get('runs', 1)} lr={info.get('lr', 0):g} seed={info.get('seed')}  score={info.get('score', float('nan')):.3f}"
-            if "bar" not in training:
-                training["bar"] = progress.add_task(desc, total=info.get("steps", 1))
-            progress.update(training["bar"], description=escape(desc), completed=info.get("step", 0), total=info.get("steps", 1))
+            desc = f"  {cell.arch} train run {info.get('run', 1)}/{info.get('runs', 1)} lr={info.get('lr', 0):g} seed={info.get('seed')}  score={info.get('score', float('nan')):.3f}"
+            if cell.key not in training:
+                training[cell.key] = progress.add_task(desc, total=info.get("steps", 1))
+            progress.update(training[cell.key], description=escape(desc), completed=info.get("step", 0), total=info.get("steps", 1))
 
         def on_row(i, cell, row):
             status = row["status"]
             detail = ""
-            if "bar" in training:
-                progress.remove_task(training.pop("bar"))
+            if cell.key in training:
+                progress.remove_task(training.pop(cell.key))
             if status == "ok" and row.get("task_score") is not None:
                 detail = f"{row['task_metric']} {row['task_score']:.3f} (best lr {row.get('best_lr'):g}, {row.get('train_wall_s', 0):.0f} s training)"
             elif status == "ok" and row.get("time_median_s") is not None:

@@ -7,16 +7,23 @@ that raises comes back as a row with status error / oom / unsupported; a worker 
 its cell recorded as ``error`` / ``timeout`` with the tail of the worker's log, and a fresh
 worker takes the next cell. Cells run one at a time so that they never contend for the
 device they are timing.
+
+With ``jobs`` > 1, *task* cells (training runs, whose result is an accuracy, not a time) run up
+to ``jobs`` at a time on a pool of workers, each given ``cpu_count // jobs`` threads unless the
+cell sets ``threads``; timing cells still run alone, after the task cells in flight have
+finished, on their own worker. Rows are appended as cells finish.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import signal
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Callable
 
@@ -115,8 +122,20 @@ class RunSummary:
         return self.counts["error"] + self.counts["timeout"]
 
 
+@dataclass
+class _InFlight:
+    """A cell sent to a worker and not yet answered."""
+
+    index: int
+    cell: Cell
+    worker: Worker
+    started: str
+    t0: float
+    deadline: float
+
+
 class Runner:
-    """Runs cells one at a time on a reusable worker, appending a row per cell to ``run_dir``."""
+    """Runs cells on a reusable worker (task cells ``jobs`` at a time), appending a row per cell to ``run_dir``."""
 
     def __init__(
         self,
@@ -130,7 +149,11 @@ class Runner:
         on_row: Callable[[int, Cell, dict], None] | None = None,
         on_progress: Callable[[Cell, dict], None] | None = None,
         code_path: str | None = None,
+        jobs: int = 1,
     ):
+        if int(jobs) < 1:
+            raise ValueError(f"jobs must be >= 1 (got {jobs})")
+        self.jobs = int(jobs)
         self.cells = cells
         self.run_dir = run_dir
         self.plugins = list(plugins or [])
@@ -148,34 +171,119 @@ class Runner:
 
     def run(self, skip_keys: set[str] | frozenset = frozenset()) -> RunSummary:
         summary = RunSummary()
-        oom_at: dict[tuple, int] = {}  # curve -> shortest seq_len that ran out of memory
+        todo = deque()
+        for i, cell in enumerate(self.cells):
+            if cell.key in skip_keys:
+                summary.skipped_done += 1
+            else:
+                todo.append((i, cell))
+        pool: list[Worker] = []  # idle workers of the task pool
+        active: list[_InFlight] = []
         try:
-            for i, cell in enumerate(self.cells):
-                if cell.key in skip_keys:
-                    summary.skipped_done += 1
+            self._oom_at: dict[tuple, int] = {}  # curve -> shortest seq_len that ran out of memory
+            while todo or active:
+                while todo and len(active) < self.jobs and self.jobs > 1 and todo[0][1].mode == "task":
+                    i, cell = todo.popleft()
+                    self._start_pooled(i, cell, pool, active, summary)
+                if todo and not active and (self.jobs == 1 or todo[0][1].mode != "task"):
+                    i, cell = todo.popleft()  # one cell alone: every timing cell, and everything when jobs = 1
+                    if self.on_start:
+                        self.on_start(i, cell)
+                    self._record(i, cell, self._exclusive(cell), summary)
                     continue
-                if self.on_start:
-                    self.on_start(i, cell)
-                curve = cell.without_seq_len()
-                if cell.stop_after_oom and curve in oom_at and cell.seq_len > oom_at[curve]:
-                    t0 = time.monotonic()
-                    reason = f"not run: this cell ran out of memory at seq_len={oom_at[curve]} (stop_after_oom)"
-                    row = self._row(cell, now_iso(), t0, {"status": "skipped", "error": reason})
-                else:
-                    row = self._run_one(cell)
-                if row["status"] == "oom":
-                    oom_at[curve] = min(oom_at.get(curve, cell.seq_len), cell.seq_len)
-                self.run_dir.append(row)
-                summary.counts[row["status"]] += 1
-                if self.on_row:
-                    self.on_row(i, cell, row)
+                if active:
+                    wait([f.worker.conn for f in active], timeout=POLL_S)
+                    for f in list(active):
+                        row = self._check(f)
+                        if row is not None:
+                            active.remove(f)
+                            if f.worker.alive():
+                                pool.append(f.worker)
+                            self._record(f.index, f.cell, row, summary)
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
+            for f in active:
+                f.worker.kill()
+            for w in pool:
+                w.stop()
             if self.worker is not None:
                 self.worker.stop()
                 self.worker = None
         return summary
+
+    def _exclusive(self, cell: Cell) -> dict:
+        """The row of a cell run alone, or of a longer length skipped after its curve ran out of memory."""
+        curve = cell.without_seq_len()
+        if cell.stop_after_oom and curve in self._oom_at and cell.seq_len > self._oom_at[curve]:
+            reason = f"not run: this cell ran out of memory at seq_len={self._oom_at[curve]} (stop_after_oom)"
+            return self._row(cell, now_iso(), time.monotonic(), {"status": "skipped", "error": reason})
+        row = self._run_one(cell)
+        if row["status"] == "oom":
+            self._oom_at[curve] = min(self._oom_at.get(curve, cell.seq_len), cell.seq_len)
+        return row
+
+    def _record(self, i: int, cell: Cell, row: dict, summary: RunSummary) -> None:
+        self.run_dir.append(row)
+        summary.counts[row["status"]] += 1
+        if self.on_row:
+            self.on_row(i, cell, row)
+
+    def _start_pooled(self, i: int, cell: Cell, pool: list[Worker], active: list[_InFlight], summary) -> None:
+        """Send a task cell to an idle pool worker (a new one if none), with its share of the threads."""
+        if self.on_start:
+            self.on_start(i, cell)
+        started, t0 = now_iso(), time.monotonic()
+        try:
+            worker = pool.pop() if pool else Worker(self.run_dir.logs, self.plugins, self.code_path)
+        except WorkerStartError as e:
+            self._record(i, cell, self._row(cell, started, t0, {"status": "error", "error": str(e)}), summary)
+            return
+        threads = None if cell.threads else max(1, (os.cpu_count() or 1) // self.jobs)
+        sent = self._send(cell, worker, threads)
+        if sent is not None:
+            self._record(i, cell, self._row(cell, started, t0, sent), summary)
+            return
+        active.append(_InFlight(i, cell, worker, started, t0, t0 + cell.timeout_s))
+
+    def _send(self, cell: Cell, worker: Worker, threads: int | None = None) -> dict | None:
+        """Send ``cell`` to ``worker``; an error result if it could not be sent (the worker is then killed)."""
+        payload = cell.model_dump()
+        payload["key"] = cell.key
+        if threads:
+            payload["threads"] = threads
+        try:
+            worker.conn.send(payload)
+        except (OSError, BrokenPipeError) as e:
+            worker.kill()
+            return {"status": "error", "error": f"could not send cell to worker: {e}"}
+        return None
+
+    def _check(self, f: _InFlight) -> dict | None:
+        """The cell's row once it is answered, dies or overruns its timeout (the worker is then killed); else
+        None after passing on any progress messages."""
+        w, cell = f.worker, f.cell
+        while w.conn.poll(0):
+            try:
+                msg = w.conn.recv()
+            except (EOFError, OSError):
+                break  # died while answering: the crash path below
+            if isinstance(msg, tuple) and msg and msg[0] == "progress":
+                if self.on_progress:
+                    self.on_progress(cell, msg[1])
+                continue
+            if msg is not None:
+                return self._row(cell, f.started, f.t0, msg)
+        if not w.alive() or w.conn.closed:
+            w.proc.join(timeout=5)
+            err = f"worker died during the cell: {w.death_reason()}{w.log_tail()}"
+            w.kill()
+            return self._row(cell, f.started, f.t0, {"status": "error", "error": err})
+        if time.monotonic() > f.deadline:
+            w.kill()
+            err = f"cell exceeded its timeout of {cell.timeout_s:g} s; worker killed{w.log_tail(400)}"
+            return self._row(cell, f.started, f.t0, {"status": "timeout", "error": err})
+        return None
 
     def _row(self, cell: Cell, started: str, t0: float, result: dict) -> dict:
         row = {"key": cell.key, **self.base_row, **cell.identity()}
@@ -209,35 +317,15 @@ class Runner:
                 self.worker = None
                 return self._row(cell, started, t0, {"status": "error", "error": str(e)})
         w = self.worker
-        payload = cell.model_dump()
-        payload["key"] = cell.key
-        try:
-            w.conn.send(payload)
-        except (OSError, BrokenPipeError) as e:
+        sent = self._send(cell, w)
+        if sent is not None:
             self.worker = None
-            w.kill()
-            return self._row(cell, started, t0, {"status": "error", "error": f"could not send cell to worker: {e}"})
-        deadline = time.monotonic() + cell.timeout_s
+            return self._row(cell, started, t0, sent)
+        f = _InFlight(-1, cell, w, started, t0, time.monotonic() + cell.timeout_s)
         while True:
-            if w.conn.poll(POLL_S):
-                try:
-                    msg = w.conn.recv()
-                except (EOFError, OSError):
-                    msg = None  # died while answering: fall through to the crash path
-                if isinstance(msg, tuple) and msg and msg[0] == "progress":
-                    if self.on_progress:
-                        self.on_progress(cell, msg[1])
-                    continue
-                if msg is not None:
-                    return self._row(cell, started, t0, msg)
-            if not w.alive() or w.conn.closed:
-                w.proc.join(timeout=5)
-                self.worker = None
-                err = f"worker died during the cell: {w.death_reason()}{w.log_tail()}"
-                w.kill()
-                return self._row(cell, started, t0, {"status": "error", "error": err})
-            if time.monotonic() > deadline:
-                w.kill()
-                self.worker = None
-                err = f"cell exceeded its timeout of {cell.timeout_s:g} s; worker killed{w.log_tail(400)}"
-                return self._row(cell, started, t0, {"status": "timeout", "error": err})
+            w.conn.poll(POLL_S)
+            row = self._check(f)
+            if row is not None:
+                if not w.alive():
+                    self.worker = None
+                return row

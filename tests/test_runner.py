@@ -166,3 +166,48 @@ def test_stop_after_oom_skips_longer_lengths_of_the_same_curve(tmp_path):
     assert all(status[("softmax_attention", T)] == "ok" for T in (16, 32, 64, 128))  # other curves unaffected
     skipped = next(r for r in run_dir.rows() if r["status"] == "skipped")
     assert "seq_len=32" in skipped["error"]
+
+
+def test_task_cells_run_in_parallel_and_timing_cells_alone(tmp_path):
+    raw = {
+        "name": "jobs",
+        "plugins": ["faulty_mixers"],
+        "defaults": {"device": "cpu", "d_model": 16, "n_heads": 2, "vocab_size": 32, "task": "mqar", "timeout_s": 120,
+                     "train": {"steps": 40, "batch_size": 16, "lr": 1e-3, "eval_every": 20, "train_examples": 256,
+                               "test_examples": 16},
+                     "measure": {**FAST, "energy": False, "roofline": False}},  # fmt: skip
+        "sweep": {"arch": ["softmax_attention", "linear_attention", "test_raise", "test_abort"], "mode": ["task", "decode"],
+                  "num_kv_pairs": [2], "seq_len": [16]},  # fmt: skip
+        "exclude": [{"arch": ["test_raise", "test_abort"], "mode": "decode"}],
+    }
+    suite = parse_suite(raw)
+    cells = suite.cells()
+    run_dir = RunDir(tmp_path / "run").create()
+    seen, in_flight, most, alone = [], set(), [0], []
+
+    def on_start(i, cell):
+        if cell.mode != "task":
+            alone.append(not in_flight)  # a timing cell starts only when no other cell is running
+        in_flight.add(cell.key)
+        most[0] = max(most[0], len(in_flight))
+
+    runner = Runner(cells, run_dir, plugins=suite.model.plugins, jobs=2, on_start=on_start,
+                    on_row=lambda i, cell, row: in_flight.discard(cell.key),
+                    on_progress=lambda c, info: seen.append(c.key))  # fmt: skip
+    summary = runner.run()
+    rows = run_dir.rows()
+    assert sorted((r["arch"], r["mode"]) for r in rows) == sorted((c.arch, c.mode) for c in cells)  # no row lost
+    by = {(r["arch"], r["mode"]): r for r in rows}
+    assert by[("test_raise", "task")]["status"] == "error" and "SIGABRT" in by[("test_abort", "task")]["error"]
+    tasks = [by[(a, "task")] for a in ("softmax_attention", "linear_attention")]
+    assert all(r["status"] == "ok" and r["threads_used"] == max(1, (os.cpu_count() or 1) // 2) for r in tasks)
+    assert {c.key for c in cells if c.mode == "task" and not c.arch.startswith("test_")} <= set(seen)
+    assert summary.counts["ok"] == 4 and summary.failed == 2
+    assert most[0] == 2 and alone == [True, True]  # two task cells at once; the two decode cells alone
+
+
+def test_jobs_must_be_positive(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        Runner([], RunDir(tmp_path / "run").create(), env={}, jobs=0)
