@@ -10,8 +10,8 @@ device they are timing.
 
 With ``jobs`` > 1, *task* cells (training runs, whose result is an accuracy, not a time) run up
 to ``jobs`` at a time on a pool of workers, each given ``cpu_count // jobs`` threads unless the
-cell sets ``threads``; timing cells still run alone, after the task cells in flight have
-finished, on their own worker. Rows are appended as cells finish.
+cell sets ``threads``; the task cells go first, then the timing cells run alone on their own
+worker, as always. Rows are appended as cells finish.
 """
 
 from __future__ import annotations
@@ -177,6 +177,8 @@ class Runner:
                 summary.skipped_done += 1
             else:
                 todo.append((i, cell))
+        if self.jobs > 1:  # every task cell first, so the pool never drains for a timing cell in between
+            todo = deque(sorted(todo, key=lambda item: item[1].mode != "task"))
         pool: list[Worker] = []  # idle workers of the task pool
         active: list[_InFlight] = []
         try:
