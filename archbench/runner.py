@@ -168,6 +168,7 @@ class Runner:
         self.on_progress = on_progress
         self.code_path = code_path
         self.worker: Worker | None = None
+        self._oom_at: dict[tuple, int] = {}  # curve -> shortest seq_len that ran out of memory
 
     def run(self, skip_keys: set[str] | frozenset = frozenset()) -> RunSummary:
         summary = RunSummary()
@@ -182,7 +183,7 @@ class Runner:
         pool: list[Worker] = []  # idle workers of the task pool
         active: list[_InFlight] = []
         try:
-            self._oom_at: dict[tuple, int] = {}  # curve -> shortest seq_len that ran out of memory
+            self._oom_at.clear()
             while todo or active:
                 while todo and len(active) < self.jobs and self.jobs > 1 and todo[0][1].mode == "task":
                     i, cell = todo.popleft()
