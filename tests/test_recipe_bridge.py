@@ -156,6 +156,7 @@ def test_checkpoints_reload_to_identical_outputs(trained):
         ({"prompt_len": 100, "gen_len": 64, "seq_len": 128}, "prompt_len \\+ gen_len"),
         ({"student_heads": 3}, "student_heads"),
         ({"speed_contexts": [0]}, "speed_contexts must be positive"),
+        ({"device": "gpu"}, "device must be 'cpu', 'cuda' or 'cuda:N'"),
     ],
 )
 def test_config_errors_are_one_line(kwargs, message):

@@ -196,6 +196,7 @@ def test_run_writes_rows_losses_and_a_reloadable_student(teacher, tmp_path):
         ({"lr1_min": 1.0}, "lr1_min must be <= lr1"),
         ({"decode_contexts": (8, 4)}, "decode_contexts must be two increasing"),
         ({"teacher": ""}, "teacher must be"),
+        ({"device": "gpu"}, "device must be 'cpu', 'cuda' or 'cuda:N'"),
     ],
 )
 def test_config_errors_are_one_line(kwargs, match):

@@ -192,6 +192,7 @@ def test_run_writes_rows_and_students_reload_identically(tmp_path, monkeypatch):
         ({"lr": 0.0}, "lr and e2e_lr must be > 0"),
         ({"warmup_frac": 1.0}, "warmup_frac must be in"),
         ({"speed_contexts": [0]}, "speed_contexts must be positive"),
+        ({"device": "gpu"}, "device must be 'cpu', 'cuda' or 'cuda:N'"),
     ],
 )
 def test_config_errors_are_one_line(kwargs, message):

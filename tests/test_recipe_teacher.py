@@ -29,3 +29,17 @@ def test_pretrained_teacher_learns_is_cached_and_reloads(tmp_path, monkeypatch):
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, again(input_ids=ids).logits)
     assert meta2 == meta
+
+
+def test_a_cuda_device_without_cuda_is_a_one_line_error(monkeypatch):
+    import torch
+
+    from archbench.recipes.teacher import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="sees no CUDA device; use device=cpu") as e:
+        check_device("radlads", "cuda:1")
+    assert "\n" not in str(e.value)
+    check_device("radlads", "cpu")  # fine anywhere
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    check_device("radlads", "cuda")  # the name is checked; the device itself is torch's business

@@ -78,7 +78,15 @@ from torch import nn
 
 from archbench.recipes.probes import recall_probes
 from archbench.recipes.speed import prefill_speed
-from archbench.recipes.teacher import TeacherSpec, build_teacher, corpus_task, default_teacher, lm_batches, load_teacher
+from archbench.recipes.teacher import (
+    TeacherSpec,
+    build_teacher,
+    check_device,
+    corpus_task,
+    default_teacher,
+    lm_batches,
+    load_teacher,
+)
 from archbench.store import RunDir, now_iso
 from archbench.tasks.train import lr_at, make_optimizer
 
@@ -124,6 +132,7 @@ class BridgeConfig:
     eval_windows: int = 32
     eval_batch: int = 32
     speed_contexts: tuple[int, ...] = (128, 512)  # prefill latency and memory of every model ([] = skip)
+    device: str = "cpu"  # where the big model and the students run ("cuda" on a GPU node)
     probe_examples: int = 64  # zero-shot recall probes (recipes.probes), examples per probe (0 = skip)
     gen_prompts: int = 8
     prompt_len: int = 64
@@ -133,6 +142,10 @@ class BridgeConfig:
         if isinstance(self.teacher_spec, dict):  # rebuilt from run.json / student.json
             object.__setattr__(self, "teacher_spec", TeacherSpec(**self.teacher_spec))
         object.__setattr__(self, "variants", tuple(self.variants))
+        try:
+            check_device("bridge", self.device)
+        except ValueError as e:
+            raise BridgeError(str(e)) from None
         object.__setattr__(self, "speed_contexts", tuple(int(c) for c in self.speed_contexts))
         if any(c < 1 for c in self.speed_contexts):
             raise BridgeError(f"bridge: speed_contexts must be positive lengths (got {list(self.speed_contexts)})")
@@ -290,11 +303,11 @@ def build_student(config: BridgeConfig, variant: str, big: nn.Module) -> nn.Modu
     same bridge initialisation for both bridge variants)."""
     small = build_teacher(config.student_spec())  # seeds with config.seed
     if variant == "distill":
-        return DistilledLM(small)
+        return DistilledLM(small).to(config.device)
     torch.manual_seed(config.seed + 1)
     bridge = Bridge(big.config.hidden_size, config.student_d_model, config.n_heads, config.n_cross_layers,
                     config.mid_ratio, config.adapter_ratio, causal=variant == "causal")  # fmt: skip
-    return BridgedLM(big, small, bridge)
+    return BridgedLM(big, small.to(config.device), bridge.to(config.device))
 
 
 def trainable_parameters(model: nn.Module) -> int:
@@ -415,10 +428,11 @@ def save_student(model: nn.Module, path: Path, meta: dict) -> None:
     (path / "student.json").write_text(json.dumps(meta, indent=2))
 
 
-def load_student(out_dir: str | Path, variant: str = "causal", teacher: nn.Module | None = None) -> nn.Module:
-    """Rebuild the ``variant`` student of a run from ``out_dir``, in eval mode. Bridge variants need
-    the frozen big model: ``teacher``, or else the run's teacher loaded again (the cache for
-    ``"default"``)."""
+def load_student(out_dir: str | Path, variant: str = "causal", teacher: nn.Module | None = None,
+                 device: str = "cpu") -> nn.Module:  # fmt: skip
+    """Rebuild the ``variant`` student of a run from ``out_dir`` on ``device``, in eval mode. Bridge
+    variants need the frozen big model: ``teacher``, or else the run's teacher loaded again (the
+    cache for ``"default"``)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -427,7 +441,7 @@ def load_student(out_dir: str | Path, variant: str = "causal", teacher: nn.Modul
         have = sorted(p.parent.name for p in (Path(out_dir) / "students").glob("*/student.json"))
         raise BridgeError(f"no student {variant!r} in {out_dir} (have: {have or 'none'})")
     meta = json.loads((path / "student.json").read_text())
-    config = BridgeConfig(**meta["config"])
+    config = BridgeConfig(**{**meta["config"], "device": device})  # wherever it was trained
     if teacher is None and variant != "distill":
         teacher = _load_big(config)[0]
     big = teacher if teacher is not None else _Placeholder()
@@ -455,9 +469,9 @@ class _Placeholder(nn.Module):
 
 def _load_big(config: BridgeConfig, progress=None) -> tuple[nn.Module, dict]:
     if config.teacher == "default":
-        big, facts = default_teacher(config.teacher_spec, progress)
+        big, facts = default_teacher(config.teacher_spec, progress, device=config.device)
     else:
-        big, facts = load_teacher(config.teacher), {"source": config.teacher}
+        big, facts = load_teacher(config.teacher).to(config.device), {"source": config.teacher}
     vocab = big.config.vocab_size
     if vocab != 256:
         raise BridgeError(f"bridge: the teacher must be byte-level (vocab_size 256), {config.teacher!r} has {vocab}: "
@@ -473,17 +487,18 @@ def run(config: BridgeConfig, out_dir: Path, progress: Callable[[dict], None] | 
     big, facts = _load_big(config, progress)
     task = corpus_task(config.seq_len, config.max_bytes)
     evalset = task.eval_sets(config.eval_windows, 0)["val"]
-    prompts = task.eval_sets(config.gen_prompts, 0)["val"].inputs[:, : config.prompt_len]
+    eval_inputs, eval_labels = evalset.inputs.to(config.device), evalset.labels.to(config.device)
+    prompts = task.eval_sets(config.gen_prompts, 0)["val"].inputs[:, : config.prompt_len].to(config.device)
     out.write_meta({"recipe": "bridge", "config": asdict(config), "teacher": facts, "corpus": task.describe()["corpus"],
                     "started": now_iso()})  # fmt: skip
     teacher_fn = lambda ids: big(input_ids=ids, use_cache=False).logits  # noqa: E731
 
     def evaluate(logits_fn, reference: torch.Tensor | None) -> tuple[dict, torch.Tensor]:
-        scores = leak_scores(logits_fn, evalset.inputs, evalset.labels, config.eval_batch)
+        scores = leak_scores(logits_fn, eval_inputs, eval_labels, config.eval_batch)
         for T in config.speed_contexts:  # the bridge runs the big model too: its prefill is the teacher's plus more
-            scores.update(prefill_speed(logits_fn, T, seed=config.seed))
+            scores.update(prefill_speed(logits_fn, T, device=config.device, seed=config.seed))
         if config.probe_examples:  # teacher forced, so the published bridge may read answers from later bytes
-            scores.update(recall_probes(logits_fn, config.seq_len, config.probe_examples, config.seed))
+            scores.update(recall_probes(logits_fn, config.seq_len, config.probe_examples, config.seed, device=config.device))
         gen = greedy_generate(logits_fn, prompts, config.gen_len)
         scores["gen_teacher_bpb"] = continuation_bpb(teacher_fn, gen, config.prompt_len)
         scores["gen_sample"] = bytes(gen[0, config.prompt_len :].tolist()).decode("utf-8", errors="replace")
@@ -506,7 +521,7 @@ def run(config: BridgeConfig, out_dir: Path, progress: Callable[[dict], None] | 
     with open(out.path / "losses.jsonl", "w", encoding="utf-8") as losses:
         for variant in config.variants:
             model = build_student(config, variant, big)
-            batches = lm_batches(task, config.batch_size, config.seed)  # the same batches for every variant
+            batches = lm_batches(task, config.batch_size, config.seed, device=config.device)  # the same for every variant
             t0 = time.perf_counter()
             history = train_student(model, variant, big, batches, config, progress)
             train_s = time.perf_counter() - t0

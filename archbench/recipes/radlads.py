@@ -55,7 +55,7 @@ from torch import nn
 
 from archbench.recipes.speed import CachedDecode
 from archbench.recipes.students import KINDS, StudentAttention, make_student_attention
-from archbench.recipes.teacher import TeacherSpec, bits_per_byte, corpus_task, lm_batches
+from archbench.recipes.teacher import TeacherSpec, bits_per_byte, check_device, corpus_task, lm_batches
 
 RECIPE = "radlads"
 
@@ -93,6 +93,7 @@ class RadladsConfig:
     step3_seq_len: int = 0
     grad_clip: float = 1.0
     seed: int = 0
+    device: str = "cpu"  # where teacher and student run ("cuda" on a GPU node); data is moved there
     max_bytes: int = 2_000_000  # of the stdlib corpus (the default teacher uses teacher_spec.max_bytes)
     # evaluation
     eval_windows: int = 64
@@ -112,6 +113,10 @@ class RadladsConfig:
             raise RadladsError(f"speed_contexts must be positive lengths (got {self.speed_contexts})")
         if self.kind not in KINDS:
             raise RadladsError(f"radlads: kind must be one of {', '.join(KINDS)} (got {self.kind!r})")
+        try:
+            check_device("radlads", self.device)
+        except ValueError as e:
+            raise RadladsError(str(e)) from None
         if not isinstance(self.teacher, str) or not self.teacher:
             raise RadladsError(
                 f"radlads: teacher must be 'default' or a model directory / hub name (got {self.teacher!r})"
@@ -377,8 +382,9 @@ def step3_finetune(student, teacher, batches, steps, lr=1e-4, grad_clip=1.0, pro
 def agreement(student: nn.Module, teacher: nn.Module, inputs: torch.Tensor, batch_size: int = 16) -> dict:
     """Teacher-student top-1 agreement and mean KL(teacher || student) per token on ``inputs`` [N, T]."""
     agree, kl, n = 0, 0.0, 0
+    device = next(teacher.parameters()).device
     for lo in range(0, len(inputs), batch_size):
-        ids = inputs[lo : lo + batch_size]
+        ids = inputs[lo : lo + batch_size].to(device)
         t = teacher(input_ids=ids, use_cache=False).logits.float()
         s = student(ids).float()
         agree += int((t.argmax(-1) == s.argmax(-1)).sum())
@@ -394,6 +400,7 @@ def decode_state_check(student: RadladsStudent, teacher: nn.Module, contexts: tu
     logits match its parallel forward."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, int(teacher.config.vocab_size), (1, contexts[1]), generator=g)
+    ids = ids.to(next(teacher.parameters()).device)
     out: dict[str, Any] = {}
     split = contexts[0] // 2
     logits, state = student.prefill(ids[:, :split])
@@ -452,9 +459,9 @@ def load_recipe_teacher(config: RadladsConfig, progress=None) -> tuple[nn.Module
     from archbench.recipes.teacher import default_teacher, load_teacher, teacher_tokenizer
 
     if config.teacher == "default":
-        teacher, facts = default_teacher(config.teacher_spec, progress=progress)
+        teacher, facts = default_teacher(config.teacher_spec, progress=progress, device=config.device)
     else:
-        teacher, facts = load_teacher(config.teacher), {"source": config.teacher}
+        teacher, facts = load_teacher(config.teacher).to(config.device), {"source": config.teacher}
     decoder_layers(teacher)
     tokenizer = None if config.teacher == "default" else teacher_tokenizer(teacher, config.teacher)
     return teacher.eval(), facts, tokenizer
@@ -471,14 +478,14 @@ def train_steps(student: RadladsStudent, teacher: nn.Module, config: RadladsConf
         config.steps(config.step3_tokens, seq3),
     )
     if n1:
-        batches = lm_batches(task, config.batch_size, config.seed)
+        batches = lm_batches(task, config.batch_size, config.seed, device=config.device)
         history += step1_align(student, teacher, batches, n1, config.lr1, config.lr1_min, config.grad_clip, progress)
     if n2:
-        batches = lm_batches(task, config.batch_size, config.seed + 1)
+        batches = lm_batches(task, config.batch_size, config.seed + 1, device=config.device)
         history += step2_distill(student, teacher, batches, n2, config.lr2, config.grad_clip, progress)
     if n3:
         task3 = corpus_task(seq3, max_bytes, tokenizer) if seq3 != config.seq_len else task
-        batches = lm_batches(task3, config.batch_size, config.seed + 2)
+        batches = lm_batches(task3, config.batch_size, config.seed + 2, device=config.device)
         history += step3_finetune(student, teacher, batches, n3, config.lr3, config.grad_clip, progress)
     student.eval().requires_grad_(False)
     return history
@@ -500,8 +507,9 @@ def evaluate(student: RadladsStudent, teacher: nn.Module, task, config: RadladsC
     """(teacher metrics, student metrics): bits per byte, agreement and KL, decode-state bytes (analytic and
     measured at ``decode_contexts``; the student's stepwise-vs-parallel logit error)."""
     n, bs = config.eval_windows, config.eval_batch
-    t_bpb = bits_per_byte(lambda ids: teacher(input_ids=ids, use_cache=False).logits, task, n_windows=n, batch_size=bs)
-    s_bpb = bits_per_byte(student, task, n_windows=n, batch_size=bs)
+    dev = config.device
+    t_bpb = bits_per_byte(lambda ids: teacher(input_ids=ids, use_cache=False).logits, task, n, bs, device=dev)
+    s_bpb = bits_per_byte(student, task, n_windows=n, batch_size=bs, device=dev)
     t_m = {
         "bits_per_byte": t_bpb,
         **{f"state_bytes_{T}": teacher_kv_bytes(teacher, 1, T) for T in config.state_contexts},
@@ -514,8 +522,8 @@ def evaluate(student: RadladsStudent, teacher: nn.Module, task, config: RadladsC
         from archbench.recipes.probes import recall_probes
 
         t_m.update(recall_probes(lambda ids: teacher(input_ids=ids, use_cache=False).logits, config.seq_len,
-                                 config.probe_examples, config.seed))  # fmt: skip
-        s_m.update(recall_probes(student, config.seq_len, config.probe_examples, config.seed))
+                                 config.probe_examples, config.seed, device=dev))  # fmt: skip
+        s_m.update(recall_probes(student, config.seq_len, config.probe_examples, config.seed, device=dev))
     if student.attentions[0].recurrent:
         s_m.update({f"state_bytes_{T}": student.state_bytes(1, T) for T in config.state_contexts})
         decode = decode_state_check(student, teacher, config.decode_contexts, config.seed)
@@ -526,8 +534,8 @@ def evaluate(student: RadladsStudent, teacher: nn.Module, task, config: RadladsC
 
         wrapped = HFCausalLM(teacher, lambda *a: 0)
         for T in config.speed_contexts:  # the same timer and memory probe as every other cell
-            t_m.update(lm_speed(wrapped, T, vocab=int(teacher.config.vocab_size), seed=config.seed))
-            s_m.update(lm_speed(student, T, vocab=int(teacher.config.vocab_size), seed=config.seed))
+            t_m.update(lm_speed(wrapped, T, vocab=int(teacher.config.vocab_size), device=dev, seed=config.seed))
+            s_m.update(lm_speed(student, T, vocab=int(teacher.config.vocab_size), device=dev, seed=config.seed))
         for T in config.speed_contexts:
             s_m[f"decode_speedup_{T}"] = t_m[f"decode_s_per_token_{T}"] / s_m[f"decode_s_per_token_{T}"]
     else:  # the teacher's own attention: its KV cache

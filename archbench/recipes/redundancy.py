@@ -51,6 +51,7 @@ from archbench.recipes.teacher import (
     default_teacher,
     lm_batches,
     load_teacher,
+    check_device,
     teacher_tokenizer,
 )
 
@@ -87,12 +88,14 @@ class RedundancyConfig:
     conv_kernel: int = 4
     chunk_size: int = 64
     compare_uniform: bool = True
+    device: str = "cpu"  # where teacher and students run ("cuda" on a GPU node); data is moved there
     decode_contexts: tuple[int, ...] = (16, 48)  # decode state measured after prompts of these lengths
     speed_contexts: tuple[int, ...] = (128, 512)  # prefill / decode latency and memory ([] = skip)
     probe_examples: int = 64  # zero-shot recall probes (recipes.probes), examples per probe (0 = skip)
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_device("redundancy", self.device)
         for name in ("decode_contexts", "speed_contexts"):
             object.__setattr__(self, name, tuple(int(c) for c in getattr(self, name)))
             if any(c < 1 for c in getattr(self, name)):
@@ -229,7 +232,7 @@ class MaskScorer:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)} (got {objective!r})")
         self.model, self.prompts, self.new_tokens, self.draft_len, self.objective = (
             model,
-            list(prompts),
+            [p.to(next(model.parameters()).device) for p in prompts],
             new_tokens,
             draft_len,
             objective,
@@ -426,11 +429,12 @@ def evaluate(model: nn.Module, teacher: nn.Module, task, n_windows: int, batch_s
     """Bits per byte on the validation split, top-1 agreement and KL(teacher || model), and with
     ``probes`` > 0 the zero-shot recall probes (``recipes.probes``) at the task's window length."""
     model.eval()
-    bpb = bits_per_byte(lambda ids: model(input_ids=ids, use_cache=False).logits, task, n_windows, batch_size)
+    device = next(model.parameters()).device
+    bpb = bits_per_byte(lambda ids: model(input_ids=ids, use_cache=False).logits, task, n_windows, batch_size, device)
     data = task.eval_sets(n_windows, 0)["val"]
     agree, kl, n = 0.0, 0.0, 0
     for lo in range(0, len(data), batch_size):
-        ids = data.inputs[lo : lo + batch_size]
+        ids = data.inputs[lo : lo + batch_size].to(device)
         s = model(input_ids=ids, use_cache=False).logits
         t = teacher(input_ids=ids, use_cache=False).logits
         agree += float((s.argmax(-1) == t.argmax(-1)).sum())
@@ -442,7 +446,8 @@ def evaluate(model: nn.Module, teacher: nn.Module, task, n_windows: int, batch_s
     elif probes:
         from archbench.recipes.probes import recall_probes
 
-        out.update(recall_probes(lambda ids: model(input_ids=ids, use_cache=False).logits, task.seq_len, probes, seed))
+        logits_fn = lambda ids: model(input_ids=ids, use_cache=False).logits  # noqa: E731
+        out.update(recall_probes(logits_fn, task.seq_len, probes, seed, device=device))
     return out
 
 
@@ -460,11 +465,11 @@ def decode_metrics(model: nn.Module, config: RedundancyConfig) -> dict:
     out: dict = {}
     vocab = int(model.config.vocab_size)
     for T in config.decode_contexts:
-        ids = torch.randint(0, vocab, (1, T), generator=g)
+        ids = torch.randint(0, vocab, (1, T), generator=g).to(config.device)
         sizes = dec.state_nbytes(dec.prefill(ids)[1])
         out.update({f"state_bytes_{T}": sizes["total"], f"kv_bytes_{T}": sizes["kv"], f"ssm_bytes_{T}": sizes["ssm"]})
     for T in config.speed_contexts:
-        out.update(lm_speed(dec, T, vocab=vocab, seed=config.seed))
+        out.update(lm_speed(dec, T, vocab=vocab, device=config.device, seed=config.seed))
     return out
 
 
@@ -474,9 +479,9 @@ def decode_metrics(model: nn.Module, config: RedundancyConfig) -> dict:
 def _teacher(config: RedundancyConfig, progress=None) -> tuple[nn.Module, dict, object]:
     """(teacher, facts, tokenizer or None for a byte-level teacher)."""
     if config.teacher == "default":
-        model, facts = default_teacher(config.teacher_spec, progress)
+        model, facts = default_teacher(config.teacher_spec, progress, device=config.device)
         return model.eval(), {"name": "default", **facts}, None
-    model = load_teacher(config.teacher)
+    model = load_teacher(config.teacher).to(config.device)
     return model, {"name": config.teacher}, teacher_tokenizer(model, config.teacher)
 
 
@@ -484,7 +489,7 @@ def _train_student(config: RedundancyConfig, teacher: nn.Module, task, layers: S
                    progress=None) -> tuple[nn.Module, list[dict]]:  # fmt: skip
     """Convert ``layers`` and distil: stage 1 (mixers only), then stage 2 (all parameters)."""
     student = convert(teacher, layers, config.conv_kernel, config.chunk_size, config.seed)
-    batches = lm_batches(task, config.batch_size, config.seed)  # the same batches for every student
+    batches = lm_batches(task, config.batch_size, config.seed, device=config.device)  # the same for every student
     h = distil(student, teacher, batches, config.steps, config.lr, train="mixers", ce_weight=config.ce_weight,
                warmup_frac=config.warmup_frac, stage=f"{name}/mixers", progress=progress)  # fmt: skip
     h += distil(student, teacher, batches, config.e2e_steps, config.e2e_lr, train="all", ce_weight=config.ce_weight,

@@ -66,7 +66,9 @@ def make_config(name: str, overrides: dict[str, Any] | None = None):
     except (TypeError, ValueError) as e:
         if isinstance(e, RecipeError):
             raise
-        raise RecipeError(f"{name}: {str(e).splitlines()[0]}") from None
+        msg = str(e).splitlines()[0]
+        own = (f"{name}:", f"{RECIPES[name][0].rsplit('.', 1)[-1]}:")  # the recipe's own errors name it already
+        raise RecipeError(msg if msg.startswith(own) else f"{name}: {msg}") from None
 
 
 def parse_overrides(assignments: list[str] | tuple[str, ...]) -> dict[str, Any]:

@@ -152,6 +152,12 @@ class SpecStats:
                          self.accepted + other.accepted, self.rounds + other.rounds, self.wall_s + other.wall_s)  # fmt: skip
 
 
+def _sync(t: torch.Tensor) -> None:
+    """Wait for a GPU's queued work before reading the clock (a no-op on CPU)."""
+    if t.is_cuda:
+        torch.cuda.synchronize(t.device)
+
+
 @torch.no_grad()
 def speculative_generate(
     model: nn.Module, prompt: torch.Tensor, new_tokens: int, skip: Sequence[int], draft_len: int = 4
@@ -178,6 +184,7 @@ def speculative_generate(
         stats.accepted += a
         stats.rounds += 1
     stats.generated = new_tokens
+    _sync(seq)
     stats.wall_s = time.perf_counter() - start
     return seq, stats
 
@@ -196,6 +203,6 @@ def greedy_tokens_per_s(model: nn.Module, prompts: Sequence[torch.Tensor], new_t
     """Measured tokens/s of plain greedy decoding over ``prompts`` (the speedup's denominator)."""
     start = time.perf_counter()
     for p in prompts:
-        greedy_generate(model, p, new_tokens)
+        _sync(greedy_generate(model, p, new_tokens))
     wall = time.perf_counter() - start
     return len(prompts) * new_tokens / wall if wall > 0 else 0.0

@@ -141,7 +141,7 @@ class RadRWKV7(LinearStudent):
         rw, ra, rg = lora_rank(d, 1.8, 0.5), lora_rank(d, 1.8, 0.5), lora_rank(d, 0.6, 0.8)
         ch = torch.linspace(0.0, 1.0, D).repeat(H)
         # decay: sigmoid(w0) in (0.0003, 0.018) -> log w in (-0.011, -0.0002): the memory starts nearly lossless
-        self.w0 = nn.Parameter(self._new(A) + (-8.0 + 4.0 * ch).to(self.q_proj.weight.dtype))
+        self.w0 = nn.Parameter(self._new(A) + (-8.0 + 4.0 * ch).to(self.q_proj.weight))  # its device and dtype
         self.w1 = nn.Parameter(self._new(d, rw))
         self.w2 = nn.Parameter(nn.init.orthogonal_(self._new(rw, A), gain=0.1))
         # in-context learning rate: starts small (a ~ 0.05), so the student starts as decayed linear attention
@@ -200,7 +200,7 @@ class RadRWKV6(LinearStudent):
         rw = lora_rank(d, 1.8, 0.5)
         ch = torch.linspace(0.0, 1.0, D).repeat(H)
         # log w = -exp(w0 + ...): exp(w0) in (0.0003, 0.018), a memory that starts nearly lossless
-        self.w0 = nn.Parameter(self._new(A) + (-8.0 + 4.0 * ch).to(self.q_proj.weight.dtype))
+        self.w0 = nn.Parameter(self._new(A) + (-8.0 + 4.0 * ch).to(self.q_proj.weight))  # its device and dtype
         self.w1 = nn.Parameter(self._new(d, rw))
         self.w2 = nn.Parameter(nn.init.orthogonal_(self._new(rw, A), gain=0.1))
         self.gate = nn.Linear(d, A, bias=True).to(device=self.q_proj.weight.device, dtype=self.q_proj.weight.dtype)

@@ -52,6 +52,15 @@ class TeacherSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def check_device(recipe: str, device: str) -> None:
+    """One line if ``device`` is not "cpu" / "cuda[:N]", or names a CUDA device this machine lacks."""
+    if not isinstance(device, str) or not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+        raise ValueError(f"{recipe}: device must be 'cpu', 'cuda' or 'cuda:N' (got {device!r})")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"{recipe}: device {device!r} asked for, but torch {torch.__version__} sees no CUDA device; "
+                         "use device=cpu")  # fmt: skip
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "archbench")
 
@@ -84,8 +93,9 @@ def build_teacher(spec: TeacherSpec):
     return LlamaForCausalLM(llama_config(spec))
 
 
-def default_teacher(spec: TeacherSpec = TeacherSpec(), progress=None) -> tuple[object, dict]:
-    """The cached pre-trained default teacher (trained now if missing) and its facts."""
+def default_teacher(spec: TeacherSpec = TeacherSpec(), progress=None, device: str = "cpu") -> tuple[object, dict]:
+    """The cached pre-trained default teacher (trained now, on ``device``, if missing) and its facts,
+    on ``device``. The cache key does not include the device: a teacher trained on a GPU serves a CPU too."""
     from transformers import LlamaForCausalLM
 
     task = corpus_task(spec.seq_len, spec.max_bytes)
@@ -96,8 +106,8 @@ def default_teacher(spec: TeacherSpec = TeacherSpec(), progress=None) -> tuple[o
     with _locked(path.parent / f"{path.name}.lock"):  # one process trains; the others wait, then load
         if meta_path.is_file():
             model = LlamaForCausalLM.from_pretrained(path).eval()
-            return model, json.loads(meta_path.read_text())
-        model, meta = pretrain(spec, task, progress)
+            return model.to(device), json.loads(meta_path.read_text())
+        model, meta = pretrain(spec, task, progress, device)
         path.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(path, safe_serialization=True)
         meta_path.write_text(json.dumps(meta, indent=2))  # last: its presence means the cache is complete
@@ -120,7 +130,7 @@ def _locked(lock_path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def pretrain(spec: TeacherSpec, task: ByteLM | None = None, progress=None) -> tuple[object, dict]:
+def pretrain(spec: TeacherSpec, task: ByteLM | None = None, progress=None, device: str = "cpu") -> tuple[object, dict]:
     """Train a default teacher from scratch; returns (model, facts incl. validation bits per byte)."""
     from archbench.hf import HFCausalLM
     from archbench.tasks.train import TrainSettings, train_run
@@ -131,9 +141,10 @@ def pretrain(spec: TeacherSpec, task: ByteLM | None = None, progress=None) -> tu
         train_examples=max(spec.batch_size, min(20_000, spec.steps * spec.batch_size)), test_examples=256,
     )  # fmt: skip
     result = train_run(lambda: HFCausalLM(build_teacher(spec), lambda *a: 0), task, settings, spec.seed,
-                       on_progress=progress, keep_model=True)  # fmt: skip
+                       device=str(device), on_progress=progress, keep_model=True)  # fmt: skip
     meta = {"spec": asdict(spec), "corpus": task.describe()["corpus"], "val_bits_per_byte": result.score,
-            "steps": result.steps, "tokens_seen": result.tokens_seen, "wall_s": result.wall_s}  # fmt: skip
+            "steps": result.steps, "tokens_seen": result.tokens_seen, "wall_s": result.wall_s,
+            "trained_on": str(device)}  # fmt: skip
     return result.model.model, meta
 
 
@@ -154,8 +165,9 @@ def teacher_tokenizer(teacher, source: str):
     return load_tokenizer(source)
 
 
-def lm_batches(task: ByteLM, batch_size: int, seed: int, n_examples: int = 20_000) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless shuffled batches (inputs, labels) of training windows, deterministic in ``seed``."""
+def lm_batches(task: ByteLM, batch_size: int, seed: int, n_examples: int = 20_000,
+               device: str | torch.device = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+    """Endless shuffled batches (inputs, labels) of training windows on ``device``, deterministic in ``seed``."""
     from archbench.tasks.base import generator, split_seed
 
     data = task.sample(n_examples, split_seed(seed, "train"))
@@ -164,11 +176,12 @@ def lm_batches(task: ByteLM, batch_size: int, seed: int, n_examples: int = 20_00
         order = torch.randperm(len(data), generator=g)
         for lo in range(0, len(order) - batch_size + 1, batch_size):
             idx = order[lo : lo + batch_size]
-            yield data.inputs[idx], data.labels[idx]
+            yield data.inputs[idx].to(device), data.labels[idx].to(device)
 
 
 @torch.no_grad()
-def bits_per_byte(logits_fn, task: ByteLM, n_windows: int = 128, batch_size: int = 32) -> float:
+def bits_per_byte(logits_fn, task: ByteLM, n_windows: int = 128, batch_size: int = 32,
+                  device: str | torch.device = "cpu") -> float:  # fmt: skip
     """Mean next-byte cross-entropy in bits on the validation split of ``task``;
     ``logits_fn(ids[B, T]) -> logits[B, T, V]``. For a tokenized corpus the bits per token are
     converted with the validation split's bytes per token."""
@@ -176,7 +189,7 @@ def bits_per_byte(logits_fn, task: ByteLM, n_windows: int = 128, batch_size: int
     nats, n = 0.0, 0
     for lo in range(0, len(data), batch_size):
         inp, lab = data.inputs[lo : lo + batch_size], data.labels[lo : lo + batch_size]
-        logits = logits_fn(inp).float()
-        nats += float(F.cross_entropy(logits.flatten(0, 1), lab.flatten(), reduction="sum"))
+        logits = logits_fn(inp.to(device)).float()
+        nats += float(F.cross_entropy(logits.flatten(0, 1), lab.to(logits.device).flatten(), reduction="sum"))
         n += lab.numel()
     return nats / n / float(torch.log(torch.tensor(2.0))) / getattr(task, "bytes_per_token", 1.0)
