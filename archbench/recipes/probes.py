@@ -264,3 +264,13 @@ def recall_probes(
     out.update({"probe_chance_digit": CHANCE_DIGIT, "probe_chance_letter": CHANCE_LETTER, "probe_seq_len": seq_len, "probe_n": n,
                 "probe_mqar_pairs": len(mqar[0].spans), "probe_copy_chars": copies[0].spans[0][1] - copies[0].spans[0][0]})  # fmt: skip
     return out
+
+
+def task_probes(logits_fn: LogitsFn, task, n: int, seed: int = 0, device=None) -> dict:
+    """``recall_probes`` at ``task.seq_len`` for a recipe row: nothing when ``n`` is 0, and only
+    ``probe_skipped`` when the task is tokenised (the probes are byte strings)."""
+    if not n:
+        return {}
+    if getattr(task, "vocab_size", 256) != 256:
+        return {"probe_skipped": "the recall probes are byte-level; the teacher is tokenised"}
+    return recall_probes(logits_fn, task.seq_len, n, seed, device=device)

@@ -516,14 +516,11 @@ def evaluate(student: RadladsStudent, teacher: nn.Module, task, config: RadladsC
     }
     s_m = {"bits_per_byte": s_bpb, "bpb_ratio": s_bpb / t_bpb}
     s_m.update(agreement(student, teacher, task.eval_sets(n, 0)["val"].inputs, bs))
-    if config.probe_examples and getattr(task, "vocab_size", 256) != 256:
-        t_m["probe_skipped"] = s_m["probe_skipped"] = "the recall probes are byte-level; the teacher is tokenised"
-    elif config.probe_examples:
-        from archbench.recipes.probes import recall_probes
+    from archbench.recipes.probes import task_probes
 
-        t_m.update(recall_probes(lambda ids: teacher(input_ids=ids, use_cache=False).logits, config.seq_len,
-                                 config.probe_examples, config.seed, device=dev))  # fmt: skip
-        s_m.update(recall_probes(student, config.seq_len, config.probe_examples, config.seed, device=dev))
+    t_m.update(task_probes(lambda ids: teacher(input_ids=ids, use_cache=False).logits, task, config.probe_examples,
+                           config.seed, device=dev))  # fmt: skip
+    s_m.update(task_probes(student, task, config.probe_examples, config.seed, device=dev))
     if student.attentions[0].recurrent:
         s_m.update({f"state_bytes_{T}": student.state_bytes(1, T) for T in config.state_contexts})
         decode = decode_state_check(student, teacher, config.decode_contexts, config.seed)

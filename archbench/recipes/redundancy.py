@@ -441,13 +441,9 @@ def evaluate(model: nn.Module, teacher: nn.Module, task, n_windows: int, batch_s
         kl += float(kd_loss(s, t)) * ids.numel()
         n += ids.numel()
     out = {"bits_per_byte": bpb, "top1_agreement": agree / n, "kl_vs_teacher": kl / n}
-    if probes and getattr(task, "vocab_size", 256) != 256:
-        out["probe_skipped"] = "the recall probes are byte-level; the teacher is tokenised"
-    elif probes:
-        from archbench.recipes.probes import recall_probes
+    from archbench.recipes.probes import task_probes
 
-        logits_fn = lambda ids: model(input_ids=ids, use_cache=False).logits  # noqa: E731
-        out.update(recall_probes(logits_fn, task.seq_len, probes, seed, device=device))
+    out.update(task_probes(lambda ids: model(input_ids=ids, use_cache=False).logits, task, probes, seed, device))
     return out
 
 
