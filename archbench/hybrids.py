@@ -10,8 +10,9 @@ Inter-layer hybrids interleave mixer families across depth, as a layer pattern o
 Intra-layer hybrids run two mixers on the same input inside one layer (Hymba-like:
 attention heads and SSM heads in parallel, each output normalised, then averaged).
 
-A hybrid's backends are ``fused`` (every component on its preferred fused backend;
-available only when all of them are) and ``reference`` (every component on its
+A hybrid's backends are ``fused`` (every component on its first fused backend that can
+run here, its reference where it has none; available when at least one component is
+fused) and ``reference`` (every component on its
 pure-PyTorch reference). This module does not import the registry: the registry passes
 its lookup function to ``specs`` (arrows point down).
 """
@@ -41,17 +42,36 @@ LETTERS = {
 Lookup = Callable[[str], ArchSpec]
 
 
-def component_backend(spec: ArchSpec, hybrid_backend: str) -> str:
-    """The backend a component uses inside a hybrid built with ``hybrid_backend``."""
-    return spec.backends[0].name if hybrid_backend == "fused" else spec.backends[-1].name
+def _build_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def component_backend(spec: ArchSpec, hybrid_backend: str, device: str | None = None) -> str:
+    """The backend a component uses inside a hybrid built with ``hybrid_backend``: for
+    ``fused``, its first fused backend that can run forward and backward on this machine's
+    device (so a GPU node without flash-attn still gets SDPA / FlexAttention / fla, and a CPU
+    gets SDPA, not FlexAttention, which has no CPU backward), else its reference."""
+    if hybrid_backend != "fused":
+        return spec.backends[-1].name
+    device = device or _build_device()
+    for b in spec.backends[:-1]:
+        if b.unavailable_reason(device, None, backward=True) is None:
+            return b.name
+    return spec.backends[-1].name
 
 
 def _fused_detector(components: list[ArchSpec]):
     def detect(device: str, dtype: str | None = None) -> str | None:
-        for spec in components:
-            reason = spec.backends[0].unavailable_reason(device, dtype)
+        chosen = [(spec, component_backend(spec, "fused", device)) for spec in components]
+        if all(name == spec.backends[-1].name for spec, name in chosen):
+            return "no component has a fused backend that can run here: " + ", ".join(
+                f"{spec.name} ({spec.backends[0].unavailable_reason(device, dtype) or 'reference only'})"
+                for spec, _ in chosen
+            )
+        for spec, name in chosen:
+            reason = spec.backend(name).unavailable_reason(device, dtype, backward=True)
             if reason:
-                return f"{spec.name} ({spec.backends[0].name}): {reason}"
+                return f"{spec.name} ({name}): {reason}"
         return None
 
     return detect
@@ -59,7 +79,7 @@ def _fused_detector(components: list[ArchSpec]):
 
 def _backends(components: list[ArchSpec]) -> tuple[Backend, ...]:
     return (
-        Backend("fused", "every component on its preferred fused backend", _fused_detector(components)),
+        Backend("fused", "every component on its fastest backend that can run here", _fused_detector(components)),
         Backend("reference", "every component on its pure-PyTorch reference", lambda device, dtype=None: None),
     )
 

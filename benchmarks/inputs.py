@@ -68,8 +68,11 @@ def op_cases(
     dtype: torch.dtype = torch.float32,
     requires_grad: bool = False,
     seed: int = 0,
+    backend: str = "torch",
 ) -> dict[str, Case]:
-    """Every reference op on random inputs of ``shape``; ``requires_grad`` makes all inputs gradient leaves."""
+    """Every op on random inputs of ``shape``, on its reference (``backend="torch"``) or, with
+    ``backend="auto"``, on whatever fused kernel the op picks; ``requires_grad`` makes all
+    inputs gradient leaves."""
     gen = torch.Generator().manual_seed(seed)
     B, T, H, K = shape.batch, shape.seq_len, shape.heads, shape.head_dim
     Dm, N = shape.scan_dim, shape.scan_state
@@ -116,7 +119,7 @@ def op_cases(
     def first(out: torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
         return out[0] if isinstance(out, tuple) else out
 
-    ref = {"backend": "torch"}
+    ref = {"backend": backend}
     nsa_kw = {"block_size": shape.nsa_block, "block_count": shape.nsa_blocks, "window": shape.nsa_window}
     return {
         "softmax_attention": case(

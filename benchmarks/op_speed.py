@@ -1,8 +1,11 @@
 """Op-level speed of the chunked references vs causal SDPA and linear attention (the issue-3 bar).
 
     python benchmarks/op_speed.py [--threads 2] [--lengths 4096 16384] [--device cpu]
+                                  [--backend torch|auto] [--dtype float32|bfloat16]
 
-Shapes: B=1, H=8, K=V=64, fp32. The selective scan has no heads; it is timed twice, N=16:
+Shapes: B=1, H=8, K=V=64, fp32 unless ``--dtype`` says otherwise. ``--backend auto`` times the
+fused kernel each op picks on the device (fla on a GPU node) instead of the reference; the
+``kernel`` column says which ran. The selective scan has no heads; it is timed twice, N=16:
 ``selective_scan`` at Dm = H*K = 512 channels (the channel count of every other op) and
 ``selective_scan_x2`` at Dm = 1024 (Mamba's expand-2 inner width at d_model 512, twice the work).
 Prints the median of a few calls and each op's ratio to SDPA and to linear attention, measured
@@ -17,6 +20,8 @@ import time
 import torch
 import torch.nn.functional as F
 from inputs import Shape, device_sync, op_cases
+
+from archbench.ops.dispatch import recording
 
 
 def median_time(fn, repeats: int = 5, sync=lambda: None) -> float:
@@ -35,12 +40,14 @@ def median_time(fn, repeats: int = 5, sync=lambda: None) -> float:
 OPS = ("linear_attention", "simple_gla", "gla", "delta_rule", "gated_delta_rule", "dplr", "ssd", "selective_scan")
 
 
-def cases(T: int, device: str):
+def cases(T: int, device: str, backend: str = "torch", dtype: torch.dtype = torch.float32):
     shape = Shape(seq_len=T, heads=8, head_dim=64, scan_dim=512, scan_state=16, ssd_state=64)
-    built = op_cases(shape, device=device)
+    built = op_cases(shape, device=device, dtype=dtype, backend=backend)
     qh, kh, vh = (x.transpose(1, 2) for x in built["softmax_attention"].inputs)
     sdpa = {"sdpa_causal": lambda: F.scaled_dot_product_attention(qh, kh, vh, is_causal=True)}
-    wide = op_cases(Shape(seq_len=T, heads=8, head_dim=64, scan_dim=1024, scan_state=16), device=device)
+    wide = op_cases(
+        Shape(seq_len=T, heads=8, head_dim=64, scan_dim=1024, scan_state=16), device=device, dtype=dtype, backend=backend
+    )
     return sdpa | {name: built[name].fn for name in OPS} | {"selective_scan_x2": wide["selective_scan"].fn}
 
 
@@ -49,18 +56,29 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384])
     p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", default="torch", choices=["torch", "auto"], help="reference, or the fused kernel each op picks")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = p.parse_args()
+    dtype = getattr(torch, args.dtype)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     sync = device_sync(args.device)
-    print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, fp32, B=1 H=8 K=V=64")
-    print(f"{'T':>6} {'op':18} {'median ms':>10} {'x sdpa':>7} {'x linear_attention':>19}")
+    print(
+        f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, {args.dtype}, "
+        f"backend {args.backend}, B=1 H=8 K=V=64"
+    )
+    print(f"{'T':>6} {'op':18} {'median ms':>10} {'x sdpa':>7} {'x linear_attention':>19}  kernel")
     with torch.no_grad():
         for T in args.lengths:
-            times = {name: median_time(fn, sync=sync) for name, fn in cases(T, args.device).items()}
+            times, kernels = {}, {}
+            for name, fn in cases(T, args.device, args.backend, dtype).items():
+                with recording() as seen:
+                    times[name] = median_time(fn, sync=sync)
+                kernels[name] = ",".join(sorted(seen)) or "torch SDPA"
             for name, t in times.items():
                 print(
-                    f"{T:>6} {name:18} {t * 1e3:10.1f} {t / times['sdpa_causal']:7.2f} {t / times['linear_attention']:19.2f}"
+                    f"{T:>6} {name:18} {t * 1e3:10.3f} {t / times['sdpa_causal']:7.2f} "
+                    f"{t / times['linear_attention']:19.2f}  {kernels[name]}"
                 )
 
 

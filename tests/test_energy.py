@@ -9,6 +9,7 @@ from archbench.measure.energy import (
     NvmlPowerSampler,
     RaplCounter,
     integrate_power,
+    energy_source,
     measure_energy,
     nvml_source,
     rapl_source,
@@ -105,3 +106,18 @@ def test_measure_energy_fills_a_window_and_divides():
 def test_measure_energy_without_source_is_none_with_reason():
     res = measure_energy(lambda: None, None, reason="no RAPL here")
     assert res.source == "none" and res.joules_per_call is None and res.reason == "no RAPL here"
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="the real NVML counter needs a CUDA device")
+def test_real_nvml_energy_of_a_busy_gpu_is_plausible():
+    """On a GPU node: one second of large matmuls reads a positive energy from NVML, and the
+    implied average power lies between an idle card's and any card's limit."""
+    import torch
+
+    src, reason = energy_source("cuda:0")
+    assert src is not None, reason
+    x = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    result = measure_energy(lambda: x @ x, src, sync=torch.cuda.synchronize, min_window_s=1.0)
+    assert result.source in ("nvml", "nvml_power"), result.reason
+    assert result.calls > 10 and result.joules_per_call > 0
+    assert 30 < result.avg_watts < 1500, f"{result.avg_watts:.0f} W"

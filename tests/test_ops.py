@@ -156,3 +156,41 @@ def test_dispatch_records_the_kernel_that_ran():
     assert inner == {"torch.linear_attention_chunked"}
     assert outer == {"torch.sdpa", "torch.linear_attention_chunked"}
     softmax_attention(q, q, q)  # outside any recording: a no-op, no error
+
+
+def test_linear_attention_auto_is_the_reference_off_cuda():
+    from archbench.ops.dispatch import recording
+
+    q = torch.randn(1, 8, 2, 4)
+    with recording() as seen:
+        o_auto, _ = linear_attention(q, q, q, backend="auto")
+    o_ref, _ = linear_attention(q, q, q, backend="torch")
+    assert seen == {"torch.linear_attention_chunked"} and torch.equal(o_auto, o_ref)
+
+
+needs_fla = pytest.mark.skipif(
+    not torch.cuda.is_available() or __import__("importlib").util.find_spec("fla") is None,
+    reason="the fla backend needs a CUDA device and flash-linear-attention (fla) installed",
+)
+
+
+@needs_fla
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("V", [64, 65])  # 65: the linear-attention mixer's value + normaliser column
+def test_fla_linear_attention_matches_reference(dtype, V):
+    torch.manual_seed(0)
+    B, T, H, K = 2, 300, 4, 64
+    q, k = (torch.randn(B, T, H, K, device="cuda") * 0.3 for _ in range(2))
+    v = torch.randn(B, T, H, V, device="cuda")
+    s0 = torch.randn(B, H, K, V, device="cuda")
+    leaves = [x.to(dtype).requires_grad_(True) for x in (q, k, v)]
+    o, S = linear_attention(*leaves, initial_state=s0, output_final_state=True, backend="fla")
+    ref_leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    o_ref, S_ref = linear_attention(*ref_leaves, initial_state=s0, output_final_state=True, backend="torch")
+    tol = 5e-3 if dtype == torch.float32 else 3e-2
+    assert _rel_err(o.float(), o_ref) < tol and _rel_err(S.float(), S_ref) < tol
+    w = torch.randn_like(o_ref)
+    grads = torch.autograd.grad((o.float() * w).sum(), leaves)
+    grads_ref = torch.autograd.grad((o_ref * w).sum(), ref_leaves)
+    for name, g, g_ref in zip("qkv", grads, grads_ref):
+        assert _rel_err(g.float(), g_ref) < 2 * tol, name

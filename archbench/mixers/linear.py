@@ -10,7 +10,8 @@ size H * d_head * (d_head + 1) whatever the context length. The normaliser z rid
 as one extra value column (v' = [v, 1]), so numerator and denominator come out of a
 single ``linear_attention`` op call.
 
-Backends: ``chunked`` (the pure-PyTorch chunked reference of ``archbench.ops``).
+Backends: ``fla`` (flash-linear-attention's ``chunk_linear_attn`` Triton kernel, CUDA) and
+``chunked`` (the pure-PyTorch chunked reference of ``archbench.ops``).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from torch import nn
 
 from archbench.mixers.base import Mixer, MixerConfig
 from archbench.ops.linear_attention import linear_attention, linear_attention_step
-from archbench.spec import ArchSpec, Backend, Complexity, always
+from archbench.spec import ArchSpec, Backend, Complexity, always, requires_fla
 
-BACKENDS = ("chunked",)
+BACKENDS = ("fla", "chunked")
+OP_BACKEND = {"fla": "fla", "chunked": "torch"}
 EPS = 1e-6
 
 
@@ -53,12 +55,15 @@ class LinearAttention(Mixer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self._project(x)
-        o, _ = linear_attention(q, k, v, scale=1.0, chunk_size=self.config.chunk_size)
+        o, _ = linear_attention(q, k, v, scale=1.0, chunk_size=self.config.chunk_size, backend=OP_BACKEND[self.backend])
         return self.out(self._normalise(o).flatten(2))
 
     def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q, k, v = self._project(x)
-        o, state = linear_attention(q, k, v, scale=1.0, chunk_size=self.config.chunk_size, output_final_state=True)
+        o, state = linear_attention(
+            q, k, v, scale=1.0, chunk_size=self.config.chunk_size, output_final_state=True,
+            backend=OP_BACKEND[self.backend],
+        )  # fmt: skip
         return self.out(self._normalise(o).flatten(2)), state
 
     def init_state(self, batch: int) -> torch.Tensor:
@@ -96,7 +101,10 @@ SPECS = (
             decode_time="O(d^2) per token",
             decode_memory="O(d^2) state",
         ),
-        backends=(Backend("chunked", "pure-PyTorch chunked reference", always),),
+        backends=(
+            Backend("fla", "flash-linear-attention chunk_linear_attn Triton kernel", requires_fla),
+            Backend("chunked", "pure-PyTorch chunked reference", always),
+        ),
         factory=lambda cfg, backend: LinearAttention(cfg, backend),
         flops=linear_attention_flops,
     ),

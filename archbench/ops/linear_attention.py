@@ -16,16 +16,22 @@ across chunks it is q S_prev with S_prev the sum of k^T v over all earlier chunk
 stay cache-sized (on a CPU, streaming whole-sequence temporaries through memory costs more than
 the arithmetic; this made the op 1.9x faster at T=16384). Cost O(T C (K + V) + T K V), memory
 O(group K V) per head; accumulation is in fp32 (or fp64 for fp64 inputs) whatever the input dtype.
+
+Fused (``backend="fla"``, CUDA only): flash-linear-attention's ``chunk_linear_attn`` with
+``normalize=False`` (same layout, scale and [B, H, K, V] state; it runs fla's simple-GLA
+chunk kernel with no decay). ``backend="auto"`` takes it on a CUDA device when fla is installed.
 """
 
 from __future__ import annotations
+
+import importlib.util
 
 import torch
 import torch.nn.functional as F
 
 from archbench.ops.dispatch import record
 
-BACKENDS = ("torch",)
+BACKENDS = ("torch", "fla", "auto")
 GROUP_ELEMS = 1 << 19  # target size of one group's [B, H, n, C, D] tensors (elements)
 
 
@@ -40,17 +46,22 @@ def linear_attention(
     backend: str = "torch",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Returns ``(o [B, T, H, V], final_state [B, H, K, V] or None)``."""
-    if backend != "torch":
+    if backend not in BACKENDS:
         raise ValueError(f"unknown linear_attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if q.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
         raise ValueError("linear_attention expects q, k [B, T, H, K] and v [B, T, H, V]")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    record("torch.linear_attention_chunked")
     B, T, H, K = q.shape
     V = v.shape[-1]
     if scale is None:
         scale = K**-0.5
+    if backend == "auto":
+        backend = "fla" if q.is_cuda and importlib.util.find_spec("fla") is not None else "torch"
+    if backend == "fla":
+        record("fla.chunk_linear_attn")
+        return _fla(q, k, v, scale, initial_state, output_final_state)
+    record("torch.linear_attention_chunked")
     acc = torch.promote_types(q.dtype, torch.float32)  # fp32 accumulation, fp64 stays fp64
     S = initial_state.to(acc) if initial_state is not None else q.new_zeros(B, H, K, V, dtype=acc)
     C = max(1, min(chunk_size, T))
@@ -97,3 +108,18 @@ def linear_attention_step(
     state = state.to(acc) + torch.einsum("bhk,bhv->bhkv", k.to(acc), v.to(acc))
     o = torch.einsum("bhk,bhkv->bhv", q.to(acc), state) * scale
     return o.to(v.dtype), state
+
+
+def _fla(q, k, v, scale, initial_state, output_final_state):
+    from fla.ops.linear_attn import chunk_linear_attn  # optional, CUDA only
+
+    o, final = chunk_linear_attn(
+        q,
+        k.to(q.dtype),
+        v.to(q.dtype),
+        scale=scale,
+        initial_state=None if initial_state is None else initial_state.float(),
+        output_final_state=output_final_state,
+        normalize=False,
+    )
+    return o.to(v.dtype), (final if output_final_state else None)
