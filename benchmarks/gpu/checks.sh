@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every check archbench needs a GPU for, in one command that fits a lent-GPU session (about 7 of
+# Every check archbench needs a GPU for, in one command that fits a lent-GPU session (about 6 of
 # its 15 minutes, so that a second, shorter call still fits). Run on the device machine from the
 # repository root:
 #     run(command="bash benchmarks/gpu/checks.sh", carry=[".whl"], timeout_s=560)
@@ -44,12 +44,12 @@ python3 -c "import xdist" 2> /dev/null && XDIST="-n 6"
 
 # ---- phase A: correctness, side by side --------------------------------------------------
 # 1. every fused backend against its reference (ops and mixers), compiled kernels warm the Triton cache
-stage pytest 170 python3 -m pytest -q -rs -p no:cacheprovider $XDIST --timeout 160 tests/test_zoo.py tests/test_ops.py \
+stage pytest 150 python3 -m pytest -q -rs --tb=short -p no:cacheprovider $XDIST --timeout 140 tests/test_zoo.py tests/test_ops.py \
   tests/test_gla.py tests/test_delta_rule.py tests/test_dplr.py tests/test_ssm.py tests/test_sparse.py tests/test_hybrids.py &
 # 2. a recipe on the GPU: the default teacher pre-trained there, RADLADS steps 1 + 2, teacher vs student rows
-stage recipes 170 $AB convert radlads --set device=cuda --out "$RUNS/rc" &
+stage recipes 150 $AB convert radlads --set device=cuda --out "$RUNS/rc" &
 # 3. MQAR on the GPU: the CPU slice's setting, bf16, two families, to compare with the CPU accuracies
-stage mqar 170 $AB run suites/mqar-gpu.yaml --out "$RUNS/mq" --no-report --allow-failures \
+stage mqar 150 $AB run suites/mqar-gpu.yaml --out "$RUNS/mq" --no-report --allow-failures \
   --set 'sweep.arch=[softmax_attention,mamba2]' --set 'sweep.d_model=[64]' --set 'sweep.seq_len=[64]' \
   --set 'sweep.num_kv_pairs=[4]' --set 'defaults.train.lr=[2.2e-3]' --set defaults.train.steps=2000 &
 wait
@@ -58,20 +58,23 @@ rows mqar "$RUNS/mq"
 
 # ---- phase B: timed, alone on the GPU --------------------------------------------------------
 # 4. timer vs triton.testing.do_bench, CUDA-graph replay, the real NVML energy counter
-stage timing 60 python3 -m pytest -q -rs -p no:cacheprovider tests/test_timer_fidelity.py tests/test_bench.py \
+stage timing 50 python3 -m pytest -q -rs --tb=short -p no:cacheprovider tests/test_timer_fidelity.py tests/test_bench.py \
   tests/test_energy.py tests/test_measure.py
-# 5. op-level references and SDPA on the GPU (the CPU table is results/baselines/cpu-2core-xeon/op_speed.txt)
-stage op_speed 45 python3 benchmarks/op_speed.py --device cuda --lengths 4096 16384
-# 6. a slice of the long-context suite: every family, three modes, fused backends, NVML energy on
-stage long-context 120 $AB run suites/long-context.yaml --out "$RUNS/lc" --no-report --allow-failures \
-  --set 'sweep.batch=[1]' --set 'sweep.seq_len=[4096,16384]' --set defaults.measure.budget_s=0.3 \
-  --set defaults.measure.warmup=2 --set defaults.measure.min_repeats=5 --set defaults.measure.decode_tokens=16
+# 5. op level on the GPU: the references in fp32 (the CPU table is results/baselines/cpu-2core-xeon/op_speed.txt),
+#    then the fused kernel each op picks, in bf16, with the kernel named
+stage op_speed 30 python3 benchmarks/op_speed.py --device cuda --lengths 4096 16384
+stage op_speed_fused 30 python3 benchmarks/op_speed.py --device cuda --lengths 4096 16384 --backend auto --dtype bfloat16
+# 6. a slice of the long-context suite: every family, three modes, fused backends, NVML energy on, at T=16K
+stage long-context 100 $AB run suites/long-context.yaml --out "$RUNS/lc" --no-report --allow-failures \
+  --set 'sweep.batch=[1]' --set 'sweep.seq_len=[16384]' --set defaults.measure.budget_s=0.3 \
+  --set defaults.measure.warmup=2 --set defaults.measure.min_repeats=5 --set defaults.measure.decode_tokens=16 \
+  --set defaults.measure.energy_window_s=0.5
 rows long-context "$RUNS/lc"
 [ -f "$RUNS/lc/run.json" ] && cp "$RUNS/lc/run.json" "$OUT/run.json"
 
 mv "$LOGS/pytest.log" "$OUT/pytest.txt" 2> /dev/null
 mv "$LOGS/timing.log" "$OUT/timing.txt" 2> /dev/null
-for f in recipes mqar op_speed long-context; do
+for f in recipes mqar op_speed op_speed_fused long-context; do
   [ -f "$LOGS/$f.log" ] && { echo "=== $f"; tail -c 60000 "$LOGS/$f.log"; } >> "$OUT/stages.log"
 done
 cat "$S"
