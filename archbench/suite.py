@@ -251,6 +251,9 @@ class SuiteModel(_Strict):
     defaults: Defaults = Field(default_factory=Defaults)
     sweep: Sweep
     exclude: list[ExcludeRule] = Field(default_factory=list)
+    # arch -> cell fields that replace the defaults for that arch alone (e.g. nsa: {n_kv_heads: 1},
+    # the GQA group fla's NSA kernels need); a field may not be both swept and set here
+    arch_defaults: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 class Cell(BaseModel):
@@ -511,9 +514,11 @@ def expand(model: SuiteModel, source: str = "<suite>") -> list[Cell]:
                 f"{source}: sweep.backend: none of {backends} is a backend of {a!r} (it has: {', '.join(s.backend_names)}); add one or use auto"
             )
 
+    per_arch = _arch_defaults(model, source)
     cells: dict[str, Cell] = {}
     for combo in itertools.product(*axes):
         values = dict(zip(CELL_FIELDS, combo))
+        values.update(per_arch.get(values["arch"], {}))
         spec = specs[values["arch"]]
         if values["backend"] not in generic and values["backend"] not in spec.backend_names:
             continue
@@ -528,6 +533,29 @@ def expand(model: SuiteModel, source: str = "<suite>") -> list[Cell]:
     if not cells:
         raise SuiteError(f"{source}: the sweep expands to no cells (every cell is excluded); loosen 'exclude'")
     return list(cells.values())
+
+
+def _arch_defaults(model: SuiteModel, source: str) -> dict[str, dict[str, Any]]:
+    """``arch_defaults`` checked: known archs, cell fields that are not swept, valid values."""
+    out: dict[str, dict[str, Any]] = {}
+    for arch, fields in model.arch_defaults.items():
+        where = f"{source}: arch_defaults.{arch}"
+        try:
+            registry.get(arch)
+        except registry.RegistryError as e:
+            raise SuiteError(f"{where}: {e}") from None
+        for f, v in fields.items():
+            if f not in CELL_FIELDS or f == "arch":
+                allowed = ", ".join(x for x in CELL_FIELDS if x != "arch")
+                raise SuiteError(f"{where}.{f}: not a cell field; allowed: {allowed}")
+            if model.sweep.values(f) is not None:
+                raise SuiteError(f"{where}.{f}: {f} is also swept; set it in one place (drop it from sweep or here)")
+            try:
+                CellValues.model_validate({f: v})
+            except ValidationError as e:
+                raise SuiteError(f"{where}.{f}: {e.errors()[0]['msg']}") from None
+        out[arch] = dict(fields)
+    return out
 
 
 def _task_values(values: dict, d: Defaults, source: str) -> dict:

@@ -412,6 +412,9 @@ def test_nsa_mixer_state_bytes_and_fla_guard():
     with pytest.raises(Unsupported, match="power of 2 >= 16") as e:
         NSA(cfg, "fla")
     assert classify(e.value)[0] == "unsupported", "a shape the fused kernel does not take is a result, not an error"
+    assert "4 / 2 = 2" in str(e.value) and "n_kv_heads" in str(e.value)
+    with pytest.raises(Unsupported, match=r"block_size >= 2 \* next_pow2\(block_count\) = 32 \(got 8\)"):
+        NSA(MixerConfig(d_model=64, n_heads=16, n_kv_heads=1, block_size=8, block_count=16), "fla")
     with pytest.raises(ValueError, match="naive"):
         SlidingWindowAttention(cfg, "chunked")
 

@@ -71,6 +71,29 @@ def test_exclude_rules(tmp_path):
     assert len(cells) == 12 - 2 - 2
 
 
+def test_arch_defaults_replace_the_defaults_for_one_arch(tmp_path):
+    text = GOOD + "arch_defaults:\n  softmax_attention: {n_kv_heads: 1, window: 16}\n"
+    cells = load_suite(write(tmp_path, text)).cells()
+    assert {(c.n_kv_heads, c.window) for c in cells if c.arch == "softmax_attention"} == {(1, 16)}
+    assert {(c.n_kv_heads, c.window) for c in cells if c.arch == "linear_attention"} == {(None, None)}
+    plain = {c.label: c.key for c in load_suite(write(tmp_path, GOOD, "g.yaml")).cells()}
+    assert {c.key for c in cells if c.arch == "linear_attention"} <= set(plain.values())
+    assert not {c.key for c in cells if c.arch == "softmax_attention"} & set(plain.values())
+
+
+@pytest.mark.parametrize(
+    "extra,expect",
+    [
+        ("  mamba9: {n_kv_heads: 1}", "arch_defaults.mamba9: unknown architecture"),
+        ("  softmax_attention: {colour: red}", "arch_defaults.softmax_attention.colour: not a cell field; allowed:"),
+        ("  softmax_attention: {seq_len: 32}", "seq_len is also swept"),
+        ("  softmax_attention: {n_kv_heads: -1}", "arch_defaults.softmax_attention.n_kv_heads:"),
+    ],
+)
+def test_arch_defaults_errors(tmp_path, extra, expect):
+    assert expect in error_of(tmp_path, GOOD + "arch_defaults:\n" + extra + "\n")
+
+
 def test_everything_excluded_is_an_error(tmp_path):
     msg = error_of(tmp_path, GOOD + "exclude:\n  - {device: cpu}\n")
     assert "no cells" in msg

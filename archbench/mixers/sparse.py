@@ -281,10 +281,15 @@ class NSA(_QKV):
         h, hkv, hd = config.n_heads, config.kv_heads, config.hd
         if backend == "fla":
             G, slots = h // hkv, 1 << (self.count - 1).bit_length()
-            if G < 16 or G & (G - 1) or self.block < 2 * slots:
+            if G < 16 or G & (G - 1):
                 raise Unsupported(
-                    "NSA backend 'fla' needs n_heads / n_kv_heads a power of 2 >= 16 "
-                    f"(got {G}) and block_size >= 2 * next_pow2(block_count) = {2 * slots} (got {self.block})"
+                    f"NSA backend 'fla' needs a GQA group n_heads / n_kv_heads that is a power of 2 >= 16 (got "
+                    f"{h} / {hkv} = {G}): set n_kv_heads (e.g. {max(1, h // 16)} for {h} heads) or use backend chunked"
+                )
+            if self.block < 2 * slots:
+                raise Unsupported(
+                    f"NSA backend 'fla' needs block_size >= 2 * next_pow2(block_count) = {2 * slots} "
+                    f"(got {self.block}): raise block_size or lower block_count, or use backend chunked"
                 )
         self._init_proj(config)
         self.gate = nn.Linear(config.d_model, 3 * h)  # per head: compressed, selected, window
