@@ -234,9 +234,12 @@ def _run_with_progress(runner):
         TimeRemainingColumn,
     )
 
+    from archbench.log_lines import Throttle
+
     console = Console(stderr=True)
     if not console.is_terminal:  # logs (CI, nohup): no wrapping at 80 columns
         console = Console(stderr=True, width=200)
+    lines = None if console.is_terminal else Throttle()  # logs: bars draw nothing until the end
     colors = {"ok": "green", "oom": "yellow", "unsupported": "dim", "skipped": "dim"}
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -260,6 +263,8 @@ def _run_with_progress(runner):
             if cell.key not in training:
                 training[cell.key] = progress.add_task(desc, total=info.get("steps", 1))
             progress.update(training[cell.key], description=escape(desc), completed=info.get("step", 0), total=info.get("steps", 1))
+            if lines is not None and lines.due(cell.key):
+                progress.console.print(escape(f"{desc}  step {info.get('step', 0)}/{info.get('steps', 1)}  ({cell.label})"))
 
         def on_row(i, cell, row):
             status = row["status"]

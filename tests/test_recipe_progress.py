@@ -34,3 +34,29 @@ def test_a_bar_per_stage_and_lines_for_events():
         assert [(t.completed, t.total) for t in tasks] == [(3, 3), (2, 2)]
     out = buf.getvalue()
     assert "ranked: 3 1 2" in out and "recipe 2/3: rad" in out
+
+
+def test_logs_get_throttled_step_lines(monkeypatch):
+    """Not a terminal: the bars draw nothing until the end, so each stage's first step prints a
+    line, and later steps only once ARCHBENCH_LOG_EVERY_S has passed."""
+    monkeypatch.setenv("ARCHBENCH_LOG_EVERY_S", "3600")
+    buf = io.StringIO()
+    with RecipeProgress(Console(file=buf, width=120, force_terminal=False)) as view:
+        for i in range(5):
+            view({"stage": "align", "step": i, "steps": 5, "loss": 2.0})
+        view({"stage": "distil", "step": 0, "steps": 9})
+    lines = [ln for ln in buf.getvalue().splitlines() if ": step " in ln]
+    assert lines == ["  align: step 1/5 loss 2.0000", "  distil: step 1/9"]
+    monkeypatch.setenv("ARCHBENCH_LOG_EVERY_S", "0")
+    buf = io.StringIO()
+    with RecipeProgress(Console(file=buf, width=120, force_terminal=False)) as view:
+        for i in range(3):
+            view({"stage": "align", "step": i, "steps": 3})
+    assert sum(": step " in ln for ln in buf.getvalue().splitlines()) == 3
+
+
+def test_a_terminal_gets_bars_only():
+    buf = io.StringIO()
+    with RecipeProgress(Console(file=buf, width=120, force_terminal=True)) as view:
+        view({"stage": "align", "step": 0, "steps": 5})
+    assert ": step " not in buf.getvalue()

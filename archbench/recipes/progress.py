@@ -6,6 +6,8 @@ Recipes report through one callback, ``progress(info: dict)``. Training loops se
 (RAD's layer ranking, a finished bridge variant) carry no step count. ``RecipeProgress`` turns
 the first kind into one progress bar per stage (a new stage ends the previous bar) and prints
 the second kind as a line, so a first run that pre-trains the teacher for minutes shows it.
+Where stderr is not a terminal the bars draw nothing until the end, so steps also print as
+throttled lines (``archbench.log_lines``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from archbench.log_lines import Throttle
 
 _SHOWN = ("tf_bpb", "prefix_bpb", "gap_bpb", "greedy", "bo")
 
@@ -46,6 +50,7 @@ class RecipeProgress:
                                  TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                                  console=console)  # fmt: skip
         self.bar, self.stage = None, None
+        self.lines = None if console.is_terminal else Throttle()
 
     def __enter__(self):
         self.progress.__enter__()
@@ -63,6 +68,9 @@ class RecipeProgress:
                     self.progress.stop_task(self.bar)
                 self.bar, self.stage = self.progress.add_task(desc, total=int(info["steps"])), name
             self.progress.update(self.bar, description=desc, completed=completed(info), total=int(info["steps"]))
+            if self.lines is not None and self.lines.due(name):
+                loss = f" loss {info['loss']:.4f}" if isinstance(info.get("loss"), float) else ""
+                self.progress.console.print(escape(f"  {name}: step {completed(info)}/{int(info['steps'])}{loss}"))
         else:
             self.progress.console.print(escape(event_line(info)))
 
