@@ -158,6 +158,48 @@ requires_flash_attn = requires_cuda_module(
 )
 
 
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split("+")[0].split(".")[:3]:
+        digits = "".join(c for c in piece if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def gated_backward_reason(capability: tuple[int, int], triton_version: str | None, has_tilelang: bool) -> str | None:
+    """fla's gated chunk backward (``chunk_bwd_dqkwg`` with a gate: simple GLA / SSD and the gated
+    delta rule) gives wrong gradients on Hopper under Triton 3.4.0 to 3.7.0 (fla issue #640; fla
+    0.6 refuses to run it, older fla silently miscomputes) unless fla can use tilelang instead.
+    Seen on an H200 with torch 2.11 / triton 3.6 / fla 0.6."""
+    if capability[0] != 9 or triton_version is None or has_tilelang:
+        return None
+    if (3, 4, 0) <= _version_tuple(triton_version) < (3, 7, 1):
+        return (
+            f"fla's gated chunk backward is wrong on Hopper with triton {triton_version} (fla issue #640): "
+            "upgrade triton to >= 3.7.1 or pip install tilelang; forward-only modes still use fla"
+        )
+    return None
+
+
+def fla_gated_backward(device: str, dtype: str | None = None) -> str | None:
+    """``detect_backward`` for fla backends built on the gated chunk kernels (see gated_backward_reason)."""
+    if not device.startswith("cuda"):
+        return None  # the forward detector already refuses
+    import importlib.metadata
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    index = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
+    try:
+        triton_version = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        triton_version = None
+    has_tilelang = importlib.util.find_spec("tilelang") is not None
+    return gated_backward_reason(torch.cuda.get_device_capability(index), triton_version, has_tilelang)
+
+
 def cuda_only(device: str, dtype: str | None = None) -> str | None:
     """For torch-native fused paths that only make sense on a GPU."""
     return _cuda_reason(device)

@@ -317,6 +317,10 @@ def test_fla_matches_reference(op, T):
     o, S = OPS[op](*leaves, initial_state=s0, output_final_state=True, backend="fla")
     o_ref, S_ref = OPS[op](q, k, v, g, initial_state=s0, output_final_state=True, backend="torch")
     assert rel_err(o, o_ref) < 5e-3 and rel_err(S, S_ref) < 5e-3
+    from archbench.spec import fla_gated_backward
+
+    if op == "simple_gla" and fla_gated_backward("cuda"):  # fla refuses this backward here
+        pytest.skip(f"forward checked; backward: {fla_gated_backward('cuda')}")
     grads = torch.autograd.grad(o.square().sum(), leaves)
     ref_leaves = [x.clone().requires_grad_(True) for x in (q, k, v, g)]
     o_ref, _ = OPS[op](*ref_leaves, initial_state=s0, backend="torch")

@@ -67,3 +67,20 @@ def test_decode_flops_follow_each_family_s_state():
     # a hybrid adds its layers' costs: its attention layer's share still grows with the context
     h = registry.get("hybrid_mamba2_attention")
     assert h.decode_cost(cfg, 1, 2000) - h.decode_cost(cfg, 1, 1000) == pytest.approx(4 * 4 * 16 * 1000)
+
+
+def test_fla_gated_backward_is_refused_where_fla_computes_it_wrong():
+    """fla's gated chunk backward is wrong on Hopper under Triton 3.4.0..3.7.0 (fla #640; seen on an
+    H200 with triton 3.6): fwd_bwd / task cells of those backends fall back to the reference."""
+    from archbench.spec import fla_gated_backward, gated_backward_reason
+
+    assert "fla issue #640" in gated_backward_reason((9, 0), "3.6.0", False)
+    assert gated_backward_reason((9, 0), "3.4.0", False) and gated_backward_reason((9, 0), "3.7.0+git1", False)
+    assert gated_backward_reason((9, 0), "3.7.1", False) is None  # fixed
+    assert gated_backward_reason((9, 0), "3.3.1", False) is None  # before the bug
+    assert gated_backward_reason((8, 0), "3.6.0", False) is None  # not Hopper
+    assert gated_backward_reason((9, 0), "3.6.0", True) is None  # fla uses tilelang instead
+    assert gated_backward_reason((9, 0), None, False) is None
+    for arch in ("gated_deltanet", "mamba2"):
+        assert registry.get(arch).backend("fla").detect_backward is fla_gated_backward
+    assert fla_gated_backward("cpu") is None  # off CUDA the forward detector already refuses

@@ -43,7 +43,7 @@ from archbench.ops.delta_rule import (
     gated_delta_rule_step,
     l2norm,
 )
-from archbench.spec import ArchSpec, Backend, Complexity, always, requires_cuda_module, requires_fla
+from archbench.spec import ArchSpec, Backend, Complexity, always, fla_gated_backward, requires_cuda_module, requires_fla
 
 # registry backend name -> op backend name
 OP_BACKEND = {"fla": "fla", "chunked": "torch"}
@@ -289,7 +289,7 @@ SPECS = (
         paper="Gated Delta Networks: Improving Mamba2 with Delta Rule (arXiv 2412.06464)",
         complexity=_COMPLEXITY,
         backends=(
-            Backend("fla", "fla chunk_gated_delta_rule Triton kernel", requires_fla),
+            Backend("fla", "fla chunk_gated_delta_rule Triton kernel", requires_fla, fla_gated_backward),
             Backend("chunked", "pure-PyTorch chunked WY / UT-transform reference", always),
         ),
         factory=lambda cfg, backend: GatedDeltaNet(cfg, backend),

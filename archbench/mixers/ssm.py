@@ -42,7 +42,7 @@ from archbench.mixers.base import MixerConfig, ParallelMixer
 from archbench.mixers.common import HeadRMSNorm, ShortConv
 from archbench.ops.selective_scan import selective_scan, selective_scan_step
 from archbench.ops.ssd import ssd, ssd_step
-from archbench.spec import ArchSpec, Backend, Complexity, always, requires_fla, requires_mamba_ssm
+from archbench.spec import ArchSpec, Backend, Complexity, always, fla_gated_backward, requires_fla, requires_mamba_ssm
 
 # registry backend name -> op backend name
 MAMBA_BACKENDS = {"mamba_ssm": "mamba_ssm", "chunked": "torch"}
@@ -296,7 +296,7 @@ SPECS = (
         ),
         backends=(
             Backend("mamba_ssm", "mamba-ssm Triton SSD (mamba_chunk_scan_combined)", requires_mamba_ssm),
-            Backend("fla", "fla chunk_simple_gla (SSD as simple GLA)", requires_fla),
+            Backend("fla", "fla chunk_simple_gla (SSD as simple GLA)", requires_fla, fla_gated_backward),
             Backend("chunked", "pure-PyTorch SSD block decomposition", always),
         ),
         factory=lambda cfg, backend: Mamba2(cfg, backend),
