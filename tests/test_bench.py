@@ -32,6 +32,15 @@ def test_every_mode_measures(level):
             assert "[model L=2]" in cell.label
 
 
+def test_decode_rows_name_the_step_kernels():
+    """Decode runs each family's one-token step: the row says which, as prefill rows name theirs."""
+    rows = {c.arch: run_cell(c.model_dump()) for c in _cells("mixer", ("linear_attention", "mamba2", "gated_deltanet"))
+            if c.mode == "decode"}  # fmt: skip
+    assert "torch.linear_attention_step" in rows["linear_attention"]["kernels"]
+    assert "torch.ssd_step" in rows["mamba2"]["kernels"]
+    assert "torch.gated_delta_rule_step" in rows["gated_deltanet"]["kernels"]
+
+
 def test_model_level_adds_layers_mlp_and_head():
     mixer = {c.arch: run_cell(c.model_dump()) for c in _cells("mixer", ("mamba2",)) if c.mode == "fwd"}
     model = {c.arch: run_cell(c.model_dump()) for c in _cells("model", ("mamba2",)) if c.mode == "fwd"}

@@ -466,6 +466,7 @@ def delta_rule_step(
 
     Returns ``(o [B, H, V], new_state)``.
     """
+    record("torch.delta_rule_step")
     return _step(q, k, v, None, beta, state, scale)
 
 
@@ -479,6 +480,7 @@ def gated_delta_rule_step(
     scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One gated decode step: as ``delta_rule_step`` with a log-decay g [B, H]."""
+    record("torch.gated_delta_rule_step")
     return _step(q, k, v, g, beta, state, scale)
 
 

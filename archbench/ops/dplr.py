@@ -366,6 +366,7 @@ def dplr_step(
 
     Returns ``(o [B, H, V] in v's dtype, new_state)``.
     """
+    record("torch.dplr_step")
     if scale is None:
         scale = 1.0
     acc = torch.promote_types(torch.promote_types(q.dtype, state.dtype), torch.float32)

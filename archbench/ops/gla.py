@@ -219,6 +219,7 @@ def simple_gla_step(
 
     Returns ``(o [B, H, V] in v's dtype, new_state)``.
     """
+    record("torch.simple_gla_step")
     if scale is None:
         scale = q.shape[-1] ** -0.5
     acc = torch.promote_types(state.dtype, torch.float32)
@@ -334,6 +335,7 @@ def gla_step(
 
     Returns ``(o [B, H, V] in v's dtype, new_state)``.
     """
+    record("torch.gla_step")
     if scale is None:
         scale = q.shape[-1] ** -0.5
     acc = torch.promote_types(state.dtype, torch.float32)

@@ -102,6 +102,7 @@ def linear_attention_step(
 
     Returns ``(o [B, H, V], new_state)``.
     """
+    record("torch.linear_attention_step")
     if scale is None:
         scale = q.shape[-1] ** -0.5
     acc = torch.promote_types(state.dtype, torch.promote_types(q.dtype, torch.float32))

@@ -215,6 +215,7 @@ def selective_scan_step(
 
     Returns ``(y [B, Dm], new_state)``.
     """
+    record("torch.selective_scan_step")
     acc = torch.promote_types(state.dtype, torch.float32)
     ua, da = u.to(acc), delta.to(acc)
     state = torch.exp(da[..., None] * A.to(acc)) * state + (da * ua)[..., None] * B.to(acc)[:, None, :]

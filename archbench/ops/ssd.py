@@ -183,6 +183,7 @@ def ssd_step(
 
     Returns ``(y [B, H, P], new_state)``.
     """
+    record("torch.ssd_step")
     H, G = x.shape[1], B.shape[1]
     if H % G:
         raise ValueError(f"ssd_step: heads ({H}) must be a multiple of groups ({G})")
