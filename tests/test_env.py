@@ -64,3 +64,12 @@ def test_no_driver():
 def test_collect_env_on_cpu_has_versions():
     env = collect_env("cpu")
     assert env["torch"] and env["python"] and env["cpu_count"] >= 1 and env["device_name"]
+
+
+def test_archbench_version_is_known_from_a_checkout(monkeypatch):
+    """On the GPU node archbench runs from a checkout on PYTHONPATH, not installed: the env still says which."""
+    import archbench
+    from archbench.measure import env as env_mod
+
+    monkeypatch.setattr(env_mod, "package_version", lambda dist: None)
+    assert collect_env("cpu")["archbench"] == archbench.__version__

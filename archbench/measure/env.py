@@ -21,6 +21,12 @@ def package_version(dist: str) -> str | None:
         return None
 
 
+def _source_version() -> str | None:
+    import archbench
+
+    return getattr(archbench, "__version__", None)
+
+
 def git_revision(path: str | os.PathLike | None = None) -> str | None:
     """The git revision of the checkout holding ``path`` (default: this package), '+dirty' if modified."""
     cwd = Path(path) if path else Path(__file__).resolve().parent
@@ -72,7 +78,7 @@ def collect_env(device: str = "cpu") -> dict:
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "git_rev": git_revision(),
-        "archbench": package_version("archbench"),
+        "archbench": package_version("archbench") or _source_version(),  # run from a checkout: PYTHONPATH
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         env.update(nvml_device_info(_cuda_index(device)))
