@@ -60,6 +60,16 @@ class Workload:
     extra: dict = field(default_factory=dict)
 
 
+def graph_workload(work: Workload, device: str, warmup: int, capture_fn=capture) -> tuple[Workload, Graphed]:
+    """The workload as CUDA-graph replays. A workload with a reset (decode) is reset before the
+    warm-up calls and the capture only: replays need none (see ``measure.cuda_graph``). If the
+    capture fails, the eager workload comes back unchanged, reset included, with the reason."""
+    graphed = capture_fn(work.call, device, warmup=warmup, setup=work.setup)
+    if not graphed.used:
+        return work, graphed
+    return dataclasses.replace(work, call=graphed.call, setup=None), graphed
+
+
 def _device_ready(device: str) -> None:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise Unsupported("cell asks for a CUDA device and torch sees none (torch %s)" % torch.__version__)
@@ -220,11 +230,7 @@ def _run(cell: dict, spec, device: str, dtype: str, progress) -> dict:
     m = cell["measure"]
     graphed = None
     if m.get("cuda_graph") and device.startswith("cuda"):
-        if work.setup is not None:
-            graphed = Graphed(work.call, False, f"{cell['mode']} restores state before each call; timed eagerly")
-        else:
-            graphed = capture(work.call, device, warmup=max(1, m["warmup"]))
-            work = dataclasses.replace(work, call=graphed.call)
+        work, graphed = graph_workload(work, device, max(1, m["warmup"]))
     stats = time_fn(
         work.call,
         device=device,

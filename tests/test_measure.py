@@ -140,6 +140,27 @@ def test_cuda_graph_capture_replays_the_call_and_falls_back_with_a_reason():
     assert not cpu.used and "CUDA device" in cpu.reason
 
 
+def test_cuda_graph_capture_resets_before_warmup_and_capture_never_between_replays():
+    from types import SimpleNamespace
+
+    from archbench.measure.cuda_graph import capture
+
+    cuda = _FakeCuda()
+    log = []
+
+    def call():
+        log.append("call")
+        if cuda.capturing is not None and cuda.capturing.captured is None:
+            cuda.capturing.captured = call
+
+    g = capture(call, "cuda", warmup=2, torch_module=SimpleNamespace(cuda=cuda), setup=lambda: log.append("reset"))
+    assert g.used
+    assert log == ["reset", "call", "reset", "call", "reset", "call", "call"]  # warm-ups, capture, check replay
+    g.call()
+    g.call()
+    assert log[-2:] == ["call", "call"], "replays run without a reset"
+
+
 def test_pinned_cpus_restricts_and_restores():
     import os
 

@@ -4,9 +4,10 @@
 # repository root:
 #     run(command="bash benchmarks/gpu/checks.sh", carry=[".whl"], timeout_s=560)
 # Results land in $OUT (at most 8 files come back): summary.txt (environment, each stage's exit
-# code and wall time), pytest.txt, timing.txt (the timing-sensitive tests), stages.log (every
-# other stage's output), the rows of the suite and recipe runs (long-context.jsonl, mqar.jsonl,
-# recipes.jsonl) and the long-context run.json (environment, measured peaks).
+# code and wall time), pytest.txt (the fused-vs-reference tests, then the timing-sensitive ones),
+# stages.log (every other stage's output), the rows of the suite and recipe runs
+# (long-context.jsonl, decode-graphs.jsonl, mqar.jsonl, recipes.jsonl) and the long-context
+# run.json (environment, measured peaks).
 # A stage that fails or times out does not stop the next; the timed stages run alone on the GPU.
 # CHECKS_SCALE=0.5 halves every stage's time limit (a rerun in a short second call).
 set -u
@@ -61,6 +62,15 @@ skip long-context || stage long-context 100 $AB run suites/long-context.yaml --o
   --set defaults.measure.decode_tokens=16 --set defaults.measure.energy_window_s=0.5
 rows long-context "$RUNS/lc"
 [ -f "$RUNS/lc/run.json" ] && cp "$RUNS/lc/run.json" "$OUT/run.json"
+# 2b. decode eager vs CUDA-graph replay (launch overhead is most of B=1 decode on a GPU), alone on the GPU
+for g in false true; do
+  skip decode-graphs || stage "decode-graph-$g" 40 $AB run suites/decode.yaml --device cuda --out "$RUNS/dg-$g" \
+    --no-report --allow-failures --set defaults.dtype=bfloat16 --set 'sweep.seq_len=[4096]' \
+    --set "defaults.measure.cuda_graph=$g" --set defaults.measure.energy=false
+done
+if [ -f "$RUNS/dg-false/rows.jsonl" ] || [ -f "$RUNS/dg-true/rows.jsonl" ]; then
+  cat "$RUNS"/dg-*/rows.jsonl > "$OUT/decode-graphs.jsonl" 2> /dev/null
+fi
 # 3. side by side (both are Python-bound training loops; their speed rows are a smoke check):
 #    a recipe on the GPU (the default teacher pre-trained there, RADLADS steps 1 + 2, teacher vs student rows)
 #    and MQAR at the CPU slice's setting in bf16 for two families, to compare with the CPU accuracies
@@ -82,8 +92,8 @@ skip op_speed_fused || stage op_speed_fused 35 python3 benchmarks/op_speed.py --
   --backend auto --dtype bfloat16
 
 mv "$LOGS/pytest.log" "$OUT/pytest.txt" 2> /dev/null
-mv "$LOGS/timing.log" "$OUT/timing.txt" 2> /dev/null
-for f in recipes mqar op_speed op_speed_fused long-context; do
+[ -f "$LOGS/timing.log" ] && { echo "=== timing"; cat "$LOGS/timing.log"; } >> "$OUT/pytest.txt"  # 8 files at most
+for f in recipes mqar op_speed op_speed_fused long-context decode-graph-false decode-graph-true; do
   [ -f "$LOGS/$f.log" ] && { echo "=== $f"; tail -c 60000 "$LOGS/$f.log"; } >> "$OUT/stages.log"
 done
 cat "$S"
