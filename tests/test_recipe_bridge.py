@@ -165,11 +165,16 @@ def test_config_errors_are_one_line(kwargs, message):
     assert "\n" not in str(err.value)
 
 
-def test_non_byte_teacher_is_refused(tmp_path):
+def test_a_non_byte_teacher_without_a_tokenizer_is_refused(tmp_path):
+    """Tokenised teachers are taken through their saved tokenizer (tests/test_recipe_tokenized.py);
+    without one, the error says what to do, in one line."""
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from archbench.tasks.base import TaskError
 
     cfg = LlamaConfig(vocab_size=300, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                       num_key_value_heads=1)  # fmt: skip
     LlamaForCausalLM(cfg).save_pretrained(tmp_path / "t")
-    with pytest.raises(BridgeError, match="vocab_size 256"):
+    with pytest.raises(TaskError, match="no tokenizer loads from there") as err:
         run(BridgeConfig(**{**SMALL, "teacher": str(tmp_path / "t")}), tmp_path / "out")
+    assert "\n" not in str(err.value)

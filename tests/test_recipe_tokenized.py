@@ -99,6 +99,38 @@ def test_rad_converts_a_tokenised_teacher(teacher_dir, tmp_path):
     assert rows[1]["ssm_bytes_12"] == rows[1]["ssm_bytes_4"] > 0
 
 
+def test_the_bridge_takes_a_tokenised_teacher(teacher_dir, tmp_path):
+    """The small model reads the teacher's token ids, scores are in bits per byte, generated text is
+    decoded with the tokenizer, the byte-level probes are skipped, and students reload."""
+    from archbench.recipes.bridge import BridgeConfig, load_student, run
+
+    cfg = BridgeConfig(teacher=str(teacher_dir), student_d_model=16, student_layers=1, student_heads=2,
+                       student_kv_heads=1, n_heads=2, steps=3, batch_size=4, seq_len=24, max_bytes=MAX_BYTES,
+                       eval_windows=2, eval_batch=2, gen_prompts=1, prompt_len=6, gen_len=3, speed_contexts=(12,),
+                       probe_examples=4)  # fmt: skip
+    run(cfg, tmp_path / "out")
+    rows = {r["model"]: r for r in map(json.loads, (tmp_path / "out" / "rows.jsonl").read_text().splitlines())}
+    assert set(rows) == {"teacher", "bridge-causal", "bridge-noncausal", "distill"}
+    task = corpus_task(24, MAX_BYTES, load_tokenizer_of(teacher_dir))
+    for r in rows.values():
+        assert "probe_skipped" in r and "probe_mqar_acc" not in r
+        assert isinstance(r["gen_sample"], str) and r["prefill_s_12"] > 0
+    # an untrained 400-symbol model is near log2(400) bits per token, i.e. that over bytes_per_token per byte
+    untrained = math.log2(400) / task.bytes_per_token
+    assert 0.5 * untrained < rows["distill"]["tf_bpb"] < 1.5 * untrained
+    meta = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert meta["vocab_size"] == 400 and meta["bytes_per_token"] == pytest.approx(task.bytes_per_token)
+    student = load_student(tmp_path / "out", "distill")
+    ids = torch.randint(0, 400, (1, 10))
+    assert student(ids).shape == (1, 10, 400)
+
+
+def load_tokenizer_of(path):
+    from archbench.recipes.tokenized import load_tokenizer
+
+    return load_tokenizer(str(path))
+
+
 def test_a_non_byte_teacher_without_a_tokenizer_is_refused(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -20,8 +20,10 @@ code builds it this way (its intermediate MLP is (D + d) / 2 wide, which is 0.75
 embeddings (the small model sees only the bridge's output; Llama has no position embedding, RoPE
 sits inside attention) and trains the bridge and the small model with next-token cross-entropy
 while the large model stays frozen. Attention dropout (0.1 there) is left out so runs are
-deterministic. The small model here is a fresh ``build_teacher``-style byte-level Llama trained
-from scratch, with its tied embedding matrix serving only as its output head.
+deterministic. The small model here is a fresh ``build_teacher``-style Llama trained from scratch
+on the big model's symbols (bytes for the default teacher; a tokenised teacher's ids through its
+own tokenizer, ``recipes.tokenized``, with bits per token converted to bits per byte), its tied
+embedding matrix serving only as its output head.
 
 **The leak.** The published cross-attention has no mask, so the query at position t attends to
 the big model's states at every position, including t + 1, whose input is the very byte t must
@@ -76,7 +78,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archbench.recipes.probes import recall_probes
+from archbench.recipes.probes import task_probes
 from archbench.recipes.speed import prefill_speed
 from archbench.recipes.teacher import (
     TeacherSpec,
@@ -86,6 +88,7 @@ from archbench.recipes.teacher import (
     default_teacher,
     lm_batches,
     load_teacher,
+    teacher_tokenizer,
 )
 from archbench.store import RunDir, now_iso
 from archbench.tasks.train import lr_at, make_optimizer
@@ -102,7 +105,7 @@ class BridgeError(ValueError):
 @dataclass(frozen=True)
 class BridgeConfig:
     """One bridge-vs-distillation comparison. ``teacher`` is ``"default"`` (the cached byte-level
-    Llama described by ``teacher_spec``) or a local directory / hub name of a byte-level causal LM."""
+    Llama described by ``teacher_spec``) or a local directory / hub name of a causal LM (byte-level, or with its tokenizer saved beside it)."""
 
     teacher: str = "default"
     teacher_spec: TeacherSpec = field(default_factory=TeacherSpec)
@@ -298,10 +301,11 @@ class DistilledLM(nn.Module):
         return self.small(input_ids=ids, use_cache=False).logits
 
 
-def build_student(config: BridgeConfig, variant: str, big: nn.Module) -> nn.Module:
+def build_student(config: BridgeConfig, variant: str, big: nn.Module, vocab_size: int = 256) -> nn.Module:
     """A fresh student for ``variant`` (same initialisation of the small model for every variant,
-    same bridge initialisation for both bridge variants)."""
-    small = build_teacher(config.student_spec())  # seeds with config.seed
+    same bridge initialisation for both bridge variants); the small model reads the big model's
+    symbols (``vocab_size``: 256 for bytes, else the teacher's tokenizer)."""
+    small = build_teacher(config.student_spec(), vocab_size)  # seeds with config.seed
     if variant == "distill":
         return DistilledLM(small).to(config.device)
     torch.manual_seed(config.seed + 1)
@@ -445,7 +449,7 @@ def load_student(out_dir: str | Path, variant: str = "causal", teacher: nn.Modul
     if teacher is None and variant != "distill":
         teacher = _load_big(config)[0]
     big = teacher if teacher is not None else _Placeholder()
-    model = build_student(config, variant, big)
+    model = build_student(config, variant, big, int(meta.get("vocab_size", 256)))
     tensors = load_file(str(path / "model.safetensors"))
     with safe_open(str(path / "model.safetensors"), framework="pt") as f:
         aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
@@ -467,16 +471,15 @@ class _Placeholder(nn.Module):
 # ---------------------------------------------------------------------------------------------------- the recipe
 
 
-def _load_big(config: BridgeConfig, progress=None) -> tuple[nn.Module, dict]:
+def _load_big(config: BridgeConfig, progress=None) -> tuple[nn.Module, dict, object]:
+    """The frozen big model, its facts, and its tokenizer (None when it reads bytes)."""
     if config.teacher == "default":
         big, facts = default_teacher(config.teacher_spec, progress, device=config.device)
+        tokenizer = None
     else:
         big, facts = load_teacher(config.teacher).to(config.device), {"source": config.teacher}
-    vocab = big.config.vocab_size
-    if vocab != 256:
-        raise BridgeError(f"bridge: the teacher must be byte-level (vocab_size 256), {config.teacher!r} has {vocab}: "
-                          "the bridge's small model reads bytes (radlads and rad take tokenised teachers)")  # fmt: skip
-    return big.eval().requires_grad_(False), facts
+        tokenizer = teacher_tokenizer(big, config.teacher)
+    return big.eval().requires_grad_(False), facts, tokenizer
 
 
 def run(config: BridgeConfig, out_dir: Path, progress: Callable[[dict], None] | None = None) -> dict:
@@ -484,24 +487,32 @@ def run(config: BridgeConfig, out_dir: Path, progress: Callable[[dict], None] | 
     free generation, and write the run directory (see the module text). Returns the headline numbers."""
     t_start = time.perf_counter()
     out = RunDir(out_dir).create()
-    big, facts = _load_big(config, progress)
-    task = corpus_task(config.seq_len, config.max_bytes)
+    big, facts, tokenizer = _load_big(config, progress)
+    task = corpus_task(config.seq_len, config.max_bytes, tokenizer)
+    vocab = int(big.config.vocab_size)
+    per_byte = 1.0 / getattr(task, "bytes_per_token", 1.0)  # bits per token -> bits per byte (recipes.tokenized)
     evalset = task.eval_sets(config.eval_windows, 0)["val"]
     eval_inputs, eval_labels = evalset.inputs.to(config.device), evalset.labels.to(config.device)
     prompts = task.eval_sets(config.gen_prompts, 0)["val"].inputs[:, : config.prompt_len].to(config.device)
-    out.write_meta({"recipe": "bridge", "config": asdict(config), "teacher": facts, "corpus": task.describe()["corpus"],
-                    "started": now_iso()})  # fmt: skip
+    described = task.describe()
+    out.write_meta({"recipe": "bridge", "config": asdict(config), "teacher": facts, "corpus": described["corpus"],
+                    "vocab_size": vocab, "tokenizer": described.get("tokenizer", "bytes"),
+                    "bytes_per_token": getattr(task, "bytes_per_token", 1.0), "started": now_iso()})  # fmt: skip
     teacher_fn = lambda ids: big(input_ids=ids, use_cache=False).logits  # noqa: E731
 
     def evaluate(logits_fn, reference: torch.Tensor | None) -> tuple[dict, torch.Tensor]:
         scores = leak_scores(logits_fn, eval_inputs, eval_labels, config.eval_batch)
+        for k in ("tf_bpb", "prefix_bpb", "gap_bpb"):
+            scores[k] *= per_byte
         for T in config.speed_contexts:  # the bridge runs the big model too: its prefill is the teacher's plus more
-            scores.update(prefill_speed(logits_fn, T, device=config.device, seed=config.seed))
-        if config.probe_examples:  # teacher forced, so the published bridge may read answers from later bytes
-            scores.update(recall_probes(logits_fn, config.seq_len, config.probe_examples, config.seed, device=config.device))
+            scores.update(prefill_speed(logits_fn, T, vocab=vocab, device=config.device, seed=config.seed))
+        # teacher forced, so the published bridge may read answers from later bytes (byte-level probes only)
+        scores.update(task_probes(logits_fn, task, config.probe_examples, config.seed, device=config.device))
         gen = greedy_generate(logits_fn, prompts, config.gen_len)
-        scores["gen_teacher_bpb"] = continuation_bpb(teacher_fn, gen, config.prompt_len)
-        scores["gen_sample"] = bytes(gen[0, config.prompt_len :].tolist()).decode("utf-8", errors="replace")
+        scores["gen_teacher_bpb"] = continuation_bpb(teacher_fn, gen, config.prompt_len) * per_byte
+        continuation = gen[0, config.prompt_len :].tolist()
+        scores["gen_sample"] = (tokenizer.decode(continuation) if tokenizer is not None
+                                else bytes(continuation).decode("utf-8", errors="replace"))  # fmt: skip
         if reference is not None:
             scores["gen_agree"] = float(
                 (gen[:, config.prompt_len :] == reference[:, config.prompt_len :]).float().mean()
@@ -520,7 +531,7 @@ def run(config: BridgeConfig, out_dir: Path, progress: Callable[[dict], None] | 
 
     with open(out.path / "losses.jsonl", "w", encoding="utf-8") as losses:
         for variant in config.variants:
-            model = build_student(config, variant, big)
+            model = build_student(config, variant, big, vocab)
             batches = lm_batches(task, config.batch_size, config.seed, device=config.device)  # the same for every variant
             t0 = time.perf_counter()
             history = train_student(model, variant, big, batches, config, progress)
@@ -528,7 +539,8 @@ def run(config: BridgeConfig, out_dir: Path, progress: Callable[[dict], None] | 
             for h in history:
                 losses.write(json.dumps(h) + "\n")
             losses.flush()
-            save_student(model, out.path / "students" / variant, {"variant": variant, "config": asdict(config)})
+            save_student(model, out.path / "students" / variant,
+                         {"variant": variant, "config": asdict(config), "vocab_size": vocab})  # fmt: skip
             t0 = time.perf_counter()
             scores, _ = evaluate(model, teacher_gen)
             eval_s = time.perf_counter() - t0

@@ -74,23 +74,24 @@ def corpus_task(seq_len: int, max_bytes: int, tokenizer=None):
     return TokenizedLM(seq_len=seq_len, max_bytes=max_bytes, tokenizer=tokenizer)
 
 
-def llama_config(spec: TeacherSpec):
+def llama_config(spec: TeacherSpec, vocab_size: int = 256):
     from transformers import LlamaConfig
 
     hidden = max(8, int(round(spec.d_model * 4 * 2 / 3 / 8)) * 8)
     return LlamaConfig(
-        vocab_size=256, hidden_size=spec.d_model, intermediate_size=hidden, num_hidden_layers=spec.n_layers,
+        vocab_size=vocab_size, hidden_size=spec.d_model, intermediate_size=hidden, num_hidden_layers=spec.n_layers,
         num_attention_heads=spec.n_heads, num_key_value_heads=spec.n_kv_heads, max_position_embeddings=1 << 16,
         tie_word_embeddings=True, attn_implementation="sdpa",
     )  # fmt: skip
 
 
-def build_teacher(spec: TeacherSpec):
-    """An untrained default teacher (random weights from ``spec.seed``)."""
+def build_teacher(spec: TeacherSpec, vocab_size: int = 256):
+    """An untrained default teacher (random weights from ``spec.seed``); ``vocab_size`` 256 reads
+    bytes, another size a tokenizer's ids (the bridge's small model of a tokenised teacher)."""
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(spec.seed)
-    return LlamaForCausalLM(llama_config(spec))
+    return LlamaForCausalLM(llama_config(spec, vocab_size))
 
 
 def default_teacher(spec: TeacherSpec = TeacherSpec(), progress=None, device: str = "cpu") -> tuple[object, dict]:
