@@ -33,7 +33,7 @@ from archbench import registry
 from archbench import spec as spec_mod
 from archbench.measure.cuda_graph import Graphed, capture
 from archbench.measure.energy import EnergyResult, energy_source, measure_energy
-from archbench.measure.memory import PeakMemory, current_memory, release_free_memory
+from archbench.measure.memory import PeakMemory, SavedTensors, current_memory, nvml_process_bytes, release_free_memory
 from archbench.measure.pinning import pinned_cpus
 from archbench.measure.roofline import measure_peaks
 from archbench.measure.timing import time_fn
@@ -228,6 +228,7 @@ def _run(cell: dict, spec, device: str, dtype: str, progress) -> dict:
     build_s = time.perf_counter() - t_build
 
     m = cell["measure"]
+    eager = work
     graphed = None
     if m.get("cuda_graph") and device.startswith("cuda"):
         work, graphed = graph_workload(work, device, max(1, m["warmup"]))
@@ -246,6 +247,7 @@ def _run(cell: dict, spec, device: str, dtype: str, progress) -> dict:
         work.setup()
     with PeakMemory(device) as pm, recording() as kernels:  # one extra, untimed call
         work.call()
+    memory = _memory_facts(module, eager, cell["mode"], device)
     energy = _energy(work, device, m)
 
     flops = None
@@ -269,6 +271,7 @@ def _run(cell: dict, spec, device: str, dtype: str, progress) -> dict:
         mem_method=pm.method + "_above_baseline",
         state_bytes=_state_bytes(module, cell),
         params=sum(p.numel() for p in module.parameters()),
+        **memory,
         flops=flops,
         achieved_tflops=achieved,
         build_s=build_s,
@@ -281,6 +284,22 @@ def _run(cell: dict, spec, device: str, dtype: str, progress) -> dict:
         kernels=sorted(kernels),
     )
     return row
+
+
+def _memory_facts(module: torch.nn.Module, eager: Workload, mode: str, device: str) -> dict:
+    """Parameter bytes; for fwd_bwd the bytes autograd saves for the backward pass (one more
+    eager call, outside any CUDA graph); on a GPU what NVML charges this process (allocator
+    cache and CUDA context included, as nvidia-smi shows)."""
+    facts: dict = {"param_bytes": sum(p.numel() * p.element_size() for p in module.parameters())}
+    if mode == "fwd_bwd":
+        with SavedTensors(exclude=list(module.parameters())) as saved:
+            eager.call()
+        facts.update(activation_bytes=saved.bytes, activation_method=saved.method)
+    if device.startswith("cuda"):
+        index = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
+        used, reason = nvml_process_bytes(index)
+        facts.update(nvml_process_mem_bytes=used, nvml_process_mem_reason=reason)
+    return facts
 
 
 def run_task(cell: dict, spec, progress: Callable[[dict], None] | None = None) -> dict:

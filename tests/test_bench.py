@@ -41,6 +41,24 @@ def test_decode_rows_name_the_step_kernels():
     assert "torch.gated_delta_rule_step" in rows["gated_deltanet"]["kernels"]
 
 
+def test_fwd_bwd_rows_count_saved_activations_and_parameter_bytes():
+    """Activation bytes follow the family's complexity: quadratic attention keeps its T x T
+    scores for backward, a chunked SSM keeps O(T) tensors; doubling T shows which is which."""
+    saved = {}
+    for T in (128, 256):  # whole 64-token chunks: the SSM's intra-chunk blocks stay 64 x 64
+        for c in _cells("mixer", ("softmax_attention", "mamba2")):
+            if c.mode == "fwd_bwd":
+                d = c.model_dump()
+                d["seq_len"] = T
+                row = run_cell(d)
+                assert row["param_bytes"] == 4 * row["params"] and row["activation_method"] == "autograd_saved_tensors"
+                saved[c.arch, T] = row["activation_bytes"]
+    assert saved["softmax_attention", 256] / saved["softmax_attention", 128] > 2.7  # the naive reference: T^2 scores
+    assert saved["mamba2", 256] / saved["mamba2", 128] < 2.2  # linear in T
+    fwd = run_cell(next(c for c in _cells("mixer", ("mamba2",)) if c.mode == "fwd").model_dump())
+    assert "activation_bytes" not in fwd and fwd["param_bytes"] > 0
+
+
 def test_model_level_adds_layers_mlp_and_head():
     mixer = {c.arch: run_cell(c.model_dump()) for c in _cells("mixer", ("mamba2",)) if c.mode == "fwd"}
     model = {c.arch: run_cell(c.model_dump()) for c in _cells("model", ("mamba2",)) if c.mode == "fwd"}

@@ -174,3 +174,59 @@ def test_pinned_cpus_restricts_and_restores():
     assert os.sched_getaffinity(0) == before
     with pinned_cpus(False, 1) as cpus:
         assert cpus is None and os.sched_getaffinity(0) == before
+
+
+# ---- memory beyond the peak: saved activations, NVML's view of the process ----------------------
+
+
+def test_saved_tensors_count_what_backward_keeps_once_per_storage():
+    import torch
+
+    from archbench.measure.memory import SavedTensors
+
+    lin = torch.nn.Linear(64, 32)
+    x = torch.randn(8, 64, requires_grad=True)
+    with SavedTensors(exclude=list(lin.parameters())) as st:
+        torch.relu(lin(x)).sum().backward()
+    assert st.bytes == x.numel() * 4 + 8 * 32 * 4  # linear keeps x (and W, excluded), relu its output
+    y = torch.randn(4, 6, requires_grad=True) * 1.0  # one storage, two views saved by mul
+    with SavedTensors() as st:
+        (y[:, :3] * y[:, 3:]).sum().backward()
+    assert st.bytes == y.numel() * 4
+    with SavedTensors() as st:
+        with torch.no_grad():
+            torch.relu(lin(x))
+    assert st.bytes == 0, "nothing is saved without autograd"
+
+
+class _FakeProc:
+    def __init__(self, pid, used):
+        self.pid, self.usedGpuMemory = pid, used
+
+
+class _FakeNvmlProcs:
+    def __init__(self, procs=None, fail=False):
+        self.procs, self.fail = procs or [], fail
+
+    def nvmlInit(self):
+        if self.fail:
+            raise RuntimeError("Driver Not Loaded")
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h):
+        return self.procs
+
+
+def test_nvml_process_memory_finds_this_process_or_says_why_not():
+    from archbench.measure.memory import nvml_process_bytes
+
+    nv = _FakeNvmlProcs([_FakeProc(11, 5 << 20), _FakeProc(42, 3 << 30)])
+    assert nvml_process_bytes(0, pid=42, pynvml=nv) == (3 << 30, None)
+    used, reason = nvml_process_bytes(0, pid=7, pynvml=nv)
+    assert used is None and "does not list process 7" in reason
+    used, reason = nvml_process_bytes(0, pid=11, pynvml=_FakeNvmlProcs([_FakeProc(11, None)]))
+    assert used is None and "without its memory" in reason
+    used, reason = nvml_process_bytes(0, pynvml=_FakeNvmlProcs(fail=True))
+    assert used is None and "Driver Not Loaded" in reason

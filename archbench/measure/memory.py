@@ -6,6 +6,10 @@ CPU: the process's resident set size sampled by a background thread every
 ``interval_s`` (``/proc/self/statm`` on Linux), the maximum seen; method
 ``rss_sampled_<interval>ms``. Sampling can miss a spike shorter than the interval, so the
 method is always recorded next to the number.
+
+Also here: the GPU memory NVML charges to this process (allocator cache and CUDA context
+included, what ``nvidia-smi`` shows), and the bytes autograd saves for the backward pass
+(``SavedTensors``: every tensor a forward saves, each storage counted once, parameters left out).
 """
 
 from __future__ import annotations
@@ -85,3 +89,65 @@ class PeakMemory:
             if self._thread is not None:
                 self._thread.join()
             self.peak_bytes = max(self.peak_bytes, _rss_bytes())
+
+
+def nvml_process_bytes(device_index: int = 0, pid: int | None = None, pynvml=None) -> tuple[int | None, str | None]:
+    """GPU memory NVML charges to process ``pid`` (default: this one) on GPU ``device_index``,
+    or (None, why not)."""
+    pid = os.getpid() if pid is None else pid
+    if pynvml is None:
+        try:
+            import pynvml
+        except ImportError:
+            return None, "nvidia-ml-py is not installed"
+    try:
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
+        procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+    except Exception as e:  # noqa: BLE001 - no driver, no permission, old driver
+        return None, f"NVML gives no process list ({type(e).__name__}: {e})"
+    for proc in procs:
+        if int(proc.pid) == pid:
+            used = getattr(proc, "usedGpuMemory", None)
+            if used is None:
+                return None, "NVML lists this process without its memory (no permission to read it)"
+            return int(used), None
+    return None, f"NVML does not list process {pid} (a PID namespace hides it, or it holds no CUDA context)"
+
+
+class SavedTensors:
+    """``with SavedTensors(exclude=params) as st: loss.backward()`` then ``st.bytes``: what autograd
+    keeps between forward and backward (``torch.autograd.graph.saved_tensors_hooks``). Views of one
+    storage count once; storages in ``exclude`` (the parameters) are not activations. Tensors a
+    custom autograd Function keeps as plain ``ctx`` attributes instead of ``save_for_backward``
+    are not seen."""
+
+    method = "autograd_saved_tensors"
+
+    def __init__(self, exclude=()):
+        self._exclude = {_storage_key(t) for t in exclude}
+        self._seen: set = set()
+        self.bytes = 0
+        self._hooks = None
+
+    def _pack(self, t):
+        key = _storage_key(t)
+        if key not in self._seen and key not in self._exclude:
+            self._seen.add(key)
+            self.bytes += key[2]
+        return t
+
+    def __enter__(self) -> "SavedTensors":
+        import torch
+
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+
+def _storage_key(t) -> tuple[str, int, int]:
+    st = t.untyped_storage()
+    return (str(t.device), st.data_ptr(), st.nbytes())
