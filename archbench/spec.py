@@ -200,6 +200,17 @@ def fla_gated_backward(device: str, dtype: str | None = None) -> str | None:
     return gated_backward_reason(torch.cuda.get_device_capability(index), triton_version, has_tilelang)
 
 
+def fla_gated_grad_refused(*tensors) -> bool:
+    """For ops resolving ``backend="auto"``: True when autograd will need the backward of fla's
+    gated chunk kernels through these inputs and this machine cannot give it correctly
+    (``fla_gated_backward``); the op then takes its reference instead."""
+    import torch
+
+    if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors):
+        return False
+    return fla_gated_backward(str(tensors[0].device)) is not None
+
+
 def cuda_only(device: str, dtype: str | None = None) -> str | None:
     """For torch-native fused paths that only make sense on a GPU."""
     return _cuda_reason(device)

@@ -84,3 +84,18 @@ def test_fla_gated_backward_is_refused_where_fla_computes_it_wrong():
     for arch in ("gated_deltanet", "mamba2"):
         assert registry.get(arch).backend("fla").detect_backward is fla_gated_backward
     assert fla_gated_backward("cpu") is None  # off CUDA the forward detector already refuses
+
+
+def test_ops_auto_avoids_the_refused_fla_backward_only_when_gradients_flow(monkeypatch):
+    import torch
+
+    from archbench import spec
+
+    monkeypatch.setattr(spec, "fla_gated_backward", lambda device, dtype=None: "wrong on this GPU")
+    x, w = torch.randn(2), torch.randn(2, requires_grad=True)
+    assert spec.fla_gated_grad_refused(x, w)
+    assert not spec.fla_gated_grad_refused(x, x), "no input needs a gradient"
+    with torch.no_grad():
+        assert not spec.fla_gated_grad_refused(x, w), "no autograd, no backward"
+    monkeypatch.setattr(spec, "fla_gated_backward", lambda device, dtype=None: None)
+    assert not spec.fla_gated_grad_refused(x, w)

@@ -67,6 +67,7 @@ import torch
 import torch.nn.functional as F
 
 from archbench.ops.dispatch import record
+from archbench.spec import fla_gated_grad_refused
 from archbench.ops.segments import by_segments
 
 BACKENDS = ("torch", "fla", "auto")
@@ -437,7 +438,10 @@ def gated_delta_rule(
     _check("gated_delta_rule", q, k, v, beta, g, initial_state, chunk_size)
     if scale is None:
         scale = q.shape[-1] ** -0.5
+    asked = backend
     backend = _resolve("gated_delta_rule", backend, q, half_only=False)
+    if asked == "auto" and backend == "fla" and fla_gated_grad_refused(q, k, v, g, beta):
+        backend = "torch"  # fla's gated backward is wrong on this GPU/triton (spec.fla_gated_backward)
     record("fla.chunk_gated_delta_rule" if backend == "fla" else "torch.gated_delta_rule_chunked")
     if backend == "fla":
         return _fla_gated_delta_rule(

@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from archbench.ops.dispatch import record
+from archbench.spec import fla_gated_grad_refused
 
 BACKENDS = ("torch", "fla", "auto")
 _GROUP_ELEMS = 1 << 19  # reference: chunks are processed in groups of about this many elements per tensor
@@ -183,7 +184,10 @@ def simple_gla(
     _check_state("simple_gla", initial_state, B, H, K, V)
     if scale is None:
         scale = K**-0.5
+    asked = backend
     backend = _resolve_backend("simple_gla", backend, q.device)
+    if asked == "auto" and backend == "fla" and g.dim() != 1 and fla_gated_grad_refused(q, k, v, g):
+        backend = "torch"  # fla's gated backward is wrong on this GPU/triton (spec.fla_gated_backward)
     record("fla.chunk_simple_gla" if backend == "fla" else "torch.simple_gla_chunked")
     if backend == "fla":
         return _simple_gla_fla(q, k, v, g, scale, initial_state, output_final_state)

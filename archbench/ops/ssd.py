@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from archbench.ops.dispatch import record
+from archbench.spec import fla_gated_grad_refused
 from archbench.ops.segments import by_segments
 
 BACKENDS = ("torch", "mamba_ssm", "fla", "auto")
@@ -95,6 +96,8 @@ def ssd(
         backend = "torch"
         if x.is_cuda:
             for name in ("mamba_ssm", "fla"):
+                if name == "fla" and fla_gated_grad_refused(x, dt, A, B, C):
+                    continue  # fla's gated backward is wrong on this GPU/triton (spec.fla_gated_backward)
                 if importlib.util.find_spec(name) is not None:
                     backend = name
                     break
