@@ -258,6 +258,21 @@ def test_decode_groups_get_a_state_figure():
     assert "state" not in [s.kind for s in build_figures(fwd)]
 
 
+def test_training_groups_get_an_activation_figure_when_rows_count_them():
+    rows = []
+    for arch, per_token in (("softmax_attention", 4096), ("linear_attention", 64)):
+        for T in (128, 512, 2048):
+            rows.append(dict(key=f"{arch}{T}", arch=arch, backend="ref", family="f", mode="fwd_bwd", dtype="float32",
+                             device="cpu", batch=1, seq_len=T, status="ok", time_median_s=1e-3, time_p10_s=1e-3,
+                             time_p90_s=1e-3, tokens_per_s=1e3, peak_mem_bytes=1, activation_bytes=per_token * T))
+    specs = build_figures(pd.DataFrame(rows))
+    (fig,) = [s.figure for s in specs if s.kind == "activations"]
+    assert {t.name for t in fig.data} == {"softmax_attention/ref", "linear_attention/ref"}
+    assert "saved for backward" in fig.data[0].hovertemplate
+    older = pd.DataFrame([{k: v for k, v in r.items() if k != "activation_bytes"} for r in rows])
+    assert "activations" not in [s.kind for s in build_figures(older)]  # rows from before the field
+
+
 def test_header_shows_run_warnings_and_noisy_count():
     import pandas as pd
 

@@ -43,6 +43,7 @@ NUMERIC_COLUMNS = (
     "time_median_s", "time_p10_s", "time_p90_s", "time_iqr_s", "time_rel_iqr",
     "repeats", "tokens_per_s", "peak_mem_bytes", "state_bytes", "params", "flops",
     "achieved_tflops", "wall_s", "arithmetic_intensity", "peak_tflops", "peak_gbps",
+    "activation_bytes", "param_bytes",
 )
 
 _PALETTE = plotly.colors.qualitative.Plotly + plotly.colors.qualitative.Dark24
@@ -370,6 +371,26 @@ def memory_figure(group: Group, colors: dict[str, str], backends: dict[str, int]
     return _base_layout(fig, f"Peak memory: {group.label}", "peak memory (MiB)", ok["seq_len"])
 
 
+def activation_figure(group: Group, colors: dict[str, str], backends: dict[str, int]) -> go.Figure | None:
+    """Bytes autograd saves for the backward pass (MiB) vs seq_len, for fwd_bwd groups whose rows
+    count them: the training-memory scaling of each family, without allocator noise."""
+    ok = group.ok
+    if "activation_bytes" not in ok:
+        return None
+    ok = ok[ok["activation_bytes"] > 0]
+    if ok.empty:
+        return None
+    fig = go.Figure()
+    for arch, backend, label, rows in _lines(ok):
+        fig.add_trace(go.Scatter(
+            x=rows["seq_len"], y=rows["activation_bytes"] / _MIB, name=html.escape(label),
+            customdata=_customdata(rows),
+            hovertemplate=_HOVER_HEAD + "saved for backward: %{y:,.4g} MiB<extra></extra>",
+            **_line_style(arch, backend, colors, backends),
+        ))  # fmt: skip
+    return _base_layout(fig, f"Activations saved for backward: {group.label}", "saved activations (MiB)", ok["seq_len"])
+
+
 def throughput_figure(group: Group, colors: dict[str, str], backends: dict[str, int]) -> go.Figure | None:
     """Tokens/s vs seq_len, or None when no ok row reports throughput."""
     ok = group.ok
@@ -469,8 +490,8 @@ def roofline_figure(group: Group, colors: dict[str, str], backends: dict[str, in
 def build_figures(df: pd.DataFrame | None) -> list[FigureSpec]:
     """All report figures for ``df``, grouped and ordered for display.
 
-    Per group: latency (always), then peak memory, throughput, energy per token, and
-    (prefill / decode) the decode state's size, when the data has them.
+    Per group: latency (always), then peak memory, saved activations (fwd_bwd), throughput,
+    energy per token, and (prefill / decode) the decode state's size, when the data has them.
     """
     data = prepare(df)
     colors = arch_colors(data)
@@ -480,6 +501,7 @@ def build_figures(df: pd.DataFrame | None) -> list[FigureSpec]:
         builders = (
             ("latency", latency_figure),
             ("memory", memory_figure),
+            ("activations", activation_figure),
             ("throughput", throughput_figure),
             ("energy", energy_figure),
             ("state", state_figure),
