@@ -37,6 +37,11 @@ def test_answers_table():
     assert a.loc["linear_attention", "fitted_exponent"] == pytest.approx(1.0)
     assert a.loc["softmax_attention", "fitted_exponent"] == pytest.approx(2.0)
     assert a.loc["softmax_attention", "faster_from"] == "reference"
+    assert a.loc["softmax_attention", "activation_exponent"] is None  # these rows do not count activations
+    saved = df.assign(mode="fwd_bwd", activation_bytes=lambda d: d["peak_mem_bytes"])
+    b = answers(saved).set_index("arch")
+    assert b.loc["softmax_attention", "activation_exponent"] == pytest.approx(2.0)
+    assert b.loc["linear_attention", "activation_exponent"] == pytest.approx(1.0)
 
 
 def test_ratio_table_and_html_section():

@@ -60,7 +60,8 @@ def fitted_exponent(curve: pd.Series) -> float | None:
 
 def answers(df: pd.DataFrame | None, reference: str = REFERENCE) -> pd.DataFrame:
     """One row per (group, arch, backend): crossover vs the reference in latency and memory,
-    and the fitted vs expected scaling exponent."""
+    the fitted vs expected scaling exponent of latency, and (fwd_bwd rows that count them) the
+    fitted exponent of the activations saved for backward (2 for attention's T x T scores)."""
     data = prepare(df)
     out = []
     for g in groups(data):
@@ -69,6 +70,7 @@ def answers(df: pd.DataFrame | None, reference: str = REFERENCE) -> pd.DataFrame
             continue
         lat = _curves(ok, "time_median_s")
         mem = _curves(ok, "peak_mem_bytes") if "peak_mem_bytes" in ok else {}
+        act = _curves(ok, "activation_bytes") if "activation_bytes" in ok else {}
         ref_lat = _best(lat, reference)
         ref_mem = _best(mem, reference)
         expected = {}
@@ -88,6 +90,7 @@ def answers(df: pd.DataFrame | None, reference: str = REFERENCE) -> pd.DataFrame
                     crossover_length(mem[key], ref_mem) if key in mem and ref_mem is not None else "—"),
                 "fitted_exponent": fitted_exponent(curve),
                 "expected_exponent": expected.get(key),
+                "activation_exponent": fitted_exponent(act[key]) if key in act else None,
                 "lengths": f"{int(curve.index.min())}..{int(curve.index.max())}",
             })  # fmt: skip
     return pd.DataFrame(out)

@@ -404,19 +404,23 @@ def _answers_section(data: pd.DataFrame, reference: str = REFERENCE) -> str:
     ref = html.escape(reference)
     head = (f"<tr><th>group</th><th>arch</th><th>backend</th><th>faster than {ref} from T =</th>"
             f"<th>leaner than {ref} from T =</th><th>scaling exponent (fitted)</th><th>expected</th>"
-            "<th>measured T</th></tr>")  # fmt: skip
+            "<th>saved-activation exponent</th><th>measured T</th></tr>")  # fmt: skip
     body = []
     for _, r in table.iterrows():
         fitted = "—" if r["fitted_exponent"] is None or r["fitted_exponent"] != r["fitted_exponent"] else f"{r['fitted_exponent']:.2f}"
         expected = "—" if r["expected_exponent"] is None or r["expected_exponent"] != r["expected_exponent"] else f"{r['expected_exponent']:g}"
+        act = r.get("activation_exponent")
+        act = "—" if act is None or act != act else f"{act:.2f}"
         cells = [r["group"], r["arch"], r["backend"], fmt_length(r["faster_from"]), fmt_length(r["leaner_from"]),
-                 fitted, expected, r["lengths"]]  # fmt: skip
+                 fitted, expected, act, r["lengths"]]  # fmt: skip
         body.append("<tr>" + "".join(f"<td>{html.escape(text(c))}</td>" for c in cells) + "</tr>")
     return (
         '<section id="answers"><h2>Answers</h2>'
         "<p>Crossover: the sequence length from which each architecture is faster (leaner in peak memory) "
         f"than {ref}'s best backend, interpolated between measured lengths. Scaling exponent: "
-        "the slope of log latency vs log length over the top half of the measured range.</p>"
+        "the slope of log latency vs log length over the top half of the measured range; the "
+        "saved-activation exponent is the same fit of the bytes autograd keeps for backward "
+        "(fwd_bwd).</p>"
         f"<table><thead>{head}</thead><tbody>{''.join(body)}</tbody></table></section>"
     )
 
