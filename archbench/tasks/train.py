@@ -152,17 +152,21 @@ def train_run(
     sets = task.eval_sets(settings.test_examples, seed)
     autocast = {"device_type": torch.device(device).type, "dtype": dtype} if dtype != torch.float32 else None
     order_gen = generator(split_seed(seed, "train", 1))
-    order = torch.randperm(len(train), generator=order_gen)
+    order = torch.randperm(len(train), generator=order_gen).to(device)
+    # the training set lives on the device once (no host gather and copy per step), and on a GPU
+    # the loss is read back (a host sync) only every `check` steps, so launches run ahead
+    train_inputs, train_labels = train.inputs.to(device), train.labels.to(device)
+    check = 1 if torch.device(device).type == "cpu" else min(settings.eval_every, 50)
     cursor, history, last = 0, [], None
     stopped_early = diverged = False
     loss_val = float("nan")
     step = 0
     for step in range(1, settings.steps + 1):
         if cursor + settings.batch_size > len(train):
-            order, cursor = torch.randperm(len(train), generator=order_gen), 0
+            order, cursor = torch.randperm(len(train), generator=order_gen).to(device), 0
         idx = order[cursor : cursor + settings.batch_size]
         cursor += settings.batch_size
-        inputs, labels = train.inputs[idx].to(device), train.labels[idx].to(device)
+        inputs, labels = train_inputs[idx], train_labels[idx]
         for group in opt.param_groups:
             group["lr"] = lr_at(step - 1, settings.steps, settings.lr, settings.warmup_frac)
         nats, _, target = labelled_loss(model, inputs, labels, autocast)
@@ -172,10 +176,12 @@ def train_run(
         if settings.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         opt.step()
-        loss_val = float(loss.detach())
-        if not math.isfinite(loss_val):
-            diverged = True
-        if diverged or step % settings.eval_every == 0 or step == settings.steps:
+        at_eval = step % settings.eval_every == 0 or step == settings.steps
+        if step % check == 0 or at_eval:
+            loss_val = float(loss.detach())
+            if not math.isfinite(loss_val):
+                diverged = True
+        if diverged or at_eval:
             last = evaluate(model, task, sets, settings, device, autocast)
             history.append({"step": step, "loss": loss_val, "score": last["score"]})
             if on_progress:
