@@ -238,6 +238,7 @@ def _run(cell: dict, spec, device: str, dtype: str, progress) -> dict:
         setup=work.setup,
         flush_l2=m.get("flush_l2", True),
         warmup=m["warmup"],
+        warmup_s=_warmup_s(m, device),
         min_repeats=m["min_repeats"],
         max_repeats=max(m["max_repeats"], m["min_repeats"]),
         budget_s=m["budget_s"],
@@ -284,6 +285,16 @@ def _run(cell: dict, spec, device: str, dtype: str, progress) -> dict:
         kernels=sorted(kernels),
     )
     return row
+
+
+GPU_WARMUP_S = 0.25  # default time-based warm-up on a GPU: clocks ramp up from idle
+
+
+def _warmup_s(measure: dict, device: str) -> float:
+    value = measure.get("warmup_s")
+    if value is None:
+        return GPU_WARMUP_S if device.startswith("cuda") else 0.0
+    return float(value)
 
 
 def _memory_facts(module: torch.nn.Module, eager: Workload, mode: str, device: str) -> dict:

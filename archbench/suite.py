@@ -56,6 +56,8 @@ class _Strict(BaseModel):
 
 class MeasureConfig(_Strict):
     warmup: int = Field(3, ge=0)
+    # ...and at least this long (None: 0.25 s on a GPU, whose clocks ramp up from idle; 0 on a CPU)
+    warmup_s: float | None = Field(None, ge=0)
     min_repeats: int = Field(5, ge=1)
     max_repeats: int = Field(200, ge=1)
     budget_s: float = Field(2.0, gt=0)

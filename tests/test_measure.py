@@ -29,6 +29,26 @@ def test_time_fn_warms_up_and_respects_repeat_bounds():
     assert s.repeats == 4 and len(calls) == 3 + 4 and s.timer == "perf_counter"
 
 
+def test_time_fn_warms_up_by_count_and_by_time():
+    calls = []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.01)
+
+    s = time_fn(slow, warmup=1, warmup_s=0.08, min_repeats=2, max_repeats=2, budget_s=10, target_rel_iqr=0.0)
+    assert 6 <= s.warmup_calls <= 12 and len(calls) == s.warmup_calls + 2  # ~0.08 s of 0.01 s calls
+    s = time_fn(slow, warmup=4, warmup_s=0.0, min_repeats=2, max_repeats=2, budget_s=10, target_rel_iqr=0.0)
+    assert s.warmup_calls == 4  # the count is a minimum too
+
+
+def test_gpu_cells_warm_up_for_a_while_by_default():
+    from archbench.bench import GPU_WARMUP_S, _warmup_s
+
+    assert _warmup_s({"warmup_s": None}, "cuda:0") == GPU_WARMUP_S > 0
+    assert _warmup_s({}, "cpu") == 0.0 and _warmup_s({"warmup_s": 1.5}, "cpu") == 1.5
+
+
 def test_time_fn_stops_on_budget():
     t0 = time.perf_counter()
     s = time_fn(lambda: time.sleep(0.01), warmup=0, min_repeats=2, max_repeats=10_000, budget_s=0.15, target_rel_iqr=0.0)

@@ -1,7 +1,9 @@
 """Repeat-until-stable timing of a callable.
 
 Protocol: ``warmup`` untimed calls (compilation, autotuning and allocator growth stay out
-of the numbers), then timed calls until at least ``min_repeats`` samples exist and the
+of the numbers), continued until ``warmup_s`` seconds of warm-up have passed (an idle GPU runs
+at a fraction of its clock until it has been busy for a while: the H200 here idled at 345 of
+1980 MHz), then timed calls until at least ``min_repeats`` samples exist and the
 spread (IQR / median) is under ``target_rel_iqr``, or ``budget_s`` of timed work is
 spent, or ``max_repeats`` samples exist. Every raw sample is kept.
 
@@ -130,6 +132,7 @@ def time_fn(
     max_repeats: int = 200,
     budget_s: float = 2.0,
     target_rel_iqr: float = 0.05,
+    warmup_s: float = 0.0,
 ) -> TimingStats:
     """Time ``fn`` following the module's protocol and return its statistics.
 
@@ -145,8 +148,11 @@ def time_fn(
 
         torch.cuda.synchronize()
     timed = _cuda_call_timer(fn, setup, flush_l2, device) if cuda else _cpu_call_timer(fn, setup)
-    for _ in range(warmup):
+    t_warm = time.perf_counter()
+    warmed = 0
+    while warmed < warmup or time.perf_counter() - t_warm < warmup_s:
         timed()
+        warmed += 1
     samples: list[float] = []
     t_start = time.perf_counter()
     next_check = min_repeats  # the spread is checked at geometric intervals, not after every call,
@@ -160,4 +166,4 @@ def time_fn(
             if _rel_iqr(samples) <= target_rel_iqr:
                 break
             next_check = max(next_check + 1, int(next_check * 1.25))
-    return summarize(samples, warmup_calls=warmup, timer="cuda_events" if cuda else "perf_counter")
+    return summarize(samples, warmup_calls=warmed, timer="cuda_events" if cuda else "perf_counter")
