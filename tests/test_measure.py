@@ -42,6 +42,42 @@ def test_time_fn_warms_up_by_count_and_by_time():
     assert s.warmup_calls == 4  # the count is a minimum too
 
 
+def test_device_times_are_read_back_only_where_the_protocol_looks():
+    """A GPU timer enqueues calls without waiting; the protocol synchronises (``collect``) after each
+    warm-up call, at its geometric spread checks and at the end: a handful of syncs for 100 calls."""
+    from archbench.measure.timing import run_protocol
+
+    class Deferred:
+        def __init__(self):
+            self.pending, self.launches, self.collects = 0, 0, 0
+
+        def launch(self):
+            self.launches += 1
+            self.pending += 1
+
+        def collect(self):
+            self.collects += 1
+            out = [1e-3 * (1 + (i % 2)) for i in range(self.pending)]  # a 2x spread: never stable
+            self.pending = 0
+            return out
+
+    t = Deferred()
+    s = run_protocol(t, warmup=3, warmup_s=0.0, min_repeats=10, max_repeats=100, budget_s=1e9, target_rel_iqr=0.01,
+                     timer_name="fake")  # fmt: skip
+    assert s.repeats == 100 and s.warmup_calls == 3 and t.launches == 103
+    assert t.collects - 3 < 15, f"{t.collects - 3} syncs for 100 timed calls"
+    now = [0.0]
+
+    def clock():
+        now[0] += 0.3  # every look at the clock: 0.3 s later
+        return now[0]
+
+    t = Deferred()
+    s = run_protocol(t, warmup=0, warmup_s=0.0, min_repeats=2, max_repeats=1000, budget_s=1.0, target_rel_iqr=0.01,
+                     timer_name="fake", clock=clock)  # fmt: skip
+    assert 2 <= s.repeats < 6 and t.pending == 0, "the budget stops it, and every launched call is read"
+
+
 def test_gpu_cells_warm_up_for_a_while_by_default():
     from archbench.bench import GPU_WARMUP_S, _warmup_s
 

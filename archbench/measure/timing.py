@@ -10,8 +10,9 @@ spent, or ``max_repeats`` samples exist. Every raw sample is kept.
 An optional ``setup`` runs before each call, outside the timed region.
 
 CPU: ``time.perf_counter`` around each call. CUDA: a pair of CUDA events around each call,
-synchronised once per call before its elapsed time is read, with L2 flushed (untimed)
-before each call unless ``flush_l2=False``.
+with L2 flushed (untimed) before each call unless ``flush_l2=False``; the host does not wait
+for each call, it synchronises once per spread check and at the end (as ``do_bench`` does), so
+the GPU's queue stays full.
 """
 
 from __future__ import annotations
@@ -88,37 +89,53 @@ def _rel_iqr(samples: list[float]) -> float:
 L2_FLUSH_BYTES = 256 << 20  # larger than any current GPU's L2 (H100: 50 MB)
 
 
-def _cuda_call_timer(
-    fn: Callable[[], object], setup: Callable[[], None] | None, flush_l2: bool, device: str
-) -> Callable[[], float]:
-    import torch
+class _CpuTimer:
+    """``launch`` times one call at once; ``collect`` hands over the times since the last collect."""
 
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    scratch = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device=device) if flush_l2 else None
+    def __init__(self, fn: Callable[[], object], setup: Callable[[], None] | None):
+        self.fn, self.setup, self.pending = fn, setup, []
 
-    def timed() -> float:
-        if setup:
-            setup()
-        if scratch is not None:  # evict the inputs from L2, as triton's do_bench does
-            scratch.zero_()
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
-
-    return timed
-
-
-def _cpu_call_timer(fn: Callable[[], object], setup: Callable[[], None] | None) -> Callable[[], float]:
-    def timed() -> float:
-        if setup:
-            setup()
+    def launch(self) -> None:
+        if self.setup:
+            self.setup()
         t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
+        self.fn()
+        self.pending.append(time.perf_counter() - t0)
 
-    return timed
+    def collect(self) -> list[float]:
+        out, self.pending = self.pending, []
+        return out
+
+
+class _CudaTimer:
+    """``launch`` enqueues one call between two CUDA events (after an untimed L2 flush) and does
+    not wait; ``collect`` synchronises once and reads every pending pair, as do_bench does, so
+    the GPU's queue stays full and the host's launch gaps stay out of the samples."""
+
+    def __init__(self, fn: Callable[[], object], setup: Callable[[], None] | None, flush_l2: bool, device: str):
+        import torch
+
+        self.torch, self.fn, self.setup, self.pending = torch, fn, setup, []
+        self.scratch = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device=device) if flush_l2 else None
+
+    def launch(self) -> None:
+        if self.setup:
+            self.setup()
+        if self.scratch is not None:  # evict the inputs from L2, as triton's do_bench does
+            self.scratch.zero_()
+        start, end = self.torch.cuda.Event(enable_timing=True), self.torch.cuda.Event(enable_timing=True)
+        start.record()
+        self.fn()
+        end.record()
+        self.pending.append((start, end))
+
+    def collect(self) -> list[float]:
+        if not self.pending:
+            return []
+        self.pending[-1][1].synchronize()
+        out = [start.elapsed_time(end) / 1e3 for start, end in self.pending]
+        self.pending = []
+        return out
 
 
 def time_fn(
@@ -147,23 +164,41 @@ def time_fn(
         import torch
 
         torch.cuda.synchronize()
-    timed = _cuda_call_timer(fn, setup, flush_l2, device) if cuda else _cpu_call_timer(fn, setup)
-    t_warm = time.perf_counter()
+    timer = _CudaTimer(fn, setup, flush_l2, device) if cuda else _CpuTimer(fn, setup)
+    return run_protocol(timer, warmup, warmup_s, min_repeats, max_repeats, budget_s, target_rel_iqr,
+                        "cuda_events" if cuda else "perf_counter")  # fmt: skip
+
+
+def run_protocol(timer, warmup: int, warmup_s: float, min_repeats: int, max_repeats: int, budget_s: float,
+                 target_rel_iqr: float, timer_name: str, clock: Callable[[], float] = time.perf_counter) -> TimingStats:  # fmt: skip
+    """The module's protocol over a timer with ``launch()`` and ``collect()``. Times are read back
+    (one synchronisation on a GPU) only where the protocol needs them: during warm-up, at the
+    spread checks (geometric intervals, so bookkeeping stays out of the gaps between calls), once
+    the budget is spent, and at the end."""
+    t_warm = clock()
     warmed = 0
-    while warmed < warmup or time.perf_counter() - t_warm < warmup_s:
-        timed()
+    while warmed < warmup or clock() - t_warm < warmup_s:
+        timer.launch()
+        timer.collect()  # wait for it: warm-up time is the device's, not the launcher's
         warmed += 1
     samples: list[float] = []
-    t_start = time.perf_counter()
-    next_check = min_repeats  # the spread is checked at geometric intervals, not after every call,
-    while len(samples) < max_repeats:  # to keep bookkeeping out of the gaps between timed calls
-        samples.append(timed())
-        if len(samples) < min_repeats:
+    launched = 0
+    t_start = clock()
+    next_check = min_repeats
+    while launched < max_repeats:
+        timer.launch()
+        launched += 1
+        if launched < min_repeats:
             continue
-        if time.perf_counter() - t_start >= budget_s:
+        over = clock() - t_start >= budget_s
+        if not (over or launched >= next_check or launched >= max_repeats):
+            continue
+        samples += timer.collect()
+        if clock() - t_start >= budget_s:
             break
-        if len(samples) >= next_check:
+        if launched >= next_check:
             if _rel_iqr(samples) <= target_rel_iqr:
                 break
             next_check = max(next_check + 1, int(next_check * 1.25))
-    return summarize(samples, warmup_calls=warmed, timer="cuda_events" if cuda else "perf_counter")
+    samples += timer.collect()
+    return summarize(samples, warmup_calls=warmed, timer=timer_name)
