@@ -134,6 +134,23 @@ class _InFlight:
     deadline: float
 
 
+def task_cost(cell: Cell) -> float:
+    """A task cell's training work, up to a constant: optimiser steps x learning rates x seeds x
+    tokens per step x width x depth (attention's extra T factor ignored): enough to order cells."""
+    train = cell.train
+    if train is None:
+        return 0.0
+    lrs = len(train.lr) if isinstance(train.lr, list) else 1
+    return float(train.steps * lrs * train.seeds * train.batch_size * cell.seq_len * cell.d_model * max(1, cell.n_layers))
+
+
+def schedule(todo):
+    """The order of a pooled run (``jobs`` > 1): every task cell first, so the pool never drains
+    for a timing cell in between, the longest first (so the run does not end on one long cell
+    training alone on its share of the threads), then the timing cells in suite order."""
+    return sorted(todo, key=lambda item: (item[1].mode != "task", -task_cost(item[1]) if item[1].mode == "task" else 0))
+
+
 class Runner:
     """Runs cells on a reusable worker (task cells ``jobs`` at a time), appending a row per cell to ``run_dir``."""
 
@@ -178,8 +195,8 @@ class Runner:
                 summary.skipped_done += 1
             else:
                 todo.append((i, cell))
-        if self.jobs > 1:  # every task cell first, so the pool never drains for a timing cell in between
-            todo = deque(sorted(todo, key=lambda item: item[1].mode != "task"))
+        if self.jobs > 1:
+            todo = deque(schedule(todo))
         pool: list[Worker] = []  # idle workers of the task pool
         active: list[_InFlight] = []
         try:

@@ -168,6 +168,26 @@ def test_stop_after_oom_skips_longer_lengths_of_the_same_curve(tmp_path):
     assert "seq_len=32" in skipped["error"]
 
 
+def test_pooled_runs_start_the_longest_training_first():
+    from archbench.runner import schedule, task_cost
+
+    raw = {
+        "name": "order",
+        "defaults": {"device": "cpu", "d_model": 16, "n_heads": 2, "vocab_size": 256, "task": "mqar",
+                     "train": {"steps": 10, "batch_size": 8, "lr": [1e-3, 1e-2]}},  # fmt: skip
+        "sweep": {"arch": ["softmax_attention"], "mode": ["decode", "task"], "num_kv_pairs": [2],
+                  "seq_len": [16, 64], "d_model": [16, 32]},  # fmt: skip
+    }
+    cells = parse_suite(raw).cells()
+    order = [c for _, c in schedule(list(enumerate(cells)))]
+    kinds = [c.mode for c in order]
+    assert kinds == sorted(kinds, key=lambda m: m != "task"), "task cells first"
+    costs = [task_cost(c) for c in order if c.mode == "task"]
+    assert costs == sorted(costs, reverse=True) and costs[0] == 8 * costs[-1]  # 4x the tokens, 2x the width
+    timing = [c for c in order if c.mode != "task"]
+    assert timing == [c for c in cells if c.mode != "task"], "timing cells keep the suite's order"
+
+
 def test_task_cells_run_in_parallel_and_timing_cells_alone(tmp_path):
     raw = {
         "name": "jobs",
