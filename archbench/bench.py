@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from archbench import registry
 from archbench import spec as spec_mod
+from archbench.hybrids import building_for
 from archbench.measure.cuda_graph import Graphed, capture
 from archbench.measure.energy import EnergyResult, energy_source, measure_energy
 from archbench.measure.memory import PeakMemory, SavedTensors, current_memory, nvml_process_bytes, release_free_memory
@@ -219,7 +220,8 @@ def _run(cell: dict, spec, device: str, dtype: str, progress) -> dict:
     torch.manual_seed(cell["seed"])
     config = mixer_config(cell)
     t_build = time.perf_counter()
-    module = build_module(spec, config, cell).to(device=device, dtype=DTYPES[dtype])
+    with building_for(device):  # a hybrid's fused components are chosen for the cell's device
+        module = build_module(spec, config, cell).to(device=device, dtype=DTYPES[dtype])
     if cell.get("level", "mixer") == "model":
         x = torch.randint(0, int(cell["vocab_size"]), (cell["batch"], cell["seq_len"]), device=device)
     else:
@@ -327,7 +329,8 @@ def run_task(cell: dict, spec, progress: Callable[[dict], None] | None = None) -
         if spec.level == "model":  # the library's own LM, MLPs included
             shapes.update(vocab=task.vocab_size, seq_len=task.seq_len, ffn="model")
             return spec.factory(config, cell["backend"], n_layers=int(cell["n_layers"]), vocab_size=task.vocab_size)
-        built = spec.build(config, cell["backend"])
+        with building_for(cell["device"]):
+            built = spec.build(config, cell["backend"])
         if isinstance(built, Stack):  # a hybrid: its own blocks and FFNs
             stack = built
         else:

@@ -19,6 +19,8 @@ its lookup function to ``specs`` (arrows point down).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -42,8 +44,22 @@ LETTERS = {
 Lookup = Callable[[str], ArchSpec]
 
 
+_BUILD_DEVICE: ContextVar[str | None] = ContextVar("archbench_hybrid_build_device", default=None)
+
+
+@contextmanager
+def building_for(device: str):
+    """Hybrids built inside run on ``device``: their ``fused`` components are chosen for it
+    (the bench builds every cell's module inside this; elsewhere the machine's device is used)."""
+    token = _BUILD_DEVICE.set(str(device))
+    try:
+        yield
+    finally:
+        _BUILD_DEVICE.reset(token)
+
+
 def _build_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return _BUILD_DEVICE.get() or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def component_backend(spec: ArchSpec, hybrid_backend: str, device: str | None = None) -> str:

@@ -52,3 +52,15 @@ def test_a_registered_hybrid_resolves_like_its_components():
     for name in ("softmax_attention", "mamba2"):
         comp = registry.get(name)
         assert hybrids.component_backend(comp, "fused", "cpu") == comp.resolve_backend("auto", "cpu", "float32")
+
+
+def test_the_bench_builds_fused_components_for_the_cell_s_device():
+    """A CPU cell on a GPU machine must not get CUDA-only components: the build device comes from
+    the cell (``building_for``), the machine's only outside it."""
+    with hybrids.building_for("cpu"):
+        assert hybrids.component_backend(ATTN, "fused") == "ref"
+    with hybrids.building_for("cuda:1"):
+        assert hybrids.component_backend(ATTN, "fused") == "sdpa"
+        with hybrids.building_for("cpu"):
+            assert hybrids.component_backend(ATTN, "fused") == "ref"
+        assert hybrids.component_backend(ATTN, "fused") == "sdpa"
