@@ -124,3 +124,25 @@ def test_cuda_graph_replay_on_gpu():
         row = run_cell(d)
         assert row["status"] == "ok", row.get("error")
         assert row["cuda_graph"] in (True, False) and (row["cuda_graph"] or row["cuda_graph_reason"]), cell.label
+
+
+def test_a_failed_activation_count_keeps_the_row(monkeypatch):
+    from archbench import bench
+
+    class Refusing:
+        method = "autograd_saved_tensors"
+
+        def __init__(self, exclude=()):
+            pass
+
+        def __enter__(self):
+            raise RuntimeError("saved tensor hooks are not supported here")
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(bench, "SavedTensors", Refusing)
+    cell = next(c for c in _cells("mixer", ("mamba2",)) if c.mode == "fwd_bwd")
+    row = run_cell(cell.model_dump())
+    assert row["time_median_s"] > 0 and row["param_bytes"] > 0
+    assert row["activation_bytes"] is None and "saved tensor hooks" in row["activation_method"]
