@@ -44,6 +44,10 @@ python3 -c "import xdist" 2> /dev/null && XDIST="-n 14"
 # Stages run in this order, most needed first; CHECKS_SKIP="timing op_speed" skips stages by name.
 skip() { case " ${CHECKS_SKIP:-} " in *" $1 "*) echo "$1: skipped (CHECKS_SKIP)" >> "$S"; return 0;; esac; return 1; }
 
+# 0. first, since every timed row rests on it: the timer against triton.testing.do_bench, CUDA-graph
+#    replay (decode included), the real NVML energy counter, NVML process memory (alone; about 30 s)
+skip timing || stage timing 50 python3 -m pytest -q -rs --tb=short -p no:cacheprovider tests/test_timer_fidelity.py \
+  tests/test_bench.py tests/test_energy.py tests/test_measure.py
 # 1. every fused backend against its reference (ops and mixers): the CUDA-only tests alone, spread over
 #    workers so that Triton's compiles (fla autotunes every kernel) run side by side. Each test's result is
 #    a line (-v) and each failure's traceback is printed when it happens (ARCHBENCH_INSTAFAIL), so a stage
@@ -82,9 +86,6 @@ skip mqar || stage mqar 110 $AB run suites/mqar-gpu.yaml --out "$RUNS/mq" --no-r
 wait
 rows recipes "$RUNS/rc"
 rows mqar "$RUNS/mq"
-# 4. timer vs triton.testing.do_bench, CUDA-graph replay, the real NVML energy counter (alone)
-skip timing || stage timing 50 python3 -m pytest -q -rs --tb=short -p no:cacheprovider tests/test_timer_fidelity.py \
-  tests/test_bench.py tests/test_energy.py tests/test_measure.py
 # 5. op level on the GPU: the references in fp32 (the CPU table is results/baselines/cpu-2core-xeon/op_speed.txt),
 #    then the fused kernel each op picks, in bf16, with the kernel named
 skip op_speed || stage op_speed 30 python3 benchmarks/op_speed.py --device cuda --lengths 4096 16384
