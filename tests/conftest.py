@@ -9,6 +9,11 @@ ROOT = TESTS.parent
 if str(TESTS) not in sys.path:  # so spawned workers and CLI subprocesses can import test plugins
     sys.path.insert(0, str(TESTS))
 
+if os.environ.get("ARCHBENCH_TRITON_SINGLE_CONFIG"):  # GPU correctness runs: no autotuning (see the module)
+    import triton_single_config
+
+    triton_single_config.install()
+
 
 @pytest.fixture
 def cli_env():

@@ -54,7 +54,11 @@ skip timing || stage timing 50 python3 -m pytest -q -rs --tb=short -p no:cachepr
 #    cut at its limit still says what passed and why the rest failed. On a fresh machine these compiles are
 #    slow: 170 s finished only 13 of the ~45 tests on the H200 (2026-11-26); give the stage most of a call.
 PYTEST_S=${CHECKS_PYTEST_S:-170}
-skip pytest || stage pytest "$PYTEST_S" python3 -m pytest -v -rs --tb=short -p no:cacheprovider $XDIST --timeout 300 \
+#    ARCHBENCH_TRITON_SINGLE_CONFIG=1: no autotuning, each kernel keeps its first config that runs
+#    (tests/triton_single_config.py), so each kernel compiles once instead of once per config;
+#    CHECKS_SINGLE_CONFIG= (empty) autotunes as usual.
+skip pytest || ARCHBENCH_TRITON_SINGLE_CONFIG=${CHECKS_SINGLE_CONFIG-1} stage pytest "$PYTEST_S" python3 -m pytest -v -rs --tb=short \
+  -p no:cacheprovider $XDIST --timeout 300 \
   -k "fla or mamba_ssm or flash_attn or fused_backend" tests/test_zoo.py tests/test_ops.py tests/test_gla.py \
   tests/test_delta_rule.py tests/test_dplr.py tests/test_ssm.py tests/test_sparse.py
 # 2. a slice of the long-context suite, alone on the GPU: every family (CHECKS_LC_ARCHS overrides the list),
