@@ -503,7 +503,8 @@ def _default_device() -> str:
 @click.option("--dtype", default=None, help="Also check dtype support (e.g. bfloat16).")
 @click.option("--family", default=None, help="Only architectures whose family starts with this (e.g. linear).")
 def list_(as_json, device, dtype, family):
-    """The architecture catalogue, with each backend's availability on this machine."""
+    """The architecture catalogue, with each backend's availability on this machine (✓ trains and runs,
+    ◐ forward only: fwd_bwd and task cells use the next backend, ✗ unavailable, with the reason)."""
     from archbench import registry
 
     device = device or _default_device()
@@ -514,7 +515,9 @@ def list_(as_json, device, dtype, family):
         backends = []
         for b in spec.backends:
             reason = b.unavailable_reason(device, dtype)
-            backends.append({"name": b.name, "description": b.description, "available": reason is None, "reason": reason})
+            backward = None if reason else b.unavailable_reason(device, dtype, backward=True)
+            backends.append({"name": b.name, "description": b.description, "available": reason is None, "reason": reason,
+                             "trainable": reason is None and backward is None, "backward_reason": backward})  # fmt: skip
         entries.append(
             {
                 "name": spec.name,
@@ -538,7 +541,8 @@ def list_(as_json, device, dtype, family):
         table.add_column(col)
     for e in entries:
         bk = "\n".join(
-            f"[green]✓[/] {b['name']}" if b["available"] else f"[red]✗[/] {b['name']}: {escape(b['reason'])}"
+            (f"[green]✓[/] {b['name']}" if b["trainable"] else f"[yellow]◐[/] {b['name']}: forward only ({escape(b['backward_reason'])})")
+            if b["available"] else f"[red]✗[/] {b['name']}: {escape(b['reason'])}"
             for b in e["backends"]
         )
         cx = e["complexity"]

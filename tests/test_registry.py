@@ -43,6 +43,16 @@ def test_list_json_has_availability():
             assert set(b) >= {"name", "available", "reason"}
     fa = next(b for b in by_name["softmax_attention"]["backends"] if b["name"] == "flash_attn")
     assert fa["available"] is False and fa["reason"]
+    # FlexAttention runs forward on CPU but has no CPU backward: listed as forward only
+    flex = next(b for b in by_name["sliding_window_attention"]["backends"] if b["name"] == "flex")
+    assert flex["available"] and not flex["trainable"] and "backward" in flex["backward_reason"]
+    sdpa = next(b for b in by_name["softmax_attention"]["backends"] if b["name"] == "sdpa")
+    assert sdpa["trainable"] and sdpa["backward_reason"] is None
+
+
+def test_list_table_marks_forward_only_backends():
+    result = CliRunner().invoke(main, ["list", "--device", "cpu", "--family", "sparse"])
+    assert result.exit_code == 0 and "forward only" in result.output
 
 
 def test_list_table_and_family_filter():
