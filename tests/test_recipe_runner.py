@@ -84,6 +84,27 @@ def test_shipped_recipe_suite_validates():
     assert {e["recipe"] for e in raw["recipes"]} == {"radlads", "rad", "bridge"}
 
 
+def test_the_gpu_recipe_suite_validates_with_a_block_of_teacher_settings(monkeypatch):
+    pytest.importorskip("transformers")
+    from pathlib import Path
+
+    import torch
+
+    path = Path(__file__).parent.parent / "suites" / "recipes-gpu.yaml"
+    if not torch.cuda.is_available():
+        with pytest.raises(RecipeError, match="sees no CUDA device; use device=cpu"):
+            load_recipe_suite(path)  # here: refused in one line, before anything runs
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU node
+    raw = load_recipe_suite(path)
+    for entry in raw["recipes"]:
+        cfg = make_config(entry["recipe"], {k: v for k, v in entry.items() if k != "recipe"})
+        assert cfg.device == "cuda" and cfg.teacher_spec.d_model == 512 and cfg.teacher_spec.n_layers == 8
+        assert cfg.teacher_spec.n_heads == 8  # the block replaced only the fields it names...
+        assert cfg.teacher_spec.seed == 0  # ...and kept the others
+    with pytest.raises(RecipeError, match="teacher_spec has no setting 'width'"):
+        make_config("radlads", {"teacher_spec": {"width": 3}})
+
+
 def test_report_shows_recipe_rows_side_by_side():
     import pandas as pd
 

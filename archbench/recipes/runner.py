@@ -3,8 +3,8 @@
 A recipe is a module with a config dataclass and ``run(config, out_dir, progress) -> dict``
 (``radlads``: attention -> linear conversion; ``rad``: redundancy-aware hybrid distillation;
 ``bridge``: cross-attention knowledge transfer). ``make_config`` builds a config from
-``KEY=VALUE`` overrides (values parsed as YAML; ``teacher_spec.steps=300`` reaches the nested
-teacher spec), refusing unknown keys in one line. A *recipe suite* is a YAML file with a
+``KEY=VALUE`` overrides (values parsed as YAML; ``teacher_spec.steps=300``, or in a suite a block
+``teacher_spec: {steps: 300}``, reaches the nested teacher spec), refusing unknown keys in one line. A *recipe suite* is a YAML file with a
 ``recipes:`` list instead of a ``sweep:``; ``run_suite`` runs each entry into its own
 sub-directory and gathers every row, tagged with its recipe, into the suite's ``rows.jsonl``.
 """
@@ -51,6 +51,8 @@ def make_config(name: str, overrides: dict[str, Any] | None = None):
             raise RecipeError(f"{name}: no setting {head!r}; settings: {', '.join(fields)}")
         if rest:
             nested.setdefault(head, {})[rest] = value
+        elif isinstance(value, dict) and dataclasses.is_dataclass(getattr(cls(), head, None)):
+            nested.setdefault(head, {}).update(value)  # a block of nested settings: teacher_spec: {d_model: 512}
         else:
             flat[key] = tuple(value) if isinstance(value, list) else value
     try:
@@ -114,8 +116,9 @@ def run_suite(raw: dict, out: Path, on_event: Callable[[str], None] = lambda s: 
     run = RunDir(out).create()
     from archbench.measure.env import collect_env
 
+    device = next((str(e["device"]) for e in raw["recipes"] if e.get("device")), "cpu")  # the GPU's facts when used
     meta = {"run_id": out.name, "suite": raw.get("name", "recipes"), "suite_config": raw, "kind": "recipes",
-            "env": collect_env("cpu"), "started_at": now_iso(), "status": "running"}  # fmt: skip
+            "env": collect_env(device), "started_at": now_iso(), "status": "running"}  # fmt: skip
     run.write_meta(meta)
     for i, entry in enumerate(raw["recipes"]):
         name = entry["recipe"]
