@@ -307,6 +307,8 @@ class Runner:
 
     def _row(self, cell: Cell, started: str, t0: float, result: dict) -> dict:
         row = {"key": cell.key, **self.base_row, **cell.identity()}
+        if cell.backend_choice:
+            row["backend_choice"] = cell.backend_choice
         row.update(status=result.get("status", "error"), error=result.get("error"))
         row.update({k: v for k, v in result.items() if k not in ("status", "error")})
         row.update(

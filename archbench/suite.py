@@ -293,6 +293,7 @@ class Cell(BaseModel):
     measure: MeasureConfig
     train: TrainConfig | None = None  # task cells only
     task_args: dict[str, dict[str, Any]] | None = None  # task cells only
+    backend_choice: str | None = None  # backend auto: why the backends before the chosen one were passed over
 
     @property
     def key(self) -> str:
@@ -525,16 +526,32 @@ def expand(model: SuiteModel, source: str = "<suite>") -> list[Cell]:
         if values["backend"] not in generic and values["backend"] not in spec.backend_names:
             continue
         backward = values["mode"] in BACKWARD_MODES
-        values["backend"] = spec.resolve_backend(values["backend"], values["device"], values["dtype"], backward)
+        asked = values["backend"]
+        values["backend"] = spec.resolve_backend(asked, values["device"], values["dtype"], backward)
+        choice = _passed_over(spec, values, backward) if asked == "auto" else None
         task_extra = _task_values(values, d, source)
         if any(rule.matches(values) for rule in model.exclude):
             continue
         _check_dims(values, source)
-        cell = Cell(**values, timeout_s=d.timeout_s, stop_after_oom=d.stop_after_oom, measure=d.measure, **task_extra)
+        cell = Cell(**values, timeout_s=d.timeout_s, stop_after_oom=d.stop_after_oom, measure=d.measure,
+                    backend_choice=choice, **task_extra)  # fmt: skip
         cells.setdefault(cell.key, cell)
     if not cells:
         raise SuiteError(f"{source}: the sweep expands to no cells (every cell is excluded); loosen 'exclude'")
     return list(cells.values())
+
+
+def _passed_over(spec, values: dict, backward: bool) -> str | None:
+    """For ``backend: auto``: each backend listed before the chosen one, and why it cannot run this
+    cell (not installed, wrong device or dtype, or forward only where the cell needs a backward)."""
+    skipped = []
+    for b in spec.backends:
+        if b.name == values["backend"]:
+            break
+        reason = b.unavailable_reason(values["device"], values["dtype"], backward)
+        if reason:
+            skipped.append(f"{b.name}: {reason}")
+    return "; ".join(skipped) or None
 
 
 def _arch_defaults(model: SuiteModel, source: str) -> dict[str, dict[str, Any]]:

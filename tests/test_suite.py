@@ -63,6 +63,18 @@ def test_auto_backend_is_resolved(tmp_path):
     assert {(c.arch, c.backend) for c in cells} == {("softmax_attention", "sdpa"), ("linear_attention", "chunked")}
 
 
+def test_auto_records_why_it_passed_backends_over(tmp_path):
+    text = GOOD.replace("[softmax_attention, linear_attention]", "[sliding_window_attention]").replace(
+        "[naive, sdpa, chunked]", "auto")
+    cells = {c.mode: c for c in load_suite(write(tmp_path, text)).cells() if c.seq_len == 64}
+    assert cells["fwd"].backend == "flex" and cells["fwd"].backend_choice.startswith("flash_attn: ")
+    assert cells["fwd_bwd"].backend == "sdpa"  # FlexAttention runs forward only on a CPU
+    assert "flex: FlexAttention has no backward on CPU" in cells["fwd_bwd"].backend_choice
+    explicit = load_suite(write(tmp_path, GOOD, "g.yaml")).cells()
+    assert all(c.backend_choice is None for c in explicit)  # nothing was chosen for them
+    assert "backend_choice" not in cells["fwd"].identity()  # not part of the key
+
+
 def test_exclude_rules(tmp_path):
     text = GOOD + "exclude:\n  - {backend: naive, seq_len: {min: 100}}\n  - {arch: linear_attention, mode: fwd_bwd}\n"
     cells = load_suite(write(tmp_path, text)).cells()
