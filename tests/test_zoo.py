@@ -124,14 +124,20 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_fused_backend_matches_reference(arch, backend):
     """Same weights, same input: the fused backend's output and input gradient agree with the
     reference's (fp32 where the kernel takes fp32, else bf16 against the fp32 reference), and
-    its prefill state continues into a step that matches the forward's next position."""
+    its prefill state continues into a step that matches the forward's next position. A backend
+    that runs forward only here (e.g. fla's gated kernels on Hopper with triton 3.4-3.7.0) has its
+    forward and decode checked, then the test is skipped with the reason for the rest."""
     spec = registry.get(arch)
+    be = spec.backend(backend)
     # CPU: fp32 (tight tolerances); CUDA: bf16 where the kernel takes it, the dtype GPU suites run in
     order = ("bfloat16", "float32") if DEVICE == "cuda" else ("float32", "bfloat16")
-    dtype = next((d for d in order if spec.backend(backend).unavailable_reason(DEVICE, d, True) is None), order[0])
-    reason = spec.backend(backend).unavailable_reason(DEVICE, dtype, True)
+    dtype = next((d for d in order if be.unavailable_reason(DEVICE, d) is None), order[0])
+    reason = be.unavailable_reason(DEVICE, dtype)
     if reason:
         pytest.skip(f"{arch} on {backend}: {reason}")
+    backward_reason = be.unavailable_reason(DEVICE, dtype, True)
+    if backward_reason and DEVICE == "cpu":  # FlexAttention: compiled for ~20 s; test_sparse checks it on CPU
+        pytest.skip(f"{arch} on {backend}: forward only on CPU ({backward_reason}); see tests/test_sparse.py")
     tol = 2e-3 if dtype == "float32" else 3e-2
     cfg = FUSED_CFG.get(arch, GPU_CFG)
     torch.manual_seed(0)
@@ -143,16 +149,20 @@ def test_fused_backend_matches_reference(arch, backend):
     fused.load_state_dict(ref.state_dict())
     fused = fused.to(getattr(torch, dtype))
     x = torch.randn(2, 161, cfg.d_model, device=DEVICE)
-    x_ref, x_fused = x.clone().requires_grad_(True), x.to(getattr(torch, dtype)).requires_grad_(True)
-    y_ref, y = ref(x_ref), fused(x_fused)
+    x_ref, x_fused = x.clone().requires_grad_(True), x.to(getattr(torch, dtype)).requires_grad_(not backward_reason)
+    y_ref = ref(x_ref)
+    with torch.set_grad_enabled(not backward_reason):
+        y = fused(x_fused)
     assert _rel(y, y_ref) < tol, f"output: rel err {_rel(y, y_ref):.2e} ({dtype})"
-    w = torch.randn_like(y_ref)
-    (y_ref * w).sum().backward()
-    (y.float() * w).sum().backward()
-    assert _rel(x_fused.grad, x_ref.grad) < 2 * tol, f"input grad: rel err {_rel(x_fused.grad, x_ref.grad):.2e}"
-    if not spec.has_decode:
-        return
-    with torch.no_grad():
-        _, state = fused.prefill(x_fused[:, :160].detach())
-        y_t, _ = fused.step(x_fused[:, 160].detach(), state)
-    assert _rel(y_t, y_ref[:, 160].detach()) < 2 * tol, f"step after prefill: rel err {_rel(y_t, y_ref[:, 160]):.2e}"
+    if not backward_reason:
+        w = torch.randn_like(y_ref)
+        (y_ref * w).sum().backward()
+        (y.float() * w).sum().backward()
+        assert _rel(x_fused.grad, x_ref.grad) < 2 * tol, f"input grad: rel err {_rel(x_fused.grad, x_ref.grad):.2e}"
+    if spec.has_decode:
+        with torch.no_grad():
+            _, state = fused.prefill(x_fused[:, :160].detach())
+            y_t, _ = fused.step(x_fused[:, 160].detach(), state)
+        assert _rel(y_t, y_ref[:, 160]) < 2 * tol, f"step after prefill: rel err {_rel(y_t, y_ref[:, 160]):.2e}"
+    if backward_reason:
+        pytest.skip(f"forward and decode checked; no backward here: {backward_reason}")
