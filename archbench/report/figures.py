@@ -353,98 +353,61 @@ def _add_failures(fig: go.Figure, group: Group, ok: pd.DataFrame, colors: dict[s
         ))
 
 
-def memory_figure(group: Group, colors: dict[str, str], backends: dict[str, int]) -> go.Figure | None:
-    """Peak memory (MiB) vs seq_len, or None when no ok row reports memory."""
+def _curve_figure(group: Group, colors: dict[str, str], backends: dict[str, int], column: str, scale: float,
+                  hover: str, title: str, y_title: str) -> go.Figure | None:  # fmt: skip
+    """``column`` x ``scale`` vs seq_len, one line per arch/backend, or None when no ok row has a
+    positive value. ``hover`` follows the shared head of every point's hover text."""
     ok = group.ok
-    ok = ok[ok["peak_mem_bytes"] > 0]
+    if column not in ok:
+        return None
+    ok = ok[_to_float(ok[column]) > 0]
     if ok.empty:
         return None
     fig = go.Figure()
     for arch, backend, label, rows in _lines(ok):
         fig.add_trace(go.Scatter(
-            x=rows["seq_len"], y=rows["peak_mem_bytes"] / _MIB, name=html.escape(label),
-            customdata=_customdata(rows),
-            hovertemplate=_HOVER_HEAD + "peak memory: %{y:,.4g} MiB"
-            "<br>method: %{customdata[5]}<extra></extra>",
+            x=rows["seq_len"], y=_to_float(rows[column]) * scale, name=html.escape(label),
+            customdata=_customdata(rows), hovertemplate=_HOVER_HEAD + hover + "<extra></extra>",
             **_line_style(arch, backend, colors, backends),
-        ))
-    return _base_layout(fig, f"Peak memory: {group.label}", "peak memory (MiB)", ok["seq_len"])
+        ))  # fmt: skip
+    return _base_layout(fig, f"{title}: {group.label}", y_title, ok["seq_len"])
+
+
+def memory_figure(group: Group, colors: dict[str, str], backends: dict[str, int]) -> go.Figure | None:
+    """Peak memory (MiB) vs seq_len, or None when no ok row reports memory."""
+    return _curve_figure(group, colors, backends, "peak_mem_bytes", 1 / _MIB,
+                         "peak memory: %{y:,.4g} MiB<br>method: %{customdata[5]}", "Peak memory", "peak memory (MiB)")
 
 
 def activation_figure(group: Group, colors: dict[str, str], backends: dict[str, int]) -> go.Figure | None:
     """Bytes autograd saves for the backward pass (MiB) vs seq_len, for fwd_bwd groups whose rows
     count them: the training-memory scaling of each family, without allocator noise."""
-    ok = group.ok
-    if "activation_bytes" not in ok:
-        return None
-    ok = ok[ok["activation_bytes"] > 0]
-    if ok.empty:
-        return None
-    fig = go.Figure()
-    for arch, backend, label, rows in _lines(ok):
-        fig.add_trace(go.Scatter(
-            x=rows["seq_len"], y=rows["activation_bytes"] / _MIB, name=html.escape(label),
-            customdata=_customdata(rows),
-            hovertemplate=_HOVER_HEAD + "saved for backward: %{y:,.4g} MiB<extra></extra>",
-            **_line_style(arch, backend, colors, backends),
-        ))  # fmt: skip
-    return _base_layout(fig, f"Activations saved for backward: {group.label}", "saved activations (MiB)", ok["seq_len"])
+    return _curve_figure(group, colors, backends, "activation_bytes", 1 / _MIB, "saved for backward: %{y:,.4g} MiB",
+                         "Activations saved for backward", "saved activations (MiB)")
 
 
 def throughput_figure(group: Group, colors: dict[str, str], backends: dict[str, int]) -> go.Figure | None:
     """Tokens/s vs seq_len, or None when no ok row reports throughput."""
-    ok = group.ok
-    ok = ok[ok["tokens_per_s"] > 0]
-    if ok.empty:
-        return None
-    fig = go.Figure()
-    for arch, backend, label, rows in _lines(ok):
-        fig.add_trace(go.Scatter(
-            x=rows["seq_len"], y=rows["tokens_per_s"], name=html.escape(label),
-            customdata=_customdata(rows),
-            hovertemplate=_HOVER_HEAD + "tokens/s: %{y:,.4g}<br>median: %{customdata[10]} ms<extra></extra>",
-            **_line_style(arch, backend, colors, backends),
-        ))
-    return _base_layout(fig, f"Throughput: {group.label}", "tokens/s", ok["seq_len"])
+    return _curve_figure(group, colors, backends, "tokens_per_s", 1.0,
+                         "tokens/s: %{y:,.4g}<br>median: %{customdata[10]} ms", "Throughput", "tokens/s")
 
 
 def energy_figure(group: Group, colors: dict[str, str], backends: dict[str, int]) -> go.Figure | None:
     """Energy per token (mJ) vs seq_len, or None when no ok row has a measured energy."""
     ok = group.ok
-    if "energy_j_per_token" not in ok:
-        return None
-    ok = ok[_to_float(ok["energy_j_per_token"]) > 0]
-    if ok.empty:
-        return None
-    fig = go.Figure()
-    for arch, backend, label, rows in _lines(ok):
-        fig.add_trace(go.Scatter(
-            x=rows["seq_len"], y=_to_float(rows["energy_j_per_token"]) * 1e3, name=html.escape(label),
-            customdata=_customdata(rows),
-            hovertemplate=_HOVER_HEAD + "energy: %{y:,.4g} mJ per token<extra></extra>",
-            **_line_style(arch, backend, colors, backends),
-        ))  # fmt: skip
+    if "energy_j_per_token" in ok:  # the sources of the rows drawn, as the title's label
+        ok = ok[_to_float(ok["energy_j_per_token"]) > 0]
     source = ", ".join(sorted({text(v) for v in ok.get("energy_source", pd.Series(dtype=object)).dropna()}))
-    return _base_layout(fig, f"Energy per token ({source or 'measured'}): {group.label}", "energy per token (mJ)", ok["seq_len"])
+    return _curve_figure(group, colors, backends, "energy_j_per_token", 1e3, "energy: %{y:,.4g} mJ per token",
+                         f"Energy per token ({source or 'measured'})", "energy per token (mJ)")
 
 
 def state_figure(group: Group, colors: dict[str, str], backends: dict[str, int]) -> go.Figure | None:
     """Decode state / KV-cache bytes (MiB) vs seq_len, for prefill and decode groups."""
     if text(group.rows["mode"].iloc[0]) not in ("prefill", "decode"):
         return None
-    ok = group.ok
-    ok = ok[ok["state_bytes"] > 0]
-    if ok.empty:
-        return None
-    fig = go.Figure()
-    for arch, backend, label, rows in _lines(ok):
-        fig.add_trace(go.Scatter(
-            x=rows["seq_len"], y=rows["state_bytes"] / _MIB, name=html.escape(label),
-            customdata=_customdata(rows),
-            hovertemplate=_HOVER_HEAD + "state: %{y:,.4g} MiB<extra></extra>",
-            **_line_style(arch, backend, colors, backends),
-        ))
-    return _base_layout(fig, f"Decode state (KV cache or recurrent state): {group.label}", "state (MiB)", ok["seq_len"])
+    return _curve_figure(group, colors, backends, "state_bytes", 1 / _MIB, "state: %{y:,.4g} MiB",
+                         "Decode state (KV cache or recurrent state)", "state (MiB)")
 
 
 def roofline_figure(group: Group, colors: dict[str, str], backends: dict[str, int]) -> go.Figure | None:
