@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -54,21 +54,29 @@ def test_ratios_are_in_units_of_the_reference_and_the_table_names_everything():
 
 @pytest.fixture
 def sleepy(monkeypatch):
-    """Replace the ops by two that sleep and the matmul by a 2 ms sleep.
+    """Replace the ops by two that take a set time and the matmul by one of 2 ms, on a virtual
+    clock: each call advances the clock the check reads by its duration, so the verdicts depend
+    on the durations alone, never on how busy the machine is (real sleeps overshoot by
+    milliseconds on a loaded 2-core runner, which once turned a steady op into a regression).
 
-    Returns the ops' sleep times (mutable) and the set of torch thread counts the ops ran under."""
+    Returns the ops' durations (mutable) and the set of torch thread counts the ops ran under."""
     threads_seen: set[int] = set()
     durations = {"steady": 0.002, "victim": 0.002}
+    now = [0.0]
 
     def nap(name):
         def run():
             threads_seen.add(torch.get_num_threads())
-            time.sleep(durations[name])
+            now[0] += durations[name]
 
         return run
 
+    def reference():
+        now[0] += 0.002
+
+    monkeypatch.setattr(regression, "time", SimpleNamespace(perf_counter=lambda: now[0]))
     monkeypatch.setattr(regression, "build_cases", lambda shape: {name: nap(name) for name in durations})
-    monkeypatch.setattr(regression, "build_reference", lambda n: lambda: time.sleep(0.002))
+    monkeypatch.setattr(regression, "build_reference", lambda n: reference)
     return durations, threads_seen
 
 
@@ -98,7 +106,7 @@ def test_a_two_fold_slowdown_of_one_op_fails_the_check(sleepy, tmp_path, capsys)
     assert rows["steady"][-1] == "ok"
     assert "FAIL: victim" in out
 
-    durations["victim"] = 0.003  # 1.5x, with sleep's overshoot on top: within a factor of 2
+    durations["victim"] = 0.003  # 1.5x: within a factor of 2
     assert regression.main(["check", "--baseline", str(path), "--factor", "2"]) == 0
 
 
