@@ -22,9 +22,10 @@ since the chunk start (c_t <= 0, decreasing) and w_t = exp(-c_t) >= 1:
 
 a cumulative sum of terms rescaled relative to the chunk start. Because A does not depend on
 t, c_t[d, n] = A[d, n] (delta_1[d] + ... + delta_t[d]): the cumulative sum runs over [T, Dm]
-only. Cumulative sums along the chunk are matmuls with a lower-triangular ones matrix (as fast
-as a copy; torch.cumsum over an inner dimension is several times slower), and h_start rides
-in the first step of S, so a chunk costs about seven elementwise passes over its states.
+only. Cumulative sums along the chunk are, without autograd, L - 1 in-place slice adds (one
+pass over the states; 24% faster at T=16384 than the alternative) and, under autograd, matmuls
+with a lower-triangular ones matrix (torch.cumsum over an inner dimension is several times
+slower than either); a chunk costs about eight elementwise passes over its states.
 The only large factor is w_s <= e^span, span = -c_end, so a block takes this path only when
 every chunk's span is below a safe bound (60 in fp32, 600 in fp64): true for realistic steps
 (|delta A| up to 7.5 per step with chunks of 8; Mamba's init gives at most 1.6). Otherwise
@@ -131,7 +132,12 @@ def _scan_block(du, delta, cd, B, C, h, negA, tri, fast: bool, floor: float):
         w = cd[..., None] * negA
         w = w.exp_() if inplace else w.exp()
         X = (du * w).mul_(Bv) if inplace else du * w * Bv
-        S = torch.matmul(tri, X.view(b, nb, L, Dm * N)).view(b, nb, L, Dm, N)
+        if inplace:  # a running sum along the chunk: L - 1 slice adds, one pass over X
+            for i in range(1, L):
+                X[:, :, i] += X[:, :, i - 1]
+            S = X
+        else:
+            S = torch.matmul(tri, X.view(b, nb, L, Dm * N)).view(b, nb, L, Dm, N)
         starts = []
         for S_end, w_end in zip(S[:, :, -1].unbind(1), w[:, :, -1].unbind(1)):  # unbind: one backward node
             starts.append(h)
