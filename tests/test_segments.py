@@ -59,14 +59,17 @@ def test_segmented_reference_equals_one_pass(name, monkeypatch):
 def test_segments_are_whole_chunks_and_cover_the_sequence():
     spans = []
 
-    def run(t0, t1, s):
-        spans.append((t0, t1))
-        return torch.zeros(1, t1 - t0), (s or 0) + 1
+    def run(pos, other, s):  # pos holds each token's index: the span a segment covers
+        assert torch.equal(other, pos * 2)  # every sequence is cut at the same places
+        spans.append((int(pos[0, 0]), int(pos[0, -1]) + 1))
+        return pos.float(), (s or 0) + 1
 
-    o, s = segments.by_segments(run, 70, None, chunk_size=8, seg_len=20)  # 20 -> 16 (two chunks)
-    assert spans == [(0, 16), (16, 32), (32, 48), (48, 64), (64, 70)] and o.shape == (1, 70) and s == 5
+    pos = torch.arange(70)[None]
+    o, s = segments.by_segments(run, (pos, pos * 2), None, chunk_size=8, seg_len=20)  # 20 -> 16 (two chunks)
+    assert spans == [(0, 16), (16, 32), (32, 48), (48, 64), (64, 70)] and s == 5
+    assert torch.equal(o, pos.float())
     spans.clear()
-    segments.by_segments(run, 10, None, chunk_size=64, seg_len=16)  # a chunk longer than a segment
+    segments.by_segments(run, (pos[:, :10], pos[:, :10] * 2), None, chunk_size=64, seg_len=16)  # a chunk longer than a segment
     assert spans == [(0, 10)]
 
 

@@ -1,6 +1,7 @@
 """Sparse attention: sliding-window masks across backends, NSA against a brute-force oracle,
 and the sparse mixers' decode steps, causality and state sizes."""
 
+import importlib
 import importlib.util
 import time
 
@@ -160,7 +161,10 @@ def test_window_covering_everything_is_causal_attention(T):
 
 
 @pytest.mark.parametrize("chunk", [16, 24, 64])
-def test_banded_reference_chunks_and_gradients(chunk):
+@pytest.mark.parametrize("slab", [None, 1])
+def test_banded_reference_chunks_and_gradients(chunk, slab, monkeypatch):
+    if slab is not None:  # one chunk per group: the group loop's pieces carry the gradients
+        monkeypatch.setattr(importlib.import_module("archbench.ops.softmax_attention"), "_BANDED_SLAB", slab)
     torch.manual_seed(chunk)
     q = torch.randn(1, 45, 4, 8, dtype=torch.float64, requires_grad=True)
     k = torch.randn(1, 45, 2, 8, dtype=torch.float64, requires_grad=True)
@@ -247,13 +251,19 @@ def test_nsa_decode_offsets_and_block_shapes(T, S, l, n, W, slc_impl):
     assert _rel(o, ref) < 1e-10
 
 
-def test_nsa_selected_branch_gather_and_dispatch_agree():
+@pytest.mark.parametrize("slab", [None, 1])
+def test_nsa_selected_branch_gather_and_dispatch_agree(slab, monkeypatch):
+    if slab is not None:  # dispatch in query chunks of one token; gradients cross the chunks
+        monkeypatch.setattr(importlib.import_module("archbench.ops.nsa"), "_DISPATCH_SLAB", slab)
     q, k, v, _ = _nsa_inputs(B=2, T=90, H=6, Hkv=3)
     _, p = nsa_compressed_attention(q, nsa_compress(k, 8), nsa_compress(v, 8), 8, 90, 0.25)
     idx = nsa_select_blocks(p, 8, 4, 90)
+    q, k, v = (x.detach().requires_grad_(True) for x in (q, k, v))
     a = nsa_selected_attention(q, k, v, idx, 8, 0.25, impl="gather")
     b = nsa_selected_attention(q, k, v, idx, 8, 0.25, impl="dispatch")
     torch.testing.assert_close(a, b)
+    w = torch.randn_like(a)
+    torch.testing.assert_close(torch.autograd.grad(b, (q, k, v), w), torch.autograd.grad(a, (q, k, v), w))
 
 
 def test_nsa_branches_in_the_limits():

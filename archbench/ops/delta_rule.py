@@ -411,8 +411,8 @@ def delta_rule(
     if qk_l2norm:
         q, k = l2norm(q), l2norm(k)
     o, S = by_segments(
-        lambda t0, t1, s: _chunked(q[:, t0:t1], k[:, t0:t1], v[:, t0:t1], beta[:, t0:t1], None, scale, s, True, chunk_size),
-        q.shape[1], initial_state, chunk_size,
+        lambda q, k, v, beta, s: _chunked(q, k, v, beta, None, scale, s, True, chunk_size),
+        (q, k, v, beta), initial_state, chunk_size,
     )  # fmt: skip
     return o, (S if output_final_state else None)
 
@@ -450,10 +450,8 @@ def gated_delta_rule(
     if qk_l2norm:
         q, k = l2norm(q), l2norm(k)
     o, S = by_segments(
-        lambda t0, t1, s: _chunked(
-            q[:, t0:t1], k[:, t0:t1], v[:, t0:t1], beta[:, t0:t1], g[:, t0:t1], scale, s, True, chunk_size
-        ),
-        q.shape[1], initial_state, chunk_size,
+        lambda q, k, v, beta, g, s: _chunked(q, k, v, beta, g, scale, s, True, chunk_size),
+        (q, k, v, beta, g), initial_state, chunk_size,
     )  # fmt: skip
     return o, (S if output_final_state else None)
 

@@ -344,10 +344,8 @@ def dplr(
         s = q.new_zeros(B, H, K, v.shape[-1], dtype=acc) if initial_state is None else initial_state.to(acc)
         return o, s
     o, S = by_segments(
-        lambda t0, t1, s: _dplr_torch(
-            q[:, t0:t1], k[:, t0:t1], v[:, t0:t1], w[:, t0:t1], a[:, t0:t1], b[:, t0:t1], scale, s, True, chunk_size
-        ),
-        T, initial_state, chunk_size,
+        lambda q, k, v, w, a, b, s: _dplr_torch(q, k, v, w, a, b, scale, s, True, chunk_size),
+        (q, k, v, w, a, b), initial_state, chunk_size,
     )  # fmt: skip
     return o, (S if output_final_state else None)
 

@@ -137,14 +137,13 @@ def _scan(
     if T == 0:
         return v.new_zeros(B, 0, H, V), S
     C = min(chunk_size, T)
-    N = -(-T // C)
     group = max(1, _GROUP_ELEMS // (B * H * C * max(K, V)))
     outs = []
-    for n0 in range(0, N, group):
-        t0, t1 = n0 * C, min(T, (n0 + group) * C)
-        qc = _chunked(q[:, t0:t1], C, acc) * scale
-        kc, vc = _chunked(k[:, t0:t1], C, acc), _chunked(v[:, t0:t1], C, acc)
-        b = _chunked(g[:, t0:t1], C, acc).cumsum(3)  # padded steps: g = 0 (no decay), k = 0
+    # split, not slices: a split's backward is one concatenation, a slice's a zero-filled full-size tensor per group
+    for qs, ks, vs, gs in zip(*(x.split(group * C, dim=1) for x in (q, k, v, g))):
+        qc = _chunked(qs, C, acc) * scale
+        kc, vc = _chunked(ks, C, acc), _chunked(vs, C, acc)
+        b = _chunked(gs, C, acc).cumsum(3)  # padded steps: g = 0 (no decay), k = 0
         o, k_dec, q_dec, chunk_decay = chunk_fn(qc, kc, vc, b)
         kv = torch.einsum("bhnck,bhncv->bhnkv", k_dec, vc)  # each chunk's contribution to the state
         entering = []
@@ -152,7 +151,7 @@ def _scan(
             entering.append(S)
             S = torch.addcmul(kv_n, S, decay_n)
         o = o + torch.einsum("bhnck,bhnkv->bhncv", q_dec, torch.stack(entering, dim=2))
-        outs.append(_unchunk(o, t1 - t0))
+        outs.append(_unchunk(o, qs.shape[1]))
     o = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
     return o.to(v.dtype), S
 

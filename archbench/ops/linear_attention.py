@@ -68,14 +68,15 @@ def linear_attention(
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     group = max(1, GROUP_ELEMS // (B * H * C * max(K, V)))  # chunks per group
     outs = []
-    for t0 in range(0, T, group * C):
-        t1 = min(T, t0 + group * C)
-        qc, kc, vc = (_chunks(x[:, t0:t1], C, acc) for x in (q, k, v))  # [B, H, n, C, D]
+    # split, not slices: a split's backward is one concatenation, a slice's a zero-filled full-size tensor per group
+    for pieces in zip(*(x.split(group * C, dim=1) for x in (q, k, v))):
+        t = pieces[0].shape[1]
+        qc, kc, vc = (_chunks(x, C, acc) for x in pieces)  # [B, H, n, C, D]
         kv = kc.transpose(-1, -2) @ vc  # each chunk's contribution to the state [B, H, n, K, V]
         s_prev = torch.cat([S[:, :, None], kv[:, :, :-1]], dim=2).cumsum(dim=2)  # the state entering each chunk
         scores = (qc @ kc.transpose(-1, -2)).masked_fill_(~causal, 0.0)
         o = (qc @ s_prev).add_(scores @ vc).mul_(scale)
-        outs.append(o.permute(0, 2, 3, 1, 4).reshape(B, -1, H, V)[:, : t1 - t0])
+        outs.append(o.permute(0, 2, 3, 1, 4).reshape(B, -1, H, V)[:, :t])
         S = s_prev[:, :, -1] + kv[:, :, -1]
     o = torch.cat(outs, dim=1) if len(outs) > 1 else (outs[0] if outs else v.new_zeros(B, 0, H, V, dtype=acc))
     return o.to(v.dtype), (S if output_final_state else None)

@@ -255,11 +255,12 @@ def nsa_selected_attention(
     per_query = H * n * block_size
     chunk = max(1, _DISPATCH_SLAB // (B * per_query))
     outs = []
-    for t0 in range(0, T, chunk):  # query chunks, only to bound memory
-        t1 = min(T, t0 + chunk)
+    # query chunks, only to bound memory (split: one backward concatenation, not a zero-filled copy per chunk)
+    for t0, qs, idx in zip(range(0, T, chunk), q.split(chunk, dim=1), block_indices.split(chunk, dim=1)):
+        t1 = t0 + qs.shape[1]
         # queries t0..t1-1 are the last (t1 - t0) of kv_len S - (T - t1) keys
         kv_len = S - (T - t1)
-        outs.append(_selected_dispatch(q[:, t0:t1], kb, vb, block_indices[:, t0:t1], block_size, kv_len, scale))
+        outs.append(_selected_dispatch(qs, kb, vb, idx, block_size, kv_len, scale))
     return torch.cat(outs, dim=1)
 
 

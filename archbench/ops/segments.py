@@ -6,6 +6,10 @@ chunked references use that: past ``SEGMENT_LEN`` tokens they run segment by seg
 whole-sequence temporaries (chunk states, intra-chunk matrices) stay small enough to live in
 cache. On a 2-core CPU at B=1, H=8, D=64, T=16384 this made the delta rule and SSD references
 about 2x faster; at short T nothing changes (one segment).
+
+The inputs are cut with ``torch.split``, not by slicing: under autograd a slice's backward
+writes its gradient into a zero-filled tensor of the whole input's size, once per segment
+(quadratic in T), while a split has one backward node that concatenates the pieces.
 """
 
 from __future__ import annotations
@@ -16,20 +20,28 @@ import torch
 
 SEGMENT_LEN = 1024  # tokens per segment (rounded to a whole number of chunks)
 
-Run = Callable[[int, int, "torch.Tensor | None"], "tuple[torch.Tensor, torch.Tensor]"]
+Run = Callable[..., "tuple[torch.Tensor, torch.Tensor]"]
 
 
-def by_segments(run: Run, T: int, initial_state: torch.Tensor | None, chunk_size: int, seg_len: int | None = None):
-    """``run(t0, t1, state) -> (o [B, t1 - t0, ...], final_state)`` over [0, T) in segments.
+def by_segments(
+    run: Run,
+    seqs: tuple[torch.Tensor, ...],
+    initial_state: torch.Tensor | None,
+    chunk_size: int,
+    seg_len: int | None = None,
+):
+    """``run(*pieces, state) -> (o [B, t, ...], final_state)`` over the sequences ``seqs`` (each
+    [B, T, ...], cut along dim 1 into the same segments) in order, the state carried along.
 
     Returns ``(o [B, T, ...], final_state)``; one call when T fits one segment. Segments are a
     whole number of ``chunk_size`` chunks, so chunk boundaries fall where one call puts them.
     """
+    T = seqs[0].shape[1]
     seg = max(chunk_size, (seg_len or SEGMENT_LEN) // chunk_size * chunk_size)
     if T <= seg:
-        return run(0, T, initial_state)
+        return run(*seqs, initial_state)
     outs, state = [], initial_state
-    for t0 in range(0, T, seg):
-        o, state = run(t0, min(T, t0 + seg), state)
+    for pieces in zip(*(x.split(seg, dim=1) for x in seqs)):
+        o, state = run(*pieces, state)
         outs.append(o)
     return torch.cat(outs, dim=1), state

@@ -193,10 +193,11 @@ def _selective_scan_torch(u, delta, A, B, C, D, initial_state, output_final_stat
     span_limit, floor = SPAN_LIMIT[acc], LOG_FLOOR[acc]
     use_ckpt = torch.is_grad_enabled() and any(t.requires_grad for t in (du, cd, BB, CC, h, negA))
     ys = []
-    for s in range(0, Tp, Tb):
-        e = min(s + Tb, Tp)
-        fast = max(spans[s // L : e // L]) <= span_limit
-        args = (du[:, s:e], dd[:, s:e], cd[:, s // L : e // L], BB[:, s:e], CC[:, s:e], h, negA, tri, fast, floor)
+    # blocks by split, not slices (under autograd a slice's backward zero-fills a full-size tensor per block)
+    blocks = zip(*(x.split(Tb, dim=1) for x in (du, dd, BB, CC)), cd.split(Tb // L, dim=1))
+    for s, (du_b, dd_b, B_b, C_b, cd_b) in zip(range(0, Tp, Tb), blocks):
+        fast = max(spans[s // L : (s + Tb) // L]) <= span_limit
+        args = (du_b, dd_b, cd_b, B_b, C_b, h, negA, tri, fast, floor)
         if use_ckpt:
             y, h = checkpoint(_scan_block, *args, use_reentrant=False)
         else:

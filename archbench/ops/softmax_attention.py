@@ -126,22 +126,24 @@ def _banded(
     qc = F.pad(q.to(acc), (0, 0, 0, 0, 0, Tp - T)).view(B, N, C, Hkv, G, D)
     step = max(1, _BANDED_SLAB // (B * H * C * L))
     outs = []
-    for n0 in range(0, N, step):  # groups of chunks, only to bound the score slab's memory
-        n1 = min(N, n0 + step)
-        mask = band[None] & kvalid[n0:n1, None, :]  # [n, C, L]
+    # groups of chunks, only to bound the score slab's memory; cut by split, whose backward is one
+    # concatenation (a slice's backward zero-fills a full-size tensor per group)
+    groups = zip(range(0, N, step), qc.split(step, dim=1), kw.split(step, dim=1), vw.split(step, dim=1))
+    for n0, qg, kg, vg in groups:
+        n = qg.shape[1]
+        mask = band[None] & kvalid[n0 : n0 + n, None, :]  # [n, C, L]
         if kernel == "sdpa":
-            n = n1 - n0
-            qh = qc[:, n0:n1].reshape(B * n, C, H, D).transpose(1, 2)
-            kh = kw[:, n0:n1].transpose(-1, -2).repeat_interleave(G, dim=2).reshape(B * n, H, L, D)
-            vh = vw[:, n0:n1].transpose(-1, -2).repeat_interleave(G, dim=2).reshape(B * n, H, L, Dv)
+            qh = qg.reshape(B * n, C, H, D).transpose(1, 2)
+            kh = kg.transpose(-1, -2).repeat_interleave(G, dim=2).reshape(B * n, H, L, D)
+            vh = vg.transpose(-1, -2).repeat_interleave(G, dim=2).reshape(B * n, H, L, Dv)
             am = mask[None, :, None].expand(B, n, 1, C, L).reshape(B * n, 1, C, L)
             o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=am, scale=scale)
             outs.append(o.transpose(1, 2).reshape(B, n, C, H, Dv))
             continue
-        s = torch.einsum("bncxgd,bnxdl->bnxgcl", qc[:, n0:n1] * scale, kw[:, n0:n1])
+        s = torch.einsum("bncxgd,bnxdl->bnxgcl", qg * scale, kg)
         s = s.masked_fill(~mask[None, :, None, None], float("-inf"))
         p = s.softmax(dim=-1)
-        outs.append(torch.einsum("bnxgcl,bnxel->bncxge", p, vw[:, n0:n1]).reshape(B, n1 - n0, C, H, Dv))
+        outs.append(torch.einsum("bnxgcl,bnxel->bncxge", p, vg).reshape(B, n, C, H, Dv))
     o = torch.cat(outs, dim=1).reshape(B, Tp, H, Dv)[:, :T]
     return o.to(v.dtype)
 

@@ -107,8 +107,8 @@ def ssd(
     if backend == "fla":
         return _ssd_fla(x, dt, A, B, C, D, initial_state, output_final_state, chunk_size)
     y, S = by_segments(
-        lambda t0, t1, s: _ssd_torch(x[:, t0:t1], dt[:, t0:t1], A, B[:, t0:t1], C[:, t0:t1], D, s, True, chunk_size),
-        x.shape[1], initial_state, chunk_size,
+        lambda x, dt, B, C, s: _ssd_torch(x, dt, A, B, C, D, s, True, chunk_size),
+        (x, dt, B, C), initial_state, chunk_size,
     )  # fmt: skip
     return y, (S if output_final_state else None)
 
