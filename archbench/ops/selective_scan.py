@@ -23,7 +23,7 @@ since the chunk start (c_t <= 0, decreasing) and w_t = exp(-c_t) >= 1:
 a cumulative sum of terms rescaled relative to the chunk start. Because A does not depend on
 t, c_t[d, n] = A[d, n] (delta_1[d] + ... + delta_t[d]): the cumulative sum runs over [T, Dm]
 only. Cumulative sums along the chunk are, without autograd, L - 1 in-place slice adds (one
-pass over the states; 24% faster at T=16384 than the alternative) and, under autograd, matmuls
+pass over the states; 10-20% faster at T=16384 on the 2-core VM) and, under autograd, matmuls
 with a lower-triangular ones matrix (torch.cumsum over an inner dimension is several times
 slower than either); a chunk costs about eight elementwise passes over its states.
 The only large factor is w_s <= e^span, span = -c_end, so a block takes this path only when
