@@ -1,7 +1,7 @@
 """Op-level speed of the chunked references vs causal SDPA and linear attention (the issue-3 bar).
 
     python benchmarks/op_speed.py [--threads 2] [--lengths 4096 16384] [--device cpu]
-                                  [--backend torch|auto] [--dtype float32|bfloat16]
+                                  [--backend torch|auto] [--dtype float32|bfloat16] [--backward]
 
 Shapes: B=1, H=8, K=V=64, fp32 unless ``--dtype`` says otherwise. ``--backend auto`` times the
 fused kernel each op picks on the device (fla on a GPU node) instead of the reference; the
@@ -9,12 +9,15 @@ fused kernel each op picks on the device (fla on a GPU node) instead of the refe
 ``selective_scan`` at Dm = H*K = 512 channels (the channel count of every other op) and
 ``selective_scan_x2`` at Dm = 1024 (Mamba's expand-2 inner width at d_model 512, twice the work).
 Prints the median of a few calls and each op's ratio to SDPA and to linear attention, measured
-in the same process. Run it on an idle machine: the ratios are what matters.
+in the same process. Run it on an idle machine: the ratios are what matters. ``--backward``
+times a training call instead: forward, then the gradients of the output's sum with respect to
+every input (what a fwd_bwd cell pays in the op).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import torch
@@ -40,15 +43,23 @@ def median_time(fn, repeats: int = 5, sync=lambda: None) -> float:
 OPS = ("linear_attention", "simple_gla", "gla", "delta_rule", "gated_delta_rule", "dplr", "ssd", "selective_scan")
 
 
-def cases(T: int, device: str, backend: str = "torch", dtype: torch.dtype = torch.float32):
+def cases(T: int, device: str, backend: str = "torch", dtype: torch.dtype = torch.float32, backward: bool = False):
     shape = Shape(seq_len=T, heads=8, head_dim=64, scan_dim=512, scan_state=16, ssd_state=64)
-    built = op_cases(shape, device=device, dtype=dtype, backend=backend)
+    built = op_cases(shape, device=device, dtype=dtype, backend=backend, requires_grad=backward)
     qh, kh, vh = (x.transpose(1, 2) for x in built["softmax_attention"].inputs)
-    sdpa = {"sdpa_causal": lambda: F.scaled_dot_product_attention(qh, kh, vh, is_causal=True)}
     wide = op_cases(
-        Shape(seq_len=T, heads=8, head_dim=64, scan_dim=1024, scan_state=16), device=device, dtype=dtype, backend=backend
-    )
-    return sdpa | {name: built[name].fn for name in OPS} | {"selective_scan_x2": wide["selective_scan"].fn}
+        Shape(seq_len=T, heads=8, head_dim=64, scan_dim=1024, scan_state=16),
+        device=device, dtype=dtype, backend=backend, requires_grad=backward,
+    )  # fmt: skip
+    fns = {"sdpa_causal": (lambda: F.scaled_dot_product_attention(qh, kh, vh, is_causal=True), (qh, kh, vh))}
+    fns |= {name: (built[name].fn, built[name].inputs) for name in OPS}
+    fns["selective_scan_x2"] = (wide["selective_scan"].fn, wide["selective_scan"].inputs)
+    return {name: (_train_call(fn, inputs) if backward else fn) for name, (fn, inputs) in fns.items()}
+
+
+def _train_call(fn, inputs):
+    """Forward, then the gradients of the output's sum with respect to every input."""
+    return lambda: torch.autograd.grad(fn().float().sum(), inputs)
 
 
 def main() -> None:
@@ -58,6 +69,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", default="torch", choices=["torch", "auto"], help="reference, or the fused kernel each op picks")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--backward", action="store_true", help="time forward + backward (a training call)")
     args = p.parse_args()
     dtype = getattr(torch, args.dtype)
     torch.set_num_threads(args.threads)
@@ -65,13 +77,13 @@ def main() -> None:
     sync = device_sync(args.device)
     print(
         f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, {args.dtype}, "
-        f"backend {args.backend}, B=1 H=8 K=V=64"
+        f"backend {args.backend}, B=1 H=8 K=V=64, {'forward + backward' if args.backward else 'forward'}"
     )
     print(f"{'T':>6} {'op':18} {'median ms':>10} {'x sdpa':>7} {'x linear_attention':>19}  kernel")
-    with torch.no_grad():
+    with contextlib.nullcontext() if args.backward else torch.no_grad():
         for T in args.lengths:
             times, kernels = {}, {}
-            for name, fn in cases(T, args.device, args.backend, dtype).items():
+            for name, fn in cases(T, args.device, args.backend, dtype, args.backward).items():
                 with recording() as seen:
                     times[name] = median_time(fn, sync=sync)
                 kernels[name] = ",".join(sorted(seen)) or "torch SDPA"
