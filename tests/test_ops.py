@@ -169,6 +169,17 @@ def test_causal_conv_matches_conv1d(T, bias, activation):
     assert torch.autograd.gradcheck(lambda x, w: causal_conv(x, w, b, activation), (x, w))
 
 
+def test_short_conv_keeps_the_input_dtype():
+    from archbench.mixers.common import ShortConv
+
+    conv = ShortConv(6, kernel=4, bias=True)  # fp32 weights
+    x = torch.randn(2, 9, 6, dtype=torch.bfloat16, requires_grad=True)
+    y = conv(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.bfloat16 and conv.conv.weight.grad.dtype == torch.float32
+
+
 def test_dispatch_records_the_kernel_that_ran():
     from archbench.ops.dispatch import recording
 

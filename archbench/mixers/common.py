@@ -33,8 +33,9 @@ class ShortConv(nn.Module):
         self.conv = nn.Conv1d(channels, channels, kernel, groups=channels, padding=kernel - 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu":
-            return causal_conv(x, self.conv.weight[:, 0, :], self.conv.bias, self.activation)
+        if x.device.type == "cpu":  # weights in x's dtype, as the convolution would compute (bf16 in, bf16 out)
+            bias = None if self.conv.bias is None else self.conv.bias.to(x.dtype)
+            return causal_conv(x, self.conv.weight[:, 0, :].to(x.dtype), bias, self.activation)
         T = x.shape[1]
         y = self.conv(x.transpose(1, 2))[..., :T].transpose(1, 2)
         return F.silu(y) if self.activation else y
