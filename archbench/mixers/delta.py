@@ -173,7 +173,7 @@ class DeltaNet(_DeltaBase):
     def step(self, x_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         (q, k, v), conv = self._qkv_step(x_t, state["conv"])
         beta = torch.sigmoid(self.b_proj(x_t))
-        o, S = delta_rule_step(l2norm(q), l2norm(k), v, beta, state["S"])
+        o, S = delta_rule_step(l2norm(q), l2norm(k), v, beta, state["S"], backend=OP_BACKEND[self.backend])
         return self._output(o, x_t), {"conv": conv, "S": S}
 
 
@@ -226,7 +226,7 @@ class GatedDeltaNet(_DeltaBase):
     def step(self, x_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         (q, k, v), conv = self._qkv_step(x_t, state["conv"])
         g, beta = self._gates(x_t)
-        o, S = gated_delta_rule_step(l2norm(q), l2norm(k), v, g, beta, state["S"])
+        o, S = gated_delta_rule_step(l2norm(q), l2norm(k), v, g, beta, state["S"], backend=OP_BACKEND[self.backend])
         return self._output(o, x_t), {"conv": conv, "S": S}
 
 

@@ -103,7 +103,7 @@ class RetNet(ParallelMixer):
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q, k, v, gate = self._project(x_t)
-        o, state = simple_gla_step(q, k, v, self.log_gamma, state)
+        o, state = simple_gla_step(q, k, v, self.log_gamma, state, backend=OP_BACKEND[self.backend])
         return self._output(o, gate), state
 
     def state_bytes(self, batch: int, seq_len: int) -> int:
@@ -160,7 +160,7 @@ class GLA(ParallelMixer):
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q, k, v, g, r = self._project(x_t)
-        o, state = gla_step(q, k, v, g, state)
+        o, state = gla_step(q, k, v, g, state, backend=OP_BACKEND[self.backend])
         return self._output(o, r), state
 
     def state_bytes(self, batch: int, seq_len: int) -> int:
@@ -221,7 +221,7 @@ class HGRN2(ParallelMixer):
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q, k, v, g = self._project(x_t)
-        o, state = gla_step(q, k, v, g, state)
+        o, state = gla_step(q, k, v, g, state, backend=OP_BACKEND[self.backend])
         return self._output(o), state
 
     def state_bytes(self, batch: int, seq_len: int) -> int:

@@ -72,7 +72,7 @@ class LinearAttention(Mixer):
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q, k, v = self._project(x_t)
-        o, state = linear_attention_step(q, k, v, state, scale=1.0)
+        o, state = linear_attention_step(q, k, v, state, scale=1.0, backend=OP_BACKEND[self.backend])
         return self.out(self._normalise(o).flatten(1)), state
 
     def state_bytes(self, batch: int, seq_len: int) -> int:

@@ -163,7 +163,7 @@ class RWKV7(ParallelMixer):
     def step(self, x_t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
         S, x_prev = state
         r, k, v, log_w, a, b, g = self._inputs(x_t, x_prev.to(x_t.dtype))
-        o, S = dplr_step(r, k, v, log_w, a, b, S, scale=1.0)
+        o, S = dplr_step(r, k, v, log_w, a, b, S, scale=1.0, backend=BACKENDS[self.backend])
         return self._finish(o, r, k, v, g), (S, x_t)
 
     def state_bytes(self, batch: int, seq_len: int) -> int:

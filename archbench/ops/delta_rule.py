@@ -66,7 +66,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from archbench.ops.dispatch import record
+from archbench.ops.dispatch import record, step_backend
 from archbench.spec import fla_gated_grad_refused
 from archbench.ops.segments import by_segments
 
@@ -463,11 +463,18 @@ def delta_rule_step(
     beta: torch.Tensor,
     state: torch.Tensor,
     scale: float | None = None,
+    backend: str = "torch",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One decode step: q, k [B, H, K], v [B, H, V], beta [B, H], state [B, H, K, V] (fp32).
 
-    Returns ``(o [B, H, V], new_state)``.
+    Returns ``(o [B, H, V], new_state)``. ``backend="fla"``: fla's ``fused_recurrent_delta_rule``
+    (q and k already normalised, as here).
     """
+    if step_backend("delta_rule_step", backend, q) == "fla":
+        from fla.ops.delta_rule import fused_recurrent_delta_rule  # optional, CUDA only
+
+        record("fla.fused_recurrent_delta_rule")
+        return _fla_step(fused_recurrent_delta_rule, q, k, v, {}, beta, state, scale)
     record("torch.delta_rule_step")
     return _step(q, k, v, None, beta, state, scale)
 
@@ -480,10 +487,26 @@ def gated_delta_rule_step(
     beta: torch.Tensor,
     state: torch.Tensor,
     scale: float | None = None,
+    backend: str = "torch",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One gated decode step: as ``delta_rule_step`` with a log-decay g [B, H]."""
+    """One gated decode step: as ``delta_rule_step`` with a log-decay g [B, H]
+    (``backend="fla"``: fla's ``fused_recurrent_gated_delta_rule``)."""
+    if step_backend("gated_delta_rule_step", backend, q) == "fla":
+        from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule  # optional, CUDA only
+
+        record("fla.fused_recurrent_gated_delta_rule")
+        return _fla_step(fused_recurrent_gated_delta_rule, q, k, v, {"g": g[:, None].float()}, beta, state, scale)
     record("torch.gated_delta_rule_step")
     return _step(q, k, v, g, beta, state, scale)
+
+
+def _fla_step(kernel, q, k, v, gates, beta, state, scale):
+    """fla's fused recurrent delta-rule kernel on one token: [B, H, D] -> [B, 1, H, D] and back."""
+    o, S = kernel(
+        q[:, None], k[:, None].to(q.dtype), v[:, None].to(q.dtype), **gates, beta=beta[:, None].to(q.dtype),
+        scale=q.shape[-1] ** -0.5 if scale is None else scale, initial_state=state.float(), output_final_state=True,
+    )  # fmt: skip
+    return o[:, 0].to(v.dtype), S
 
 
 def _step(q, k, v, g, beta, state, scale):

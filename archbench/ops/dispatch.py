@@ -5,12 +5,22 @@ resolved, and where a fused library picks one of several kernels). The bench wra
 cell's call in ``recording()`` and stores the names it saw in the row's ``kernels``, so a
 report can say "fla.chunk_gla" rather than just "fla", and a fallback never hides.
 Recording is a set insertion; with no ``recording()`` active it is a no-op.
+
+``step_backend`` resolves the backend of a one-token decode step (``*_step`` ops): ``torch``
+(the reference update), ``fla`` (flash-linear-attention's ``fused_recurrent_*`` kernel at T=1,
+which is what fla's own layers run to decode), or ``auto`` (fla for CUDA tensors when it is
+importable, else torch).
 """
 
 from __future__ import annotations
 
+import importlib.util
 from contextlib import contextmanager
 from typing import Iterator
+
+import torch
+
+STEP_BACKENDS = ("torch", "fla", "auto")
 
 _active: list[set[str]] = []
 
@@ -30,3 +40,12 @@ def recording() -> Iterator[set[str]]:
         _active.pop()
         if _active:
             _active[-1].update(seen)
+
+
+def step_backend(name: str, backend: str, x: torch.Tensor) -> str:
+    """``torch`` or ``fla`` for a decode step on ``x``'s device (see the module docstring)."""
+    if backend not in STEP_BACKENDS:
+        raise ValueError(f"unknown {name} backend {backend!r}; choose one of {', '.join(STEP_BACKENDS)}")
+    if backend == "auto":
+        return "fla" if x.is_cuda and importlib.util.find_spec("fla") is not None else "torch"
+    return backend

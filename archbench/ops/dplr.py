@@ -77,7 +77,7 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
-from archbench.ops.dispatch import record
+from archbench.ops.dispatch import record, step_backend
 from archbench.ops.segments import by_segments
 
 BACKENDS = ("torch", "fla", "auto")
@@ -359,14 +359,26 @@ def dplr_step(
     b: torch.Tensor,
     state: torch.Tensor,
     scale: float | None = None,
+    backend: str = "torch",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One decode step: q, k, w, a, b [B, H, K], v [B, H, V], state [B, H, K, V] (fp32).
 
-    Returns ``(o [B, H, V] in v's dtype, new_state)``.
+    Returns ``(o [B, H, V] in v's dtype, new_state)``. ``backend="fla"``: fla's
+    ``fused_recurrent_dplr_delta_rule`` (a and b swapped into fla's roles, as in ``_dplr_fla``).
     """
-    record("torch.dplr_step")
     if scale is None:
         scale = 1.0
+    if step_backend("dplr_step", backend, q) == "fla":
+        from fla.ops.generalized_delta_rule import fused_recurrent_dplr_delta_rule  # optional, CUDA only
+
+        record("fla.fused_recurrent_dplr_delta_rule")
+        x = [t[:, None].to(q.dtype) for t in (k, v, b, a)]
+        o, S = fused_recurrent_dplr_delta_rule(
+            q[:, None], x[0], x[1], a=x[2], b=x[3], gk=w[:, None].float(),
+            scale=scale, initial_state=state.float(), output_final_state=True,
+        )  # fmt: skip
+        return o[:, 0].to(v.dtype), S
+    record("torch.dplr_step")
     acc = torch.promote_types(torch.promote_types(q.dtype, state.dtype), torch.float32)
     out_dtype = v.dtype
     q, k, v, w, a, b, S = (x.to(acc) for x in (q, k, v, w, a, b, state))

@@ -58,7 +58,7 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
-from archbench.ops.dispatch import record
+from archbench.ops.dispatch import record, step_backend
 from archbench.spec import fla_gated_grad_refused
 
 BACKENDS = ("torch", "fla", "auto")
@@ -217,14 +217,26 @@ def simple_gla_step(
     g: torch.Tensor,
     state: torch.Tensor,
     scale: float | None = None,
+    backend: str = "torch",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One decode step: q, k [B, H, K], v [B, H, V], g [B, H] (or [H]), state [B, H, K, V] (fp32).
 
-    Returns ``(o [B, H, V] in v's dtype, new_state)``.
+    Returns ``(o [B, H, V] in v's dtype, new_state)``. ``backend="fla"``: fla's
+    ``fused_recurrent_simple_gla`` (``g_gamma`` for a constant [H] decay).
     """
-    record("torch.simple_gla_step")
     if scale is None:
         scale = q.shape[-1] ** -0.5
+    if step_backend("simple_gla_step", backend, q) == "fla":
+        from fla.ops.simple_gla import fused_recurrent_simple_gla  # optional, CUDA only
+
+        record("fla.fused_recurrent_simple_gla")
+        gates = {"g_gamma": g.float()} if g.dim() == 1 else {"g": g[:, None].float()}
+        o, S = fused_recurrent_simple_gla(
+            q[:, None], k[:, None].to(q.dtype), v[:, None].to(q.dtype), **gates,
+            scale=scale, initial_state=state.float(), output_final_state=True,
+        )  # fmt: skip
+        return o[:, 0].to(v.dtype), S
+    record("torch.simple_gla_step")
     acc = torch.promote_types(state.dtype, torch.float32)
     decay = g.to(acc).exp()
     decay = decay[:, :, None, None] if decay.dim() == 2 else decay[None, :, None, None]
@@ -387,14 +399,24 @@ def gla_step(
     g: torch.Tensor,
     state: torch.Tensor,
     scale: float | None = None,
+    backend: str = "torch",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One decode step: q, k, g [B, H, K], v [B, H, V], state [B, H, K, V] (fp32).
 
-    Returns ``(o [B, H, V] in v's dtype, new_state)``.
+    Returns ``(o [B, H, V] in v's dtype, new_state)``. ``backend="fla"``: fla's ``fused_recurrent_gla``.
     """
-    record("torch.gla_step")
     if scale is None:
         scale = q.shape[-1] ** -0.5
+    if step_backend("gla_step", backend, q) == "fla":
+        from fla.ops.gla import fused_recurrent_gla  # optional, CUDA only
+
+        record("fla.fused_recurrent_gla")
+        o, S = fused_recurrent_gla(
+            q[:, None], k[:, None].to(q.dtype), v[:, None].to(q.dtype), gk=g[:, None].float(),
+            scale=scale, initial_state=state.float(), output_final_state=True,
+        )  # fmt: skip
+        return o[:, 0].to(v.dtype), S
+    record("torch.gla_step")
     acc = torch.promote_types(state.dtype, torch.float32)
     state = state.to(acc) * g.to(acc).exp()[..., None] + torch.einsum("bhk,bhv->bhkv", k.to(acc), v.to(acc))
     o = torch.einsum("bhk,bhkv->bhv", q.to(acc), state) * scale

@@ -29,7 +29,7 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
-from archbench.ops.dispatch import record
+from archbench.ops.dispatch import record, step_backend
 
 BACKENDS = ("torch", "fla", "auto")
 GROUP_ELEMS = 1 << 19  # target size of one group's [B, H, n, C, D] tensors (elements)
@@ -98,14 +98,24 @@ def linear_attention_step(
     v: torch.Tensor,
     state: torch.Tensor,
     scale: float | None = None,
+    backend: str = "torch",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One decode step: q, k [B, H, K], v [B, H, V], state [B, H, K, V] (fp32, or fp64 for fp64 inputs).
 
-    Returns ``(o [B, H, V], new_state)``.
+    Returns ``(o [B, H, V], new_state)``. ``backend="fla"``: fla's ``fused_recurrent_linear_attn``.
     """
-    record("torch.linear_attention_step")
     if scale is None:
         scale = q.shape[-1] ** -0.5
+    if step_backend("linear_attention_step", backend, q) == "fla":
+        from fla.ops.linear_attn import fused_recurrent_linear_attn  # optional, CUDA only
+
+        record("fla.fused_recurrent_linear_attn")
+        o, S = fused_recurrent_linear_attn(
+            q[:, None], k[:, None].to(q.dtype), v[:, None].to(q.dtype),
+            scale=scale, initial_state=state.float(), output_final_state=True, normalize=False,
+        )  # fmt: skip
+        return o[:, 0].to(v.dtype), S
+    record("torch.linear_attention_step")
     acc = torch.promote_types(state.dtype, torch.promote_types(q.dtype, torch.float32))
     state = state.to(acc) + torch.einsum("bhk,bhv->bhkv", k.to(acc), v.to(acc))
     o = torch.einsum("bhk,bhkv->bhv", q.to(acc), state) * scale

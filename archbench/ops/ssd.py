@@ -45,7 +45,7 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
-from archbench.ops.dispatch import record
+from archbench.ops.dispatch import record, step_backend
 from archbench.spec import fla_gated_grad_refused
 from archbench.ops.segments import by_segments
 
@@ -181,15 +181,31 @@ def ssd_step(
     C: torch.Tensor,
     state: torch.Tensor,
     D: torch.Tensor | None = None,
+    backend: str = "torch",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One decode step: x [B, H, P], dt [B, H], A [H], B, C [B, G, N], state [B, H, N, P] (fp32).
 
-    Returns ``(y [B, H, P], new_state)``.
+    Returns ``(y [B, H, P], new_state)``. ``backend="fla"``: fla's ``fused_recurrent_simple_gla``
+    with SSD mapped onto it as in ``_ssd_fla`` (q = C, k = dt B, v = x, g = dt A).
     """
-    record("torch.ssd_step")
     H, G = x.shape[1], B.shape[1]
     if H % G:
         raise ValueError(f"ssd_step: heads ({H}) must be a multiple of groups ({G})")
+    if step_backend("ssd_step", backend, x) == "fla":
+        from fla.ops.simple_gla import fused_recurrent_simple_gla  # optional, CUDA only
+
+        record("fla.fused_recurrent_simple_gla")
+        Bh, Ch = B.repeat_interleave(H // G, dim=1), C.repeat_interleave(H // G, dim=1)
+        k = (Bh.float() * dt.float()[..., None]).to(x.dtype)
+        y, S = fused_recurrent_simple_gla(
+            Ch[:, None].to(x.dtype), k[:, None], x[:, None], g=(dt.float() * A.float())[:, None],
+            scale=1.0, initial_state=state.float(), output_final_state=True,
+        )  # fmt: skip
+        y = y[:, 0].float()
+        if D is not None:
+            y = y + D.float()[:, None] * x.float()
+        return y.to(x.dtype), S
+    record("torch.ssd_step")
     acc = torch.promote_types(state.dtype, torch.float32)
     Bh = B.to(acc).repeat_interleave(H // G, dim=1)
     Ch = C.to(acc).repeat_interleave(H // G, dim=1)
