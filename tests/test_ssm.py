@@ -256,7 +256,7 @@ def test_selective_scan_step_reproduces_chunked():
 
 @pytest.mark.parametrize("path", ["cumsum", "doubling"])
 def test_selective_scan_gradients_match_recurrence(path, monkeypatch):
-    monkeypatch.setattr(ss_mod, "BLOCK_ELEMS", 40)  # several checkpointed blocks
+    monkeypatch.setattr(ss_mod, "BLOCK_ELEMS", 40)  # several blocks: the backward carries gradients between them
     if path == "doubling":
         monkeypatch.setitem(ss_mod.SPAN_LIMIT, torch.float64, -1.0)
     inputs = [t.double().requires_grad_() for t in ss_inputs(b=1, T=23, Dm=3, N=4)]

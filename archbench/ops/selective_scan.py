@@ -22,10 +22,10 @@ since the chunk start (c_t <= 0, decreasing) and w_t = exp(-c_t) >= 1:
 
 a cumulative sum of terms rescaled relative to the chunk start. Because A does not depend on
 t, c_t[d, n] = A[d, n] (delta_1[d] + ... + delta_t[d]): the cumulative sum runs over [T, Dm]
-only. Cumulative sums along the chunk are, without autograd, L - 1 in-place slice adds (one
-pass over the states; 10-20% faster at T=16384 on the 2-core VM) and, under autograd, matmuls
-with a lower-triangular ones matrix (torch.cumsum over an inner dimension is several times
-slower than either); a chunk costs about eight elementwise passes over its states.
+only. Cumulative sums along the chunk are L - 1 in-place slice adds (one pass over the
+states; 10-20% faster at T=16384 on the 2-core VM than a matmul with a lower-triangular ones
+matrix, and torch.cumsum over an inner dimension is several times slower than either); a chunk
+costs about eight elementwise passes over its states.
 The only large factor is w_s <= e^span, span = -c_end, so a block takes this path only when
 every chunk's span is below a safe bound (60 in fp32, 600 in fp64): true for realistic steps
 (|delta A| up to 7.5 per step with chunks of 8; Mamba's init gives at most 1.6). Otherwise
@@ -33,8 +33,14 @@ every chunk's span is below a safe bound (60 in fp32, 600 in fp64): true for rea
 doubling steps combining (decay, state) pairs multiplicatively: products of numbers in (0, 1]
 and sums, nothing can overflow; decays are floored at e^-70 so that no value turns denormal,
 which is slow on CPUs). The chunk-start states are carried through a loop over chunks;
-y_t = C_t . h_t. Under autograd each block is checkpointed, so a backward pass keeps one
-block's states, not all T of them.
+y_t = C_t . h_t.
+
+Under autograd the scan is one node with a written-out backward (``_scan_backward``): the
+gradient of every state is the same scan run backwards in time (time-reversed block, decays
+shifted by one step), after which the input gradients are sums of products of the two state
+sequences. It keeps only the state entering each block and recomputes a block's states when its
+turn comes, so memory stays at one block's states, and it costs about 3x a forward pass where
+autograd through the in-place-free forward (the previous design) cost 10-20x.
 
 Fused backends:
   ``mamba_ssm``  mamba_ssm.ops.selective_scan_interface.selective_scan_fn (CUDA), layout
@@ -51,7 +57,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from archbench.ops.dispatch import record
 
@@ -111,39 +116,32 @@ def selective_scan(
     return _selective_scan_torch(u, delta, A, B, C, D, initial_state, output_final_state, chunk_size)
 
 
-def _scan_block(du, delta, cd, B, C, h, negA, tri, fast: bool, floor: float):
-    """One block of Tb = nb * L steps (L = chunk size).
+def _block_states(du, delta, cd, B, h, negA, tri, fast: bool, floor: float):
+    """Every state of one block of Tb = nb * L steps (L = chunk size), computed in place.
 
     du = delta * u and delta [b, Tb, Dm]; cd [b, nb, L, Dm] the cumulative delta inside each chunk;
-    B, C [b, Tb, N]; h [b, Dm, N] the state entering the block; negA = -A (> 0); tri the [L, L]
+    B [b, Tb, N]; h [b, Dm, N] the state entering the block; negA = -A (> 0); tri the [L, L]
     lower-triangular ones matrix; fast: every chunk's span is within the cumulative-sum path's limit.
-    Returns (y [b, Tb, Dm] without the D term, h leaving the block).
+    Returns (hs [b, nb, L, Dm, N], h leaving the block). No autograd here: the backward pass of
+    the scan is written out (``_SelectiveScanFn``).
     """
     L = tri.shape[0]
     b, Tb, Dm = du.shape
     N = negA.shape[1]
     nb = Tb // L
-    # nothing to differentiate: work in place (saves passes and allocations)
-    inplace = not any(t.requires_grad for t in (du, delta, cd, B, C, h, negA))
     du = du.view(b, nb, L, Dm, 1)
     Bv = B.view(b, nb, L, 1, N)
     if fast:
         # h_t = (h_start + S_t) / w_t,  w_t = exp(-c_t) in [1, e^span],  S_t = cumsum_s w_s du_s B_s
-        w = cd[..., None] * negA
-        w = w.exp_() if inplace else w.exp()
-        X = (du * w).mul_(Bv) if inplace else du * w * Bv
-        if inplace:  # a running sum along the chunk: L - 1 slice adds, one pass over X
-            for i in range(1, L):
-                X[:, :, i] += X[:, :, i - 1]
-            S = X
-        else:
-            S = torch.matmul(tri, X.view(b, nb, L, Dm * N)).view(b, nb, L, Dm, N)
+        w = (cd[..., None] * negA).exp_()
+        X = (du * w).mul_(Bv)
+        for i in range(1, L):  # a running sum along the chunk: L - 1 slice adds, one pass over X
+            X[:, :, i] += X[:, :, i - 1]
         starts = []
-        for S_end, w_end in zip(S[:, :, -1].unbind(1), w[:, :, -1].unbind(1)):  # unbind: one backward node
+        for S_end, w_end in zip(X[:, :, -1].unbind(1), w[:, :, -1].unbind(1)):
             starts.append(h)
             h = (h + S_end) / w_end
-        H0 = torch.stack(starts, dim=1)[:, :, None]  # [b, nb, 1, Dm, N]
-        hs = S.add_(H0).div_(w) if inplace else (S + H0) / w
+        hs = X.add_(torch.stack(starts, dim=1)[:, :, None]).div_(w)
     else:
         # exact doubling scan on (decay, local state) pairs: (d1, s1) then (d2, s2) -> (d1 d2, d2 s1 + s2);
         # log-decays are floored so that no value lands in the (slow) denormal range
@@ -160,8 +158,91 @@ def _scan_block(du, delta, cd, B, C, h, negA, tri, fast: bool, floor: float):
             starts.append(h)
             h = torch.addcmul(loc_end, dec_end, h)
         hs = torch.addcmul(loc, dec, torch.stack(starts, dim=1)[:, :, None])
-    y = torch.einsum("bcldn,bcln->bcld", hs, C.view(b, nb, L, N))  # y_t = C_t . h_t
-    return y.reshape(b, Tb, Dm), h
+    return hs, h
+
+
+def _is_fast(cd: torch.Tensor, negA: torch.Tensor) -> bool:
+    """Whether every chunk's span -c_end (an upper bound over n) is within the cumulative-sum path's limit."""
+    return float((cd[:, :, -1] * negA.amax(-1)).amax()) <= SPAN_LIMIT[cd.dtype]
+
+
+def _blocks(Tp: int, Tb: int) -> list[tuple[int, int]]:
+    return [(s, min(s + Tb, Tp)) for s in range(0, Tp, Tb)]
+
+
+def _scan_forward(u, delta, A, B, C, h, L: int, Tb: int):
+    """The scan over padded inputs (u, delta [b, Tp, Dm], B, C [b, Tp, N], h [b, Dm, N]), block
+    by block. Returns (y [b, Tp, Dm] without the D term, the final state, the state entering each block)."""
+    b, Tp, Dm = u.shape
+    negA, floor = -A, LOG_FLOOR[u.dtype]
+    # A does not depend on t, so -c_t[d, n] = -A[d, n] * (delta_1[d] + ... + delta_t[d]): the
+    # cumulative sums of log-decays run over [b, T, Dm], N times smaller than the states.
+    tri = torch.ones(L, L, dtype=u.dtype, device=u.device).tril()
+    ys, starts = [], []
+    for s, e in _blocks(Tp, Tb):
+        d = delta[:, s:e]
+        cd = torch.matmul(tri, d.reshape(b, (e - s) // L, L, Dm))
+        starts.append(h)
+        hs, h = _block_states(d * u[:, s:e], d, cd, B[:, s:e], h, negA, tri, _is_fast(cd, negA), floor)
+        ys.append(torch.einsum("bcldn,bcln->bcld", hs, C[:, s:e].reshape(b, -1, L, C.shape[-1])).reshape(b, e - s, Dm))
+    return torch.cat(ys, dim=1), h, starts
+
+
+def _scan_backward(u, delta, A, B, C, starts, gy, g_h, L: int, Tb: int):
+    """Gradients of ``_scan_forward``'s (y, final state) with respect to (u, delta, A, B, C, h0).
+
+    With a_t = exp(delta_t A) and x_t = delta_t u_t B_t, the gradient of every state is the same
+    scan run backwards in time, gh_t = C_t gy_t + a_{t+1} gh_{t+1} (gh after the last step =
+    the final state's gradient), computed by ``_block_states`` on the time-reversed block with
+    the decays shifted by one step. Then, with Z_t = gh_t * a_t h_{t-1} and ghB_t = gh_t . B_t:
+    du_t = delta_t ghB_t, d(delta_t) = Z_t . A + u_t ghB_t, dA = sum_t Z_t delta_t,
+    dB_t = sum_d gh_t delta_t u_t, dC_t = sum_d gy_t h_t, dh_0 = a_1 gh_1. The blocks run last
+    to first, each recomputing its forward states from the state that entered it.
+    """
+    b, Tp, Dm = u.shape
+    negA, floor = -A, LOG_FLOOR[u.dtype]
+    tri = torch.ones(L, L, dtype=u.dtype, device=u.device).tril()
+    gy = torch.zeros_like(u) if gy is None else gy.contiguous()
+    R = torch.zeros_like(starts[0]) if g_h is None else g_h.contiguous()
+    gu, gd, gB, gC, gA = torch.empty_like(u), torch.empty_like(delta), torch.empty_like(B), torch.empty_like(C), torch.zeros_like(A)
+    for (s, e), h0 in reversed(list(zip(_blocks(Tp, Tb), starts))):
+        n = e - s
+        ub, db, Bb, gyb = u[:, s:e], delta[:, s:e], B[:, s:e], gy[:, s:e]
+        cd = torch.matmul(tri, db.reshape(b, n // L, L, Dm))
+        hs, _ = _block_states(db * ub, db, cd, Bb, h0, negA, tri, _is_fast(cd, negA), floor)
+        hs = hs.view(b, n, Dm, -1)
+        d_rev = torch.cat([db.new_zeros(b, 1, Dm), db.flip(1)[:, :-1]], dim=1)  # delta_{t+1}, reversed
+        cd_rev = torch.matmul(tri, d_rev.reshape(b, n // L, L, Dm))
+        gh, _ = _block_states(gyb.flip(1), d_rev, cd_rev, C[:, s:e].flip(1), R, negA, tri, _is_fast(cd_rev, negA), floor)
+        gh = gh.view(b, n, Dm, -1).flip(1)
+        gC[:, s:e] = torch.einsum("btdn,btd->btn", hs, gyb)
+        a = torch.exp(db[..., None] * A)
+        Z = torch.cat([h0[:, None], hs[:, :-1]], dim=1).mul_(a).mul_(gh)  # gh_t * a_t h_{t-1}
+        ghB = torch.einsum("btdn,btn->btd", gh, Bb)
+        gu[:, s:e] = db * ghB
+        gd[:, s:e] = (Z * A).sum(-1) + ub * ghB
+        gA += (Z * db[..., None]).sum((0, 1))
+        gB[:, s:e] = torch.einsum("btdn,btd->btn", gh, db * ub)
+        R = a[:, 0] * gh[:, 0]  # what flows into the state entering this block
+    return gu, gd, gA, gB, gC, R
+
+
+class _SelectiveScanFn(torch.autograd.Function):
+    """The chunked scan as one autograd node: the forward keeps only the state entering each
+    block; the backward recomputes a block's states and runs the scan backwards (``_scan_backward``)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, h0, L, Tb):
+        y, h, starts = _scan_forward(u, delta, A, B, C, h0, L, Tb)
+        ctx.save_for_backward(u, delta, A, B, C, *starts)
+        ctx.L, ctx.Tb = L, Tb
+        return y, h
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy, g_h):
+        u, delta, A, B, C, *starts = ctx.saved_tensors
+        return (*_scan_backward(u, delta, A, B, C, starts, gy, g_h, ctx.L, ctx.Tb), None, None)
 
 
 def _selective_scan_torch(u, delta, A, B, C, D, initial_state, output_final_state, chunk_size):
@@ -170,7 +251,6 @@ def _selective_scan_torch(u, delta, A, B, C, D, initial_state, output_final_stat
     L = chunk_size
     Tp = max(-(-T // L), 1) * L
     pad = Tp - T
-    nc = Tp // L
     # block length: a multiple of L holding about BLOCK_ELEMS states
     Tb = min(max(L, (BLOCK_ELEMS // max(b * Dm * N, 1)) // L * L), Tp)
 
@@ -178,32 +258,13 @@ def _selective_scan_torch(u, delta, A, B, C, D, initial_state, output_final_stat
         t = t.to(acc)
         return F.pad(t, (0, 0, 0, pad)) if pad else t
 
-    uu, dd, BB, CC = prep(u), prep(delta), prep(B), prep(C)
-    negA = -A.to(acc)
+    uu, dd, BB, CC, AA = prep(u), prep(delta), prep(B), prep(C), A.to(acc)
     h = initial_state.to(acc) if initial_state is not None else u.new_zeros(b, Dm, N, dtype=acc)
-    # A does not depend on t, so -c_t[d, n] = -A[d, n] * (delta_1[d] + ... + delta_t[d]): the
-    # cumulative sums of log-decays run over [b, T, Dm], N times smaller than the states. Cumulative
-    # sums along a chunk are matmuls with a lower-triangular ones matrix (torch.cumsum over an inner
-    # dimension is several times slower).
-    tri = torch.ones(L, L, dtype=acc, device=u.device).tril()
-    du = dd * uu
-    cd = torch.matmul(tri, dd.view(b, nc, L, Dm))  # [b, nc, L, Dm]
-    # every chunk's span -c_end (upper bound over n), read back once for all blocks
-    spans = (cd[:, :, -1] * negA.amax(-1)).amax(-1).amax(0).detach().tolist()
-    span_limit, floor = SPAN_LIMIT[acc], LOG_FLOOR[acc]
-    use_ckpt = torch.is_grad_enabled() and any(t.requires_grad for t in (du, cd, BB, CC, h, negA))
-    ys = []
-    # blocks by split, not slices (under autograd a slice's backward zero-fills a full-size tensor per block)
-    blocks = zip(*(x.split(Tb, dim=1) for x in (du, dd, BB, CC)), cd.split(Tb // L, dim=1))
-    for s, (du_b, dd_b, B_b, C_b, cd_b) in zip(range(0, Tp, Tb), blocks):
-        fast = max(spans[s // L : (s + Tb) // L]) <= span_limit
-        args = (du_b, dd_b, cd_b, B_b, C_b, h, negA, tri, fast, floor)
-        if use_ckpt:
-            y, h = checkpoint(_scan_block, *args, use_reentrant=False)
-        else:
-            y, h = _scan_block(*args)
-        ys.append(y)
-    y = torch.cat(ys, dim=1)[:, :T]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (uu, dd, AA, BB, CC, h)):
+        y, h = _SelectiveScanFn.apply(uu, dd, AA, BB, CC, h, L, Tb)
+    else:
+        y, h, _ = _scan_forward(uu, dd, AA, BB, CC, h, L, Tb)
+    y = y[:, :T]
     if D is not None:
         y = y + D.to(acc) * u.to(acc)
     return y.to(u.dtype), (h if output_final_state else None)
