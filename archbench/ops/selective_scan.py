@@ -161,9 +161,11 @@ def _block_states(du, delta, cd, B, h, negA, tri, fast: bool, floor: float):
     return hs, h
 
 
-def _is_fast(cd: torch.Tensor, negA: torch.Tensor) -> bool:
-    """Whether every chunk's span -c_end (an upper bound over n) is within the cumulative-sum path's limit."""
-    return float((cd[:, :, -1] * negA.amax(-1)).amax()) <= SPAN_LIMIT[cd.dtype]
+def _chunk_spans(delta: torch.Tensor, negA: torch.Tensor, L: int) -> list[float]:
+    """Every chunk's span -c_end (an upper bound over n and the batch), read back to the host
+    once for all blocks (on a GPU, one synchronisation rather than one per block)."""
+    b, Tp, Dm = delta.shape
+    return (delta.reshape(b, Tp // L, L, Dm).sum(2) * negA.amax(-1)).amax(-1).amax(0).tolist()
 
 
 def _blocks(Tp: int, Tb: int) -> list[tuple[int, int]]:
@@ -178,12 +180,14 @@ def _scan_forward(u, delta, A, B, C, h, L: int, Tb: int):
     # A does not depend on t, so -c_t[d, n] = -A[d, n] * (delta_1[d] + ... + delta_t[d]): the
     # cumulative sums of log-decays run over [b, T, Dm], N times smaller than the states.
     tri = torch.ones(L, L, dtype=u.dtype, device=u.device).tril()
+    spans, limit = _chunk_spans(delta, negA, L), SPAN_LIMIT[u.dtype]
     ys, starts = [], []
     for s, e in _blocks(Tp, Tb):
         d = delta[:, s:e]
         cd = torch.matmul(tri, d.reshape(b, (e - s) // L, L, Dm))
         starts.append(h)
-        hs, h = _block_states(d * u[:, s:e], d, cd, B[:, s:e], h, negA, tri, _is_fast(cd, negA), floor)
+        fast = max(spans[s // L : e // L]) <= limit
+        hs, h = _block_states(d * u[:, s:e], d, cd, B[:, s:e], h, negA, tri, fast, floor)
         ys.append(torch.einsum("bcldn,bcln->bcld", hs, C[:, s:e].reshape(b, -1, L, C.shape[-1])).reshape(b, e - s, Dm))
     return torch.cat(ys, dim=1), h, starts
 
@@ -202,6 +206,7 @@ def _scan_backward(u, delta, A, B, C, starts, gy, g_h, L: int, Tb: int):
     b, Tp, Dm = u.shape
     negA, floor = -A, LOG_FLOOR[u.dtype]
     tri = torch.ones(L, L, dtype=u.dtype, device=u.device).tril()
+    spans, limit = _chunk_spans(delta, negA, L), SPAN_LIMIT[u.dtype]
     gy = torch.zeros_like(u) if gy is None else gy.contiguous()
     R = torch.zeros_like(starts[0]) if g_h is None else g_h.contiguous()
     gu, gd, gB, gC, gA = torch.empty_like(u), torch.empty_like(delta), torch.empty_like(B), torch.empty_like(C), torch.zeros_like(A)
@@ -209,11 +214,13 @@ def _scan_backward(u, delta, A, B, C, starts, gy, g_h, L: int, Tb: int):
         n = e - s
         ub, db, Bb, gyb = u[:, s:e], delta[:, s:e], B[:, s:e], gy[:, s:e]
         cd = torch.matmul(tri, db.reshape(b, n // L, L, Dm))
-        hs, _ = _block_states(db * ub, db, cd, Bb, h0, negA, tri, _is_fast(cd, negA), floor)
+        span = max(spans[s // L : e // L])
+        hs, _ = _block_states(db * ub, db, cd, Bb, h0, negA, tri, span <= limit, floor)
         hs = hs.view(b, n, Dm, -1)
         d_rev = torch.cat([db.new_zeros(b, 1, Dm), db.flip(1)[:, :-1]], dim=1)  # delta_{t+1}, reversed
         cd_rev = torch.matmul(tri, d_rev.reshape(b, n // L, L, Dm))
-        gh, _ = _block_states(gyb.flip(1), d_rev, cd_rev, C[:, s:e].flip(1), R, negA, tri, _is_fast(cd_rev, negA), floor)
+        # a reversed chunk straddles at most two forward chunks of the block: its span is below twice theirs
+        gh, _ = _block_states(gyb.flip(1), d_rev, cd_rev, C[:, s:e].flip(1), R, negA, tri, 2 * span <= limit, floor)
         gh = gh.view(b, n, Dm, -1).flip(1)
         gC[:, s:e] = torch.einsum("btdn,btd->btn", hs, gyb)
         a = torch.exp(db[..., None] * A)
