@@ -3,6 +3,10 @@
     python benchmarks/regression.py save  [--baseline benchmarks/baseline_cpu.json] [--threads 1] [--rounds 31]
     python benchmarks/regression.py check [--baseline benchmarks/baseline_cpu.json] [--factor 1.7]
 
+Every reference op is timed twice: its forward, and as ``<op>.train`` a training call (forward,
+then the gradients of every input), because the backward passes are written and tuned apart from
+the forwards and can regress alone.
+
 Absolute times do not travel: the CI runner is a different CPU from the machine the baseline was
 measured on, and both are shared. What travels better is a *ratio*. Each reference op is timed
 next to a fixed piece of work, a square fp32 matmul (512 x 512 @ 512 x 512, about 2 ms on one core),
@@ -90,8 +94,21 @@ class Verdict:
 
 
 def build_cases(shape: Shape) -> dict[str, Callable[[], object]]:
-    """Each reference op as a zero-argument callable on fixed fp32 CPU inputs."""
-    return {name: case.fn for name, case in op_cases(shape).items()}
+    """Each reference op as a zero-argument callable on fixed fp32 CPU inputs: its forward
+    (``name``) and a training call (``name.train``: forward, then the gradients of the output's
+    sum with respect to every input), since a change can slow one and not the other."""
+    forward = {name: case.fn for name, case in op_cases(shape).items()}
+    train = {f"{name}.train": _train_call(case) for name, case in op_cases(shape, requires_grad=True).items()}
+    return forward | train
+
+
+def _train_call(case) -> Callable[[], object]:
+    def call():
+        with torch.enable_grad():  # the measurement loop runs under no_grad
+            out = case.fn()
+            return torch.autograd.grad(out.float().sum(), case.inputs)
+
+    return call
 
 
 def build_reference(n: int) -> Callable[[], object]:

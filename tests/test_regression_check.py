@@ -114,7 +114,8 @@ def test_real_ops_round_trip_and_a_multiplied_op_is_caught(tmp_path, monkeypatch
     path = tmp_path / "baseline.json"
     assert regression.main(["save", "--baseline", str(path), "--rounds", "7", *TINY]) == 0
     saved = json.loads(path.read_text())
-    assert set(saved["ratios"]) == set(op_cases()) and all(r > 0 for r in saved["ratios"].values())
+    expected = set(op_cases()) | {f"{name}.train" for name in op_cases()}  # forward and training calls
+    assert set(saved["ratios"]) == expected and all(r > 0 for r in saved["ratios"].values())
     assert (
         saved["config"]["shape"]["seq_len"] == 32
         and saved["config"]["matmul"] == 128
