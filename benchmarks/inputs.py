@@ -62,6 +62,17 @@ def _no_sync() -> None:
     return None
 
 
+def train_call(fn: Callable[[], torch.Tensor], inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
+    """A training call of ``fn``: forward, then the gradients of the output's sum with respect to
+    ``inputs`` (gradient mode on, whatever the caller's mode)."""
+
+    def call():
+        with torch.enable_grad():
+            return torch.autograd.grad(fn().float().sum(), inputs)
+
+    return call
+
+
 def op_cases(
     shape: Shape = Shape(),
     device: str | torch.device = "cpu",

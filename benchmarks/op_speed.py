@@ -22,7 +22,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from inputs import Shape, device_sync, op_cases
+from inputs import Shape, device_sync, op_cases, train_call
 
 from archbench.ops.dispatch import recording
 
@@ -54,12 +54,7 @@ def cases(T: int, device: str, backend: str = "torch", dtype: torch.dtype = torc
     fns = {"sdpa_causal": (lambda: F.scaled_dot_product_attention(qh, kh, vh, is_causal=True), (qh, kh, vh))}
     fns |= {name: (built[name].fn, built[name].inputs) for name in OPS}
     fns["selective_scan_x2"] = (wide["selective_scan"].fn, wide["selective_scan"].inputs)
-    return {name: (_train_call(fn, inputs) if backward else fn) for name, (fn, inputs) in fns.items()}
-
-
-def _train_call(fn, inputs):
-    """Forward, then the gradients of the output's sum with respect to every input."""
-    return lambda: torch.autograd.grad(fn().float().sum(), inputs)
+    return {name: (train_call(fn, inputs) if backward else fn) for name, (fn, inputs) in fns.items()}
 
 
 def main() -> None:

@@ -59,7 +59,7 @@ from pathlib import Path
 import torch
 
 from archbench.measure.env import cpu_model, git_revision
-from inputs import Shape, op_cases
+from inputs import Shape, op_cases, train_call
 
 FORMAT = "archbench-cpu-op-ratios/1"
 REFERENCE = "matmul"
@@ -98,17 +98,8 @@ def build_cases(shape: Shape) -> dict[str, Callable[[], object]]:
     (``name``) and a training call (``name.train``: forward, then the gradients of the output's
     sum with respect to every input), since a change can slow one and not the other."""
     forward = {name: case.fn for name, case in op_cases(shape).items()}
-    train = {f"{name}.train": _train_call(case) for name, case in op_cases(shape, requires_grad=True).items()}
+    train = {f"{name}.train": train_call(case.fn, case.inputs) for name, case in op_cases(shape, requires_grad=True).items()}
     return forward | train
-
-
-def _train_call(case) -> Callable[[], object]:
-    def call():
-        with torch.enable_grad():  # the measurement loop runs under no_grad
-            out = case.fn()
-            return torch.autograd.grad(out.float().sum(), case.inputs)
-
-    return call
 
 
 def build_reference(n: int) -> Callable[[], object]:
