@@ -39,8 +39,9 @@ Under autograd the scan is one node with a written-out backward (``_scan_backwar
 gradient of every state is the same scan run backwards in time (time-reversed block, decays
 shifted by one step), after which the input gradients are sums of products of the two state
 sequences. It keeps only the state entering each block and recomputes a block's states when its
-turn comes, so memory stays at one block's states, and it costs about 3x a forward pass where
-autograd through the in-place-free forward (the previous design) cost 10-20x.
+turn comes, so memory stays at one block's states. Forward plus backward costs about 5x a forward
+pass (336 vs 64 ms at T=4096, Dm 512, 2 threads); autograd through checkpointed blocks (the
+previous design) cost 16x (1019 ms).
 
 Fused backends:
   ``mamba_ssm``  mamba_ssm.ops.selective_scan_interface.selective_scan_fn (CUDA), layout
@@ -207,8 +208,7 @@ def _scan_backward(u, delta, A, B, C, starts, gy, g_h, L: int, Tb: int):
     negA, floor = -A, LOG_FLOOR[u.dtype]
     tri = torch.ones(L, L, dtype=u.dtype, device=u.device).tril()
     spans, limit = _chunk_spans(delta, negA, L), SPAN_LIMIT[u.dtype]
-    gy = torch.zeros_like(u) if gy is None else gy.contiguous()
-    R = torch.zeros_like(starts[0]) if g_h is None else g_h.contiguous()
+    gy, R = gy.contiguous(), g_h.contiguous()  # autograd materialises unused outputs' gradients as zeros
     gu, gd, gB, gC, gA = torch.empty_like(u), torch.empty_like(delta), torch.empty_like(B), torch.empty_like(C), torch.zeros_like(A)
     for (s, e), h0 in reversed(list(zip(_blocks(Tp, Tb), starts))):
         n = e - s
