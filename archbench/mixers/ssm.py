@@ -226,8 +226,8 @@ class Mamba2(ParallelMixer):
         xbc, conv_state = self.conv.step(xbc, state["conv"])
         x, dt, Bm, Cm = self._ssm_inputs(xbc, dt)
         A = -torch.exp(self.A_log.to(self.state_dtype()))
-        step_backend = "fla" if self.backend == "fla" else "torch"  # mamba_ssm has no step kernel wired here: reference update
-        y, ssm = ssd_step(x, dt, A, Bm, Cm, state["ssm"], D=self.D.to(self.state_dtype()), backend=step_backend)
+        op_backend = "fla" if self.backend == "fla" else "torch"  # mamba_ssm has no step kernel wired here: reference update
+        y, ssm = ssd_step(x, dt, A, Bm, Cm, state["ssm"], D=self.D.to(self.state_dtype()), backend=op_backend)
         return self._out(y, z), {"conv": conv_state, "ssm": ssm}
 
     def state_bytes(self, batch: int, seq_len: int) -> int:
