@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from archbench.mixers.base import MixerConfig
 from archbench.mixers.gla import GLA, HGRN2, SPECS, RetNet
+from archbench.ops.decay import SAFE_LOG_RANGE
 from archbench.ops.gla import gla, gla_step, simple_gla, simple_gla_step
 
 OPS = {"simple_gla": simple_gla, "gla": gla}
@@ -111,6 +112,33 @@ def test_strong_decay_is_stable(op, chunk):
     assert rel_err(o, o_ref) < 1e-4
 
 
+@pytest.mark.parametrize("range_", [None, 0.0, 4.0])
+def test_gla_takes_the_factored_path_only_for_safe_decay_ranges(range_, monkeypatch):
+    """Ordinary gates factor through the chunk start; past SAFE_LOG_RANGE a group takes the
+    exact recursion. Both agree with the oracle, and a threshold in between mixes them by group."""
+    gla_module = importlib.import_module("archbench.ops.gla")
+    taken = []
+    for name in ("_gla_chunks_factored", "_gla_chunks_recursive"):
+        real = getattr(gla_module, name)
+        monkeypatch.setattr(gla_module, name, lambda *a, _f=real, _n=name: taken.append(_n) or _f(*a))
+    monkeypatch.setattr(gla_module, "_GROUP_ELEMS", 2 * (1 * 2 * 16 * 8))  # 2 chunks of 16 per group
+    if range_ is not None:
+        monkeypatch.setitem(SAFE_LOG_RANGE, torch.float32, range_)
+    q, k, v, g = inputs("gla", 1, 100, 2, 8, 8, gate_scale=0.5, seed=13)
+    g[:, 40:] *= 8.0  # later groups decay faster: spans of roughly 2 (first groups) and 15 (the rest)
+    o, S = gla(q, k, v, g, chunk_size=16, output_final_state=True)
+    o_ref, S_ref = oracle(q, k, v, g, scale=8**-0.5)
+    assert rel_err(o, o_ref) < 1e-4 and rel_err(S, S_ref) < 1e-4
+    factored = [n == "_gla_chunks_factored" for n in taken]
+    assert len(taken) == 4
+    if range_ is None:
+        assert all(factored)  # default 40: every group
+    elif range_ == 0.0:
+        assert not any(factored)
+    else:
+        assert factored[0] and not factored[-1]
+
+
 @pytest.mark.parametrize("op", OPS)
 def test_state_carries_across_a_split(op):
     q, k, v, g = inputs(op, 2, 100, 2, 8, 8, seed=5)
@@ -134,10 +162,13 @@ def test_final_state_is_none_unless_asked(op):
 
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("chunk", [4, 6])
-def test_gradients_match_oracle(op, chunk, monkeypatch):
+@pytest.mark.parametrize("path", ["factored", "recursive"])
+def test_gradients_match_oracle(op, chunk, path, monkeypatch):
     gla_module = importlib.import_module("archbench.ops.gla")
 
     monkeypatch.setattr(gla_module, "_GROUP_ELEMS", 64)  # 1-2 chunks per group: gradients cross groups
+    if path == "recursive":  # gla: no chunk's decay range counts as safe to factor through its start
+        monkeypatch.setitem(SAFE_LOG_RANGE, torch.float64, 0.0)
     q, k, v, g = inputs(op, 1, 19, 2, 4, 3, dtype=torch.float64, gate_scale=2.0, seed=7)
     s0 = torch.randn(1, 2, 4, 3, dtype=torch.float64)
     leaves = [x.clone().requires_grad_(True) for x in (q, k, v, g, s0)]

@@ -77,6 +77,7 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
+from archbench.ops.decay import SAFE_LOG_RANGE, factor_safe
 from archbench.ops.dispatch import record, step_backend
 from archbench.ops.segments import by_segments
 
@@ -129,12 +130,6 @@ def _pad_chunk(x: torch.Tensor, P: int, dim: int = -2) -> torch.Tensor:
 
 
 # ---- the reference ----------------------------------------------------------------------
-
-
-# Largest log-decay range inside a block for which factoring through the block start is safe:
-# then every factor exp(G_start - G_j) <= e^range stays far from overflow (and exp(G_i - G_start)
-# far from underflow); the dot products are as accurate as the exact pairwise form.
-SAFE_LOG_RANGE = {torch.float32: 40.0, torch.float64: 300.0}
 
 
 def _tril_mask(P: int, incl: bool, device: torch.device) -> torch.Tensor:
@@ -258,8 +253,7 @@ def _dplr_torch(q, k, v, w, a, b, scale, initial_state, output_final_state, chun
     Xb = F.pad(E[..., :-1, :], (0, 0, 1, 0), value=1.0) * bv  # e^{G_{i-1}}: an exact shift
     g_last = G[..., -1:, :]  # [B, H, N, 1, K]
     thr = SAFE_LOG_RANGE.get(acc, 40.0)
-    with torch.no_grad():
-        safe = bool((-g_last).max() <= thr)  # every chunk's decay range is safe to factor through its start
+    safe = factor_safe(-g_last, acc)  # every chunk's decay range is safe to factor through its start
     if safe:  # columns a_j e^{-G_j}, k_j e^{-G_j} (<= e^thr): the Gram in one matmul each; the loop scales by e^{G_P}
         E_inv = E.reciprocal()
         Ya, Yk = E_inv * av, E_inv * kv

@@ -1,0 +1,25 @@
+"""When cumulative decays may be factored through a chunk start.
+
+The chunked forms of the gated recurrences (GLA, DPLR / RWKV-7) need, inside a chunk, the
+pairwise weights exp(G_i - G_j) (j <= i) of a cumulative log-decay G that falls along the chunk.
+The cheap way is to factor them through the chunk start, exp(G_i) * exp(-G_j), which turns the
+weighted scores into one plain matmul of rescaled rows. It is exact up to rounding (each factor
+carries its own relative error, so the dot products are as accurate as the pairwise form) but
+only while the factors stay representable: exp(-G_j) grows with the log-decay range the chunk
+spans. ``SAFE_LOG_RANGE`` is the largest range taken that way, per accumulation dtype: e^40 and
+e^-80 (a squared factor, as in a gradient) are far from fp32's overflow and denormal limits.
+Chunks spanning more (strong decays) take each op's exact recursive path instead.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SAFE_LOG_RANGE = {torch.float32: 40.0, torch.float64: 300.0}
+
+
+def factor_safe(span: torch.Tensor, dtype: torch.dtype) -> bool:
+    """True when every log-decay range in ``span`` (>= 0; e.g. -G at each chunk's end) is safe
+    to factor through the chunk start in ``dtype`` (one host read-back)."""
+    with torch.no_grad():
+        return span.numel() == 0 or bool(span.max() <= SAFE_LOG_RANGE.get(dtype, 40.0))
