@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from archbench.mixers.base import MixerConfig
+from archbench.ops.decay import SAFE_LOG_RANGE
 from archbench.mixers.delta import SPECS, DeltaNet, GatedDeltaNet
 from archbench.ops.delta_rule import (
     BACKENDS,
@@ -117,8 +118,14 @@ def test_split_sequence_with_state(gated):
     assert rel(s2, s) < 1e-5
 
 
-@pytest.mark.parametrize("gated", [False, True], ids=["delta", "gated"])
-def test_gradients_match_oracle(gated):
+@pytest.mark.parametrize(
+    "gated, pairwise", [(False, False), (True, False), (True, True)], ids=["delta", "gated", "gated-pairwise"]
+)
+def test_gradients_match_oracle(gated, pairwise, monkeypatch):
+    """pairwise: no chunk's decay range counts as safe, so Gamma is built pair by pair (the
+    strong-decay path) rather than as the outer product e^{gamma_i} e^{-gamma_j}."""
+    if pairwise:
+        monkeypatch.setitem(SAFE_LOG_RANGE, torch.float64, 0.0)
     gate = "logsigmoid" if gated else None
     q, k, v, beta, g, s0 = make_inputs(B=1, T=21, H=2, K=4, V=5, dtype=torch.float64, gate=gate)
     inputs = [q, k, v, beta, s0] + ([g] if gated else [])
