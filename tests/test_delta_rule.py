@@ -15,12 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from archbench.mixers.base import MixerConfig
+from archbench.ops.chunk_pass import SERIAL_LOOP, ChunkPass
 from archbench.ops.decay import SAFE_LOG_RANGE
 from archbench.mixers.delta import SPECS, DeltaNet, GatedDeltaNet
 from archbench.ops.delta_rule import (
     BACKENDS,
-    SERIAL_LOOP,
-    _ChunkPass,
     _UTTransform,
     delta_rule,
     delta_rule_step,
@@ -218,18 +217,26 @@ def test_hand_written_backward_passes_gradcheck():
     s = torch.randn(BH, K, V, generator=gen, dtype=torch.float64)
     args = (u, w.requires_grad_(), kt.requires_grad_(), decay.requires_grad_(), s.requires_grad_())
     # the pass overwrites its first input (U) with the pseudo-values, so hand it a copy
-    assert torch.autograd.gradcheck(lambda u, *x: _ChunkPass.apply(u.clone(), *x), args)
-    assert torch.autograd.gradcheck(lambda u, w, kt, s: _ChunkPass.apply(u.clone(), w, kt, None, s), (u, w, kt, s))
+    assert torch.autograd.gradcheck(lambda u, *x: ChunkPass.apply(u.clone(), *x, None, -1.0), args)
+    delta = lambda u, w, kt, s: ChunkPass.apply(u.clone(), w, kt, None, s, None, -1.0)  # noqa: E731
+    assert torch.autograd.gradcheck(delta, (u, w, kt, s))
+    # DPLR's form: u = U + W S, a decay per state row, and an additive term per chunk
+    row_decay = torch.rand(N, BH, K, 1, generator=gen, dtype=torch.float64, requires_grad=True)
+    extra = torch.randn(N, BH, K, V, generator=gen, dtype=torch.float64, requires_grad=True)
+    dplr_form = lambda u, w, kt, d, s, x: ChunkPass.apply(u.clone(), w, kt, d, s, x, 1.0)  # noqa: E731
+    assert torch.autograd.gradcheck(dplr_form, (u, w, kt, row_decay, s, extra))
+    no_decay = lambda u, w, kt, s, x: ChunkPass.apply(u.clone(), w, kt, None, s, x, 1.0)  # noqa: E731
+    assert torch.autograd.gradcheck(no_decay, (u, w, kt, s, extra))
 
 
 def test_serial_loop_flag_restores_threads(monkeypatch):
-    dr = importlib.import_module("archbench.ops.delta_rule")
+    cp = importlib.import_module("archbench.ops.chunk_pass")
 
     q, k, v, beta, g, _ = make_inputs(T=40)
     threads = torch.get_num_threads()
     expect, _ = gated_delta_rule(q, k, v, g, beta, chunk_size=8)
     assert not SERIAL_LOOP  # off by default: rows record the thread count the op really used
-    monkeypatch.setattr(dr, "SERIAL_LOOP", True)
+    monkeypatch.setattr(cp, "SERIAL_LOOP", True)
     o, _ = gated_delta_rule(q, k, v, g, beta, chunk_size=8)
     assert torch.get_num_threads() == threads
     torch.testing.assert_close(o, expect)

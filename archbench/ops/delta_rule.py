@@ -61,13 +61,13 @@ is importable (and, for the ungated kernel, the dtype is half precision), else t
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import math
 
 import torch
 import torch.nn.functional as F
 
+from archbench.ops.chunk_pass import ChunkPass, serial_if, serial_loop
 from archbench.ops.decay import factor_safe
 from archbench.ops.dispatch import record, step_backend
 from archbench.ops.segments import by_segments
@@ -119,31 +119,6 @@ def _resolve(name: str, backend: str, q: torch.Tensor, half_only: bool) -> str:
 
 # ---- the chunked reference ------------------------------------------------------------
 
-# Run the many small per-chunk ops (the chunk pass and the per-matrix LAPACK solves) with one
-# intra-op thread on CPU. Each of them would otherwise open an OpenMP parallel region, and when
-# the cores are shared with another multi-threaded process every region waits for a
-# descheduled thread: measured on a 2-core machine, 512 small baddbmm calls took 2-4 s with 2
-# threads against 20-40 ms with one, and the batched solve 6 s against 7 ms. The large batched
-# ops keep all threads. Off by default: on an idle machine (the one a benchmark should run on)
-# the parallel loop is as fast or faster (T=4096: 34 ms parallel vs 44 ms serial, 2 cores), and
-# a benchmark must run with the thread count its row records. Turn on for shared machines.
-SERIAL_LOOP = False
-
-
-@contextlib.contextmanager
-def _serial_if(flag: bool):
-    """Run the block with one intra-op thread, then restore the previous count (CPU only)."""
-    n = torch.get_num_threads()
-    if not flag or n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def _exp_nonpositive(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """exp(x) for log-decays x <= 0, with entries where ``mask`` is True set to exactly 0.
 
@@ -167,13 +142,13 @@ class _UTTransform(torch.autograd.Function):
     the rest); beta [M, C]. Gradients: with R = diag(beta) and L the unit lower matrix,
     gR = L^{-T} gT, ga = -tril(gR T^T, -1), gbeta = diag(gR). Both solves run with one
     intra-op thread on CPU: torch.linalg.solve_triangular makes one LAPACK call per matrix,
-    and with 2 threads each call is a parallel region (see ``_serial_if``).
+    and with 2 threads each call is a parallel region (see ``archbench.ops.chunk_pass.SERIAL_LOOP``).
     """
 
     @staticmethod
     def forward(ctx, a, beta):
-        serial = SERIAL_LOOP and not a.is_cuda
-        with _serial_if(serial):
+        serial = serial_loop(a.device)
+        with serial_if(serial):
             t = torch.linalg.solve_triangular(a, torch.diag_embed(beta).mT, upper=False, unitriangular=True)
         ctx.save_for_backward(a, t)
         ctx.serial = serial
@@ -183,76 +158,10 @@ class _UTTransform(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_t):
         a, t = ctx.saved_tensors
-        with _serial_if(ctx.serial):
+        with serial_if(ctx.serial):
             g_r = torch.linalg.solve_triangular(a.mT, g_t, upper=True, unitriangular=True)
         g_a = torch.bmm(g_r, t.mT).tril_(-1).neg_()
         return g_a, g_r.diagonal(dim1=-2, dim2=-1)
-
-
-class _ChunkPass(torch.autograd.Function):
-    """The sequential pass over chunks, with its hand-written reverse pass.
-
-    Forward, for chunk n with entering state S_n (a_n = e^{gamma_C} of the chunk, 1 ungated):
-        u_n = U_n - W_n S_n,    S_{n+1} = a_n S_n + Kt_n u_n          (Kt_n = (e^{gamma_C - gamma} K)^T)
-    Inputs u [N*BH, C, V] (U, overwritten in place by the pseudo-values u_n and returned),
-    w [N, BH, C, K], kt [N, BH, K, C], decay [N, BH, 1, 1] or None, state [BH, K, V];
-    returns (entering states [N, BH, K, V], pseudo-values [N*BH, C, V], S_N).
-    Backward runs the adjoint recurrence in reverse,
-        gu_n = du_n + Kt_n^T gS_{n+1},    gS_n = a_n gS_{n+1} + dS_n - W_n^T gu_n,
-    and forms the parameter gradients for all chunks at once afterwards. Each step is two or
-    three small batched matmuls writing into preallocated buffers, run with one intra-op
-    thread on CPU (see ``SERIAL_LOOP``).
-    """
-
-    @staticmethod
-    def forward(ctx, u, w, kt, decay, state):
-        N, BH, C, K = w.shape
-        V = state.shape[-1]
-        serial = SERIAL_LOOP and not u.is_cuda
-        pseudo = u.view(N, BH, C, V)
-        entering = state.new_empty(N, BH, K, V)
-        final = state.new_empty(BH, K, V)
-        entering[0] = state
-        with _serial_if(serial):
-            for n in range(N):
-                s_n, s_next = entering[n], (entering[n + 1] if n + 1 < N else final)
-                u_n = pseudo[n].baddbmm_(w[n], s_n, alpha=-1.0)  # U - W S_n: the chunk's pseudo-values
-                if decay is None:
-                    torch.baddbmm(s_n, kt[n], u_n, out=s_next)
-                else:
-                    torch.mul(s_n, decay[n], out=s_next).baddbmm_(kt[n], u_n)
-        ctx.mark_dirty(u)
-        ctx.save_for_backward(w, kt, decay, entering, u)
-        ctx.serial = serial
-        return entering, u, final
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g_entering, g_pseudo, g_final):
-        w, kt, decay, entering, u = ctx.saved_tensors
-        N, BH, C, K = w.shape
-        V = entering.shape[-1]
-        pseudo = u.view(N, BH, C, V)
-        g_state = entering.new_zeros(N + 1, BH, K, V)  # g_state[n]: gradient w.r.t. S_n
-        if g_final is not None:
-            g_state[N] = g_final
-        g_u = entering.new_empty(N, BH, C, V)
-        g_entering = torch.zeros_like(entering) if g_entering is None else g_entering
-        g_pseudo = torch.zeros_like(pseudo) if g_pseudo is None else g_pseudo.view(N, BH, C, V)
-        with _serial_if(ctx.serial):
-            for n in range(N - 1, -1, -1):
-                gu = torch.baddbmm(g_pseudo[n], kt[n].mT, g_state[n + 1], out=g_u[n])
-                if decay is None:
-                    torch.add(g_entering[n], g_state[n + 1], out=g_state[n])
-                else:
-                    torch.addcmul(g_entering[n], g_state[n + 1], decay[n], out=g_state[n])
-                g_state[n].baddbmm_(w[n].mT, gu, alpha=-1.0)
-        g_next = g_state[1:]
-        flat = lambda x, r, c: x.reshape(N * BH, r, c)  # noqa: E731
-        g_w = torch.bmm(flat(g_u, C, V), flat(entering, K, V).mT).neg_().view(N, BH, C, K)
-        g_kt = torch.bmm(flat(g_next, K, V), flat(pseudo, C, V).mT).view(N, BH, K, C)
-        g_decay = None if decay is None else (entering * g_next).sum((-2, -1), keepdim=True)
-        return g_u.view(N * BH, C, V), g_w, g_kt, g_decay, g_state[0]
 
 
 def _chunked(q, k, v, beta, g, scale, initial_state, output_final_state, chunk_size):
@@ -260,7 +169,7 @@ def _chunked(q, k, v, beta, g, scale, initial_state, output_final_state, chunk_s
 
     Written for CPU, where the work is memory bound: beta and the scale are folded into
     passes that happen anyway, every matmul is a 3-D ``bmm`` on [N*B*H, C, D] views (no hidden
-    copies), and the per-chunk loops (``_UTTransform``, ``_ChunkPass``) carry their own
+    copies), and the per-chunk loops (``_UTTransform``, ``chunk_pass.ChunkPass``) carry their own
     backward so that autograd neither records nor replays thousands of tiny ops.
     """
     B, T, H, K = q.shape
@@ -285,8 +194,7 @@ def _chunked(q, k, v, beta, g, scale, initial_state, output_final_state, chunk_s
     kq = torch.cat([blocks(k), blocks(q)], dim=-2).view(N * BH, 2 * C, K)
     kc, qc = kq[:, :C], kq[:, C:]
     vc = blocks(v).reshape(N * BH, C, V)
-    serial = SERIAL_LOOP and not q.is_cuda
-    with _serial_if(serial):  # small [T, H] tensors: not worth a parallel region each
+    with serial_if(serial_loop(q.device)):  # small [T, H] tensors: not worth a parallel region each
         gates = blocks(torch.stack([beta, g], -1) if g is not None else beta[..., None]).reshape(N * BH, C, -1)
         bc = gates[..., :1]  # beta, [N*BH, C, 1]
         if g is not None:
@@ -331,7 +239,7 @@ def _chunked(q, k, v, beta, g, scale, initial_state, output_final_state, chunk_s
         state = initial_state.to(acc).reshape(BH, K, V)
     else:
         state = torch.zeros(BH, K, V, dtype=acc, device=q.device)
-    s0, uc, state = _ChunkPass.apply(u, w, k_out_t, chunk_decay, state)
+    s0, uc, state = ChunkPass.apply(u, w, k_out_t, chunk_decay, state, None, -1.0)
     s0 = s0.view(N * BH, K, V)
     # O = scale (e^gamma Q S_0 + tril(Q K^T * Gamma) U_c)
     zero = torch.zeros((), dtype=acc, device=q.device)
