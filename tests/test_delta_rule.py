@@ -15,18 +15,17 @@ import torch
 import torch.nn.functional as F
 
 from archbench.mixers.base import MixerConfig
-from archbench.ops.chunk_pass import SERIAL_LOOP, ChunkPass
-from archbench.ops.decay import SAFE_LOG_RANGE
 from archbench.mixers.delta import SPECS, DeltaNet, GatedDeltaNet
+from archbench.ops.decay import SAFE_LOG_RANGE
 from archbench.ops.delta_rule import (
     BACKENDS,
-    _UTTransform,
     delta_rule,
     delta_rule_step,
     gated_delta_rule,
     gated_delta_rule_step,
     l2norm,
 )
+from archbench.ops.wy import SERIAL_LOOP, ChunkPass, UTTransform
 
 HAS_FLA_GPU = torch.cuda.is_available() and importlib.util.find_spec("fla") is not None
 needs_fla_gpu = pytest.mark.skipif(
@@ -208,7 +207,7 @@ def test_hand_written_backward_passes_gradcheck():
     gen = torch.Generator().manual_seed(0)
     a = 0.3 * torch.randn(3, 5, 5, generator=gen, dtype=torch.float64)
     b = torch.rand(3, 5, generator=gen, dtype=torch.float64)
-    assert torch.autograd.gradcheck(_UTTransform.apply, (a.requires_grad_(), b.requires_grad_()))
+    assert torch.autograd.gradcheck(UTTransform.apply, (a.requires_grad_(), b.requires_grad_()))
     N, BH, C, K, V = 3, 2, 4, 3, 5
     u = torch.randn(N * BH, C, V, generator=gen, dtype=torch.float64, requires_grad=True)
     w = 0.3 * torch.randn(N, BH, C, K, generator=gen, dtype=torch.float64)
@@ -230,7 +229,7 @@ def test_hand_written_backward_passes_gradcheck():
 
 
 def test_serial_loop_flag_restores_threads(monkeypatch):
-    cp = importlib.import_module("archbench.ops.chunk_pass")
+    cp = importlib.import_module("archbench.ops.wy")
 
     q, k, v, beta, g, _ = make_inputs(T=40)
     threads = torch.get_num_threads()

@@ -67,10 +67,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from archbench.ops.chunk_pass import ChunkPass, serial_if, serial_loop
 from archbench.ops.decay import factor_safe
 from archbench.ops.dispatch import record, step_backend
 from archbench.ops.segments import by_segments
+from archbench.ops.wy import ChunkPass, UTTransform, serial_if, serial_loop
 from archbench.spec import fla_gated_grad_refused
 
 BACKENDS = ("torch", "fla", "auto")
@@ -135,41 +135,12 @@ def _exp_nonpositive(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch
     return x.exp()
 
 
-class _UTTransform(torch.autograd.Function):
-    """T_0 = (I + tril(a, -1))^{-1} diag(beta) for a batch of chunks, by one triangular solve.
-
-    ``a`` [M, C, C] is read below the diagonal only (LAPACK's unit-triangular solve ignores
-    the rest); beta [M, C]. Gradients: with R = diag(beta) and L the unit lower matrix,
-    gR = L^{-T} gT, ga = -tril(gR T^T, -1), gbeta = diag(gR). Both solves run with one
-    intra-op thread on CPU: torch.linalg.solve_triangular makes one LAPACK call per matrix,
-    and with 2 threads each call is a parallel region (see ``archbench.ops.chunk_pass.SERIAL_LOOP``).
-    """
-
-    @staticmethod
-    def forward(ctx, a, beta):
-        serial = serial_loop(a.device)
-        with serial_if(serial):
-            t = torch.linalg.solve_triangular(a, torch.diag_embed(beta).mT, upper=False, unitriangular=True)
-        ctx.save_for_backward(a, t)
-        ctx.serial = serial
-        return t
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g_t):
-        a, t = ctx.saved_tensors
-        with serial_if(ctx.serial):
-            g_r = torch.linalg.solve_triangular(a.mT, g_t, upper=True, unitriangular=True)
-        g_a = torch.bmm(g_r, t.mT).tril_(-1).neg_()
-        return g_a, g_r.diagonal(dim1=-2, dim2=-1)
-
-
 def _chunked(q, k, v, beta, g, scale, initial_state, output_final_state, chunk_size):
     """The WY / UT-transform chunked form of the (gated) delta rule; g=None means no decay.
 
     Written for CPU, where the work is memory bound: beta and the scale are folded into
     passes that happen anyway, every matmul is a 3-D ``bmm`` on [N*B*H, C, D] views (no hidden
-    copies), and the per-chunk loops (``_UTTransform``, ``chunk_pass.ChunkPass``) carry their own
+    copies), and the per-chunk loops (``wy.UTTransform``, ``wy.ChunkPass``) carry their own
     backward so that autograd neither records nor replays thousands of tiny ops.
     """
     B, T, H, K = q.shape
@@ -209,7 +180,7 @@ def _chunked(q, k, v, beta, g, scale, initial_state, output_final_state, chunk_s
     # The ungated UT transform T_0 = (I + tril(diag(beta) K K^T, -1))^{-1} diag(beta), all chunks at once.
     # (K K^T is symmetric: scaling its columns and transposing gives diag(beta) K K^T in the
     # column-major layout LAPACK wants, so the solve copies nothing.)
-    t0 = _UTTransform.apply((kk_qk[:, :C] * bc.mT).mT, bc.squeeze(-1))
+    t0 = UTTransform.apply((kk_qk[:, :C] * bc.mT).mT, bc.squeeze(-1))
     if g is None:
         w, u = torch.bmm(t0, kc), torch.bmm(t0, vc)
         attn = qk * (incl * scale)  # scale tril(Q K^T), diagonal included

@@ -34,8 +34,8 @@ i.e. U = W S_0 + U~ with the UT transform T = (I - A_ba)^{-1}:
     W = T (b * e^{G_{i-1}}),   U~ = T A_bk V                    (per chunk, independent of S_0)
 
 T, W, U~, the Gram matrices, A_qk V and the chunk's own K~^T V (rows of K~ = k_j e^{G_C - G_j})
-are computed for all chunks at once (batched over batch, heads and chunks; T by bottom-up block
-inversion, no solver call). The only sequential work is one pass over the T/C chunks, a few
+are computed for all chunks at once (batched over batch, heads and chunks; T by one batched
+unit-triangular solve, ``archbench.ops.wy.UTTransform``). The only sequential work is one pass over the T/C chunks, a few
 batched [C, K] x [K, V] matmuls per chunk:
 
     U = W S + U~;   O = scale (q e^{G} S + A_qa U + A_qk V);   S <- diag(e^{G_C}) S + A~^T U + K~^T V
@@ -80,6 +80,7 @@ import torch.nn.functional as F
 from archbench.ops.decay import SAFE_LOG_RANGE, factor_safe
 from archbench.ops.dispatch import record, step_backend
 from archbench.ops.segments import by_segments
+from archbench.ops.wy import ChunkPass, UTTransform
 
 BACKENDS = ("torch", "fla", "auto")
 
@@ -111,13 +112,12 @@ def _check(q, k, v, w, a, b, initial_state, chunk_size) -> None:
 
 
 def _chunk_view(x: torch.Tensor, C: int) -> torch.Tensor:
-    """[B, T, H, *D] -> a [B, H, N, C, *D] view (after zero-padding T to a whole number of chunks)."""
-    B, T, H = x.shape[:3]
+    """[B, T, H, D] -> a chunk-major [N, B, H, C, D] view (after zero-padding T to a whole number of chunks)."""
+    B, T, H, D = x.shape
     N = -(-T // C)
     if N * C != T:
-        x = F.pad(x, (0, 0) * (x.dim() - 2) + (0, N * C - T))
-    x = x.view(B, N, C, H, *x.shape[3:])
-    return x.permute(0, 3, 1, 2, *range(4, x.dim()))
+        x = F.pad(x, (0, 0, 0, 0, 0, N * C - T))
+    return x.view(B, N, C, H, D).permute(1, 0, 3, 2, 4)
 
 
 def _pad_chunk(x: torch.Tensor, P: int, dim: int = -2) -> torch.Tensor:
@@ -144,12 +144,11 @@ def _gram_fast(Xq, Xb, Ya, Yk) -> list[torch.Tensor]:
     Returns [A_qa, A_qk, A_ba, A_bk], each [..., P, P], masked to j <= i (q rows) or j < i (b rows).
     """
     P = Xq.shape[-2]
-    out = []
-    for X, incl in ((Xq, True), (Xb, False)):
-        keep = _tril_mask(P, incl, X.device)
-        for Y in (Ya, Yk):
-            out.append((X @ Y.transpose(-1, -2)).mul_(keep))
-    return out
+    keep_q, keep_b = _tril_mask(P, True, Xq.device), _tril_mask(P, False, Xq.device)
+    A_qa, A_qk = ((Xq @ Y.transpose(-1, -2)).mul_(keep_q) for Y in (Ya, Yk))
+    A_ba = (Ya @ Xb.transpose(-1, -2)).mul_(keep_b.T).transpose(-1, -2)  # column-major: what the solve reads
+    A_bk = (Xb @ Yk.transpose(-1, -2)).mul_(keep_b)
+    return [A_qa, A_qk, A_ba, A_bk]
 
 
 def _gram_recursive(q, b, a, k, G, thr: float) -> list[torch.Tensor]:
@@ -207,96 +206,62 @@ def _gram_recursive(q, b, a, k, G, thr: float) -> list[torch.Tensor]:
     return out
 
 
-def _unit_lower_inverse(A: torch.Tensor) -> torch.Tensor:
-    """(I - A)^{-1} for strictly lower-triangular A [..., P, P] (the diagonal is not read), P a power of two.
-
-    Bottom-up block inversion, vectorised over all blocks of a level: the inverse of
-    [[L0, 0], [-A10, L1]] is [[L0^-1, 0], [L1^-1 A10 L0^-1, L1^-1]]; the 2x2 blocks are
-    [[1, 0], [a, 1]]. log2(P) levels, about (2/3) P^3 flops, plain batched matmuls (a batched
-    LAPACK triangular solve is slow on CPU, and its first call can stall for seconds).
-    """
-    *pre, P, _ = A.shape
-    if P == 1:
-        return A.new_ones(*pre, 1, 1)
-    a = A.diagonal(offset=-1, dim1=-2, dim2=-1)[..., ::2]  # A[2p + 1, 2p]
-    one = torch.ones_like(a)
-    D = torch.stack((one, torch.zeros_like(a), a, one), dim=-1).view(*pre, P // 2, 2, 2)
-    s = 2
-    while s < P:
-        n = P // (2 * s)
-        split = (n, 2, s)
-        D0, D1 = D.unflatten(-3, (n, 2)).unbind(-3)  # inverses of the diagonal blocks [..., n, s, s]
-        A10 = A.unflatten(-1, split).unflatten(-4, split).diagonal(dim1=-6, dim2=-3)[..., 1, :, 0, :, :]
-        D2 = A.new_zeros(*pre, n, 2, s, 2, s)
-        D2[..., 0, :, 0, :] = D0
-        D2[..., 1, :, 0, :] = D1 @ (A10.movedim(-1, -3) @ D0)
-        D2[..., 1, :, 1, :] = D1
-        D = D2.view(*pre, n, 2 * s, 2 * s)
-        s *= 2
-    return D.squeeze(-3)
-
-
 def _dplr_torch(q, k, v, w, a, b, scale, initial_state, output_final_state, chunk_size):
     B, T, H, K = q.shape
     V = v.shape[-1]
+    BH = B * H
     acc = torch.promote_types(q.dtype, torch.float32)
     C = min(chunk_size, T)
     P = 1 << (C - 1).bit_length()  # chunks zero-padded to a power of two for the recursion
-    qv, kv, av, bv = (_pad_chunk(_chunk_view(x.to(acc), C), P) for x in (q, k, a, b))  # [B, H, N, P, K] views
-    vc = _pad_chunk(_chunk_view(v.to(acc), C), P).contiguous()  # [B, H, N, P, V]
+    # chunk-major [N, B, H, P, *] (chunk n of head j is row n * BH + j once flattened)
+    qv, kv, av, bv = (_pad_chunk(_chunk_view(x.to(acc), C), P) for x in (q, k, a, b))  # views
+    vc = _pad_chunk(_chunk_view(v.to(acc), C), P).contiguous()  # [N, B, H, P, V]
     G = _pad_chunk(_chunk_view(w.to(acc), C), P).cumsum(-2).contiguous()  # G_i <= 0, decreasing
-    N = G.shape[2]
+    N = G.shape[0]
+
+    def flat(x: torch.Tensor) -> torch.Tensor:  # [N, B, H, r, c] -> [N * BH, r, c] (a view where possible)
+        return x.reshape(N * BH, *x.shape[-2:])
 
     # decayed rows q_i e^{G_i}, b_i e^{G_{i-1}}
     E = G.exp()
-    Xq = E * qv  # (the contiguous operand first: outputs take its [B, H, N, P, K] layout)
+    Xq = E * qv  # (the contiguous operand first: outputs take its [N, B, H, P, K] layout)
     Xb = F.pad(E[..., :-1, :], (0, 0, 1, 0), value=1.0) * bv  # e^{G_{i-1}}: an exact shift
-    g_last = G[..., -1:, :]  # [B, H, N, 1, K]
-    thr = SAFE_LOG_RANGE.get(acc, 40.0)
-    safe = factor_safe(-g_last, acc)  # every chunk's decay range is safe to factor through its start
-    if safe:  # columns a_j e^{-G_j}, k_j e^{-G_j} (<= e^thr): the Gram in one matmul each; the loop scales by e^{G_P}
+    g_last = G[..., -1:, :]  # [N, B, H, 1, K]
+    e_last = g_last.exp()
+    if factor_safe(-g_last, acc):  # every chunk's decay range is safe to factor through its start
+        # columns a_j e^{-G_j}, k_j e^{-G_j} (<= e^range): each Gram matrix is one matmul
         E_inv = E.reciprocal()
         Ya, Yk = E_inv * av, E_inv * kv
         A_qa, A_qk, A_ba, A_bk = _gram_fast(Xq, Xb, Ya, Yk)
-        Kh = Yk * g_last.exp()
-    else:  # columns decayed to the chunk end a_j e^{G_P - G_j}, k_j e^{G_P - G_j}
+        Ah, Kh = Ya * e_last, Yk * e_last
+    else:  # strong decays: the recursion over halves
         to_end = (g_last - G).exp()
-        Ya, Kh = to_end * av, to_end * kv
-        A_qa, A_qk, A_ba, A_bk = _gram_recursive(qv, bv, av, kv, G, thr)
+        Ah, Kh = to_end * av, to_end * kv
+        A_qa, A_qk, A_ba, A_bk = _gram_recursive(qv, bv, av, kv, G, SAFE_LOG_RANGE.get(acc, 40.0))
+    # rows of Ah, Kh: a_j, k_j decayed to the chunk end, a_j e^{G_P - G_j}, k_j e^{G_P - G_j}
 
     # UT transform: W = (I - A_ba)^{-1} b e^{G_{i-1}},  U~ = (I - A_ba)^{-1} A_bk V
-    Tinv = _unit_lower_inverse(A_ba)
-    W = Tinv @ Xb  # [B, H, N, P, K]
-    Ut = Tinv @ (A_bk @ vc)  # [B, H, N, P, V]
-    O = A_qk @ vc  # intra-chunk A_qk V [B, H, N, P, V]
-    KV = Kh.transpose(-1, -2) @ vc  # the chunk's own k^T v, decayed to its end [B, H, N, K, V]
-    decay = g_last.transpose(-1, -2).exp()  # [B, H, N, K, 1]
+    ones = A_ba.new_ones(N * BH, P)
+    Tinv = UTTransform.apply(flat(A_ba).neg(), ones)  # (I - A_ba)^{-1}: one batched triangular solve
+    vf = flat(vc)
+    W = torch.bmm(Tinv, flat(Xb))  # [N*BH, P, K]
+    Ut = torch.bmm(Tinv, torch.bmm(flat(A_bk), vf))  # [N*BH, P, V]; the pass overwrites it with U
+    KV = torch.bmm(flat(Kh).mT, vf)  # the chunk's own k^T v, decayed to its end [N*BH, K, V]
 
-    # the sequential pass over chunks, with each chunk's read-out:
-    #   U = W S + U~;  O = q e^{G} S + A_qa U + A_qk V;  S <- e^{G_P} S + A^T U + K^T V
-    # (safe: Ya = a e^{-G}, so e^{G_P} S + A^T U = e^{G_P} (S + Ya^T U); else Ya = a e^{G_P - G})
+    # the sequential pass over chunks: U = W S + U~;  S <- e^{G_P} S + Ah^T U + Kh^T V
     if initial_state is None:
-        S = q.new_zeros(B * H, K, V, dtype=acc)
+        S = q.new_zeros(BH, K, V, dtype=acc)
     else:
-        S = initial_state.to(acc).reshape(B * H, K, V)
-
-    def per_chunk(x):  # [B, H, N, ...] -> N views [B * H, ...] (unbind: one backward op, not N full-size ones)
-        return x.movedim(2, 0).flatten(1, 2).unbind(0)
-
-    Ws, Uts, Os, Xqs, Aqas = (per_chunk(x) for x in (W, Ut, O, Xq, A_qa))
-    Yas, KVs, decays = per_chunk(Ya.transpose(-1, -2)), per_chunk(KV), per_chunk(decay)
-    outs = []
-    for n in range(N):
-        U = torch.baddbmm(Uts[n], Ws[n], S)
-        outs.append(torch.baddbmm(torch.baddbmm(Os[n], Xqs[n], S), Aqas[n], U))
-        if safe:
-            S = torch.addcmul(KVs[n], decays[n], torch.baddbmm(S, Yas[n], U))
-        else:
-            S = torch.baddbmm(torch.addcmul(KVs[n], decays[n], S), Yas[n], U)
-    O = torch.stack(outs, dim=1).view(B, H, N, P, V)
+        S = initial_state.to(acc).reshape(BH, K, V)
+    rows = lambda x: x.view(N, BH, *x.shape[-2:])  # noqa: E731
+    entering, U, S = ChunkPass.apply(
+        Ut, rows(W), rows(flat(Ah).mT), rows(flat(e_last.mT)), S, rows(KV), 1.0
+    )  # fmt: skip
+    # then every chunk's output at once: O = scale (q e^{G} S + A_qa U + A_qk V)
+    O = torch.bmm(flat(A_qk), vf).baddbmm_(flat(Xq), entering.view(N * BH, K, V)).baddbmm_(flat(A_qa), U)
     if scale != 1.0:
         O = O * scale
-    o = O[..., :C, :].permute(0, 2, 3, 1, 4).reshape(B, N * C, H, V)[:, :T].to(v.dtype)
+    o = O.view(N, B, H, P, V)[..., :C, :].permute(1, 0, 3, 2, 4).reshape(B, N * C, H, V)[:, :T].to(v.dtype)
     return o, (S.view(B, H, K, V) if output_final_state else None)
 
 
@@ -389,7 +354,7 @@ def dplr_flops(batch: int, seq_len: int, heads: int, k_dim: int, v_dim: int, chu
     K, V = k_dim, v_dim
     per_chunk = (
         4 * 2 * P * P * K  # the four decay-weighted Gram matrices
-        + (2 * P**3) // 3  # the UT transform T (block inversion)
+        + P**3  # the UT transform T (a triangular solve against I: P right-hand sides)
         + 2 * P * P * K  # W = T b e^{G}
         + 2 * 2 * P * P * V  # U~ = T (A_bk V)
         + 2 * P * P * V  # A_qk V

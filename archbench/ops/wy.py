@@ -1,8 +1,10 @@
-"""The sequential pass over chunks shared by the WY-form references (delta rules, DPLR).
+"""The shared parts of the WY / UT-transform chunked references (delta rules, DPLR).
 
-After everything that depends on one chunk alone has been computed for all chunks at once,
-these recurrences are left with a short loop over the T/C chunks that carries the state. For
-chunk n, with S_n the state entering it:
+Inside a chunk, these recurrences reduce to one unit lower-triangular system per chunk
+(``UTTransform``: its inverse, batched over chunks and heads). After everything that depends
+on one chunk alone has been computed for all chunks at once, they are left with a short
+loop over the T/C chunks that carries the state (``ChunkPass``). For chunk n, with S_n the
+state entering it:
 
     u_n     = U_n + alpha W_n S_n                       (the chunk's read-outs / pseudo-values)
     S_{n+1} = a_n * S_n + Kt_n u_n + X_n
@@ -19,7 +21,7 @@ by autograd op by op instead, the loop's backward would replay thousands of tiny
 slice's zero-filled full-size gradient per chunk). Each step is two or three small batched
 matmuls writing into preallocated buffers (no allocation, no copy of the ``baddbmm`` input).
 
-``SERIAL_LOOP`` runs the loop with one intra-op thread on CPU (see its comment).
+``SERIAL_LOOP`` runs the loop and the solves with one intra-op thread on CPU (see its comment).
 """
 
 from __future__ import annotations
@@ -56,6 +58,36 @@ def serial_if(flag: bool):
         yield
     finally:
         torch.set_num_threads(n)
+
+
+class UTTransform(torch.autograd.Function):
+    """T_0 = (I + tril(a, -1))^{-1} diag(beta) for a batch of chunks, by one triangular solve.
+
+    ``a`` [M, C, C] is read below the diagonal only (LAPACK's unit-triangular solve ignores
+    the rest); beta [M, C]. Gradients: with R = diag(beta) and L the unit lower matrix,
+    gR = L^{-T} gT, ga = -tril(gR T^T, -1), gbeta = diag(gR). With ``SERIAL_LOOP`` both
+    solves run with one intra-op thread on CPU: torch.linalg.solve_triangular makes one LAPACK
+    call per matrix, and with 2 threads each call is a parallel region. A column-major ``a``
+    (the transpose of a contiguous tensor) is what LAPACK reads without a copy.
+    """
+
+    @staticmethod
+    def forward(ctx, a, beta):
+        serial = serial_loop(a.device)
+        with serial_if(serial):
+            t = torch.linalg.solve_triangular(a, torch.diag_embed(beta).mT, upper=False, unitriangular=True)
+        ctx.save_for_backward(a, t)
+        ctx.serial = serial
+        return t
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_t):
+        a, t = ctx.saved_tensors
+        with serial_if(ctx.serial):
+            g_r = torch.linalg.solve_triangular(a.mT, g_t, upper=True, unitriangular=True)
+        g_a = torch.bmm(g_r, t.mT).tril_(-1).neg_()
+        return g_a, g_r.diagonal(dim1=-2, dim2=-1)
 
 
 class ChunkPass(torch.autograd.Function):
