@@ -8,8 +8,9 @@ fused kernel each op picks on the device (fla on a GPU node) instead of the refe
 ``kernel`` column says which ran. The selective scan has no heads; it is timed twice, N=16:
 ``selective_scan`` at Dm = H*K = 512 channels (the channel count of every other op) and
 ``selective_scan_x2`` at Dm = 1024 (Mamba's expand-2 inner width at d_model 512, twice the work).
-Prints the median of a few calls and each op's ratio to SDPA and to linear attention, measured
-in the same process. Run it on an idle machine: the ratios are what matters. ``--backward``
+Prints the median of ``--rounds`` calls and each op's ratio to SDPA and to linear attention,
+measured in the same process, in interleaved rounds (each round calls every op once), so a shared
+machine's slow phases fall on all ops alike. Run it on an idle machine: the ratios are what matters. ``--backward``
 times a training call instead: forward, then the gradients of the output's sum with respect to
 every input (what a fwd_bwd cell pays in the op).
 """
@@ -27,16 +28,22 @@ from inputs import Shape, device_sync, op_cases, train_call
 from archbench.ops.dispatch import recording
 
 
-def median_time(fn, repeats: int = 5, sync=lambda: None) -> float:
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def interleaved_medians(fns: dict, rounds: int = 5, sync=lambda: None) -> dict[str, float]:
+    """Median seconds per call of each callable, timed in ``rounds`` rounds that call every one
+    once (after one warm-up call each). Interleaving spreads a shared machine's slow phases,
+    which last seconds, over all ops alike, so the ratios between them hold (timing each op's
+    repeats back to back let one phase land on one op: ratios moved by 20-30% run to run)."""
+    for fn in fns.values():
         fn()
         sync()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[repeats // 2]
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return {name: sorted(ts)[rounds // 2] for name, ts in times.items()}
 
 
 # the ops this comparison covers (the quadratic reference softmax_attention and nsa are left out)
@@ -65,6 +72,7 @@ def main() -> None:
     p.add_argument("--backend", default="torch", choices=["torch", "auto"], help="reference, or the fused kernel each op picks")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--backward", action="store_true", help="time forward + backward (a training call)")
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds; each calls every op once (default 5)")
     args = p.parse_args()
     dtype = getattr(torch, args.dtype)
     torch.set_num_threads(args.threads)
@@ -77,11 +85,12 @@ def main() -> None:
     print(f"{'T':>6} {'op':18} {'median ms':>10} {'x sdpa':>7} {'x linear_attention':>19}  kernel")
     with contextlib.nullcontext() if args.backward else torch.no_grad():
         for T in args.lengths:
-            times, kernels = {}, {}
-            for name, fn in cases(T, args.device, args.backend, dtype, args.backward).items():
+            fns, kernels = cases(T, args.device, args.backend, dtype, args.backward), {}
+            for name, fn in fns.items():  # which kernel each op runs (the call also warms it up)
                 with recording() as seen:
-                    times[name] = median_time(fn, sync=sync)
+                    fn()
                 kernels[name] = ",".join(sorted(seen)) or "torch SDPA"
+            times = interleaved_medians(fns, rounds=args.rounds, sync=sync)
             for name, t in times.items():
                 print(
                     f"{T:>6} {name:18} {t * 1e3:10.3f} {t / times['sdpa_causal']:7.2f} "
