@@ -44,8 +44,9 @@ so the cross-half scores are one matmul (q_t * exp(b_t - r)) (k_s * exp(r - b_s)
 overflow possible (when a factor underflows to 0, the true weight, which is smaller still,
 is 0 to working precision). Recursing into both halves down to single positions (where the weight is exp(0) = 1)
 covers the whole causal triangle with log2(C) levels and about K log2(C) exponentials per
-token. ``simple_gla`` uses the plain masked [C, C] decay matrix exp(b_t - b_s), masked to
-s <= t *before* the exponential.
+token. ``simple_gla`` factors through the chunk start the same way when the range is safe;
+otherwise it uses the plain masked [C, C] decay matrix exp(b_t - b_s), masked to s <= t
+*before* the exponential.
 
 Accumulation is in fp32 (fp64 inputs stay fp64); outputs come back in v's dtype.
 
@@ -205,7 +206,10 @@ def simple_gla(
 
 
 def _simple_gla_chunks(q, k, v, b):
-    """Intra-chunk part of simple_gla: (q k^T) * exp(b_t - b_s), masked to s <= t before the exp."""
+    """Intra-chunk part of simple_gla: factored through the chunk start when every chunk's decay
+    range is safe (as gla's), else (q k^T) * exp(b_t - b_s), masked to s <= t before the exp."""
+    if factor_safe(-b[..., -1], b.dtype):
+        return _gla_chunks_factored(q, k, v, b[..., None], b[..., -1:, None])
     C = q.shape[-2]
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     diff = b[..., :, None] - b[..., None, :]
