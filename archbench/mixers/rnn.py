@@ -108,7 +108,7 @@ class RWKV7(ParallelMixer):
         """x, x_prev [..., d] -> r, k~, v, log w, a_op, b_op [..., H, N] and the gate g [..., H * N]."""
         H, N = self.config.n_heads, self.config.hd
         xx = x_prev - x
-        xr, xw, xk, xv, xa, xg = (x + xx * m for m in self.mix)
+        xr, xw, xk, xv, xa, xg = (torch.addcmul(x, xx, m) for m in self.mix)  # x + (x_prev - x) * m, one op each
         r = self.receptance(xr)
         k = self.key(xk)
         v = self.value(xv)
@@ -117,7 +117,7 @@ class RWKV7(ParallelMixer):
         g = torch.sigmoid(xg @ self.g1) @ self.g2
         heads = lambda t: t.unflatten(-1, (H, N))  # noqa: E731
         kappa = F.normalize(heads(k * self.k_k), dim=-1, eps=1e-12)
-        k = k * (1 + (a - 1) * self.k_a)
+        k = k * torch.addcmul(1 - self.k_a, a, self.k_a)  # k * (1 + (a - 1) k_a), the [A]-sized part folded
         r, k, v, a = heads(r), heads(k), heads(v), heads(a)
         # transition diag(w) - (kappa * a)^T kappa  ==  diag(e^{log w}) + a_op^T b_op
         return r, k, v, heads(log_w), kappa * a, -kappa, g
