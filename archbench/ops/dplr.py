@@ -33,15 +33,19 @@ i.e. U = W S_0 + U~ with the UT transform T = (I - A_ba)^{-1}:
 
     W = T (b * e^{G_{i-1}}),   U~ = T A_bk V                    (per chunk, independent of S_0)
 
-T, W, U~, the Gram matrices, A_qk V and the chunk's own K~^T V (rows of K~ = k_j e^{G_C - G_j})
-are computed for all chunks at once (batched over batch, heads and chunks; T by one batched
-unit-triangular solve, ``archbench.ops.wy.UTTransform``). The only sequential work is one pass over the T/C chunks, a few
-batched [C, K] x [K, V] matmuls per chunk:
+T, W, U~, the Gram matrices and the chunk's own K~^T V (rows of K~ = k_j e^{G_C - G_j}) are
+computed for all chunks at once (batched over batch, heads and chunks; T by one batched
+unit-triangular solve, ``archbench.ops.wy.UTTransform``). The only sequential work is one pass
+over the T/C chunks (``archbench.ops.wy.ChunkPass``, with its written-out backward), two small
+batched matmuls and one multiply-add per chunk:
 
-    U = W S + U~;   O = scale (q e^{G} S + A_qa U + A_qk V);   S <- diag(e^{G_C}) S + A~^T U + K~^T V
+    U = W S + U~;   S <- diag(e^{G_C}) S + A~^T U + K~^T V          (rows of A~ = a_j e^{G_C - G_j})
 
-(rows of A~ = a_j e^{G_C - G_j}). Cost per token O(C (K + V) + K V); memory O(C + (T / C) K V) per
-head. The default chunk (32) measured fastest on a 2-core CPU (64 is within ~15%).
+after which every chunk's output, O = scale (q e^{G} S + A_qa U + A_qk V), is again computed
+for all chunks at once. Cost per token O(C (K + V) + K V); memory O(C + (T / C) K V) per head.
+The default chunk (32) measured fastest on a 2-core CPU (16 and 64 are 15-20% slower).
+Internally the chunks are laid out chunk-major, [N, B, H, C, D], so that flattening the leading
+dims gives the [N * B * H, C, D] batches the pass and the batched matmuls read without copies.
 
 Stability. The Gram matrices need exp(G'_i - G_j) per key channel, so they are not a plain
 q k^T. When no chunk spans a log-decay range above SAFE_LOG_RANGE (40 in fp32: every ordinary
