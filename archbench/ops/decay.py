@@ -1,14 +1,17 @@
 """When cumulative decays may be factored through a chunk start.
 
-The chunked forms of the gated recurrences (GLA, DPLR / RWKV-7) need, inside a chunk, the
-pairwise weights exp(G_i - G_j) (j <= i) of a cumulative log-decay G that falls along the chunk.
-The cheap way is to factor them through the chunk start, exp(G_i) * exp(-G_j), which turns the
-weighted scores into one plain matmul of rescaled rows. It is exact up to rounding (each factor
-carries its own relative error, so the dot products are as accurate as the pairwise form) but
-only while the factors stay representable: exp(-G_j) grows with the log-decay range the chunk
-spans. ``SAFE_LOG_RANGE`` is the largest range taken that way, per accumulation dtype: e^40 and
-e^-80 (a squared factor, as in a gradient) are far from fp32's overflow and denormal limits.
-Chunks spanning more (strong decays) take each op's exact recursive path instead.
+The chunked forms of the gated recurrences (GLA, the gated delta rule, DPLR / RWKV-7) need,
+inside a chunk, the pairwise weights exp(G_i - G_j) (j <= i) of a cumulative log-decay G that
+falls along the chunk (G_0 = 0 >= G_i >= G_last). The cheap way is to factor them,
+exp(G_i - m) * exp(m - G_j), which turns the weighted scores into one plain matmul of rescaled
+rows. It is exact up to rounding (each factor carries its own relative error, so the dot
+products are as accurate as the pairwise form) but only while the factors stay representable.
+Through the chunk start (m = 0) a factor reaches e^{range}, range = -G_last; through the middle
+of the range (m = G_last / 2) only e^{range / 2}, which doubles the range the trick covers at the
+cost of one more small multiply (``midpoint``). ``SAFE_LOG_RANGE`` bounds a factor's exponent,
+per accumulation dtype: e^40, and e^-80 (a squared factor, as in the gradient of a reciprocal),
+are far from fp32's overflow and denormal limits. Chunks spanning more (strong decays) take each
+op's exact pairwise or recursive path instead.
 """
 
 from __future__ import annotations
@@ -23,3 +26,8 @@ def factor_safe(span: torch.Tensor, dtype: torch.dtype) -> bool:
     to factor through the chunk start in ``dtype`` (one host read-back)."""
     with torch.no_grad():
         return span.numel() == 0 or bool(span.max() <= SAFE_LOG_RANGE.get(dtype, 40.0))
+
+
+def midpoint_safe(span: torch.Tensor, dtype: torch.dtype) -> bool:
+    """``factor_safe`` for factors taken through the middle of each range (exponents up to span / 2)."""
+    return factor_safe(span * 0.5, dtype)

@@ -48,8 +48,8 @@ is ever formed. Hence
 Every exponent is a difference gamma_i - gamma_j with j <= i, masked to -inf above the
 diagonal BEFORE the exp, or gamma_i itself: all are <= 0, so strong decays underflow to 0
 and never overflow. (When every chunk spans a safe log-decay range, ``archbench.ops.decay``,
-the decay matrix is the outer product e^{gamma_i} e^{-gamma_j} masked after: same values,
-half the passes.) Cost per token O(C (K + V) + K V); memory O((T / C) K V) per head.
+the decay matrix is the outer product e^{gamma_i - m} e^{m - gamma_j}, m = gamma_C / 2,
+masked after: same values, half the passes.) Cost per token O(C (K + V) + K V); memory O((T / C) K V) per head.
 Accumulation is in fp32 (fp64 stays fp64); outputs come back in v's dtype, states in fp32.
 
 Fused backends: ``fla`` calls flash-linear-attention's Triton kernels
@@ -67,7 +67,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from archbench.ops.decay import factor_safe
+from archbench.ops.decay import midpoint_safe
 from archbench.ops.dispatch import record, step_backend
 from archbench.ops.segments import by_segments
 from archbench.ops.wy import ChunkPass, UTTransform, serial_if, serial_loop
@@ -187,10 +187,12 @@ def _chunked(q, k, v, beta, g, scale, initial_state, output_final_state, chunk_s
         q_eff, q_scale, k_out_t, chunk_decay = qc, scale, kc.mT, None
     else:
         # Gamma_ij = exp(gamma_i - gamma_j) for j <= i, 0 above the diagonal: an outer product
-        # e^{gamma_i} e^{-gamma_j} when every chunk's decay range is safe to factor through its start
-        # (archbench.ops.decay; 2 passes over [N*BH, C, C] instead of 4), else pairwise, masked before the exp.
-        if factor_safe(-gam[:, -1], acc):
-            decay = (e_gam.unsqueeze(-1) * (-gam).exp().unsqueeze(-2)).tril_()
+        # e^{gamma_i - m} e^{m - gamma_j} (m = gamma_C / 2, the middle of the chunk's range) when every
+        # chunk's range is safe to factor that way (archbench.ops.decay; 2 passes over [N*BH, C, C]
+        # instead of 4), else pairwise, masked before the exp.
+        if midpoint_safe(-gam[:, -1], acc):
+            mid = 0.5 * gam[:, -1:]
+            decay = ((gam - mid).exp().unsqueeze(-1) * (mid - gam).exp().unsqueeze(-2)).tril_()
         else:
             decay = _exp_nonpositive(gam[:, :, None] - gam[:, None, :], mask=~incl)
         # The gated system matrix is the ungated one conjugated by D = diag(e^gamma):

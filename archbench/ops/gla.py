@@ -27,11 +27,12 @@ costs more than the arithmetic (2x at T=16384).
 
 The intra-chunk term needs care for ``gla``, whose decay differs per key channel, so the
 score matrix is not (q k^T) * (decay matrix). When every chunk of a group spans a safe
-log-decay range (``archbench.ops.decay``: 40 in fp32, true of every ordinary gate; GLA's
-log-sigmoid gates / 16 span about 3 over 64 tokens), the weights factor through the chunk start,
-exp(b_t - b_s) = exp(b_t) exp(-b_s), and the scores are one masked matmul of q e^{b} and
-k e^{-b}: the cost of plain linear attention plus a few elementwise passes (1.25x linear
-attention's forward at T=16384 on the 2-core VM; the recursion below took 2.2x).
+log-decay range (``archbench.ops.decay``: up to 80 in fp32, true of every ordinary gate; GLA's
+log-sigmoid gates / 16 span about 3 over 64 tokens), the weights factor through the middle m of
+the chunk's range, exp(b_t - b_s) = exp(b_t - m) exp(m - b_s), and the scores are one masked
+matmul of q e^{b - m} and k e^{m - b}: the cost of plain linear attention plus a few elementwise
+passes (1.25-1.45x linear attention's forward at T=16384 on the 2-core VM; the recursion below
+took 2.2x).
 Strong decays would overflow e^{-b}; for them (any group with a chunk spanning more), forming
 the pairwise [C, C, K] tensor of exp(b_t - b_s) is exact but costs C*K exponentials per token.
 The trick used instead (the "secondary chunking" of Yang et al., 2023, made recursive): split
@@ -65,7 +66,7 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
-from archbench.ops.decay import factor_safe
+from archbench.ops.decay import midpoint_safe
 from archbench.ops.dispatch import record, step_backend
 from archbench.spec import fla_gated_grad_refused
 
@@ -208,7 +209,7 @@ def simple_gla(
 def _simple_gla_chunks(q, k, v, b):
     """Intra-chunk part of simple_gla: factored through the chunk start when every chunk's decay
     range is safe (as gla's), else (q k^T) * exp(b_t - b_s), masked to s <= t before the exp."""
-    if factor_safe(-b[..., -1], b.dtype):
+    if midpoint_safe(-b[..., -1], b.dtype):
         return _gla_chunks_factored(q, k, v, b[..., None], b[..., -1:, None])
     C = q.shape[-2]
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
@@ -393,21 +394,24 @@ def _gla_chunks(q, k, v, b):
     """Intra-chunk part of gla: factored through each chunk's start when every chunk's decay
     range is safe (``archbench.ops.decay``), else the exact recursion over halves."""
     b_last = b[..., -1:, :]  # [B, H, n, 1, K]
-    if factor_safe(-b_last, b.dtype):
+    if midpoint_safe(-b_last, b.dtype):
         return _gla_chunks_factored(q, k, v, b, b_last)
     return _gla_chunks_recursive(q, k, v, b, b_last)
 
 
 def _gla_chunks_factored(q, k, v, b, b_last):
-    """exp(b_t - b_s) = exp(b_t) exp(-b_s): the scores are one masked matmul of q e^{b} and k e^{-b},
-    as in plain linear attention (every factor within e^{+-SAFE_LOG_RANGE})."""
+    """exp(b_t - b_s) = exp(b_t - m) exp(m - b_s), m = b_last / 2 (the middle of each chunk's
+    range): the scores are one masked matmul of q e^{b - m} and k e^{m - b}, as in plain linear
+    attention, every factor within e^{+-range/2}. The boundary terms follow with e^{m}:
+    q e^{b} = (q e^{b - m}) e^{m} and k e^{b_last - b} = (k e^{m - b}) e^{m}, since b_last - m = m."""
     C = q.shape[-2]
-    q_dec = q * b.exp()
-    k_in = k * (-b).exp()
+    m = 0.5 * b_last
+    q_s = q * (b - m).exp()
+    k_s = k * (m - b).exp()
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    o = (q_dec @ k_in.transpose(-1, -2)).masked_fill_(~causal, 0.0) @ v
-    e_last = b_last.exp()
-    return o, k_in * e_last, q_dec, e_last.transpose(-1, -2)
+    o = (q_s @ k_s.transpose(-1, -2)).masked_fill_(~causal, 0.0) @ v
+    e_m = m.exp()
+    return o, k_s * e_m, q_s * e_m, b_last.exp().transpose(-1, -2)
 
 
 def _gla_chunks_recursive(q, k, v, b, b_last):
