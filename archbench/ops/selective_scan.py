@@ -245,11 +245,14 @@ def _scan_backward(u, delta, A, B, C, starts, gy, g_h, L: int, Tb: int):
         gh, _ = _block_states(gyb.flip(1), d_rev, cd_rev, C[:, s:e].flip(1), R, negA, tri, 2 * span <= limit, floor, work_g)
         gh = gh.view(b, n, Dm, -1).flip(1)
         gC[:, s:e] = torch.einsum("btdn,btd->btn", hs, gyb)
-        a = torch.exp(db[..., None] * A)
-        Z = torch.cat([h0[:, None], hs[:, :-1]], dim=1).mul_(a).mul_(gh)  # gh_t * a_t h_{t-1}
+        a = torch.mul(db[..., None], A).exp_()
+        Z = torch.empty_like(gh)  # gh_t * a_t h_{t-1}, the shifted states written in place (no concatenation)
+        torch.mul(hs[:, :-1], a[:, 1:], out=Z[:, 1:])
+        torch.mul(h0, a[:, 0], out=Z[:, 0])
+        Z.mul_(gh)
         ghB = torch.einsum("btdn,btn->btd", gh, Bb)
         gu[:, s:e] = db * ghB
-        gd[:, s:e] = (Z * A).sum(-1) + ub * ghB
+        gd[:, s:e] = torch.einsum("btdn,dn->btd", Z, A) + ub * ghB
         gA += (Z * db[..., None]).sum((0, 1))
         gB[:, s:e] = torch.einsum("btdn,btd->btn", gh, db * ub)
         R = a[:, 0] * gh[:, 0]  # what flows into the state entering this block
