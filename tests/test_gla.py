@@ -187,6 +187,43 @@ def test_gradients_match_oracle(op, chunk, path, monkeypatch):
         assert rel_err(gr, gr_ref) < 1e-8, name
 
 
+@pytest.mark.parametrize("leaf", [1, 2, 4, 8])
+def test_recursion_with_factored_leaf_blocks_matches_oracle(leaf, monkeypatch):
+    """Strong decays take the recursion over halves, stopped at blocks of ``leaf`` positions that
+    are one masked matmul each (factored through the block's middle): outputs and all gradients
+    agree with the oracle whatever the depth."""
+    gla_module = importlib.import_module("archbench.ops.gla")
+
+    monkeypatch.setitem(SAFE_LOG_RANGE, torch.float64, 0.0)  # no chunk is factored whole
+    monkeypatch.setattr(gla_module, "_leaf_size", lambda b: leaf)
+    q, k, v, g = inputs("gla", 1, 37, 2, 4, 3, dtype=torch.float64, gate_scale=2.0, seed=17)
+    s0 = torch.randn(1, 2, 4, 3, dtype=torch.float64)
+    leaves = [x.clone().requires_grad_(True) for x in (q, k, v, g, s0)]
+    gen = torch.Generator().manual_seed(18)
+    w_o = torch.randn(1, 37, 2, 3, generator=gen, dtype=torch.float64)
+    o, S = gla(*leaves[:4], chunk_size=16, initial_state=leaves[4], output_final_state=True)
+    grads = torch.autograd.grad((o * w_o).sum() + S.sum(), leaves)
+    o_ref, S_ref = oracle(*leaves[:4], scale=0.5, initial_state=leaves[4])
+    grads_ref = torch.autograd.grad((o_ref * w_o).sum() + S_ref.sum(), leaves)
+    assert rel_err(o, o_ref) < 1e-10
+    for name, gr, gr_ref in zip("q k v g s0".split(), grads, grads_ref):
+        assert rel_err(gr, gr_ref) < 1e-8, name
+
+
+def test_leaf_size_is_the_largest_safe_block():
+    """The recursion stops at the largest power-of-two block whose every range is safe to factor
+    through its middle (2 x SAFE_LOG_RANGE = 80 in fp32)."""
+    gla_module = importlib.import_module("archbench.ops.gla")
+
+    C = 64
+    for per_step, want in [(3.0, 16), (5.0, 16), (6.0, 8), (30.0, 2), (50.0, 1)]:
+        b = torch.full((1, 1, 1, C, 4), -per_step).cumsum(-2)  # every step decays by e^-per_step
+        assert gla_module._leaf_size(b) == want, per_step  # 16 * 5 = 80 is safe, 16 * 6 is not
+    b = torch.zeros(1, 1, 1, C, 4)  # no decay at all: the largest block below the chunk
+    assert gla_module._leaf_size(b) == C // 2
+    assert gla_module._leaf_size(torch.zeros(1, 1, 1, 1, 4)) == 1
+
+
 @pytest.mark.parametrize("op", OPS)
 def test_gradients_finite_under_strong_decay(op):
     q, k, v, g = inputs(op, 1, 40, 2, 4, 4, seed=9)

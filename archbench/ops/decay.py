@@ -12,9 +12,15 @@ cost of one more small multiply (``midpoint``). ``SAFE_LOG_RANGE`` bounds a fact
 per accumulation dtype: e^40, and e^-80 (a squared factor, as in the gradient of a reciprocal),
 are far from fp32's overflow and denormal limits. Chunks spanning more (strong decays) take each
 op's exact pairwise or recursive path instead.
+
+Those exact paths form exp(x) for exponents x <= 0 that strong decays push far below zero:
+``exp_nonpositive`` floors them first, so that no subnormal float (many times slower in CPU
+arithmetic) enters a product.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -31,3 +37,19 @@ def factor_safe(span: torch.Tensor, dtype: torch.dtype) -> bool:
 def midpoint_safe(span: torch.Tensor, dtype: torch.dtype) -> bool:
     """``factor_safe`` for factors taken through the middle of each range (exponents up to span / 2)."""
     return factor_safe(span * 0.5, dtype)
+
+
+def exp_nonpositive(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """exp(x) for log-decays x <= 0, with entries where ``mask`` is True set to exactly 0.
+
+    The mask is applied BEFORE the exp (as -inf), so nothing above a causal diagonal is
+    ever exponentiated. Exponents are clamped from below at half the log of the smallest
+    normal float (about -43.7 in fp32, -354 in fp64, i.e. factors >= 1e-19 / 1e-154):
+    those terms are negligible next to the diagonal ones (which are 1), and the clamp
+    keeps subnormal floats, which make CPU arithmetic many times slower, out of every
+    product (a product of two clamped factors is still a normal float).
+    """
+    x = x.clamp(min=0.5 * math.log(torch.finfo(x.dtype).tiny))
+    if mask is not None:
+        x = x.masked_fill(mask, float("-inf"))
+    return x.exp()

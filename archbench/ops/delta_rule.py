@@ -62,12 +62,11 @@ is importable (and, for the ungated kernel, the dtype is half precision), else t
 from __future__ import annotations
 
 import importlib.util
-import math
 
 import torch
 import torch.nn.functional as F
 
-from archbench.ops.decay import midpoint_safe
+from archbench.ops.decay import exp_nonpositive, midpoint_safe
 from archbench.ops.dispatch import record, step_backend
 from archbench.ops.segments import by_segments
 from archbench.ops.wy import ChunkPass, UTTransform, serial_if, serial_loop
@@ -119,22 +118,6 @@ def _resolve(name: str, backend: str, q: torch.Tensor, half_only: bool) -> str:
 
 # ---- the chunked reference ------------------------------------------------------------
 
-def _exp_nonpositive(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """exp(x) for log-decays x <= 0, with entries where ``mask`` is True set to exactly 0.
-
-    The mask is applied BEFORE the exp (as -inf), so nothing above the causal diagonal is
-    ever exponentiated. Exponents are clamped from below at half the log of the smallest
-    normal float (about -43.7 in fp32, -354 in fp64, i.e. factors >= 1e-19 / 1e-154):
-    those terms are negligible next to the diagonal ones (which are 1), and the clamp
-    keeps subnormal floats, which make CPU matmuls many times slower, out of every product.
-    """
-    floor = 0.5 * math.log(torch.finfo(x.dtype).tiny)
-    x = x.clamp(min=floor)
-    if mask is not None:
-        x = x.masked_fill(mask, float("-inf"))
-    return x.exp()
-
-
 def _chunked(q, k, v, beta, g, scale, initial_state, output_final_state, chunk_size):
     """The WY / UT-transform chunked form of the (gated) delta rule; g=None means no decay.
 
@@ -171,7 +154,7 @@ def _chunked(q, k, v, beta, g, scale, initial_state, output_final_state, chunk_s
         if g is not None:
             gam = gates[..., 1].cumsum(-1)  # [N*BH, C]: cumulative log-decay in the chunk
             # e^{gamma_C - gamma_i} for the keys and scale * e^{gamma_i} for the queries, all <= 1
-            e_rest, e_gam = _exp_nonpositive(torch.stack([gam[:, -1:] - gam, gam], 1)).unbind(1)
+            e_rest, e_gam = exp_nonpositive(torch.stack([gam[:, -1:] - gam, gam], 1)).unbind(1)
             kq_factor = torch.cat([e_rest, e_gam * scale], dim=-1).unsqueeze(-1)  # [N*BH, 2C, 1]
     incl = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     kk_qk = torch.bmm(kq, kc.mT)  # [N*BH, 2C, C]: k_i . k_j, then q_i . k_j
@@ -194,7 +177,7 @@ def _chunked(q, k, v, beta, g, scale, initial_state, output_final_state, chunk_s
             mid = 0.5 * gam[:, -1:]
             decay = ((gam - mid).exp().unsqueeze(-1) * (mid - gam).exp().unsqueeze(-2)).tril_()
         else:
-            decay = _exp_nonpositive(gam[:, :, None] - gam[:, None, :], mask=~incl)
+            decay = exp_nonpositive(gam[:, :, None] - gam[:, None, :], mask=~incl)
         # The gated system matrix is the ungated one conjugated by D = diag(e^gamma):
         # I + tril(diag(beta) (K K^T * Gamma), -1) = D (I + tril(diag(beta) K K^T, -1)) D^{-1}, so
         # T = D T_0 D^{-1} = Gamma * T_0 and W = T (e^gamma K) = (e^gamma T_0) K: no second

@@ -81,7 +81,7 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
-from archbench.ops.decay import SAFE_LOG_RANGE, factor_safe
+from archbench.ops.decay import SAFE_LOG_RANGE, exp_nonpositive, factor_safe
 from archbench.ops.dispatch import record, step_backend
 from archbench.ops.segments import by_segments
 from archbench.ops.wy import ChunkPass, UTTransform
@@ -183,10 +183,10 @@ def _gram_recursive(q, b, a, k, G, thr: float) -> list[torch.Tensor]:
         split = (nb, 2, s)
         Gl = G.unflatten(-2, split)[..., 0, :, :]  # [..., nb, s, K]
         r = Gl[..., -1:, :]  # G at the end of each first half [..., nb, 1, K]
-        dec = (r - Gl).exp()  # r - G_j <= 0
+        dec = exp_nonpositive(r - Gl)  # r - G_j <= 0
         Ys = [Y.unflatten(-2, split)[..., 0, :, :] * dec for Y in cols]
         for x, (X, GX, _) in enumerate(rows):
-            Xs = X.unflatten(-2, split)[..., 1, :, :] * (GX.unflatten(-2, split)[..., 1, :, :] - r).exp()  # <= 0
+            Xs = X.unflatten(-2, split)[..., 1, :, :] * exp_nonpositive(GX.unflatten(-2, split)[..., 1, :, :] - r)
             for y, Y in enumerate(Ys):
                 view = out[2 * x + y].view(*pre, nb, 2, s, nb, 2, s).diagonal(dim1=-6, dim2=-3)  # [.., 2, s, 2, s, nb]
                 view[..., 1, :, 0, :, :].copy_((Xs @ Y.transpose(-1, -2)).movedim(-3, -1))
@@ -199,7 +199,7 @@ def _gram_recursive(q, b, a, k, G, thr: float) -> list[torch.Tensor]:
     for x, (X, GX, incl) in enumerate(rows):
         keep = _tril_mask(L, incl, G.device)
         if L > 1:
-            Xs = X.unflatten(-2, (nb, L)) * (GX.unflatten(-2, (nb, L)) - st).exp()
+            Xs = X.unflatten(-2, (nb, L)) * exp_nonpositive(GX.unflatten(-2, (nb, L)) - st)
         for y, Y in enumerate(cols):
             if L == 1:  # single positions: x_i . y_i with weight exp(0) = 1, q rows only
                 blk = (X * Y).sum(-1).view(*pre, nb, 1, 1) * float(incl)
@@ -227,11 +227,11 @@ def _dplr_torch(q, k, v, w, a, b, scale, initial_state, output_final_state, chun
         return x.reshape(N * BH, *x.shape[-2:])
 
     # decayed rows q_i e^{G_i}, b_i e^{G_{i-1}}
-    E = G.exp()
+    E = exp_nonpositive(G)  # floored: no subnormal enters a product (ops.decay)
     Xq = E * qv  # (the contiguous operand first: outputs take its [N, B, H, P, K] layout)
     Xb = F.pad(E[..., :-1, :], (0, 0, 1, 0), value=1.0) * bv  # e^{G_{i-1}}: an exact shift
     g_last = G[..., -1:, :]  # [N, B, H, 1, K]
-    e_last = g_last.exp()
+    e_last = exp_nonpositive(g_last)
     if factor_safe(-g_last, acc):  # every chunk's decay range is safe to factor through its start
         # columns a_j e^{-G_j}, k_j e^{-G_j} (<= e^range): each Gram matrix is one matmul
         E_inv = E.reciprocal()
@@ -239,7 +239,7 @@ def _dplr_torch(q, k, v, w, a, b, scale, initial_state, output_final_state, chun
         A_qa, A_qk, A_ba, A_bk = _gram_fast(Xq, Xb, Ya, Yk)
         Ah, Kh = Ya * e_last, Yk * e_last
     else:  # strong decays: the recursion over halves
-        to_end = (g_last - G).exp()
+        to_end = exp_nonpositive(g_last - G)
         Ah, Kh = to_end * av, to_end * kv
         A_qa, A_qk, A_ba, A_bk = _gram_recursive(qv, bv, av, kv, G, SAFE_LOG_RANGE.get(acc, 40.0))
     # rows of Ah, Kh: a_j, k_j decayed to the chunk end, a_j e^{G_P - G_j}, k_j e^{G_P - G_j}

@@ -33,21 +33,26 @@ the chunk's range, exp(b_t - b_s) = exp(b_t - m) exp(m - b_s), and the scores ar
 matmul of q e^{b - m} and k e^{m - b}: the cost of plain linear attention plus a few elementwise
 passes (1.25-1.45x linear attention's forward at T=16384 on the 2-core VM; the recursion below
 took 2.2x).
-Strong decays would overflow e^{-b}; for them (any group with a chunk spanning more), forming
-the pairwise [C, C, K] tensor of exp(b_t - b_s) is exact but costs C*K exponentials per token.
-The trick used instead (the "secondary chunking" of Yang et al., 2023, made recursive): split
-a block of L positions into halves, and for t in the second half, s in the first, factor through the
+Strong decays would overflow the factors; for them (any group with a chunk spanning more),
+forming the pairwise [C, C, K] tensor of exp(b_t - b_s) is exact but costs C*K exponentials per
+token. The trick used instead (the "secondary chunking" of Yang et al., 2023, made recursive):
+split a block of L positions into halves, and for t in the second half, s in the first, factor through the
 cumulative gate r at the last position of the first half,
 
     exp(b_t - b_s) = exp(b_t - r) * exp(r - b_s),      both exponents <= 0 (s <= r's position < t),
 
 so the cross-half scores are one matmul (q_t * exp(b_t - r)) (k_s * exp(r - b_s))^T with no
-overflow possible (when a factor underflows to 0, the true weight, which is smaller still,
-is 0 to working precision). Recursing into both halves down to single positions (where the weight is exp(0) = 1)
-covers the whole causal triangle with log2(C) levels and about K log2(C) exponentials per
-token. ``simple_gla`` factors through the chunk start the same way when the range is safe;
-otherwise it uses the plain masked [C, C] decay matrix exp(b_t - b_s), masked to s <= t
-*before* the exponential.
+overflow possible. Recursing into both halves covers the whole causal triangle with
+log2(C) levels and about K log2(C) exponentials per token. The recursion stops at the largest
+blocks whose every range is safe to factor through the block's middle (``_leaf_size``; single
+positions, weight exp(0) = 1, at worst): each such block is one masked matmul. Exponents of
+the exact paths are floored at about -43.7 in fp32 (``archbench.ops.decay.exp_nonpositive``):
+such weights are negligible next to the diagonal's 1, and subnormal floats, which the strong
+decays would otherwise produce, make CPU arithmetic many times slower (log-sigmoid gates x 2,
+chunk ranges about 100: 6.6x linear attention's time at T=16384 before the floor and leaf
+blocks, 1.8x after). ``simple_gla`` factors the same way when the range is safe; otherwise it
+uses the plain masked [C, C] decay matrix exp(b_t - b_s), masked to s <= t *before* the
+exponential.
 
 Accumulation is in fp32 (fp64 inputs stay fp64); outputs come back in v's dtype.
 
@@ -66,7 +71,7 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
-from archbench.ops.decay import midpoint_safe
+from archbench.ops.decay import exp_nonpositive, midpoint_safe
 from archbench.ops.dispatch import record, step_backend
 from archbench.spec import fla_gated_grad_refused
 
@@ -207,19 +212,19 @@ def simple_gla(
 
 
 def _simple_gla_chunks(q, k, v, b):
-    """Intra-chunk part of simple_gla: factored through the chunk start when every chunk's decay
-    range is safe (as gla's), else (q k^T) * exp(b_t - b_s), masked to s <= t before the exp."""
+    """Intra-chunk part of simple_gla: factored through the middle of each chunk's range when every
+    range is safe (as gla's), else (q k^T) * exp(b_t - b_s), masked to s <= t before the exp
+    (exponents floored: ``archbench.ops.decay.exp_nonpositive``)."""
     if midpoint_safe(-b[..., -1], b.dtype):
         return _gla_chunks_factored(q, k, v, b[..., None], b[..., -1:, None])
     C = q.shape[-2]
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    diff = b[..., :, None] - b[..., None, :]
-    decay = torch.where(causal, diff, torch.full_like(diff, float("-inf"))).exp()
+    decay = exp_nonpositive(b[..., :, None] - b[..., None, :], mask=~causal)
     o = ((q @ k.transpose(-1, -2)) * decay) @ v
     b_last = b[..., -1:]  # [B, H, n, 1]
-    k_dec = k * (b_last - b).exp()[..., None]
-    q_dec = q * b.exp()[..., None]
-    return o, k_dec, q_dec, b_last.exp()[..., None]
+    k_dec = k * exp_nonpositive(b_last - b)[..., None]
+    q_dec = q * exp_nonpositive(b)[..., None]
+    return o, k_dec, q_dec, exp_nonpositive(b_last)[..., None]
 
 
 def simple_gla_step(
@@ -277,26 +282,62 @@ def _gla_intra(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b: torch.Tenso
     """Intra-chunk output sum_{s <= t in chunk} (q_t * exp(b_t - b_s)) . k_s v_s.
 
     q, k, b [..., C, K], v [..., C, V], C a power of two; b the cumulative log-decay within
-    the chunk. Binary recursion over halves, every exponent <= 0 (see the module docstring).
+    the chunk. Binary recursion over halves, every exponent <= 0 (see the module docstring),
+    stopped at the largest blocks whose every decay range is safe to factor through its middle
+    (``_leaf_size``): those are one masked matmul each, as in ``_gla_chunks_factored``.
     Under autograd it runs as one function with a hand-written backward (``_GLAIntra``).
     """
+    leaf = _leaf_size(b)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, b)):
-        return _GLAIntra.apply(q, k, v, b)
-    return _gla_intra_forward(q, k, v, b)
+        return _GLAIntra.apply(q, k, v, b, leaf)
+    return _gla_intra_forward(q, k, v, b, leaf)
 
 
-def _gla_intra_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _leaf_size(b: torch.Tensor) -> int:
+    """The largest block length (a power of two below the chunk length C, 1 at the least) such that
+    every block of every chunk spans a log-decay range safe to factor through its middle.
+    b [..., C, K]: the cumulative log-decay from each chunk's start (one host read-back per try)."""
+    C = b.shape[-2]
+    leaf = max(C // 2, 1)
+    while leaf > 1:
+        ends = b.unflatten(-2, (C // leaf, leaf))[..., -1, :]  # b at each block's last position
+        before = F.pad(ends[..., :-1, :], (0, 0, 1, 0))  # b just before each block (0 at the chunk start)
+        if midpoint_safe(before - ends, b.dtype):
+            break
+        leaf //= 2
+    return leaf
+
+
+def _leaf_factors(b: torch.Tensor, leaf: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For blocks of ``leaf`` positions: e^{b_t - m} and e^{m - b_s}, m the middle of each block's
+    range ([..., C/leaf, leaf, K] each, every exponent within half the range)."""
+    C = b.shape[-2]
+    bb = b.unflatten(-2, (C // leaf, leaf))
+    ends = bb[..., -1:, :]
+    before = F.pad(ends[..., :-1, :, :], (0, 0, 0, 0, 1, 0))
+    m = 0.5 * (before + ends)
+    return (bb - m).exp(), (m - bb).exp()
+
+
+def _gla_intra_forward(q, k, v, b, leaf: int = 1) -> torch.Tensor:
     C = q.shape[-2]
-    o = (q * k).sum(-1, keepdim=True) * v  # s = t: weight exp(0) = 1
-    L = 2
+    if leaf == 1:
+        o = (q * k).sum(-1, keepdim=True) * v  # s = t: weight exp(0) = 1
+    else:  # blocks of `leaf` positions: one masked matmul each, factored through the block's middle
+        e_q, e_k = _leaf_factors(b, leaf)
+        split = (C // leaf, leaf)
+        causal = torch.ones(leaf, leaf, dtype=torch.bool, device=q.device).tril()
+        P = (q.unflatten(-2, split) * e_q) @ (k.unflatten(-2, split) * e_k).transpose(-1, -2)
+        o = (P.masked_fill_(~causal, 0.0) @ v.unflatten(-2, split)).flatten(-3, -2)
+    L = 2 * leaf
     while L <= C:
         h = L // 2
         split = (C // L, 2, h)
         qb, kb, bb = q.unflatten(-2, split), k.unflatten(-2, split), b.unflatten(-2, split)
         vb = v.unflatten(-2, split)
         r = bb[..., 0, h - 1 : h, :]  # cumulative gate at the end of the first half: [..., C/L, 1, K]
-        qt = qb[..., 1, :, :] * (bb[..., 1, :, :] - r).exp_()  # t in the second half: b_t - r <= 0
-        kt = kb[..., 0, :, :] * (r - bb[..., 0, :, :]).exp_()  # s in the first half:  r - b_s <= 0
+        qt = qb[..., 1, :, :] * exp_nonpositive(bb[..., 1, :, :] - r)  # t in the second half: b_t - r <= 0
+        kt = kb[..., 0, :, :] * exp_nonpositive(r - bb[..., 0, :, :])  # s in the first half:  r - b_s <= 0
         if h == 1:  # 1x1 blocks: a dot product beats a batched matmul of 1x1 matrices
             cross = (qt * kt).sum(-1, keepdim=True) * vb[..., 0, :, :]
         else:
@@ -306,23 +347,36 @@ def _gla_intra_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b: tor
     return o
 
 
-def _gla_intra_backward(q, k, v, b, do):
+def _gla_intra_backward(q, k, v, b, do, leaf: int = 1):
     """Gradients of ``_gla_intra`` by the same recursion. With P = (q_t e^{b_t - r}) . (k_s e^{r - b_s})
     the cross-half scores of one level, o_t += P v_s gives dv_s += P^T do_t, dP = do_t v_s^T,
     dq_t += (dP k~_s) e^{b_t - r}, dk_s += (dP^T q~_t) e^{r - b_s}. Every weight is
     q_t.k_s e^{b_t - b_s}, whose derivative in b_t is the weight and in b_s minus it, so the
-    gate gradient is db = q * dq - k * dk (zero on the diagonal, where the weight is q_t.k_t)."""
+    gate gradient is db = q * dq - k * dk (zero on the diagonal, where the weight is q_t.k_t).
+    The leaf blocks (``leaf`` > 1) are the same with P = (q e^{b - m}) (k e^{m - b})^T, masked."""
     C = q.shape[-2]
-    dov = (do * v).sum(-1, keepdim=True)  # s = t terms: o_t += (q_t . k_t) v_t
-    dq, dk, dv = dov * k, dov * q, (q * k).sum(-1, keepdim=True) * do
-    L = 2
+    if leaf == 1:
+        dov = (do * v).sum(-1, keepdim=True)  # s = t terms: o_t += (q_t . k_t) v_t
+        dq, dk, dv = dov * k, dov * q, (q * k).sum(-1, keepdim=True) * do
+    else:
+        e_q, e_k = _leaf_factors(b, leaf)
+        split = (C // leaf, leaf)
+        causal = torch.ones(leaf, leaf, dtype=torch.bool, device=q.device).tril()
+        qs, ks = q.unflatten(-2, split) * e_q, k.unflatten(-2, split) * e_k
+        vb, dob = v.unflatten(-2, split), do.unflatten(-2, split)
+        P = (qs @ ks.transpose(-1, -2)).masked_fill_(~causal, 0.0)
+        dP = (dob @ vb.transpose(-1, -2)).masked_fill_(~causal, 0.0)
+        dv = (P.transpose(-1, -2) @ dob).flatten(-3, -2)
+        dq = (dP @ ks).mul_(e_q).flatten(-3, -2)
+        dk = (dP.transpose(-1, -2) @ qs).mul_(e_k).flatten(-3, -2)
+    L = 2 * leaf
     while L <= C:
         h = L // 2
         split = (C // L, 2, h)
         qb, kb, vb, bb, dob = (t.unflatten(-2, split) for t in (q, k, v, b, do))
         r = bb[..., 0, h - 1 : h, :]
-        e_q = (bb[..., 1, :, :] - r).exp_()  # t in the second half
-        e_k = (r - bb[..., 0, :, :]).exp_()  # s in the first half
+        e_q = exp_nonpositive(bb[..., 1, :, :] - r)  # t in the second half
+        e_k = exp_nonpositive(r - bb[..., 0, :, :])  # s in the first half
         qt, kt = qb[..., 1, :, :] * e_q, kb[..., 0, :, :] * e_k
         do1, v0 = dob[..., 1, :, :], vb[..., 0, :, :]
         if h == 1:  # 1x1 blocks: products and dot products, not batched 1x1 matmuls
@@ -343,14 +397,15 @@ class _GLAIntra(torch.autograd.Function):
     autograd would record as dozens of full-size copy-and-zero-fill nodes (3x slower to train)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, b):
+    def forward(ctx, q, k, v, b, leaf):
         ctx.save_for_backward(q, k, v, b)
-        return _gla_intra_forward(q, k, v, b)
+        ctx.leaf = leaf
+        return _gla_intra_forward(q, k, v, b, leaf)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, do):
-        return _gla_intra_backward(*ctx.saved_tensors, do.contiguous())
+        return (*_gla_intra_backward(*ctx.saved_tensors, do.contiguous(), ctx.leaf), None)
 
 
 def gla(
@@ -424,7 +479,7 @@ def _gla_chunks_recursive(q, k, v, b, b_last):
         o = _gla_intra(F.pad(q, pad), F.pad(k, pad), F.pad(v, pad), b_pad)[..., :C, :]
     else:
         o = _gla_intra(q, k, v, b)
-    return o, k * (b_last - b).exp(), q * b.exp(), b_last.transpose(-1, -2).exp()
+    return o, k * exp_nonpositive(b_last - b), q * exp_nonpositive(b), exp_nonpositive(b_last.transpose(-1, -2))
 
 
 def gla_step(
