@@ -14,6 +14,7 @@ import torch.nn.functional as F
 ss_mod = importlib.import_module("archbench.ops.selective_scan")
 from archbench.mixers.base import MixerConfig
 from archbench.mixers.ssm import SPECS, Mamba, Mamba2, mamba2_flops, mamba_flops
+from archbench.ops.decay import SAFE_LOG_RANGE
 from archbench.ops.selective_scan import selective_scan, selective_scan_step
 from archbench.ops.ssd import ssd, ssd_step
 
@@ -165,8 +166,12 @@ def test_ssd_strong_decay_is_stable():
     assert rel(y, y_ref) < 1e-4 and rel(hT, h_ref) < 1e-4
 
 
-@pytest.mark.parametrize("strong", [False, True])
-def test_ssd_gradients_match_recurrence(strong):
+@pytest.mark.parametrize("strong, pairwise", [(False, False), (False, True), (True, False)])
+def test_ssd_gradients_match_recurrence(strong, pairwise, monkeypatch):
+    """Ordinary decays factor the diagonal blocks through the middle of each chunk's range (one
+    C B^T per group); pairwise forces the segment-sum path that strong decays take."""
+    if pairwise:
+        monkeypatch.setitem(SAFE_LOG_RANGE, torch.float64, 0.0)
     inputs = [t.double().requires_grad_() for t in ssd_inputs(b=1, T=21, H=2, P=3, G=1, N=4, strong=strong)]
     x, dt, A, B, C, D, h0 = inputs
     gy = torch.randn(1, 21, 2, 3, dtype=torch.float64)

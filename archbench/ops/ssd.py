@@ -18,10 +18,13 @@ between them, ``archbench.ops.segments``, so its temporaries stay cache-sized):
 the SSD block decomposition. Cut the sequence into chunks of
 Q tokens and let c_t = a_1 + ... + a_t be the cumulative log-decay inside a chunk.
 
-1. intra-chunk (diagonal blocks): y_t += sum_{s <= t} (C_t . B_s) exp(c_t - c_s) dt_s x_s, the
-   segment sums c_t - c_s masked to -inf above the diagonal *before* the exp, so only
-   exponents <= 0 are ever formed (and floored at -70: below that fp32 turns denormal, which
-   is slow on CPUs, and e^-70 is nothing next to the terms that matter);
+1. intra-chunk (diagonal blocks): y_t += sum_{s <= t} (C_t . B_s) exp(c_t - c_s) dt_s x_s. When
+   every chunk's range -c_end is safe to factor through its middle m (``archbench.ops.decay``:
+   up to 80 in fp32), exp(c_t - c_s) = exp(c_t - m) exp(m - c_s) and the heads of a group share
+   one masked C B^T, applied to their rescaled inputs in one matmul; otherwise the segment sums
+   c_t - c_s are masked to -inf above the diagonal *before* the exp, so only exponents <= 0 are
+   ever formed (and floored at -70: below that fp32 turns denormal, which is slow on CPUs, and
+   e^-70 is nothing next to the terms that matter);
 2. chunk states: S_j = sum_s exp(c_end - c_s) dt_s B_s^T x_s, the state each chunk leaves
    behind when it starts from zero;
 3. inter-chunk recurrence: h_j = exp(c_end,j) h_{j-1} + S_j, a short loop over chunks
@@ -45,9 +48,10 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
+from archbench.ops.decay import midpoint_safe
 from archbench.ops.dispatch import record, step_backend
-from archbench.spec import fla_gated_grad_refused
 from archbench.ops.segments import by_segments
+from archbench.spec import fla_gated_grad_refused
 
 BACKENDS = ("torch", "mamba_ssm", "fla", "auto")
 
@@ -138,12 +142,20 @@ def _ssd_torch(x, dt, A, B, C, D, initial_state, output_final_state, chunk_size)
     # and it keeps exp and the products after it out of the denormal range, which costs 3-20x on CPUs
     floor = -700.0 if acc == torch.float64 else -70.0
 
-    # 1. diagonal blocks: masked segment sums, then exp (exponents <= 0 only)
+    # 1. diagonal blocks
     causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
-    seg = (acs[..., :, None] - acs[..., None, :]).clamp_min(floor).masked_fill(~causal, float("-inf")).exp()
     CB = torch.einsum("bzsgn,bzlgn->bgzsl", Cc, Bc)  # once per group, shared by its heads
-    W = seg * CB[:, :, None] * dth[..., None, :]  # [b, g, r, z, s, l]
-    y = torch.einsum("bgrzsl,bzlgrp->bzsgrp", W, xc)
+    if midpoint_safe(-acs[..., -1], acc):
+        # exp(c_s - c_l) = exp(c_s - m) exp(m - c_l), m the middle of each chunk's range: the heads
+        # of a group share one masked C B^T, applied to their rescaled inputs in one matmul
+        m = 0.5 * acs[..., -1:]  # [b, g, r, z, 1]
+        to_heads = lambda t: t.permute(0, 3, 4, 1, 2)[..., None]  # noqa: E731  [b, g, r, z, l] -> [b, z, l, g, r, 1]
+        xu = xc * to_heads((m - acs).exp() * dth)
+        y = torch.einsum("bgzsl,bzlgrp->bzsgrp", CB.masked_fill(~causal, 0.0), xu) * to_heads((acs - m).exp())
+    else:  # strong decays: masked segment sums, then exp (exponents <= 0 only)
+        seg = (acs[..., :, None] - acs[..., None, :]).clamp_min(floor).masked_fill(~causal, float("-inf")).exp()
+        W = seg * CB[:, :, None] * dth[..., None, :]  # [b, g, r, z, s, l]
+        y = torch.einsum("bgrzsl,bzlgrp->bzsgrp", W, xc)
 
     # 2. chunk states from zero: sum_s exp(c_end - c_s) dt_s B_s^T x_s
     w_end = torch.exp((acs[..., -1:] - acs).clamp_min(floor)) * dth  # [b, g, r, z, l]
