@@ -190,6 +190,37 @@ def test_ssd_gradients_match_recurrence(strong, pairwise, monkeypatch):
         assert rel(a, b) < 1e-6
 
 
+def test_ssd_mixes_factored_and_pairwise_heads(monkeypatch):
+    """Heads whose chunks span a safe range factor their diagonal blocks; the others (here heads 1
+    and 2 of 4, one in each of the two groups) take segment sums and replace their rows. Values
+    and every gradient agree with the recurrence, and the split is by head."""
+    ssd_mod = importlib.import_module("archbench.ops.ssd")
+
+    monkeypatch.setitem(SAFE_LOG_RANGE, torch.float64, 1.0)  # ranges above 2 are unsafe
+    x, dt, A, B, C, D, h0 = (t.double() for t in ssd_inputs(b=2, T=29, H=4, P=3, G=2, N=4, seed=5))
+    dt = 0.1 + 0.1 * dt.sigmoid()  # 0.1 .. 0.2 per step
+    A = torch.tensor([-0.5, -4.0, -4.0, -0.5], dtype=torch.float64)  # chunk-of-8 ranges ~1 and ~10
+    seen = []
+    real = ssd_mod._diagonal_blocks
+
+    def spy(acs, *rest):
+        out = real(acs, *rest)
+        seen.append((-acs[..., -1]).amax((0, 3)).flatten().tolist())
+        return out
+
+    monkeypatch.setattr(ssd_mod, "_diagonal_blocks", spy)
+    inputs = [t.clone().requires_grad_() for t in (x, dt, A, B, C, D, h0)]
+    y, h = ssd(*inputs[:6], initial_state=inputs[6], output_final_state=True, chunk_size=8)
+    y_ref, h_ref = ssd_oracle(*inputs[:6], inputs[6])
+    assert rel(y.detach(), y_ref.detach()) < 1e-10 and rel(h.detach(), h_ref.detach()) < 1e-10
+    assert [s > 2.0 for s in seen[0]] == [False, True, True, False]
+    gy, gh = torch.randn_like(y), torch.randn_like(h)
+    grads = torch.autograd.grad((y * gy).sum() + (h * gh).sum(), inputs)
+    grads_ref = torch.autograd.grad((y_ref * gy).sum() + (h_ref * gh).sum(), inputs)
+    for name, a, b in zip("x dt A B C D h0".split(), grads, grads_ref):
+        assert torch.isfinite(a).all() and rel(a, b) < 1e-8, name
+
+
 def test_ssd_rejects_bad_arguments():
     x, dt, A, B, C, D, h0 = ssd_inputs(T=5)
     with pytest.raises(ValueError, match="torch"):
