@@ -19,31 +19,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import time
 
 import torch
 import torch.nn.functional as F
 from inputs import Shape, device_sync, op_cases, train_call
+from interleave import round_robin_medians
 
 from archbench.ops.dispatch import recording
-
-
-def interleaved_medians(fns: dict, rounds: int = 5, sync=lambda: None) -> dict[str, float]:
-    """Median seconds per call of each callable, timed in ``rounds`` rounds that call every one
-    once (after one warm-up call each). Interleaving spreads a shared machine's slow phases,
-    which last seconds, over all ops alike, so the ratios between them hold (timing each op's
-    repeats back to back let one phase land on one op: ratios moved by 20-30% run to run)."""
-    for fn in fns.values():
-        fn()
-        sync()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - t0)
-    return {name: sorted(ts)[rounds // 2] for name, ts in times.items()}
 
 
 # the ops this comparison covers (the quadratic reference softmax_attention and nsa are left out)
@@ -89,8 +71,9 @@ def main() -> None:
             for name, fn in fns.items():  # which kernel each op runs (the call also warms it up)
                 with recording() as seen:
                     fn()
+                    sync()
                 kernels[name] = ",".join(sorted(seen)) or "torch SDPA"
-            times = interleaved_medians(fns, rounds=args.rounds, sync=sync)
+            times = round_robin_medians(fns, args.rounds, sync=sync)
             for name, t in times.items():
                 print(
                     f"{T:>6} {name:18} {t * 1e3:10.3f} {t / times['sdpa_causal']:7.2f} "

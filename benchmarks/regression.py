@@ -48,7 +48,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -60,6 +59,7 @@ import torch
 
 from archbench.measure.env import cpu_model, git_revision
 from inputs import Shape, op_cases, train_call
+from interleave import round_robin_medians
 
 FORMAT = "archbench-cpu-op-ratios/1"
 REFERENCE = "matmul"
@@ -118,17 +118,9 @@ def measure(config: Config) -> dict[str, float]:
         names = list(fns)
         with torch.no_grad():
             calls = {name: _calls_per_sample(fns[name], config.min_sample_s) for name in names}
-            samples: dict[str, list[float]] = {name: [] for name in names}
-            for r in range(config.rounds):
-                for name in names[r % len(names) :] + names[: r % len(names)]:
-                    fn, n = fns[name], calls[name]
-                    t0 = time.perf_counter()
-                    for _ in range(n):
-                        fn()
-                    samples[name].append((time.perf_counter() - t0) / n)
+            return round_robin_medians(fns, config.rounds, calls)
     finally:
         torch.set_num_threads(previous)
-    return {name: statistics.median(s) for name, s in samples.items()}
 
 
 def _calls_per_sample(fn: Callable[[], object], min_sample_s: float) -> int:

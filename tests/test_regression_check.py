@@ -18,6 +18,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 if str(BENCHMARKS) not in sys.path:
     sys.path.insert(0, str(BENCHMARKS))
 
+import interleave  # noqa: E402
 import regression  # noqa: E402
 from inputs import op_cases  # noqa: E402
 
@@ -74,7 +75,9 @@ def sleepy(monkeypatch):
     def reference():
         now[0] += 0.002
 
-    monkeypatch.setattr(regression, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    clock = SimpleNamespace(perf_counter=lambda: now[0])
+    monkeypatch.setattr(regression, "time", clock)  # calls per sample
+    monkeypatch.setattr(interleave, "time", clock)  # the round-robin samples
     monkeypatch.setattr(regression, "build_cases", lambda shape: {name: nap(name) for name in durations})
     monkeypatch.setattr(regression, "build_reference", lambda n: reference)
     return durations, threads_seen
