@@ -34,9 +34,15 @@ def factor_safe(span: torch.Tensor, dtype: torch.dtype) -> bool:
         return span.numel() == 0 or bool(span.max() <= SAFE_LOG_RANGE.get(dtype, 40.0))
 
 
+def midpoint_limit(dtype: torch.dtype) -> float:
+    """The largest range safe to factor through its middle (each factor's exponent up to half of it)."""
+    return 2.0 * SAFE_LOG_RANGE.get(dtype, 40.0)
+
+
 def midpoint_safe(span: torch.Tensor, dtype: torch.dtype) -> bool:
-    """``factor_safe`` for factors taken through the middle of each range (exponents up to span / 2)."""
-    return factor_safe(span * 0.5, dtype)
+    """True when every range in ``span`` is safe to factor through its middle (one host read-back)."""
+    with torch.no_grad():
+        return span.numel() == 0 or bool(span.max() <= midpoint_limit(dtype))
 
 
 def exp_nonpositive(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -446,8 +446,8 @@ def gla(
 
 
 def _gla_chunks(q, k, v, b):
-    """Intra-chunk part of gla: factored through each chunk's start when every chunk's decay
-    range is safe (``archbench.ops.decay``), else the exact recursion over halves."""
+    """Intra-chunk part of gla: factored through the middle of each chunk's range when every
+    chunk's range is safe (``archbench.ops.decay``), else the exact recursion over halves."""
     b_last = b[..., -1:, :]  # [B, H, n, 1, K]
     if midpoint_safe(-b_last, b.dtype):
         return _gla_chunks_factored(q, k, v, b, b_last)

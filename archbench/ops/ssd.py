@@ -50,7 +50,7 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
-from archbench.ops.decay import SAFE_LOG_RANGE
+from archbench.ops.decay import midpoint_limit
 from archbench.ops.dispatch import record, step_backend
 from archbench.ops.segments import by_segments
 from archbench.spec import fla_gated_grad_refused
@@ -187,10 +187,11 @@ def _diagonal_blocks(acs, dth, xc, CB, floor: float) -> torch.Tensor:
     """
     b, g, r, z, Q = acs.shape
     causal = torch.ones(Q, Q, dtype=torch.bool, device=acs.device).tril()
-    cap = SAFE_LOG_RANGE.get(acs.dtype, 40.0)  # a factor's largest exponent; a range up to 2 * cap is safe
+    limit = midpoint_limit(acs.dtype)
+    cap = 0.5 * limit  # a safe factor's largest exponent
     with torch.no_grad():  # each head's largest chunk range, read back once
         spans = (-acs[..., -1]).amax((0, 3)).flatten().tolist()
-    unsafe = [h for h, s in enumerate(spans) if s > 2.0 * cap]
+    unsafe = [h for h, s in enumerate(spans) if s > limit]
     y = None
     if len(unsafe) < g * r:
         # factored; exponents capped at the safe bound so that unsafe heads, replaced below, stay finite
