@@ -2,12 +2,14 @@
 # Every check archbench needs a GPU for, in one command that fits a lent-GPU session (about 6 of
 # its 15 minutes, so that a second, shorter call still fits). Run on the device machine from the
 # repository root:
-#     run(command="bash benchmarks/gpu/checks.sh", carry=[".whl"], timeout_s=560)
+#     run(command="bash benchmarks/gpu/checks.sh", carry=[".whl", ".gpucache"], timeout_s=560)
 # Results land in $OUT (at most 8 files come back): summary.txt (environment, each stage's exit
 # code and wall time), pytest.txt (the fused-vs-reference tests, then the timing-sensitive ones),
-# stages.log (every other stage's output), the rows of the suite and recipe runs
-# (long-context.jsonl, decode-graphs.jsonl, mqar.jsonl, recipes.jsonl) and the long-context
-# run.json (environment, measured peaks).
+# stages.log (every other stage's output), rows.jsonl (the rows of every suite and recipe run:
+# long-context, decode eager and graphed, mqar, recipes; `run_id` says which), the long-context
+# run.json (environment, measured peaks) and compile-cache.tar.xz (Triton's and inductor's
+# compiled kernels: `python3 benchmarks/gpu/compile_cache.py keep FILES_AT` here puts it in
+# .gpucache/, and the next call, carrying it, skips those compiles).
 # A stage that fails or times out does not stop the next; the timed stages run alone on the GPU.
 # CHECKS_SCALE=0.5 halves every stage's time limit (a rerun in a short second call).
 set -u
@@ -21,11 +23,15 @@ if ls .whl/*.whl > /dev/null 2>&1; then
 else
   export PYTHONPATH=$PWD
 fi
+# compiled kernels from an earlier call (carried in .gpucache/), at the fixed path Triton's cache records
+CACHE_TOOL="python3 benchmarks/gpu/compile_cache.py"
+CACHE_MSG=$($CACHE_TOOL unpack .gpucache/compile-cache.tar.xz 2>&1)
+export $($CACHE_TOOL env)
 AB="python3 -m archbench.cli"
 RUNS=$(mktemp -d)  # run directories; only their rows come back
 S="$OUT/summary.txt"
 LOGS=$(mktemp -d)
-{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version,power.limit --format=csv,noheader; python3 -c \
+{ date -u; echo "$CACHE_MSG"; nvidia-smi --query-gpu=name,memory.total,driver_version,power.limit --format=csv,noheader; python3 -c \
   "import torch, importlib.util as u; print('torch', torch.__version__, 'cuda', torch.version.cuda, {m: bool(u.find_spec(m)) for m in ('triton', 'fla', 'mamba_ssm', 'flash_attn', 'transformers', 'xdist', 'pynvml')})"; } > "$S" 2>&1
 
 stage() {  # stage NAME SECONDS CMD...: run CMD with a (scaled) time limit into its own log; record exit and time
@@ -35,8 +41,8 @@ stage() {  # stage NAME SECONDS CMD...: run CMD with a (scaled) time limit into 
   timeout "$limit" "$@" > "$LOGS/$name.log" 2>&1
   echo "$name: exit $? in $((SECONDS - t0)) s (limit $limit s)" >> "$S"
 }
-rows() {  # rows NAME DIR: keep a run's rows.jsonl as $OUT/NAME.jsonl
-  if [ -f "$2/rows.jsonl" ]; then cp "$2/rows.jsonl" "$OUT/$1.jsonl"; fi
+rows() {  # rows DIR: add a run's rows to $OUT/rows.jsonl (each row names its run_id)
+  if [ -f "$1/rows.jsonl" ]; then cat "$1/rows.jsonl" >> "$OUT/rows.jsonl"; fi
 }
 XDIST=""
 python3 -c "import xdist" 2> /dev/null && XDIST="-n 14"
@@ -68,7 +74,7 @@ skip long-context || stage long-context 100 $AB run suites/long-context.yaml --o
   ${LC_ARCHS:+--set "sweep.arch=[$LC_ARCHS]"} --set 'sweep.batch=[1]' --set 'sweep.seq_len=[16384]' \
   --set defaults.measure.budget_s=0.3 --set defaults.measure.warmup=2 --set defaults.measure.min_repeats=5 \
   --set defaults.measure.decode_tokens=16 --set defaults.measure.energy_window_s=0.5
-rows long-context "$RUNS/lc"
+rows "$RUNS/lc"
 [ -f "$RUNS/lc/run.json" ] && cp "$RUNS/lc/run.json" "$OUT/run.json"
 # 2b. decode eager vs CUDA-graph replay (launch overhead is most of B=1 decode on a GPU), alone on the GPU
 for g in false true; do
@@ -76,9 +82,8 @@ for g in false true; do
     --no-report --allow-failures --set defaults.dtype=bfloat16 --set 'sweep.seq_len=[4096]' \
     --set "defaults.measure.cuda_graph=$g" --set defaults.measure.energy=false
 done
-if [ -f "$RUNS/dg-false/rows.jsonl" ] || [ -f "$RUNS/dg-true/rows.jsonl" ]; then
-  cat "$RUNS"/dg-*/rows.jsonl > "$OUT/decode-graphs.jsonl" 2> /dev/null
-fi
+rows "$RUNS/dg-false"
+rows "$RUNS/dg-true"
 # 3. side by side (both are Python-bound training loops; their speed rows are a smoke check):
 #    a recipe on the GPU (the default teacher pre-trained there, RADLADS steps 1 + 2, teacher vs student rows)
 #    and MQAR at the CPU slice's setting in bf16 for two families, to compare with the CPU accuracies
@@ -88,8 +93,8 @@ skip mqar || stage mqar 110 $AB run suites/mqar-gpu.yaml --out "$RUNS/mq" --no-r
   --set 'sweep.num_kv_pairs=[4]' --set 'defaults.train.lr=[2.2e-3]' --set defaults.train.steps=1000 \
   --set defaults.train.eval_every=250 &
 wait
-rows recipes "$RUNS/rc"
-rows mqar "$RUNS/mq"
+rows "$RUNS/rc"
+rows "$RUNS/mq"
 # 5. op level on the GPU: the references in fp32 (the CPU table is results/baselines/cpu-2core-xeon/op_speed.txt),
 #    then the fused kernel each op picks, in bf16, with the kernel named
 skip op_speed || stage op_speed 30 python3 benchmarks/op_speed.py --device cuda --lengths 4096 16384
@@ -101,4 +106,6 @@ mv "$LOGS/pytest.log" "$OUT/pytest.txt" 2> /dev/null
 for f in recipes mqar op_speed op_speed_fused long-context decode-graph-false decode-graph-true; do
   [ -f "$LOGS/$f.log" ] && { echo "=== $f"; tail -c 60000 "$LOGS/$f.log"; } >> "$OUT/stages.log"
 done
+# last: the compiled kernels, for the next call to carry (oldest first within 15 MiB; about 10-30 s)
+timeout 90 $CACHE_TOOL pack "$OUT/compile-cache.tar.xz" >> "$S" 2>&1 || echo "compile cache: pack failed or timed out" >> "$S"
 cat "$S"
