@@ -38,6 +38,9 @@ def main() -> None:
     archbench list                       the architecture catalogue and its backends
     archbench env                        this machine: device, libraries, optional kernels
     """
+    from archbench import allocator
+
+    allocator.enable()  # before any command imports torch
 
 
 # ---- run --------------------------------------------------------------------------------

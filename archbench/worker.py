@@ -38,6 +38,9 @@ def classify(exc: BaseException) -> tuple[str, str]:
 def main(conn, log_path: str | None, plugins: list[str]) -> None:  # pragma: no cover - runs in a child
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the runner's to handle
     os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # torch and NVML number GPUs alike
+    from archbench import allocator
+
+    allocator.enable()  # huge pages for large CPU tensors, as in the CLI (before torch is imported)
     if log_path:
         log = open(log_path, "a", buffering=1)
         os.dup2(log.fileno(), 1)

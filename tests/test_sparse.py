@@ -131,7 +131,9 @@ def _nsa_inputs(B=2, T=70, H=4, Hkv=2, D=16, Dv=12, S=None, dtype=torch.float64,
     "T,S,hkv,W",
     [(37, 37, 4, 5), (100, 100, 2, 16), (63, 63, 1, 1), (5, 40, 1, 7), (70, 90, 2, 33), (129, 129, 4, 200)],
 )
-def test_window_torch_and_sdpa_match_oracle(T, S, hkv, W):
+@pytest.mark.parametrize("dense", [1 << 16, 0], ids=["sdpa-dense-if-short", "sdpa-banded"])
+def test_window_torch_and_sdpa_match_oracle(T, S, hkv, W, dense, monkeypatch):
+    monkeypatch.setattr(importlib.import_module("archbench.ops.softmax_attention"), "DENSE_WINDOW_SCORES", dense)
     torch.manual_seed(T + W)
     q = torch.randn(2, T, 4, 16)
     k, v = torch.randn(2, S, hkv, 16), torch.randn(2, S, hkv, 16)

