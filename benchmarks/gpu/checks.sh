@@ -12,6 +12,9 @@
 # .gpucache/, and the next call, carrying it, skips those compiles).
 # A stage that fails or times out does not stop the next; the timed stages run alone on the GPU.
 # CHECKS_SCALE=0.5 halves every stage's time limit (a rerun in a short second call).
+# CHECKS_BUDGET_S (default 530) is the whole script's time: no stage runs past it less the minute
+# kept for packing the compile cache and the results, so a call with timeout_s=560 always sends
+# them back (a stage that would start with under 10 s left is skipped and says so).
 set -u
 OUT=${OUT:-/tmp/archbench-gpu}
 mkdir -p "$OUT"
@@ -34,10 +37,18 @@ LOGS=$(mktemp -d)
 { date -u; echo "$CACHE_MSG"; nvidia-smi --query-gpu=name,memory.total,driver_version,power.limit --format=csv,noheader; python3 -c \
   "import torch, importlib.util as u; print('torch', torch.__version__, 'cuda', torch.version.cuda, {m: bool(u.find_spec(m)) for m in ('triton', 'fla', 'mamba_ssm', 'flash_attn', 'transformers', 'xdist', 'pynvml')})"; } > "$S" 2>&1
 
-stage() {  # stage NAME SECONDS CMD...: run CMD with a (scaled) time limit into its own log; record exit and time
-  local name=$1 limit t0=$SECONDS
+BUDGET=${CHECKS_BUDGET_S:-530}
+RESERVE=60  # kept for the end: packing the compile cache and the results
+stage() {  # stage NAME SECONDS CMD...: run CMD with a (scaled) time limit, cut to what the budget has left
+  local name=$1 limit left t0=$SECONDS
   limit=$(python3 -c "print(max(10, int($2 * $SCALE)))")
+  left=$((BUDGET - RESERVE - SECONDS))
   shift 2
+  if [ "$left" -lt 10 ]; then
+    echo "$name: skipped (${left} s of the budget left)" >> "$S"
+    return 0
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
   timeout "$limit" "$@" > "$LOGS/$name.log" 2>&1
   echo "$name: exit $? in $((SECONDS - t0)) s (limit $limit s)" >> "$S"
 }
@@ -107,5 +118,5 @@ for f in recipes mqar op_speed op_speed_fused long-context decode-graph-false de
   [ -f "$LOGS/$f.log" ] && { echo "=== $f"; tail -c 60000 "$LOGS/$f.log"; } >> "$OUT/stages.log"
 done
 # last: the compiled kernels, for the next call to carry (oldest first within 15 MiB; about 10-30 s)
-timeout 90 $CACHE_TOOL pack "$OUT/compile-cache.tar.xz" >> "$S" 2>&1 || echo "compile cache: pack failed or timed out" >> "$S"
+timeout 50 $CACHE_TOOL pack "$OUT/compile-cache.tar.xz" >> "$S" 2>&1 || echo "compile cache: pack failed or timed out" >> "$S"
 cat "$S"

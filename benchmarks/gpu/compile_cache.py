@@ -85,7 +85,7 @@ def _write(root: Path, files: list[Path], preset: int) -> bytes:
     return buf.getvalue()
 
 
-def pack(archive: Path, root: Path = ROOT, limit: int = LIMIT, preset: int = 3) -> tuple[int, int, int]:
+def pack(archive: Path, root: Path = ROOT, limit: int = LIMIT, preset: int = 2) -> tuple[int, int, int]:
     """Write the cache under ``root`` to ``archive`` (at most ``limit`` bytes, oldest entries
     first). Returns (entries kept, entries in the cache, archive bytes); writes nothing when
     the cache is empty or not even its oldest entry fits."""
