@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from archbench.measure.timing import summarize
+from archbench import pooling
 from archbench.runner import Runner
 from archbench.store import RunDir, now_iso
 from archbench.suite import Cell
@@ -93,22 +93,8 @@ def _git(repo: Path, *args: str, what: str) -> str:
 
 
 def pool_rows(rows: list[dict]) -> dict:
-    """One row from the rounds of a cell: the last ok row, its timing recomputed over every ok
-    round's samples (``ab_rounds`` says how many); a cell never ok keeps its last row."""
-    ok = [r for r in rows if r.get("status") == "ok"]
-    if not ok:
-        return dict(rows[-1], ab_rounds=len(rows))
-    out = dict(ok[-1])
-    samples = [s for r in ok for s in (r.get("time_samples_s") or [])]
-    if samples:
-        out.update(summarize(samples).as_row())
-        out["warmup_calls"] = sum(int(r.get("warmup_calls") or 0) for r in ok)
-        tokens = out.get("tokens_per_s")
-        if tokens and ok[-1].get("time_median_s"):
-            out["tokens_per_s"] = tokens * ok[-1]["time_median_s"] / out["time_median_s"]
-    out["ab_rounds"] = len(ok)
-    out["ab_round_medians_s"] = [r.get("time_median_s") for r in ok]
-    return out
+    """One row from the A/B rounds of a cell (``archbench.pooling``), its fields prefixed ``ab_``."""
+    return pooling.pool_rows(rows, prefix="ab_")
 
 
 def require_consistent_rounds(cmp, base_rows: dict[str, dict], head_rows: dict[str, dict]) -> None:

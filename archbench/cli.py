@@ -58,7 +58,10 @@ def main() -> None:
 @click.option("--dry-run", is_flag=True, help="Validate the suite and list its cells; run nothing.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train up to N task cells at once (each with cpu_count/N threads); timing cells always run alone.")
-def run(suite_path, out_dir, resume, device, overrides, results_dir, allow_failures, no_report, dry_run, jobs):
+@click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Measure every timing cell N times, in passes over the suite that alternate direction, and pool "
+                   "each cell's samples: a shared machine's slow phases then fall on all cells alike. Task cells run once.")
+def run(suite_path, out_dir, resume, device, overrides, results_dir, allow_failures, no_report, dry_run, jobs, rounds):
     """Run every cell of SUITE (a YAML file) and write rows.jsonl, run.json and report.html."""
     from archbench.suite import SuiteError, load_suite
 
@@ -105,7 +108,7 @@ def run(suite_path, out_dir, resume, device, overrides, results_dir, allow_failu
 
     devices = sorted({c.device for c in cells})
     env = collect_env(devices[0])
-    done = run_dir.done_keys() if resume else set()
+    done = run_dir.done_keys(rounds=rounds) if resume else set()
     meta = run_dir.read_meta() if resume else {}
     meta.update(
         run_id=run_dir.path.name,
@@ -137,7 +140,8 @@ def run(suite_path, out_dir, resume, device, overrides, results_dir, allow_failu
         err=True,
     )
     base_row = {"run_id": run_dir.path.name, "suite": suite.name}
-    summary = _run_with_progress(Runner(todo, run_dir, plugins=suite.model.plugins, base_row=base_row, env=env, jobs=jobs))
+    runner = Runner(todo, run_dir, plugins=suite.model.plugins, base_row=base_row, env=env, jobs=jobs, rounds=rounds)
+    summary = _run_with_progress(runner)
 
     all_rows = {r["key"]: r for r in run_dir.rows()}
     counts: dict[str, int] = {}
@@ -255,7 +259,7 @@ def _run_with_progress(runner):
         console=console,
         transient=False,
     ) as progress:
-        task = progress.add_task("starting", total=len(runner.cells))
+        task = progress.add_task("starting", total=runner.total_steps)
         training = {}  # a bar per task cell in flight: optimiser steps of its current run
 
         def on_start(i, cell):
@@ -281,7 +285,8 @@ def _run_with_progress(runner):
             elif row.get("error"):
                 detail = str(row["error"]).splitlines()[0][:160]
             color = colors.get(status, "red")
-            progress.console.print(f"[{color}]{status:>11}[/] {escape(cell.label)}  {escape(detail)}")
+            label = cell.label + (f"  [round {row['round']}/{row['rounds']}]" if row.get("round") else "")
+            progress.console.print(f"[{color}]{status:>11}[/] {escape(label)}  {escape(detail)}")
             progress.advance(task)
 
         runner.on_start, runner.on_row, runner.on_progress = on_start, on_row, on_progress

@@ -27,6 +27,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Callable
 
+from archbench import pooling
 from archbench import worker as worker_mod
 from archbench.store import RunDir, now_iso
 from archbench.suite import Cell
@@ -167,10 +168,15 @@ class Runner:
         on_progress: Callable[[Cell, dict], None] | None = None,
         code_path: str | None = None,
         jobs: int = 1,
+        rounds: int = 1,
     ):
         if int(jobs) < 1:
             raise ValueError(f"jobs must be >= 1 (got {jobs})")
+        if int(rounds) < 1:
+            raise ValueError(f"rounds must be >= 1 (got {rounds})")
         self.jobs = int(jobs)
+        self.rounds = int(rounds)
+        self._round_rows: dict[str, list[dict]] = {}  # timing cells' rows, round by round
         self.cells = cells
         self.run_dir = run_dir
         self.plugins = list(plugins or [])
@@ -220,6 +226,7 @@ class Runner:
                             if f.worker.alive():
                                 pool.append(f.worker)
                             self._record(f.index, f.cell, row, summary)
+            self._more_rounds()
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
@@ -243,7 +250,39 @@ class Runner:
             self._oom_at[curve] = min(self._oom_at.get(curve, cell.seq_len), cell.seq_len)
         return row
 
+    @property
+    def total_steps(self) -> int:
+        """Cells to run, counting every round of a timing cell (what a progress bar counts)."""
+        timed = sum(c.mode != "task" for c in self.cells)
+        return len(self.cells) + (self.rounds - 1) * timed
+
+    def _more_rounds(self) -> None:
+        """Rounds 2..N of the timing cells whose first round was ok, in passes over the suite that
+        alternate direction (last to first, then first to last, ...), so that a slow phase of a
+        shared machine, or a drift over the run, falls on every cell alike. Each round's row is
+        appended as it comes (a stopped run keeps them), and after a cell's last round its pooled
+        row (``archbench.pooling``: the samples of every ok round)."""
+        if self.rounds == 1:
+            return
+        order = [(i, c) for i, c in enumerate(self.cells) if (self._round_rows.get(c.key) or [{}])[0].get("status") == "ok"]
+        for r in range(2, self.rounds + 1):
+            for i, cell in reversed(order) if r % 2 == 0 else order:
+                if self.on_start:
+                    self.on_start(i, cell)
+                row = self._exclusive(cell)
+                row.update(round=r, rounds=self.rounds)
+                rows = self._round_rows[cell.key]
+                rows.append(row)
+                self.run_dir.append(row)
+                if r == self.rounds:
+                    self.run_dir.append({**pooling.pool_rows(rows), "round": None})
+                if self.on_row:
+                    self.on_row(i, cell, row)
+
     def _record(self, i: int, cell: Cell, row: dict, summary: RunSummary) -> None:
+        if self.rounds > 1 and cell.mode != "task":
+            row.update(round=1, rounds=self.rounds)
+            self._round_rows[cell.key] = [row]
         self.run_dir.append(row)
         summary.counts[row["status"]] += 1
         if self.on_row:

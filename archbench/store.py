@@ -58,12 +58,18 @@ class RunDir:
     def rows(self) -> list[dict]:
         return read_rows(self.rows_path)
 
-    def done_keys(self) -> set[str]:
-        """Keys whose latest row is ok: what ``--resume`` skips."""
-        latest: dict[str, str] = {}
+    def done_keys(self, rounds: int = 1) -> set[str]:
+        """Keys whose latest row is ok: what ``--resume`` skips. With ``rounds`` > 1 a timing
+        cell counts only once its pooled row of that many rounds is there (a run stopped between
+        rounds measures it again from its first round)."""
+        latest: dict[str, dict] = {}
         for r in self.rows():
-            latest[r.get("key")] = r.get("status")
-        return {k for k, s in latest.items() if s == "ok"}
+            latest[r.get("key")] = r
+        def done(r: dict) -> bool:
+            if r.get("status") != "ok":
+                return False
+            return rounds == 1 or r.get("mode") == "task" or (r.get("rounds") == rounds and r.get("round") is None)
+        return {k for k, r in latest.items() if done(r)}
 
     def append(self, row: dict) -> None:
         line = json.dumps(row, default=_json_default, allow_nan=True)
