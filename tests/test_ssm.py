@@ -221,6 +221,28 @@ def test_ssd_mixes_factored_and_pairwise_heads(monkeypatch):
         assert torch.isfinite(a).all() and rel(a, b) < 1e-8, name
 
 
+def test_ssd_gradients_stay_finite_beside_a_head_of_huge_decay():
+    """fp32, no limits patched: head 0 decays gently (factored), head 1 spans ~240 per chunk (exact
+    path, its factored rows replaced). Its factors were capped on one side only, so for the first
+    positions of a chunk exp(c_s - m) overflowed to inf in the discarded rows, and their zero
+    gradient times inf turned every gradient into NaN: a Mamba2 MQAR model at d_model 128 diverged
+    at step ~120. Values and gradients must stay finite and match the fp64 recurrence."""
+    x, dt, A, B, C, D, h0 = ssd_inputs(b=2, T=24, H=2, P=3, G=1, N=4, seed=3)
+    dt = 0.1 + 0.1 * dt.sigmoid()
+    A = torch.tensor([-0.5, -200.0])
+    inputs = [t.clone().requires_grad_() for t in (x, dt, A, B, C, D, h0)]
+    y, h = ssd(*inputs[:6], initial_state=inputs[6], output_final_state=True, chunk_size=8)
+    inputs64 = [t.detach().double().requires_grad_() for t in inputs]
+    y_ref, h_ref = ssd_oracle(*inputs64[:6], inputs64[6])
+    assert torch.isfinite(y).all() and rel(y.detach().double(), y_ref.detach()) < 1e-5
+    gy, gh = torch.randn_like(y), torch.randn_like(h)
+    grads = torch.autograd.grad((y * gy).sum() + (h * gh).sum(), inputs)
+    grads_ref = torch.autograd.grad((y_ref * gy.double()).sum() + (h_ref * gh.double()).sum(), inputs64)
+    for name, a, b in zip("x dt A B C D h0".split(), grads, grads_ref):
+        assert torch.isfinite(a).all(), name
+        assert rel(a.double(), b) < 1e-4, name
+
+
 def test_ssd_rejects_bad_arguments():
     x, dt, A, B, C, D, h0 = ssd_inputs(T=5)
     with pytest.raises(ValueError, match="torch"):

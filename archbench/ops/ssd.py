@@ -194,12 +194,14 @@ def _diagonal_blocks(acs, dth, xc, CB, floor: float) -> torch.Tensor:
     unsafe = [h for h, s in enumerate(spans) if s > limit]
     y = None
     if len(unsafe) < g * r:
-        # factored; exponents capped at the safe bound so that unsafe heads, replaced below, stay finite
+        # factored. Both exponents are clipped to [-cap, cap] (a no-op for safe heads): the unsafe
+        # heads' rows are computed here too and replaced below, and they must stay finite, since
+        # their zero gradient times an infinite factor would be NaN in every gradient
         m = 0.5 * acs[..., -1:]  # [b, g, r, z, 1]
         to_heads = lambda t: t.permute(0, 3, 4, 1, 2)[..., None]  # noqa: E731  [b, g, r, z, l] -> [b, z, l, g, r, 1]
-        xu = xc * to_heads((m - acs).clamp_max(cap).exp() * dth)
+        xu = xc * to_heads((m - acs).clamp(-cap, cap).exp() * dth)
         y = torch.einsum("bgzsl,bzlgrp->bzsgrp", CB.masked_fill(~causal, 0.0), xu)
-        y = y * to_heads((acs - m).clamp_min(-cap).exp())
+        y = y * to_heads((acs - m).clamp(-cap, cap).exp())
     if not unsafe:
         return y
     idx = torch.tensor(unsafe, device=acs.device)
