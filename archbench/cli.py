@@ -280,6 +280,8 @@ def _run_with_progress(runner):
                 progress.remove_task(training.pop(cell.key))
             if status == "ok" and row.get("task_score") is not None:
                 detail = f"{row['task_metric']} {row['task_score']:.3f} (best lr {row.get('best_lr'):g}, {row.get('train_wall_s', 0):.0f} s training)"
+                if row.get("diverged"):
+                    detail += f"; {row['diverged']} training run(s) diverged (loss not finite)"
             elif status == "ok" and row.get("time_median_s") is not None:
                 detail = f"{row['time_median_s'] * 1e3:9.3f} ms  (n={row.get('repeats')}, iqr/med={row.get('time_rel_iqr', 0):.1%})"
             elif row.get("error"):

@@ -55,6 +55,19 @@ def test_report_has_accuracy_section_with_pareto_and_escapes():
     assert "<b>0.9900 ± 0.010</b>" in page  # best score in bold, with its spread over seeds
 
 
+def test_diverged_training_is_flagged_in_table_page_and_summary():
+    grid = [{"lr": 3e-3, "scores": [0.0, 0.2], "mean": 0.1, "steps": [118, 500], "diverged": 1}]
+    rows = [_task_row("mamba2", 128, 0.1, 16384, diverged=1, lr_grid=grid), _task_row("softmax_attention", 128, 0.99, 65536)]
+    table = task_table(task_groups(pd.DataFrame(rows))[0]).set_index("arch")
+    assert table.loc["mamba2", "diverged"] == 1 and table.loc["mamba2", "runs"] == 2
+    assert table.loc["softmax_attention", "diverged"] == 0
+    page = render_html(pd.DataFrame(rows), [])
+    assert "diverged in 1 of 2 runs" in page and page.count("diverged in") == 1
+    from archbench.report.summary import render_markdown
+
+    assert "0.1000 ± 0.010, diverged in 1 of 2 runs" in render_markdown(pd.DataFrame(rows), [])
+
+
 def test_report_without_task_rows_has_no_accuracy_section():
     row = {"key": "a", "arch": "x", "backend": "b", "mode": "fwd", "status": "ok", "seq_len": 64, "batch": 1,
            "time_median_s": 1e-3}  # fmt: skip

@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -139,9 +139,24 @@ def pareto_figure(group: TaskGroup, x: str = "state_bytes") -> go.Figure | None:
     return fig
 
 
+def _runs(r: pd.Series) -> int:
+    """How many training runs a task row summarises (every lr of its grid times its seeds)."""
+    grid = r.get("lr_grid")
+    if isinstance(grid, list) and grid:
+        return sum(len(e.get("scores") or []) for e in grid if isinstance(e, dict)) or len(grid)
+    return int(r["n_seeds"]) if _finite(r.get("n_seeds")) else 1
+
+
+def diverged_note(entry: Mapping[str, Any]) -> str:
+    """'' or ', diverged in d of n runs' for a task-table entry (loss not finite: training stopped)."""
+    d = int(entry.get("diverged") or 0)
+    return f", diverged in {d} of {entry.get('runs') or d} runs" if d else ""
+
+
 def task_table(group: TaskGroup) -> pd.DataFrame:
     """One row per (arch, backend, d_model, n_layers): score, spread, best lr, steps, state
-    bytes, and the per-group breakdown columns (e.g. ``kv=4``, ``T=512 depth=0.50``)."""
+    bytes, how many of its training runs diverged, and the per-group breakdown columns (e.g.
+    ``kv=4``, ``T=512 depth=0.50``)."""
     out = []
     for _, r in group.rows.iterrows():
         entry = {
@@ -151,6 +166,7 @@ def task_table(group: TaskGroup) -> pd.DataFrame:
             "score": float(r["task_score"]), "std": r.get("task_score_std"), "n_seeds": r.get("n_seeds"),
             "best_lr": r.get("best_lr"), "steps": r.get("train_steps"), "state_bytes": r.get("state_bytes"),
             "decode_ms": r["decode_s_per_token"] * 1e3 if _finite(r.get("decode_s_per_token")) else None,
+            "diverged": int(r["diverged"]) if _finite(r.get("diverged")) else 0, "runs": _runs(r),
         }  # fmt: skip
         by = r.get("task_by_group")
         if isinstance(by, dict) and len(by) > 1:

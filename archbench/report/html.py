@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import pandas as pd
 from plotly.offline import get_plotlyjs
 
-from archbench.report.accuracy import TaskGroup, pareto_figure, task_groups, task_table
+from archbench.report.accuracy import TaskGroup, diverged_note, pareto_figure, task_groups, task_table
 from archbench.report.comparison import comparison_section
 from archbench.report.recipes import recipes_section
 from archbench.report.analysis import REFERENCE, answers, fmt_length, ratio_table, survey
@@ -65,6 +65,7 @@ tr:nth-child(even) td { background: #fafafa; }
 .figure { margin: .5em 0 1.5em; }
 .empty { color: #666; font-style: italic; }
 .warning { color: #7a4a00; background: #fde7c4; padding: .3em .6em; border-radius: 3px; }
+.warn { color: #7a4a00; font-weight: 600; }
 .failure h3 { margin-bottom: .2em; } .failure .ids { margin: 0; font-size: .85em; color: #555; }
 .failure pre { background: #f7f7f7; border: 1px solid #ddd; padding: .6em; overflow-x: auto;
                white-space: pre-wrap; font-size: .85em; }
@@ -441,7 +442,7 @@ def _accuracy_section(groups_: Sequence[TaskGroup]) -> str:
     parts = []
     for gi, g in enumerate(groups_):
         table = task_table(g)
-        cols = [c for c in table.columns if c not in ("std", "n_seeds")]
+        cols = [c for c in table.columns if c not in ("std", "n_seeds", "diverged", "runs")]
         best = table["score"].max() if g.higher_is_better else table["score"].min()
         head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
         body = []
@@ -452,7 +453,11 @@ def _accuracy_section(groups_: Sequence[TaskGroup]) -> str:
                 if c == "score":
                     spread = f" ± {r['std']:.3f}" if isinstance(r["std"], float) and r["n_seeds"] and r["n_seeds"] > 1 else ""
                     txt = html.escape(f"{v:.4f}{spread}")
-                    cells.append(f'<td class="num">{"<b>" + txt + "</b>" if v == best else txt}</td>')
+                    txt = "<b>" + txt + "</b>" if v == best else txt
+                    note = diverged_note(r)
+                    if note:
+                        txt += f' <span class="warn" title="loss not finite: training stopped">{html.escape(note[2:])}</span>'
+                    cells.append(f'<td class="num">{txt}</td>')
                 elif c == "state_bytes":
                     cells.append(f'<td class="num">{html.escape(fmt_num(v, ",.0f"))}</td>')
                 elif isinstance(v, float):
