@@ -159,9 +159,10 @@ def _block_states(du, delta, cd, B, h, negA, tri, fast: bool, floor: float, work
         dec = w[:, :, -1].reciprocal()  # [b, nb, Dm, N], in (0, 1]
         loc = X[:, :, -1] * dec
         st[:, 0] = h
+        sts, locs, decs = st.unbind(1), loc.unbind(1), dec.unbind(1)  # one op for the views, not one per chunk
         for j in range(nb - 1):
-            torch.addcmul(loc[:, j], st[:, j], dec[:, j], out=st[:, j + 1])
-        h = torch.addcmul(loc[:, -1], st[:, -1], dec[:, -1])
+            torch.addcmul(locs[j], sts[j], decs[j], out=sts[j + 1])
+        h = torch.addcmul(locs[-1], sts[-1], decs[-1])
         hs = X.add_(st[:, :, None]).div_(w)
     else:
         # exact doubling scan on (decay, local state) pairs: (d1, s1) then (d2, s2) -> (d1 d2, d2 s1 + s2);
@@ -203,15 +204,16 @@ def _scan_forward(u, delta, A, B, C, h, L: int, Tb: int):
     tri = torch.ones(L, L, dtype=u.dtype, device=u.device).tril()
     spans, limit = _chunk_spans(delta, negA, L), SPAN_LIMIT[u.dtype]
     work = _Workspace(b, Tb // L, L, Dm, A.shape[1], u)
-    ys, starts = [], []
+    y, starts = u.new_empty(b, Tp, Dm), []
     for s, e in _blocks(Tp, Tb):
         d = delta[:, s:e]
         cd = torch.matmul(tri, d.reshape(b, (e - s) // L, L, Dm))
         starts.append(h)
         fast = max(spans[s // L : e // L]) <= limit
         hs, h = _block_states(d * u[:, s:e], d, cd, B[:, s:e], h, negA, tri, fast, floor, work)
-        ys.append(torch.einsum("bcldn,bcln->bcld", hs, C[:, s:e].reshape(b, -1, L, C.shape[-1])).reshape(b, e - s, Dm))
-    return torch.cat(ys, dim=1), h, starts
+        # y_t = C_t . h_t, copied into the preallocated output (no concatenation of the blocks at the end)
+        y[:, s:e] = torch.einsum("bcldn,bcln->bcld", hs, C[:, s:e].reshape(b, -1, L, C.shape[-1])).reshape(b, e - s, Dm)
+    return y, h, starts
 
 
 def _scan_backward(u, delta, A, B, C, starts, gy, g_h, L: int, Tb: int):
