@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -13,6 +14,11 @@ if os.environ.get("ARCHBENCH_TRITON_SINGLE_CONFIG"):  # GPU correctness runs: no
     import triton_single_config
 
     triton_single_config.install()
+
+import triton_interpreter  # noqa: E402
+
+if triton_interpreter.active() and importlib.util.find_spec("triton") is not None:
+    triton_interpreter.install()  # fla's kernels on a CPU (see the module and tests/fused_devices.py)
 
 
 @pytest.fixture

@@ -16,15 +16,12 @@ from archbench.mixers.base import MixerConfig
 from archbench.mixers.gla import GLA, HGRN2, SPECS, RetNet
 from archbench.ops.decay import SAFE_LOG_RANGE
 from archbench.ops.gla import gla, gla_step, simple_gla, simple_gla_step
+from fused_devices import FLA_DEVICE, needs_fla
 
 OPS = {"simple_gla": simple_gla, "gla": gla}
 STEPS = {"simple_gla": simple_gla_step, "gla": gla_step}
 MIXERS = {"retnet": RetNet, "gla": GLA, "hgrn2": HGRN2}
 
-needs_fla = pytest.mark.skipif(
-    not torch.cuda.is_available() or importlib.util.find_spec("fla") is None,
-    reason="fused fla kernels need a CUDA device and the fla package (flash-linear-attention)",
-)
 
 
 def rel_err(a, b):
@@ -373,23 +370,23 @@ def test_specs():
         assert isinstance(spec.build(CFG, "chunked"), MIXERS[spec.name])
 
 
-# ---- fused fla kernels vs the reference (CUDA only) -----------------------------------
+# ---- fused fla kernels vs the reference (CUDA, or Triton's CPU interpreter) -----------------------------------
 
 
 @needs_fla
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("T", [63, 100, 300])
 def test_fla_matches_reference(op, T):
-    q, k, v, g = (x.cuda() for x in inputs(op, 2, T, 4, 64, 64, seed=T))
-    s0 = torch.randn(2, 4, 64, 64, device="cuda")
+    q, k, v, g = (x.to(FLA_DEVICE) for x in inputs(op, 2, T, 4, 64, 64, seed=T))
+    s0 = torch.randn(2, 4, 64, 64, device=FLA_DEVICE)
     leaves = [x.clone().requires_grad_(True) for x in (q, k, v, g)]
     o, S = OPS[op](*leaves, initial_state=s0, output_final_state=True, backend="fla")
     o_ref, S_ref = OPS[op](q, k, v, g, initial_state=s0, output_final_state=True, backend="torch")
     assert rel_err(o, o_ref) < 5e-3 and rel_err(S, S_ref) < 5e-3
     from archbench.spec import fla_gated_backward
 
-    if op == "simple_gla" and fla_gated_backward("cuda"):  # fla refuses this backward here
-        pytest.skip(f"forward checked; backward: {fla_gated_backward('cuda')}")
+    if op == "simple_gla" and fla_gated_backward(FLA_DEVICE):  # fla refuses this backward here
+        pytest.skip(f"forward checked; backward: {fla_gated_backward(FLA_DEVICE)}")
     grads = torch.autograd.grad(o.square().sum(), leaves)
     ref_leaves = [x.clone().requires_grad_(True) for x in (q, k, v, g)]
     o_ref, _ = OPS[op](*ref_leaves, initial_state=s0, backend="torch")
@@ -400,8 +397,8 @@ def test_fla_matches_reference(op, T):
 
 @needs_fla
 def test_fla_simple_gla_constant_decay_matches_reference():
-    q, k, v, _ = (x.cuda() for x in inputs("simple_gla", 2, 200, 4, 64, 64))
-    g = torch.log(1 - 2.0 ** (-5.0 - torch.arange(4.0, device="cuda")))
+    q, k, v, _ = (x.to(FLA_DEVICE) for x in inputs("simple_gla", 2, 200, 4, 64, 64))
+    g = torch.log(1 - 2.0 ** (-5.0 - torch.arange(4.0, device=FLA_DEVICE)))
     o, S = simple_gla(q, k, v, g, output_final_state=True, backend="fla")
     o_ref, S_ref = simple_gla(q, k, v, g, output_final_state=True, backend="torch")
     assert rel_err(o, o_ref) < 5e-3 and rel_err(S, S_ref) < 5e-3
@@ -412,9 +409,9 @@ def test_fla_simple_gla_constant_decay_matches_reference():
 def test_fla_mixer_matches_chunked(name):
     torch.manual_seed(0)
     cfg = MixerConfig(d_model=256, n_heads=4, chunk_size=64)
-    ref = MIXERS[name](cfg, "chunked").cuda()
-    fused = MIXERS[name](cfg, "fla").cuda()
+    ref = MIXERS[name](cfg, "chunked").to(FLA_DEVICE)
+    fused = MIXERS[name](cfg, "fla").to(FLA_DEVICE)
     fused.load_state_dict(ref.state_dict())
-    x = torch.randn(2, 200, 256, device="cuda")
+    x = torch.randn(2, 200, 256, device=FLA_DEVICE)
     with torch.no_grad():
         assert rel_err(fused(x), ref(x)) < 5e-3

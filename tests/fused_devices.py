@@ -1,0 +1,56 @@
+"""Where the fused-vs-reference tests can run their Triton kernels, and the markers that skip them.
+
+fla's kernels, and mamba-ssm's Triton SSD kernels, run on a CUDA device, or, on a CPU, under
+Triton's interpreter (``TRITON_INTERPRET=1``, patched for fla by ``triton_interpreter``): the
+tests below take ``FLA_DEVICE`` / ``MAMBA_TRITON_DEVICE`` instead of a hard-coded ``"cuda"``, so
+the same test checks the adapters on a CPU in CI-like runs and the kernels themselves on a GPU.
+
+    TRITON_INTERPRET=1 python -m pytest -m fused     # the fused tests on a CPU (slow; see README)
+
+Kernels written in CUDA C (flash-attn, mamba-ssm's selective scan, causal-conv1d) do not run
+under the interpreter; their tests stay CUDA-only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+import triton_interpreter
+
+CUDA = torch.cuda.is_available()
+INTERPRETED = not CUDA and triton_interpreter.active() and importlib.util.find_spec("triton") is not None
+
+
+def _device_for(module: str) -> str | None:
+    if importlib.util.find_spec(module) is None:
+        return None
+    return "cuda" if CUDA else ("cpu" if INTERPRETED else None)
+
+
+def _mamba_triton_device() -> str | None:
+    device = _device_for("mamba_ssm")
+    if device == "cpu":  # mamba_ssm imports its CUDA extension at package import where it was built
+        try:
+            importlib.import_module("mamba_ssm.ops.triton.ssd_combined")
+        except Exception:  # noqa: BLE001 - any import failure means: not usable here
+            return None
+    return device
+
+
+FLA_DEVICE = _device_for("fla")
+MAMBA_TRITON_DEVICE = _mamba_triton_device()
+HOW = "a CUDA device, or TRITON_INTERPRET=1 with triton installed (Triton's CPU interpreter)"
+
+
+
+def _fused(device: str | None, reason: str):
+    """Mark a test ``fused`` (``pytest -m fused`` selects them all) and skip it where ``device`` is None."""
+    skip = pytest.mark.skipif(device is None, reason=reason)
+    return lambda test: pytest.mark.fused(skip(test))
+
+
+needs_fla = _fused(FLA_DEVICE, f"fused fla kernels need the fla package (flash-linear-attention) and {HOW}")
+needs_mamba_triton = _fused(MAMBA_TRITON_DEVICE, f"mamba-ssm's Triton SSD kernels need the mamba-ssm package and {HOW}")
