@@ -71,7 +71,7 @@ def component_backend(spec: ArchSpec, hybrid_backend: str, device: str | None = 
         return spec.backends[-1].name
     device = device or _build_device()
     for b in spec.backends[:-1]:
-        if b.unavailable_reason(device, None, backward=True) is None:
+        if b.auto_choice(device, None, backward=True):
             return b.name
     return spec.backends[-1].name
 

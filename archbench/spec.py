@@ -8,6 +8,7 @@ every mixer file can declare its own ``SPECS`` next to the code they describe, a
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -41,6 +42,14 @@ class Backend:
         if reason is None and backward and self.detect_backward is not None:
             reason = self.detect_backward(device, dtype)
         return reason
+
+    def auto_choice(self, device: str, dtype: str | None = None, backward: bool = False) -> bool:
+        """Whether ``auto`` (and a hybrid's ``fused``) may pick this backend: it can run here,
+        and not only through Triton's CPU interpreter (``triton_interpreted``), which is for
+        checking kernels without a GPU, never for timing them."""
+        if getattr(self.detect, "interpretable", False) and not device.startswith("cuda"):
+            return False
+        return self.unavailable_reason(device, dtype, backward) is None
 
 
 @dataclass(frozen=True)
@@ -97,7 +106,7 @@ class ArchSpec:
             self.backend(name)
             return name
         for b in self.backends:
-            if b.unavailable_reason(device, dtype, backward) is None:
+            if b.auto_choice(device, dtype, backward):
                 return b.name
         return self.backends[-1].name
 
@@ -133,23 +142,35 @@ def _cuda_reason(device: str) -> str | None:
     return None
 
 
-def requires_cuda_module(module: str, install_hint: str, dtypes: tuple[str, ...] | None = None) -> Detector:
-    """Available when ``module`` imports, the device is CUDA, and (optionally) the dtype is one of ``dtypes``."""
+def triton_interpreted() -> bool:
+    """Whether Triton kernels run under Triton's CPU interpreter in this process
+    (``TRITON_INTERPRET=1`` and triton installed): slow, exact enough to check adapters on a
+    machine without a GPU (``tests/triton_interpreter.py``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") and importlib.util.find_spec("triton") is not None
+
+
+def requires_cuda_module(
+    module: str, install_hint: str, dtypes: tuple[str, ...] | None = None, interpretable: bool = False
+) -> Detector:
+    """Available when ``module`` imports, the device is CUDA, and (optionally) the dtype is one of
+    ``dtypes``. ``interpretable``: every kernel of ``module`` is a Triton kernel, so under Triton's
+    CPU interpreter it can also run on a CPU when chosen by name (``auto`` never picks it there)."""
 
     def detect(device: str, dtype: str | None = None) -> str | None:
         if importlib.util.find_spec(module) is None:
             return f"{module} is not installed ({install_hint})"
-        reason = _cuda_reason(device)
+        reason = None if interpretable and triton_interpreted() else _cuda_reason(device)
         if reason:
             return reason
         if dtype is not None and dtypes is not None and dtype not in dtypes:
             return f"{module} supports only {'/'.join(dtypes)}, not {dtype}"
         return None
 
+    detect.interpretable = interpretable  # type: ignore[attr-defined]
     return detect
 
 
-requires_fla = requires_cuda_module("fla", "pip install 'archbench[gpu]' on a CUDA machine")
+requires_fla = requires_cuda_module("fla", "pip install 'archbench[gpu]' on a CUDA machine", interpretable=True)
 requires_mamba_ssm = requires_cuda_module(
     "mamba_ssm", "a separate CUDA build: pip install --no-build-isolation causal-conv1d mamba-ssm"
 )

@@ -42,8 +42,15 @@ def _mamba_triton_device() -> str | None:
 
 FLA_DEVICE = _device_for("fla")
 MAMBA_TRITON_DEVICE = _mamba_triton_device()
-HOW = "a CUDA device, or TRITON_INTERPRET=1 with triton installed (Triton's CPU interpreter)"
 
+
+def half(dtype: torch.dtype) -> torch.dtype:
+    """``dtype``, except bf16 becomes fp16 under Triton's interpreter, which cannot compute in bf16
+    (see ``triton_interpreter``); the GPU run of the same test checks bf16."""
+    return torch.float16 if INTERPRETED and dtype == torch.bfloat16 else dtype
+
+
+HOW = "a CUDA device, or TRITON_INTERPRET=1 with triton installed (Triton's CPU interpreter)"
 
 
 def _fused(device: str | None, reason: str):

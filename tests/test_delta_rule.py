@@ -26,11 +26,9 @@ from archbench.ops.delta_rule import (
     l2norm,
 )
 from archbench.ops.wy import SERIAL_LOOP, ChunkPass, UTTransform
+from fused_devices import FLA_DEVICE, half, needs_fla
 
 HAS_FLA_GPU = torch.cuda.is_available() and importlib.util.find_spec("fla") is not None
-needs_fla_gpu = pytest.mark.skipif(
-    not HAS_FLA_GPU, reason="fla backend needs a CUDA device and the fla package (flash-linear-attention)"
-)
 
 
 def oracle(q, k, v, beta, g=None, scale=None, initial_state=None):
@@ -267,19 +265,20 @@ def test_bad_arguments():
         assert rel(delta_rule(q, k, v, beta, backend="auto")[0], delta_rule(q, k, v, beta)[0]) == 0.0
 
 
-# ---- fused backend (CUDA only) -------------------------------------------------------------
+# ---- fused backend (CUDA, or Triton's CPU interpreter) ------------------------------------
 
 
-@needs_fla_gpu
+@needs_fla
 @pytest.mark.parametrize("gated", [False, True], ids=["delta", "gated"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_fla_matches_reference(gated, dtype):
     if dtype == torch.float32 and not gated:
         pytest.skip("fla's chunk_delta_rule supports only fp16/bf16")
     q, k, v, beta, g, s0 = make_inputs(B=2, T=300, H=4, K=64, V=64, gate="logsigmoid" if gated else None)
-    q, k, v, beta = (x.cuda().to(dtype) for x in (q, k, v, beta))
-    g = g.cuda() if gated else None
-    s0 = s0.cuda()
+    dtype = half(dtype)
+    q, k, v, beta = (x.to(FLA_DEVICE, dtype) for x in (q, k, v, beta))
+    g = g.to(FLA_DEVICE) if gated else None
+    s0 = s0.to(FLA_DEVICE)
     o, s = run_op(q, k, v, beta, g, initial_state=s0, output_final_state=True, backend="fla")
     ro, rs = run_op(q, k, v, beta, g, initial_state=s0, output_final_state=True, backend="torch")
     tol = 2e-2 if dtype == torch.bfloat16 else 1e-2  # fla's fp32 path uses TF32 dots
@@ -291,13 +290,13 @@ def test_fla_matches_reference(gated, dtype):
     assert rel(o2, ro2) < tol
 
 
-@needs_fla_gpu
+@needs_fla
 @pytest.mark.parametrize("cls", [DeltaNet, GatedDeltaNet])
 def test_fla_mixer_matches_chunked(cls):
     torch.manual_seed(0)
     cfg = MixerConfig(d_model=128, n_heads=2, chunk_size=64)
-    m = cls(cfg, "chunked").cuda().bfloat16()
-    x = torch.randn(2, 200, 128, device="cuda", dtype=torch.bfloat16)
+    m = cls(cfg, "chunked").to(FLA_DEVICE, half(torch.bfloat16))
+    x = torch.randn(2, 200, 128, device=FLA_DEVICE, dtype=half(torch.bfloat16))
     ref = m(x)
     m.backend = "fla"
     assert rel(m(x), ref) < 3e-2

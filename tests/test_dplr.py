@@ -19,13 +19,9 @@ dplr_mod = importlib.import_module("archbench.ops.dplr")
 from archbench.mixers.base import MixerConfig
 from archbench.mixers.rnn import RWKV7, SPECS, rwkv7_flops
 from archbench.ops.dplr import dplr, dplr_flops, dplr_step
+from fused_devices import FLA_DEVICE, half, needs_fla
 
 B, H, K, V = 2, 3, 16, 12  # K != V catches key/value transpositions
-
-needs_fla = pytest.mark.skipif(
-    not torch.cuda.is_available() or importlib.util.find_spec("fla") is None,
-    reason="fused fla backend needs a CUDA device and flash-linear-attention (fla) installed",
-)
 
 
 def oracle(q, k, v, w, a, b, scale=1.0, initial_state=None):
@@ -290,31 +286,32 @@ def test_rwkv7_spec():
     assert isinstance(spec.build(MixerConfig(d_model=32, n_heads=2), "chunked"), RWKV7)
 
 
-# ---- fused backend (CUDA only) -------------------------------------------------------------
+# ---- fused backend (CUDA, or Triton's CPU interpreter) ------------------------------------
 
 
 @needs_fla
 @pytest.mark.parametrize("T", [63, 256])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fla_matches_reference(T, dtype):
-    x = [t.cuda().to(dtype) for t in make(T, decay="rwkv", kdim=64, vdim=64, seed=1)]
-    s0 = torch.randn(B, H, 64, 64, device="cuda")
+    dtype = half(dtype)
+    x = [t.to(FLA_DEVICE, dtype) for t in make(T, decay="rwkv", kdim=64, vdim=64, seed=1)]
+    s0 = torch.randn(B, H, 64, 64, device=FLA_DEVICE)
     o_ref, s_ref = dplr(*(t.float() for t in x), initial_state=s0, output_final_state=True, backend="torch")
     o, s = dplr(*x, initial_state=s0, output_final_state=True, backend="fla")
     assert o.dtype == dtype and o.shape == o_ref.shape and s.shape == s_ref.shape
     tol = 1e-2 if dtype == torch.float32 else 5e-2  # fla's fp32 matmuls run in TF32
     assert rel(o.float(), o_ref) < tol and rel(s.float(), s_ref) < tol
-    assert dplr(*x, backend="auto")[0].shape == o_ref.shape  # auto -> fla on CUDA
+    assert dplr(*x, backend="auto")[0].shape == o_ref.shape  # auto -> fla on CUDA, the reference on a CPU
 
 
 @needs_fla
 def test_rwkv7_fla_matches_chunked():
     torch.manual_seed(0)
-    m = RWKV7(MixerConfig(d_model=128, n_heads=2, chunk_size=64), "chunked").cuda()
+    m = RWKV7(MixerConfig(d_model=128, n_heads=2, chunk_size=64), "chunked").to(FLA_DEVICE)
     with torch.no_grad():
         for p in m.parameters():
             p.add_(0.05 * torch.randn_like(p))
-        x = torch.randn(2, 100, 128, device="cuda")
+        x = torch.randn(2, 100, 128, device=FLA_DEVICE)
         y_ref = m(x)
         m.backend = "fla"
         y = m(x)

@@ -7,6 +7,7 @@ import torch
 from archbench import registry
 from archbench.mixers import MixerConfig
 from archbench.ops import linear_attention, linear_attention_step, softmax_attention
+from fused_devices import FLA_DEVICE, half, needs_fla
 
 
 def _rel_err(a, b):
@@ -203,21 +204,16 @@ def test_linear_attention_auto_is_the_reference_off_cuda():
     assert seen == {"torch.linear_attention_chunked"} and torch.equal(o_auto, o_ref)
 
 
-needs_fla = pytest.mark.skipif(
-    not torch.cuda.is_available() or __import__("importlib").util.find_spec("fla") is None,
-    reason="the fla backend needs a CUDA device and flash-linear-attention (fla) installed",
-)
-
-
 @needs_fla
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("V", [64, 65])  # 65: the linear-attention mixer's value + normaliser column
 def test_fla_linear_attention_matches_reference(dtype, V):
+    dtype = half(dtype)
     torch.manual_seed(0)
     B, T, H, K = 2, 300, 4, 64
-    q, k = (torch.randn(B, T, H, K, device="cuda") * 0.3 for _ in range(2))
-    v = torch.randn(B, T, H, V, device="cuda")
-    s0 = torch.randn(B, H, K, V, device="cuda")
+    q, k = (torch.randn(B, T, H, K, device=FLA_DEVICE) * 0.3 for _ in range(2))
+    v = torch.randn(B, T, H, V, device=FLA_DEVICE)
+    s0 = torch.randn(B, H, K, V, device=FLA_DEVICE)
     leaves = [x.to(dtype).requires_grad_(True) for x in (q, k, v)]
     o, S = linear_attention(*leaves, initial_state=s0, output_final_state=True, backend="fla")
     ref_leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]

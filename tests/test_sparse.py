@@ -29,11 +29,8 @@ from archbench.ops.softmax_attention import (
     masked_attention,
     softmax_attention,
 )
+from fused_devices import FLA_DEVICE, half, needs_fla
 
-CUDA_FLA = pytest.mark.skipif(
-    not torch.cuda.is_available() or importlib.util.find_spec("fla") is None,
-    reason="fla NSA kernels need a CUDA device and the fla package",
-)
 CUDA_FLASH = pytest.mark.skipif(
     not torch.cuda.is_available() or importlib.util.find_spec("flash_attn") is None,
     reason="flash-attn needs a CUDA device and the flash_attn package",
@@ -328,13 +325,14 @@ def test_nsa_given_compressed_blocks_and_errors():
         nsa(q, k, v, *g, block_size=8, k_cmp=kc[:, :2], v_cmp=vc[:, :2])
 
 
-@CUDA_FLA
+@needs_fla
 def test_nsa_fla_matches_reference():
     torch.manual_seed(0)
     B, T, H, Hkv, D = 1, 512, 16, 1, 64
-    q = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16)
-    k, v = (torch.randn(B, T, Hkv, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    g = [torch.rand(B, T, H, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
+    dtype = half(torch.bfloat16)
+    q = torch.randn(B, T, H, D, device=FLA_DEVICE, dtype=dtype)
+    k, v = (torch.randn(B, T, Hkv, D, device=FLA_DEVICE, dtype=dtype) for _ in range(2))
+    g = [torch.rand(B, T, H, device=FLA_DEVICE, dtype=dtype) for _ in range(3)]
     # block_count covering every block: the selection cannot differ between implementations
     kw = dict(block_size=64, block_count=8, window=128)
     ref = nsa(*(x.float() for x in (q, k, v, *g)), **kw, backend="torch")

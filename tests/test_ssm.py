@@ -17,15 +17,12 @@ from archbench.mixers.ssm import SPECS, Mamba, Mamba2, mamba2_flops, mamba_flops
 from archbench.ops.decay import SAFE_LOG_RANGE
 from archbench.ops.selective_scan import selective_scan, selective_scan_step
 from archbench.ops.ssd import ssd, ssd_step
+from fused_devices import FLA_DEVICE, MAMBA_TRITON_DEVICE, needs_fla, needs_mamba_triton
 
 HAS_CUDA = torch.cuda.is_available()
 needs_mamba_ssm = pytest.mark.skipif(
     not HAS_CUDA or importlib.util.find_spec("mamba_ssm") is None,
     reason="fused mamba_ssm kernels need a CUDA device and the mamba-ssm package",
-)
-needs_fla = pytest.mark.skipif(
-    not HAS_CUDA or importlib.util.find_spec("fla") is None,
-    reason="fused fla kernels need a CUDA device and the fla package",
 )
 
 
@@ -347,16 +344,16 @@ def test_selective_scan_rejects_bad_arguments():
     assert y.shape == u.shape
 
 
-# ---- fused backends (CUDA only) ----------------------------------------------------------
+# ---- fused backends (CUDA; the Triton ones also under Triton's CPU interpreter) -----------
 
 
 def _cuda(*ts):
     return [t.cuda() for t in ts]
 
 
-@needs_mamba_ssm
+@needs_mamba_triton
 def test_ssd_mamba_ssm_matches_reference():
-    x, dt, A, B, C, D, h0 = _cuda(*ssd_inputs(b=2, T=300, H=4, P=64, G=1, N=64))
+    x, dt, A, B, C, D, h0 = (t.to(MAMBA_TRITON_DEVICE) for t in ssd_inputs(b=2, T=300, H=4, P=64, G=1, N=64))
     ref = ssd(x, dt, A, B, C, D, initial_state=h0, output_final_state=True)
     out = ssd(x, dt, A, B, C, D, initial_state=h0, output_final_state=True, chunk_size=64, backend="mamba_ssm")
     assert rel(out[0], ref[0]) < 1e-3 and rel(out[1], ref[1]) < 1e-3
@@ -364,7 +361,7 @@ def test_ssd_mamba_ssm_matches_reference():
 
 @needs_fla
 def test_ssd_fla_matches_reference():
-    x, dt, A, B, C, D, h0 = _cuda(*ssd_inputs(b=2, T=300, H=4, P=64, G=2, N=64))
+    x, dt, A, B, C, D, h0 = (t.to(FLA_DEVICE) for t in ssd_inputs(b=2, T=300, H=4, P=64, G=2, N=64))
     ref = ssd(x, dt, A, B, C, D, initial_state=h0, output_final_state=True)
     out = ssd(x, dt, A, B, C, D, initial_state=h0, output_final_state=True, backend="fla")
     assert rel(out[0], ref[0]) < 1e-3 and rel(out[1], ref[1]) < 1e-3

@@ -12,6 +12,13 @@ of the interpreter (checked on triton 3.6.0 and 3.9.0) stop fla's kernels, and a
    the patch makes each such loop start with ``i = i``, so the loop variable is rewritten too.
 2. ``range(n)`` on a runtime scalar calls ``n.__index__``, which the interpreter implements as
    ``int(array_of_one_element)``; numpy >= 2.3 refuses that. The patch reads ``.item()``.
+3. The interpreter swaps Triton's builtins (``tl.gather``, ...) for its own while a kernel runs,
+   on the ``triton.language`` module only; a kernel module that bound a builtin to its own name
+   (fla's ``gather = tl.gather``) still called the compiler's version. The patch swaps those too.
+
+Not patched: bf16. The interpreter keeps bf16 tensors as raw 16-bit patterns and does arithmetic
+on them as integers, so bf16 kernels give garbage; under the interpreter the tests run fp16 where
+they would run bf16 (``fused_devices.half``), and the GPU run checks bf16.
 
 Autotuned kernels need no GPU either: ``triton_single_config`` replaces benchmarking with one
 run of the first config that works (the interpreter has no driver to time with).
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import ast
 import os
+import sys
 
 
 def active() -> bool:
@@ -42,7 +50,9 @@ def patch(interpreter) -> None:
             self.generic_visit(node)
             if isinstance(node.target, ast.Name):  # prepend `i = i`, which visit_Assign rewrites
                 name = node.target.id
-                again = ast.Assign(targets=[ast.Name(id=name, ctx=ast.Store())], value=ast.Name(id=name, ctx=ast.Load()))
+                again = ast.Assign(
+                    targets=[ast.Name(id=name, ctx=ast.Store())], value=ast.Name(id=name, ctx=ast.Load())
+                )
                 node.body.insert(0, self.visit_Assign(again))
             return node
 
@@ -55,6 +65,18 @@ def patch(interpreter) -> None:
         scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.item()))
 
     interpreter._patch_lang_tensor = patch_lang_tensor
+
+    original_lang = interpreter._patch_lang
+
+    def patch_lang(fn):
+        scope = original_lang(fn)
+        module = sys.modules.get(fn.__module__)
+        for name, value in list(fn.__globals__.items()) if module is not None else ():
+            if interpreter.tl.core.is_builtin(value):  # an alias such as fla's `gather = tl.gather`
+                interpreter._patch_attr(module, name, value, interpreter.interpreter_builder, scope)
+        return scope
+
+    interpreter._patch_lang = patch_lang
     interpreter._archbench_patched = True
 
 

@@ -49,7 +49,7 @@ from archbench.spec import ArchSpec, Backend, Complexity, always, fla_gated_back
 OP_BACKEND = {"fla": "fla", "chunked": "torch"}
 FLA_HINT = "pip install 'archbench[gpu]' on a CUDA machine"
 # fla's chunk_delta_rule asserts half precision; its gated kernel also takes fp32.
-requires_fla_half = requires_cuda_module("fla", FLA_HINT, dtypes=("float16", "bfloat16"))
+requires_fla_half = requires_cuda_module("fla", FLA_HINT, dtypes=("float16", "bfloat16"), interpretable=True)
 
 
 def _conv_window(y: torch.Tensor, kernel: int) -> torch.Tensor:

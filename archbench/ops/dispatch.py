@@ -20,6 +20,8 @@ from typing import Iterator
 
 import torch
 
+from archbench.spec import triton_interpreted
+
 STEP_BACKENDS = ("torch", "fla", "auto")
 
 _active: list[set[str]] = []
@@ -49,3 +51,8 @@ def step_backend(name: str, backend: str, x: torch.Tensor) -> str:
     if backend == "auto":
         return "fla" if x.is_cuda and importlib.util.find_spec("fla") is not None else "torch"
     return backend
+
+
+def triton_runs_on(x: torch.Tensor) -> bool:
+    """Whether an explicitly chosen Triton kernel can run on ``x`` (see the module docstring)."""
+    return x.is_cuda or triton_interpreted()

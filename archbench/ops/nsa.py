@@ -56,7 +56,7 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
-from archbench.ops.dispatch import record
+from archbench.ops.dispatch import record, triton_runs_on
 from archbench.ops.softmax_attention import softmax_attention
 
 BACKENDS = ("torch", "fla", "auto")
@@ -285,8 +285,8 @@ def _nsa_torch(q, k, v, g_cmp, g_slc, g_swa, block_size, block_count, window, sc
 
 def fla_unavailable_reason(q: torch.Tensor, k: torch.Tensor, block_size: int, block_count: int) -> str | None:
     """None when fla's NSA kernels can run these shapes, else why not."""
-    if not q.is_cuda:
-        return "fla's NSA kernels need CUDA tensors"
+    if not triton_runs_on(q):
+        return "fla's NSA kernels need CUDA tensors (or TRITON_INTERPRET=1 for Triton's CPU interpreter)"
     if importlib.util.find_spec("fla") is None:
         return "fla is not installed"
     G = q.shape[2] // k.shape[2]
@@ -364,7 +364,8 @@ def nsa(
     if k_cmp.shape[1] < nb or v_cmp.shape[1] < nb:
         raise ValueError(f"k_cmp/v_cmp need >= {nb} compressed blocks (got {k_cmp.shape[1]}, {v_cmp.shape[1]})")
     if backend == "auto":
-        backend = "fla" if fla_unavailable_reason(q, k, block_size, block_count) is None else "torch"
+        usable = q.is_cuda and fla_unavailable_reason(q, k, block_size, block_count) is None
+        backend = "fla" if usable else "torch"  # never the interpreter (see dispatch.triton_runs_on)
     record("torch.nsa" if backend == "torch" else "fla.parallel_nsa")
     if backend == "torch":
         return _nsa_torch(q, k, v, g_cmp, g_slc, g_swa, block_size, block_count, window, scale, k_cmp, v_cmp)
