@@ -9,7 +9,8 @@ of the interpreter (checked on triton 3.6.0 and 3.9.0) stop fla's kernels, and a
 1. The variable of a ``for i in range(n)`` loop is a Python int under the interpreter, while
    compiled Triton gives a tensor; fla calls tensor methods on it (``i_t.to(tl.int64)``). The
    interpreter already rewrites every assignment ``x = value`` into ``x = to_tensor(value)``;
-   the patch makes each such loop start with ``i = i``, so the loop variable is rewritten too.
+   the patch makes each such loop start with ``i = i``, so the loop variable is rewritten too
+   (not for ``tl.static_range``, whose variable is a compile-time int in Triton as well).
 2. ``range(n)`` on a runtime scalar calls ``n.__index__``, which the interpreter implements as
    ``int(array_of_one_element)``; numpy >= 2.3 refuses that. The patch reads ``.item()``.
 3. The interpreter swaps Triton's builtins (``tl.gather``, ...) for its own while a kernel runs,
@@ -48,7 +49,11 @@ def patch(interpreter) -> None:
     class LoopVariablesAsTensors(interpreter.ASTTransformer):
         def visit_For(self, node: ast.For) -> ast.For:
             self.generic_visit(node)
-            if isinstance(node.target, ast.Name):  # prepend `i = i`, which visit_Assign rewrites
+            call = node.iter.func if isinstance(node.iter, ast.Call) else None
+            unrolled = isinstance(call, (ast.Name, ast.Attribute)) and (
+                getattr(call, "id", None) == "static_range" or getattr(call, "attr", None) == "static_range"
+            )  # tl.static_range unrolls: its variable is a compile-time int in Triton too
+            if isinstance(node.target, ast.Name) and not unrolled:  # prepend `i = i`, which visit_Assign rewrites
                 name = node.target.id
                 again = ast.Assign(
                     targets=[ast.Name(id=name, ctx=ast.Store())], value=ast.Name(id=name, ctx=ast.Load())

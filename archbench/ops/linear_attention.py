@@ -19,7 +19,8 @@ O(group K V) per head; accumulation is in fp32 (or fp64 for fp64 inputs) whateve
 
 Fused (``backend="fla"``, CUDA only): flash-linear-attention's ``chunk_linear_attn`` with
 ``normalize=False`` (same layout, scale and [B, H, K, V] state; it runs fla's simple-GLA
-chunk kernel with no decay). ``backend="auto"`` takes it on a CUDA device when fla is installed.
+chunk kernel with no decay). In fp16/bf16 an odd K or V is padded with a zero column, which
+fla's backward needs. ``backend="auto"`` takes it on a CUDA device when fla is installed.
 """
 
 from __future__ import annotations
@@ -125,13 +126,22 @@ def linear_attention_step(
 def _fla(q, k, v, scale, initial_state, output_final_state):
     from fla.ops.linear_attn import chunk_linear_attn  # optional, CUDA only
 
+    K, V = q.shape[-1], v.shape[-1]
+    # fla 0.6's chunk backward refuses odd K or V in 16-bit dtypes (a Triton miscompile of masked
+    # tails), and the linear-attention mixer's values carry a normaliser column (V = head_dim + 1).
+    # A zero column appended to q and k (or to v) changes no output and only adds a zero row (column)
+    # to the state, which is cut off again.
+    pk = K % 2 if q.dtype in (torch.float16, torch.bfloat16) else 0
+    pv = V % 2 if q.dtype in (torch.float16, torch.bfloat16) else 0
+    h0 = None if initial_state is None else F.pad(initial_state.float(), (0, pv, 0, pk))
     o, final = chunk_linear_attn(
-        q,
-        k.to(q.dtype),
-        v.to(q.dtype),
+        F.pad(q, (0, pk)),
+        F.pad(k.to(q.dtype), (0, pk)),
+        F.pad(v.to(q.dtype), (0, pv)),
         scale=scale,
-        initial_state=None if initial_state is None else initial_state.float(),
+        initial_state=h0,
         output_final_state=output_final_state,
         normalize=False,
     )
-    return o.to(v.dtype), (final if output_final_state else None)
+    o = o[..., :V] if pv else o
+    return o.to(v.dtype), (final[..., :K, :V] if output_final_state else None)
