@@ -14,6 +14,8 @@ under the interpreter; their tests stay CUDA-only.
 from __future__ import annotations
 
 import importlib.util
+import sys
+import types
 
 import pytest
 import torch
@@ -30,9 +32,18 @@ def _device_for(module: str) -> str | None:
     return "cuda" if CUDA else ("cpu" if INTERPRETED else None)
 
 
+class _NoCudaExtension(types.ModuleType):
+    def __getattr__(self, name):
+        raise RuntimeError(f"{self.__name__} is mamba-ssm's CUDA extension, not built here (Triton interpreter run)")
+
+
 def _mamba_triton_device() -> str | None:
     device = _device_for("mamba_ssm")
-    if device == "cpu":  # mamba_ssm imports its CUDA extension at package import where it was built
+    if device == "cpu":
+        # mamba_ssm's package __init__ imports its CUDA selective-scan extension, which a CPU
+        # install (MAMBA_SKIP_CUDA_BUILD=TRUE) lacks; the Triton SSD kernels do not use it
+        if importlib.util.find_spec("selective_scan_cuda") is None:
+            sys.modules["selective_scan_cuda"] = _NoCudaExtension("selective_scan_cuda")
         try:
             importlib.import_module("mamba_ssm.ops.triton.ssd_combined")
         except Exception:  # noqa: BLE001 - any import failure means: not usable here
@@ -60,4 +71,12 @@ def _fused(device: str | None, reason: str):
 
 
 needs_fla = _fused(FLA_DEVICE, f"fused fla kernels need the fla package (flash-linear-attention) and {HOW}")
+
+
+def needs_cuda_module(module: str, what: str):
+    """For kernels written in CUDA C (no interpreter): a CUDA device and ``module`` installed."""
+    usable = CUDA and importlib.util.find_spec(module) is not None
+    return _fused("cuda" if usable else None, f"{what} need a CUDA device and the {module} package")
+
+
 needs_mamba_triton = _fused(MAMBA_TRITON_DEVICE, f"mamba-ssm's Triton SSD kernels need the mamba-ssm package and {HOW}")

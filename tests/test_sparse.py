@@ -29,12 +29,9 @@ from archbench.ops.softmax_attention import (
     masked_attention,
     softmax_attention,
 )
-from fused_devices import FLA_DEVICE, half, needs_fla
+from fused_devices import FLA_DEVICE, half, needs_cuda_module, needs_fla
 
-CUDA_FLASH = pytest.mark.skipif(
-    not torch.cuda.is_available() or importlib.util.find_spec("flash_attn") is None,
-    reason="flash-attn needs a CUDA device and the flash_attn package",
-)
+CUDA_FLASH = needs_cuda_module("flash_attn", "flash-attn's kernels")
 
 
 def _rel(a, b):

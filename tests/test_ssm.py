@@ -17,13 +17,9 @@ from archbench.mixers.ssm import SPECS, Mamba, Mamba2, mamba2_flops, mamba_flops
 from archbench.ops.decay import SAFE_LOG_RANGE
 from archbench.ops.selective_scan import selective_scan, selective_scan_step
 from archbench.ops.ssd import ssd, ssd_step
-from fused_devices import FLA_DEVICE, MAMBA_TRITON_DEVICE, needs_fla, needs_mamba_triton
+from fused_devices import FLA_DEVICE, MAMBA_TRITON_DEVICE, needs_cuda_module, needs_fla, needs_mamba_triton
 
-HAS_CUDA = torch.cuda.is_available()
-needs_mamba_ssm = pytest.mark.skipif(
-    not HAS_CUDA or importlib.util.find_spec("mamba_ssm") is None,
-    reason="fused mamba_ssm kernels need a CUDA device and the mamba-ssm package",
-)
+needs_mamba_ssm = needs_cuda_module("mamba_ssm", "mamba-ssm's CUDA kernels (selective scan, causal conv1d)")
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -76,7 +76,7 @@ PYTEST_S=${CHECKS_PYTEST_S:-170}
 #    CHECKS_SINGLE_CONFIG= (empty) autotunes as usual.
 skip pytest || ARCHBENCH_TRITON_SINGLE_CONFIG=${CHECKS_SINGLE_CONFIG-1} stage pytest "$PYTEST_S" python3 -m pytest -v -rs --tb=short \
   -p no:cacheprovider $XDIST --timeout 300 \
-  -k "fla or mamba_ssm or flash_attn or fused_backend" tests/test_zoo.py tests/test_ops.py tests/test_gla.py \
+  -m fused tests/test_zoo.py tests/test_ops.py tests/test_gla.py \
   tests/test_delta_rule.py tests/test_dplr.py tests/test_ssm.py tests/test_sparse.py
 # 2. a slice of the long-context suite, alone on the GPU: every family (CHECKS_LC_ARCHS overrides the list),
 #    three modes, fused backends, NVML energy on, at T=16K
