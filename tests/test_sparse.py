@@ -422,6 +422,9 @@ def test_nsa_mixer_state_bytes_and_fla_guard():
     assert "4 / 2 = 2" in str(e.value) and "n_kv_heads" in str(e.value)
     with pytest.raises(Unsupported, match=r"block_size >= 2 \* next_pow2\(block_count\) = 32 \(got 8\)"):
         NSA(MixerConfig(d_model=64, n_heads=16, n_kv_heads=1, block_size=8, block_count=16), "fla")
+    # fla always selects the first and the two latest blocks: with two slots it would drop one arbitrarily
+    with pytest.raises(Unsupported, match=r"fewer than 3 slots \(block_count 2\)"):
+        NSA(MixerConfig(d_model=64, n_heads=16, n_kv_heads=1, block_size=64, block_count=2), "fla")
     with pytest.raises(ValueError, match="naive"):
         SlidingWindowAttention(cfg, "chunked")
 

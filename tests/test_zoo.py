@@ -109,8 +109,9 @@ FUSED = [
 # head_dim 64 and chunk 64, as the GPU suites use: on a GPU node the kernels this test compiles
 # (in bf16, the suites' dtype) are the ones the suites then find in Triton's cache
 GPU_CFG = MixerConfig(d_model=128, n_heads=2, chunk_size=64, d_state=16, window=48, block_size=32, block_count=2)
-# fla's NSA kernels take GQA groups of 16 query heads per key/value head
-FUSED_CFG = {"nsa": dataclasses.replace(GPU_CFG, d_model=256, n_heads=16, n_kv_heads=1)}
+# fla's NSA kernels take GQA groups of 16 query heads per key/value head, and room for the
+# first and two latest blocks it always selects (block_count >= 3)
+FUSED_CFG = {"nsa": dataclasses.replace(GPU_CFG, d_model=256, n_heads=16, n_kv_heads=1, block_count=4)}
 
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

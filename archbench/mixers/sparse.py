@@ -286,6 +286,12 @@ class NSA(_QKV):
                     f"NSA backend 'fla' needs a GQA group n_heads / n_kv_heads that is a power of 2 >= 16 (got "
                     f"{h} / {hkv} = {G}): set n_kv_heads (e.g. {max(1, h // 16)} for {h} heads) or use backend chunked"
                 )
+            if self.count < 3:
+                raise Unsupported(
+                    f"NSA backend 'fla' always selects the first and the two latest blocks and, with fewer than "
+                    f"3 slots (block_count {self.count}), keeps an arbitrary two of them: raise block_count or "
+                    "use backend chunked"
+                )
             if self.block < 2 * slots:
                 raise Unsupported(
                     f"NSA backend 'fla' needs block_size >= 2 * next_pow2(block_count) = {2 * slots} "

@@ -292,6 +292,11 @@ def fla_unavailable_reason(q: torch.Tensor, k: torch.Tensor, block_size: int, bl
     G = q.shape[2] // k.shape[2]
     if G < 16 or G & (G - 1):
         return f"fla's NSA kernels need a GQA group size H/Hkv that is a power of 2 >= 16 (got {G})"
+    if block_count < 3:
+        return (
+            f"fla's NSA top-k always takes the first and the two latest blocks and, with fewer than 3 slots "
+            f"(block_count {block_count}), keeps an arbitrary two of them; use block_count >= 3 or the reference"
+        )
     slots = 1 << (block_count - 1).bit_length()
     if block_size < 2 * slots:
         return f"fla's NSA top-k needs block_size >= 2 * next_pow2(block_count) = {2 * slots} (got {block_size})"
