@@ -514,7 +514,8 @@ def _default_device() -> str:
 @click.option("--family", default=None, help="Only architectures whose family starts with this (e.g. linear).")
 def list_(as_json, device, dtype, family):
     """The architecture catalogue, with each backend's availability on this machine (✓ trains and runs,
-    ◐ forward only: fwd_bwd and task cells use the next backend, ✗ unavailable, with the reason)."""
+    ◐ forward only: fwd_bwd and task cells use the next backend, ◌ only under Triton's CPU interpreter
+    (TRITON_INTERPRET=1: for tests, never timed), ✗ unavailable, with the reason)."""
     from archbench import registry
 
     device = device or _default_device()
@@ -526,8 +527,10 @@ def list_(as_json, device, dtype, family):
         for b in spec.backends:
             reason = b.unavailable_reason(device, dtype)
             backward = None if reason else b.unavailable_reason(device, dtype, backward=True)
+            interpreted = reason is None and not device.startswith("cuda") and getattr(b.detect, "interpretable", False)
             backends.append({"name": b.name, "description": b.description, "available": reason is None, "reason": reason,
-                             "trainable": reason is None and backward is None, "backward_reason": backward})  # fmt: skip
+                             "trainable": reason is None and backward is None, "backward_reason": backward,
+                             "interpreted": interpreted})  # fmt: skip
         entries.append(
             {
                 "name": spec.name,
@@ -551,10 +554,12 @@ def list_(as_json, device, dtype, family):
         table.add_column(col)
     for e in entries:
         bk = "\n".join(
-            (f"[green]✓[/] {b['name']}" if b["trainable"] else f"[yellow]◐[/] {b['name']}: forward only ({escape(b['backward_reason'])})")
+            f"[cyan]◌[/] {b['name']}: Triton's interpreter only (for tests; auto and suites never use it here)"
+            if b["interpreted"]
+            else (f"[green]✓[/] {b['name']}" if b["trainable"] else f"[yellow]◐[/] {b['name']}: forward only ({escape(b['backward_reason'])})")
             if b["available"] else f"[red]✗[/] {b['name']}: {escape(b['reason'])}"
             for b in e["backends"]
-        )
+        )  # fmt: skip
         cx = e["complexity"]
         table.add_row(escape(e["name"]), e["family"], escape(e["description"]), f"{cx['train_time']} / {cx['decode_time']}", bk)
     console = Console()

@@ -61,3 +61,20 @@ def test_ops_accept_cpu_tensors_for_an_explicit_triton_kernel_only_when_interpre
     assert triton_runs_on(x)
     reason = fla_unavailable_reason(x, k, 64, 4)
     assert reason is None or "not installed" in reason  # the device no longer refuses; fla is an optional extra
+
+
+def test_list_marks_a_backend_that_runs_only_interpreted(interpreted, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from archbench.cli import main
+
+    monkeypatch.setitem(registry._REGISTRY, FAKE.name, FAKE)
+    out = CliRunner().invoke(main, ["list", "--json", "--device", "cpu", "--family", "test/"])
+    assert out.exit_code == 0, out.output
+    (entry,) = json.loads(out.output)
+    marks = {b["name"]: (b["available"], b["interpreted"]) for b in entry["backends"]}
+    assert marks == {"tritonkernel": (True, True), "cudakernel": (False, False), "ref": (True, False)}
+    table = CliRunner().invoke(main, ["list", "--device", "cpu", "--family", "test/"]).output
+    assert "◌ tritonkernel: Triton's interpreter only" in table
