@@ -62,7 +62,7 @@ def _build_device() -> str:
     return _BUILD_DEVICE.get() or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def component_backend(spec: ArchSpec, hybrid_backend: str, device: str | None = None) -> str:
+def component_backend(spec: ArchSpec, hybrid_backend: str, device: str | None = None, config=None) -> str:
     """The backend a component uses inside a hybrid built with ``hybrid_backend``: for
     ``fused``, its first fused backend that can run forward and backward on this machine's
     device (so a GPU node without flash-attn still gets SDPA / FlexAttention / fla, and a CPU
@@ -71,7 +71,7 @@ def component_backend(spec: ArchSpec, hybrid_backend: str, device: str | None = 
         return spec.backends[-1].name
     device = device or _build_device()
     for b in spec.backends[:-1]:
-        if b.auto_choice(device, None, backward=True):
+        if b.auto_choice(device, None, backward=True, config=config):  # and takes config's shapes, when given
             return b.name
     return spec.backends[-1].name
 
@@ -149,7 +149,7 @@ def _inter_layer_spec(h: Hybrid, lookup: Lookup) -> ArchSpec:
 
     def factory(config: MixerConfig, backend: str) -> Mixer:
         factories = {
-            c: (lambda cfg, s=s: s.build(cfg, component_backend(s, backend))) for c, s in comps.items()
+            c: (lambda cfg, s=s: s.build(cfg, component_backend(s, backend, config=cfg))) for c, s in comps.items()
         }
         return build_stack(config, h.pattern, factories, ffn=h.ffn, backend=backend)
 
@@ -212,7 +212,10 @@ def _hymba_spec(lookup: Lookup) -> ArchSpec:
 
     def factory(config: MixerConfig, backend: str) -> Mixer:
         return ParallelHybrid(
-            config, attn.build(config, component_backend(attn, backend)), ssm.build(config, component_backend(ssm, backend)), backend
+            config,
+            attn.build(config, component_backend(attn, backend, config=config)),
+            ssm.build(config, component_backend(ssm, backend, config=config)),
+            backend,
         )
 
     return ArchSpec(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from torch import nn
 
@@ -36,6 +36,12 @@ class Backend:
     description: str
     detect: Detector
     detect_backward: Detector | None = None  # extra limits when gradients are needed (fwd_bwd, training)
+    # shapes the kernel takes: None when it can run this mixer config, else why not (e.g. fla's
+    # delta-rule kernels stop at head dimension 256); auto passes over a backend that refuses
+    limits: Callable[[Any], str | None] | None = None
+
+    def config_reason(self, config: Any) -> str | None:
+        return self.limits(config) if self.limits is not None and config is not None else None
 
     def unavailable_reason(self, device: str, dtype: str | None = None, backward: bool = False) -> str | None:
         reason = self.detect(device, dtype)
@@ -43,13 +49,13 @@ class Backend:
             reason = self.detect_backward(device, dtype)
         return reason
 
-    def auto_choice(self, device: str, dtype: str | None = None, backward: bool = False) -> bool:
+    def auto_choice(self, device: str, dtype: str | None = None, backward: bool = False, config: Any = None) -> bool:
         """Whether ``auto`` (and a hybrid's ``fused``) may pick this backend: it can run here,
-        and not only through Triton's CPU interpreter (``triton_interpreted``), which is for
-        checking kernels without a GPU, never for timing them."""
+        on this config's shapes (when given), and not only through Triton's CPU interpreter
+        (``triton_interpreted``), which is for checking kernels without a GPU, never for timing them."""
         if getattr(self.detect, "interpretable", False) and not device.startswith("cuda"):
             return False
-        return self.unavailable_reason(device, dtype, backward) is None
+        return self.unavailable_reason(device, dtype, backward) is None and self.config_reason(config) is None
 
 
 @dataclass(frozen=True)
@@ -96,22 +102,26 @@ class ArchSpec:
             f"architecture {self.name!r} has no backend {name!r}; available: {', '.join(self.backend_names)}"
         )
 
-    def resolve_backend(self, name: str, device: str, dtype: str | None = None, backward: bool = False) -> str:
+    def resolve_backend(
+        self, name: str, device: str, dtype: str | None = None, backward: bool = False, config: Any = None
+    ) -> str:
         """``auto`` -> the first backend that can run on (device, dtype) (and differentiate,
-        when ``backward``); ``reference`` -> the pure-PyTorch reference (listed last by
-        convention); other names pass through."""
+        when ``backward``; and take ``config``'s shapes, when given); ``reference`` -> the
+        pure-PyTorch reference (listed last by convention); other names pass through."""
         if name == "reference" and "reference" not in self.backend_names:
             return self.backends[-1].name
         if name != "auto":
             self.backend(name)
             return name
         for b in self.backends:
-            if b.auto_choice(device, dtype, backward):
+            if b.auto_choice(device, dtype, backward, config):
                 return b.name
         return self.backends[-1].name
 
     def build(self, config, backend: str) -> nn.Module:
-        self.backend(backend)
+        reason = self.backend(backend).config_reason(config)
+        if reason:
+            raise Unsupported(f"{self.name} backend {backend!r} cannot take this config: {reason}")
         return self.factory(config, backend)
 
 
@@ -230,6 +240,18 @@ def fla_gated_grad_refused(*tensors) -> bool:
     if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors):
         return False
     return fla_gated_backward(str(tensors[0].device)) is not None
+
+
+def head_dim_at_most(limit: int, kernel: str) -> Callable[[Any], str | None]:
+    """``Backend.limits`` for kernels that stop at a head dimension (fla's delta-rule and DPLR
+    chunk kernels: 256)."""
+
+    def limits(config) -> str | None:
+        if config.hd > limit:
+            return f"{kernel} takes head dimensions up to {limit} (this config: {config.hd}); raise n_heads or use the reference"
+        return None
+
+    return limits
 
 
 def cuda_only(device: str, dtype: str | None = None) -> str | None:

@@ -527,8 +527,9 @@ def expand(model: SuiteModel, source: str = "<suite>") -> list[Cell]:
             continue
         backward = values["mode"] in BACKWARD_MODES
         asked = values["backend"]
-        values["backend"] = spec.resolve_backend(asked, values["device"], values["dtype"], backward)
-        choice = _passed_over(spec, values, backward) if asked == "auto" else None
+        config = _mixer_config(values)  # None when the dims are impossible: _check_dims says so below
+        values["backend"] = spec.resolve_backend(asked, values["device"], values["dtype"], backward, config)
+        choice = _passed_over(spec, values, backward, config) if asked == "auto" else None
         task_extra = _task_values(values, d, source)
         if any(rule.matches(values) for rule in model.exclude):
             continue
@@ -541,14 +542,15 @@ def expand(model: SuiteModel, source: str = "<suite>") -> list[Cell]:
     return list(cells.values())
 
 
-def _passed_over(spec, values: dict, backward: bool) -> str | None:
+def _passed_over(spec, values: dict, backward: bool, config: MixerConfig | None = None) -> str | None:
     """For ``backend: auto``: each backend listed before the chosen one, and why it cannot run this
-    cell (not installed, wrong device or dtype, or forward only where the cell needs a backward)."""
+    cell (not installed, wrong device or dtype, forward only where the cell needs a backward, or
+    shapes its kernel does not take)."""
     skipped = []
     for b in spec.backends:
         if b.name == values["backend"]:
             break
-        reason = b.unavailable_reason(values["device"], values["dtype"], backward)
+        reason = b.unavailable_reason(values["device"], values["dtype"], backward) or b.config_reason(config)
         if reason:
             skipped.append(f"{b.name}: {reason}")
     return "; ".join(skipped) or None
@@ -597,10 +599,22 @@ def _task_values(values: dict, d: Defaults, source: str) -> dict:
     return {"train": d.train, "task_args": dict(d.task_args)}
 
 
+def _mixer_config(v: dict) -> MixerConfig | None:
+    """The cell's mixer config (``auto`` checks it against each kernel's shape limits), or None."""
+    try:
+        return _make_config(v)
+    except ValueError:
+        return None
+
+
+def _make_config(v: dict) -> MixerConfig:
+    known = {f.name for f in dataclasses.fields(MixerConfig)}
+    return MixerConfig(**{k: x for k, x in v.items() if k in known and x is not None})
+
+
 def _check_dims(v: dict, source: str) -> None:
     """Refuse impossible shapes (d_model not divisible by n_heads, ...) before anything runs."""
-    known = {f.name for f in dataclasses.fields(MixerConfig)}
     try:
-        MixerConfig(**{k: x for k, x in v.items() if k in known and x is not None})
+        _make_config(v)
     except ValueError as e:
         raise SuiteError(f"{source}: cell {v['arch']} T={v['seq_len']}: {e}") from None

@@ -13,7 +13,7 @@ TRITON_ONLY = requires_cuda_module("json", "pip install it", interpretable=True)
 CUDA_C = requires_cuda_module("json", "pip install it")
 REF = Backend("ref", "reference", lambda device, dtype=None: None)
 FAKE = ArchSpec(
-    "interp_fake", "test/fake", "", "", Complexity("", "", "", ""),
+    "interp_fake", "test/interpreted", "", "", Complexity("", "", "", ""),
     (Backend("tritonkernel", "", TRITON_ONLY), Backend("cudakernel", "", CUDA_C), REF),
     factory=lambda c, b: None,
 )  # fmt: skip
@@ -71,10 +71,10 @@ def test_list_marks_a_backend_that_runs_only_interpreted(interpreted, monkeypatc
     from archbench.cli import main
 
     monkeypatch.setitem(registry._REGISTRY, FAKE.name, FAKE)
-    out = CliRunner().invoke(main, ["list", "--json", "--device", "cpu", "--family", "test/"])
+    out = CliRunner().invoke(main, ["list", "--json", "--device", "cpu", "--family", "test/interpreted"])
     assert out.exit_code == 0, out.output
     (entry,) = json.loads(out.output)
     marks = {b["name"]: (b["available"], b["interpreted"]) for b in entry["backends"]}
     assert marks == {"tritonkernel": (True, True), "cudakernel": (False, False), "ref": (True, False)}
-    table = CliRunner().invoke(main, ["list", "--device", "cpu", "--family", "test/"]).output
+    table = CliRunner().invoke(main, ["list", "--device", "cpu", "--family", "test/interpreted"]).output
     assert "◌ tritonkernel: Triton's interpreter only" in table

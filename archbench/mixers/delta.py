@@ -43,7 +43,16 @@ from archbench.ops.delta_rule import (
     gated_delta_rule_step,
     l2norm,
 )
-from archbench.spec import ArchSpec, Backend, Complexity, always, fla_gated_backward, requires_cuda_module, requires_fla
+from archbench.spec import (
+    ArchSpec,
+    Backend,
+    Complexity,
+    always,
+    fla_gated_backward,
+    head_dim_at_most,
+    requires_cuda_module,
+    requires_fla,
+)
 
 # registry backend name -> op backend name
 OP_BACKEND = {"fla": "fla", "chunked": "torch"}
@@ -276,7 +285,8 @@ SPECS = (
         paper="Parallelizing Linear Transformers with the Delta Rule over Sequence Length (arXiv 2406.06484)",
         complexity=_COMPLEXITY,
         backends=(
-            Backend("fla", "fla chunk_delta_rule Triton kernel (fp16/bf16)", requires_fla_half),
+            Backend("fla", "fla chunk_delta_rule Triton kernel (fp16/bf16)", requires_fla_half,
+                    limits=head_dim_at_most(256, "fla's chunk_delta_rule")),
             Backend("chunked", "pure-PyTorch chunked WY / UT-transform reference", always),
         ),
         factory=lambda cfg, backend: DeltaNet(cfg, backend),
@@ -289,7 +299,8 @@ SPECS = (
         paper="Gated Delta Networks: Improving Mamba2 with Delta Rule (arXiv 2412.06464)",
         complexity=_COMPLEXITY,
         backends=(
-            Backend("fla", "fla chunk_gated_delta_rule Triton kernel", requires_fla, fla_gated_backward),
+            Backend("fla", "fla chunk_gated_delta_rule Triton kernel", requires_fla, fla_gated_backward,
+                    limits=head_dim_at_most(256, "fla's chunk_gated_delta_rule")),
             Backend("chunked", "pure-PyTorch chunked WY / UT-transform reference", always),
         ),
         factory=lambda cfg, backend: GatedDeltaNet(cfg, backend),

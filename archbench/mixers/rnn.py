@@ -48,7 +48,7 @@ from torch import nn
 
 from archbench.mixers.base import MixerConfig, ParallelMixer
 from archbench.ops.dplr import dplr, dplr_flops, dplr_step
-from archbench.spec import ArchSpec, Backend, Complexity, always, requires_fla
+from archbench.spec import ArchSpec, Backend, Complexity, always, head_dim_at_most, requires_fla
 
 BACKENDS = {"fla": "fla", "chunked": "torch"}  # mixer backend -> op backend
 LOG_DECAY_BOUND = math.exp(-0.5)  # log w in (-e^{-0.5}, 0), i.e. w in (0.545, 1)
@@ -198,7 +198,8 @@ SPECS = (
             decode_memory="O(d d_head) state + O(d) token shift",
         ),
         backends=(
-            Backend("fla", "flash-linear-attention chunk_dplr_delta_rule Triton kernel", requires_fla),
+            Backend("fla", "flash-linear-attention chunk_dplr_delta_rule Triton kernel", requires_fla,
+                    limits=head_dim_at_most(256, "fla's chunk_dplr_delta_rule")),
             Backend("chunked", "pure-PyTorch chunked WY / UT-transform reference", always),
         ),
         factory=lambda cfg, backend: RWKV7(cfg, backend),

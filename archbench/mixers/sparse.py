@@ -271,6 +271,28 @@ class BlockSparseAttention(_QKV):
 NSA_OP_BACKEND = {"fla": "fla", "chunked": "torch"}
 
 
+def nsa_fla_limits(config: MixerConfig) -> str | None:
+    """The shapes fla's NSA kernels take (``Backend.limits``): None, or why not."""
+    h, hkv, count, block = config.n_heads, config.kv_heads, config.block_count, config.block_size
+    G, slots = h // hkv, 1 << (count - 1).bit_length()
+    if G < 16 or G & (G - 1):
+        return (
+            f"needs a GQA group n_heads / n_kv_heads that is a power of 2 >= 16 (got {h} / {hkv} = {G}): "
+            f"set n_kv_heads (e.g. {max(1, h // 16)} for {h} heads) or use backend chunked"
+        )
+    if count < 3:
+        return (
+            f"always selects the first and the two latest blocks and, with fewer than 3 slots (block_count "
+            f"{count}), keeps an arbitrary two of them: raise block_count or use backend chunked"
+        )
+    if block < 2 * slots:
+        return (
+            f"needs block_size >= 2 * next_pow2(block_count) = {2 * slots} (got {block}): raise block_size or "
+            "lower block_count, or use backend chunked"
+        )
+    return None
+
+
 class NSA(_QKV):
     def __init__(self, config: MixerConfig, backend: str = "chunked"):
         super().__init__()
@@ -278,25 +300,10 @@ class NSA(_QKV):
         self.config, self.backend = config, backend
         self.block, self.count = config.block_size, config.block_count
         self.window = config.window or 512
-        h, hkv, hd = config.n_heads, config.kv_heads, config.hd
-        if backend == "fla":
-            G, slots = h // hkv, 1 << (self.count - 1).bit_length()
-            if G < 16 or G & (G - 1):
-                raise Unsupported(
-                    f"NSA backend 'fla' needs a GQA group n_heads / n_kv_heads that is a power of 2 >= 16 (got "
-                    f"{h} / {hkv} = {G}): set n_kv_heads (e.g. {max(1, h // 16)} for {h} heads) or use backend chunked"
-                )
-            if self.count < 3:
-                raise Unsupported(
-                    f"NSA backend 'fla' always selects the first and the two latest blocks and, with fewer than "
-                    f"3 slots (block_count {self.count}), keeps an arbitrary two of them: raise block_count or "
-                    "use backend chunked"
-                )
-            if self.block < 2 * slots:
-                raise Unsupported(
-                    f"NSA backend 'fla' needs block_size >= 2 * next_pow2(block_count) = {2 * slots} "
-                    f"(got {self.block}): raise block_size or lower block_count, or use backend chunked"
-                )
+        h, hd = config.n_heads, config.hd
+        reason = nsa_fla_limits(config) if backend == "fla" else None
+        if reason:
+            raise Unsupported(f"NSA backend 'fla' {reason}")
         self._init_proj(config)
         self.gate = nn.Linear(config.d_model, 3 * h)  # per head: compressed, selected, window
         self.pool = nn.Parameter(torch.full((2, self.block), 1.0 / self.block))  # key / value pooling
@@ -478,7 +485,8 @@ SPECS = (
             decode_memory="O(S d) KV cache + O(S/l d) compressed blocks",
         ),
         backends=(
-            Backend("fla", "fla parallel_nsa Triton kernels (needs H/Hkv a power of 2 >= 16)", requires_fla),
+            Backend("fla", "fla parallel_nsa Triton kernels (needs H/Hkv a power of 2 >= 16)", requires_fla,
+                    limits=nsa_fla_limits),
             Backend("chunked", "pure-PyTorch reference (block-major dispatch of selected blocks)", always),
         ),
         time_exponent=2.0,
