@@ -193,7 +193,7 @@ def run_cell(cell: dict, progress: Callable[[dict], None] | None = None) -> dict
     reason = spec.backend(cell["backend"]).unavailable_reason(device, dtype, backward=cell["mode"] in ("fwd_bwd", "task"))
     if reason:
         raise Unsupported(f"backend {cell['backend']!r} of {cell['arch']!r} unavailable: {reason}")
-    if getattr(spec.backend(cell["backend"]).detect, "interpretable", False) and not device.startswith("cuda"):
+    if spec.backend(cell["backend"]).interpreted_only(device):
         raise Unsupported(
             f"backend {cell['backend']!r} of {cell['arch']!r} runs on {device} only under Triton's interpreter "
             "(TRITON_INTERPRET=1), which checks kernels, not their speed: use a CUDA device or the reference"

@@ -527,7 +527,7 @@ def list_(as_json, device, dtype, family):
         for b in spec.backends:
             reason = b.unavailable_reason(device, dtype)
             backward = None if reason else b.unavailable_reason(device, dtype, backward=True)
-            interpreted = reason is None and not device.startswith("cuda") and getattr(b.detect, "interpretable", False)
+            interpreted = reason is None and b.interpreted_only(device)
             backends.append({"name": b.name, "description": b.description, "available": reason is None, "reason": reason,
                              "trainable": reason is None and backward is None, "backward_reason": backward,
                              "interpreted": interpreted})  # fmt: skip

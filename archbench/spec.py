@@ -49,11 +49,15 @@ class Backend:
             reason = self.detect_backward(device, dtype)
         return reason
 
+    def interpreted_only(self, device: str) -> bool:
+        """Whether this backend can run on ``device`` only through Triton's CPU interpreter
+        (``triton_interpreted``), which is for checking kernels without a GPU, never for timing them."""
+        return getattr(self.detect, "interpretable", False) and not device.startswith("cuda")
+
     def auto_choice(self, device: str, dtype: str | None = None, backward: bool = False, config: Any = None) -> bool:
         """Whether ``auto`` (and a hybrid's ``fused``) may pick this backend: it can run here,
-        on this config's shapes (when given), and not only through Triton's CPU interpreter
-        (``triton_interpreted``), which is for checking kernels without a GPU, never for timing them."""
-        if getattr(self.detect, "interpretable", False) and not device.startswith("cuda"):
+        on this config's shapes (when given), and not only through the interpreter."""
+        if self.interpreted_only(device):
             return False
         return self.unavailable_reason(device, dtype, backward) is None and self.config_reason(config) is None
 

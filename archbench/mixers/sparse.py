@@ -48,7 +48,7 @@ from torch import nn
 
 from archbench.mixers.attention import QKVProjections
 from archbench.mixers.base import MixerConfig, ParallelMixer
-from archbench.ops.nsa import nsa
+from archbench.ops.nsa import fla_shape_reason, nsa
 from archbench.ops.softmax_attention import flex_unavailable_reason, masked_attention, softmax_attention
 from archbench.spec import ArchSpec, Backend, Complexity, Unsupported, always, marginal_flops, requires_fla, requires_flash_attn
 
@@ -272,25 +272,14 @@ NSA_OP_BACKEND = {"fla": "fla", "chunked": "torch"}
 
 
 def nsa_fla_limits(config: MixerConfig) -> str | None:
-    """The shapes fla's NSA kernels take (``Backend.limits``): None, or why not."""
-    h, hkv, count, block = config.n_heads, config.kv_heads, config.block_count, config.block_size
-    G, slots = h // hkv, 1 << (count - 1).bit_length()
-    if G < 16 or G & (G - 1):
-        return (
-            f"needs a GQA group n_heads / n_kv_heads that is a power of 2 >= 16 (got {h} / {hkv} = {G}): "
-            f"set n_kv_heads (e.g. {max(1, h // 16)} for {h} heads) or use backend chunked"
-        )
-    if count < 3:
-        return (
-            f"always selects the first and the two latest blocks and, with fewer than 3 slots (block_count "
-            f"{count}), keeps an arbitrary two of them: raise block_count or use backend chunked"
-        )
-    if block < 2 * slots:
-        return (
-            f"needs block_size >= 2 * next_pow2(block_count) = {2 * slots} (got {block}): raise block_size or "
-            "lower block_count, or use backend chunked"
-        )
-    return None
+    """The shapes fla's NSA kernels take (``Backend.limits``): None, or why not and what to change."""
+    reason = fla_shape_reason(config.n_heads, config.kv_heads, config.block_size, config.block_count)
+    if reason is None:
+        return None
+    return (
+        f"{reason}: set n_kv_heads (e.g. {max(1, config.n_heads // 16)} for {config.n_heads} heads), "
+        "block_count >= 3 and block_size >= 2 * next_pow2(block_count), or use backend chunked"
+    )
 
 
 class NSA(_QKV):
@@ -303,7 +292,7 @@ class NSA(_QKV):
         h, hd = config.n_heads, config.hd
         reason = nsa_fla_limits(config) if backend == "fla" else None
         if reason:
-            raise Unsupported(f"NSA backend 'fla' {reason}")
+            raise Unsupported(f"NSA backend 'fla': {reason}")
         self._init_proj(config)
         self.gate = nn.Linear(config.d_model, 3 * h)  # per head: compressed, selected, window
         self.pool = nn.Parameter(torch.full((2, self.block), 1.0 / self.block))  # key / value pooling

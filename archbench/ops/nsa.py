@@ -283,24 +283,33 @@ def _nsa_torch(q, k, v, g_cmp, g_slc, g_swa, block_size, block_count, window, sc
     return o.to(v.dtype)
 
 
-def fla_unavailable_reason(q: torch.Tensor, k: torch.Tensor, block_size: int, block_count: int) -> str | None:
-    """None when fla's NSA kernels can run these shapes, else why not."""
-    if not triton_runs_on(q):
-        return "fla's NSA kernels need CUDA tensors (or TRITON_INTERPRET=1 for Triton's CPU interpreter)"
-    if importlib.util.find_spec("fla") is None:
-        return "fla is not installed"
-    G = q.shape[2] // k.shape[2]
+def fla_shape_reason(n_heads: int, n_kv_heads: int, block_size: int, block_count: int) -> str | None:
+    """None when fla's NSA kernels take these shapes, else why not (also the NSA mixer's
+    ``Backend.limits``)."""
+    G = n_heads // n_kv_heads
     if G < 16 or G & (G - 1):
-        return f"fla's NSA kernels need a GQA group size H/Hkv that is a power of 2 >= 16 (got {G})"
+        return (
+            f"fla's NSA kernels need a GQA group n_heads / n_kv_heads that is a power of 2 >= 16 "
+            f"(got {n_heads} / {n_kv_heads} = {G})"
+        )
     if block_count < 3:
         return (
             f"fla's NSA top-k always takes the first and the two latest blocks and, with fewer than 3 slots "
-            f"(block_count {block_count}), keeps an arbitrary two of them; use block_count >= 3 or the reference"
+            f"(block_count {block_count}), keeps an arbitrary two of them"
         )
     slots = 1 << (block_count - 1).bit_length()
     if block_size < 2 * slots:
         return f"fla's NSA top-k needs block_size >= 2 * next_pow2(block_count) = {2 * slots} (got {block_size})"
     return None
+
+
+def fla_unavailable_reason(q: torch.Tensor, k: torch.Tensor, block_size: int, block_count: int) -> str | None:
+    """None when fla's NSA kernels can run on these tensors and shapes, else why not."""
+    if not triton_runs_on(q):
+        return "fla's NSA kernels need CUDA tensors (or TRITON_INTERPRET=1 for Triton's CPU interpreter)"
+    if importlib.util.find_spec("fla") is None:
+        return "fla is not installed"
+    return fla_shape_reason(q.shape[2], k.shape[2], block_size, block_count)
 
 
 def _nsa_fla(q, k, v, g_cmp, g_slc, g_swa, block_size, block_count, window, scale, k_cmp, v_cmp):
