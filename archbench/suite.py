@@ -86,6 +86,7 @@ class TrainConfig(_Strict):
     train_examples: int = Field(20_000, ge=1)
     test_examples: int = Field(500, ge=1)
     eval_batch: int = Field(256, ge=1)
+    max_train_s: float | None = Field(None, gt=0)  # wall-time cap per (lr, seed) run: evaluate and stop there
     ffn: str = "auto"  # auto (the task's default: none for recall tasks), none, swiglu, moe
 
     @field_validator("lr")
@@ -299,7 +300,10 @@ class Cell(BaseModel):
     def key(self) -> str:
         ident = self.identity()
         if self.mode == "task":  # how it trains defines what a task cell measures
-            ident["train"] = self.train.model_dump() if self.train else None
+            train = self.train.model_dump() if self.train else None
+            if train and train.get("max_train_s") is None:
+                del train["max_train_s"]  # unset, it leaves the keys of earlier runs as they were
+            ident["train"] = train
             ident["task_args"] = self.task_args or {}
         blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

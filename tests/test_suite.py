@@ -212,6 +212,18 @@ def test_task_cell_key_includes_how_it_trains(tmp_path):
     assert {k for lbl, k in a.items() if " decode " in lbl} <= set(b.values()), "other cells keep their keys"
 
 
+def test_task_time_cap_keys_only_when_set(tmp_path):
+    import hashlib
+    import json
+
+    cell = next(c for c in load_suite(write(tmp_path, TASKS)).cells() if c.mode == "task")
+    ident = {**cell.identity(), "train": {k: v for k, v in cell.train.model_dump().items() if k != "max_train_s"}, "task_args": {}}
+    before = hashlib.sha256(json.dumps(ident, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+    assert cell.key == before, "a suite that does not set max_train_s keeps the keys it had before the field"
+    capped = load_suite(write(tmp_path, TASKS.replace("steps: 10", "steps: 10, max_train_s: 60"), "c.yaml")).cells()
+    assert cell.key not in {c.key for c in capped if c.mode == "task"}
+
+
 GOLDEN_KEYS = ["2bdb7dbcb4e5af05", "7afc8cf0004a2c10"]  # computed by the code before task cells existed
 
 

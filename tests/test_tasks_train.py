@@ -58,6 +58,21 @@ def test_early_stop_at_target():
     assert r.steps == 5 and r.stopped_early
 
 
+def test_wall_time_cap_evaluates_and_stops_the_run(monkeypatch):
+    from archbench.tasks import train as train_mod
+
+    task = make_task("mqar", seq_len=16, vocab_size=32, num_kv_pairs=2)
+    clock = iter(range(0, 10_000, 10))  # each reading of the clock is 10 s after the last
+    monkeypatch.setattr(train_mod.time, "perf_counter", lambda: float(next(clock)))
+    s = TrainSettings(steps=50, batch_size=8, lr=1e-3, eval_every=20, max_train_s=25.0, train_examples=64, test_examples=16)
+    r = train_run(_builder(task), task, s, seed=0)
+    # start at 0; steps 1 and 2 read 10 and 20 s; step 3 reads 30 s > 25 s: evaluate there and stop
+    assert r.out_of_time and not r.stopped_early and r.steps == 3
+    assert r.history == [{"step": 3, "loss": r.final_loss, "score": r.score}] and math.isfinite(r.final_loss)
+    uncapped = train_run(_builder(task), task, TrainSettings(**{**s.__dict__, "max_train_s": None}), seed=0)
+    assert not uncapped.out_of_time and uncapped.steps == 50
+
+
 def test_divergence_stops_the_run():
     task = make_task("mqar", seq_len=16, vocab_size=32, num_kv_pairs=2)
     s = TrainSettings(steps=30, batch_size=8, lr=1e-3, eval_every=10, train_examples=64, test_examples=16)

@@ -117,6 +117,7 @@ def summarise(task: Task, runs: dict[float, list[RunResult]]) -> dict:
         "train_wall_s": sum(r.wall_s for r in all_runs),
         "stopped_early": sum(r.stopped_early for r in best_runs),
         "diverged": sum(r.diverged for r in all_runs),
+        "out_of_time": sum(r.out_of_time for r in all_runs),
         "final_loss": statistics.fmean(r.final_loss for r in best_runs),
         "history": best_runs[0].history,
         "task_config": task.describe(),

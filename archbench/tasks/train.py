@@ -37,6 +37,7 @@ class TrainSettings:
     train_examples: int = 20_000
     test_examples: int = 500
     eval_batch: int = 256
+    max_train_s: float | None = None  # wall-time cap per run: evaluate and stop once passed
 
 
 @dataclass
@@ -54,6 +55,7 @@ class RunResult:
     stopped_early: bool
     diverged: bool
     final_loss: float
+    out_of_time: bool = False  # stopped by ``max_train_s`` before its schedule ended
     history: list[dict] = field(default_factory=list)
     model: torch.nn.Module | None = field(default=None, repr=False)  # the trained model, when kept
 
@@ -158,7 +160,7 @@ def train_run(
     train_inputs, train_labels = train.inputs.to(device), train.labels.to(device)
     check = 1 if torch.device(device).type == "cpu" else min(settings.eval_every, 50)
     cursor, history, last = 0, [], None
-    stopped_early = diverged = False
+    stopped_early = diverged = out_of_time = False
     loss_val = float("nan")
     step = 0
     for step in range(1, settings.steps + 1):
@@ -177,6 +179,8 @@ def train_run(
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         opt.step()
         at_eval = step % settings.eval_every == 0 or step == settings.steps
+        if settings.max_train_s is not None and step < settings.steps and time.perf_counter() - t0 > settings.max_train_s:
+            out_of_time = at_eval = True
         if step % check == 0 or at_eval:
             loss_val = float(loss.detach())
             if not math.isfinite(loss_val):
@@ -186,7 +190,7 @@ def train_run(
             history.append({"step": step, "loss": loss_val, "score": last["score"]})
             if on_progress:
                 on_progress({"step": step, "steps": settings.steps, "lr": settings.lr, "seed": seed, "loss": loss_val, "score": last["score"]})
-            if diverged:
+            if diverged or out_of_time:
                 break
             if passes(task.metric, last["score"], settings.target):
                 stopped_early = step < settings.steps
@@ -203,6 +207,7 @@ def train_run(
         stopped_early=stopped_early,
         diverged=diverged,
         final_loss=loss_val,
+        out_of_time=out_of_time,
         history=history,
         model=model.eval() if keep_model else None,
     )

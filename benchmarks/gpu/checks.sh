@@ -56,21 +56,34 @@ rows() {  # rows DIR: add a run's rows to $OUT/rows.jsonl (each row names its ru
   if [ -f "$1/rows.jsonl" ]; then cat "$1/rows.jsonl" >> "$OUT/rows.jsonl"; fi
 }
 XDIST=""
-python3 -c "import xdist" 2> /dev/null && XDIST="-n 14"
+python3 -c "import xdist" 2> /dev/null && XDIST="-n ${CHECKS_XDIST_N:-12}"  # 16 cores: 12 workers, the rest for the training stages
 
 # Stages run in this order, most needed first; CHECKS_SKIP="timing op_speed" skips stages by name.
 skip() { case " ${CHECKS_SKIP:-} " in *" $1 "*) echo "$1: skipped (CHECKS_SKIP)" >> "$S"; return 0;; esac; return 1; }
 
 # 0. first, since every timed row rests on it: the timer against triton.testing.do_bench, CUDA-graph
 #    replay (decode included), the real NVML energy counter, NVML process memory (alone; about 30 s)
-skip timing || stage timing 50 python3 -m pytest -q -rs --tb=short -p no:cacheprovider tests/test_timer_fidelity.py \
+skip timing || stage timing 45 python3 -m pytest -q -rs --tb=short -p no:cacheprovider tests/test_timer_fidelity.py \
   tests/test_bench.py tests/test_energy.py tests/test_measure.py
 # 1. every fused backend against its reference (ops and mixers): the CUDA-only tests alone, spread over
 #    workers so that Triton's compiles (fla autotunes every kernel) run side by side. Each test's result is
 #    a line (-v) and each failure's traceback is printed when it happens (ARCHBENCH_INSTAFAIL), so a stage
 #    cut at its limit still says what passed and why the rest failed. On a fresh machine these compiles are
 #    slow: 170 s finished only 13 of the ~45 tests on the H200 (2026-11-26); give the stage most of a call.
-PYTEST_S=${CHECKS_PYTEST_S:-170}
+PYTEST_S=${CHECKS_PYTEST_S:-250}
+# 1b. beside the pytest stage (its compiles are CPU work and leave the GPU idle; these are Python-bound
+#    training loops whose speed is not what they check): a recipe on the GPU (the default teacher
+#    pre-trained there, RADLADS steps 1 + 2, teacher vs student rows) and MQAR in bf16 at Zoology's
+#    vocabulary, L=64, kv=4, d=64, one process per arch (CHECKS_MQAR_ARCHS), each run capped in wall time
+#    (train.max_train_s) so that it ends with an evaluated row before the stage's limit
+TRAIN_S=${CHECKS_TRAIN_S:-$PYTEST_S}
+skip recipes || stage recipes "$TRAIN_S" $AB convert radlads --set device=cuda --out "$RUNS/rc" &
+for a in ${CHECKS_MQAR_ARCHS:-softmax_attention mamba2}; do
+  skip mqar || stage "mqar-$a" "$TRAIN_S" $AB run suites/mqar-gpu.yaml --out "$RUNS/mq-$a" --no-report --allow-failures \
+    --set "sweep.arch=[$a]" --set 'sweep.mode=[task]' --set 'sweep.d_model=[64]' --set 'sweep.seq_len=[64]' \
+    --set 'sweep.num_kv_pairs=[4]' --set 'defaults.train.lr=[2.2e-3]' --set defaults.train.steps=6000 \
+    --set defaults.train.eval_every=250 --set "defaults.train.max_train_s=$((TRAIN_S * 7 / 10))" &
+done
 #    ARCHBENCH_TRITON_SINGLE_CONFIG=1: no autotuning, each kernel keeps its first config that runs
 #    (tests/triton_single_config.py), so each kernel compiles once instead of once per config;
 #    CHECKS_SINGLE_CONFIG= (empty) autotunes as usual.
@@ -78,10 +91,13 @@ skip pytest || ARCHBENCH_TRITON_SINGLE_CONFIG=${CHECKS_SINGLE_CONFIG-1} stage py
   -p no:cacheprovider $XDIST --timeout 300 \
   -m fused tests/test_zoo.py tests/test_ops.py tests/test_gla.py \
   tests/test_delta_rule.py tests/test_dplr.py tests/test_ssm.py tests/test_sparse.py
+wait  # the training stages beside it
+rows "$RUNS/rc"
+for d in "$RUNS"/mq-*; do rows "$d"; done
 # 2. a slice of the long-context suite, alone on the GPU: every family (CHECKS_LC_ARCHS overrides the list),
 #    three modes, fused backends, NVML energy on, at T=16K
 LC_ARCHS=${CHECKS_LC_ARCHS:-}
-skip long-context || stage long-context 100 $AB run suites/long-context.yaml --out "$RUNS/lc" --no-report --allow-failures \
+skip long-context || stage long-context ${CHECKS_LC_S:-130} $AB run suites/long-context.yaml --out "$RUNS/lc" --no-report --allow-failures \
   ${LC_ARCHS:+--set "sweep.arch=[$LC_ARCHS]"} --set 'sweep.batch=[1]' --set 'sweep.seq_len=[16384]' \
   --set defaults.measure.budget_s=0.3 --set defaults.measure.warmup=2 --set defaults.measure.min_repeats=5 \
   --set defaults.measure.decode_tokens=16 --set defaults.measure.energy_window_s=0.5
@@ -89,23 +105,12 @@ rows "$RUNS/lc"
 [ -f "$RUNS/lc/run.json" ] && cp "$RUNS/lc/run.json" "$OUT/run.json"
 # 2b. decode eager vs CUDA-graph replay (launch overhead is most of B=1 decode on a GPU), alone on the GPU
 for g in false true; do
-  skip decode-graphs || stage "decode-graph-$g" 40 $AB run suites/decode.yaml --device cuda --out "$RUNS/dg-$g" \
+  skip decode-graphs || stage "decode-graph-$g" 35 $AB run suites/decode.yaml --device cuda --out "$RUNS/dg-$g" \
     --no-report --allow-failures --set defaults.dtype=bfloat16 --set 'sweep.seq_len=[4096]' \
     --set "defaults.measure.cuda_graph=$g" --set defaults.measure.energy=false
 done
 rows "$RUNS/dg-false"
 rows "$RUNS/dg-true"
-# 3. side by side (both are Python-bound training loops; their speed rows are a smoke check):
-#    a recipe on the GPU (the default teacher pre-trained there, RADLADS steps 1 + 2, teacher vs student rows)
-#    and MQAR at the CPU slice's setting in bf16 for two families, to compare with the CPU accuracies
-skip recipes || stage recipes 110 $AB convert radlads --set device=cuda --out "$RUNS/rc" &
-skip mqar || stage mqar 110 $AB run suites/mqar-gpu.yaml --out "$RUNS/mq" --no-report --allow-failures \
-  --set 'sweep.arch=[softmax_attention,mamba2]' --set 'sweep.d_model=[64]' --set 'sweep.seq_len=[64]' \
-  --set 'sweep.num_kv_pairs=[4]' --set 'defaults.train.lr=[2.2e-3]' --set defaults.train.steps=1000 \
-  --set defaults.train.eval_every=250 &
-wait
-rows "$RUNS/rc"
-rows "$RUNS/mq"
 # 5. op level on the GPU: the references in fp32 (the CPU table is results/baselines/cpu-2core-xeon/op_speed.txt),
 #    then the fused kernel each op picks, in bf16, with the kernel named
 skip op_speed || stage op_speed 30 python3 benchmarks/op_speed.py --device cuda --lengths 4096 16384
@@ -114,8 +119,9 @@ skip op_speed_fused || stage op_speed_fused 35 python3 benchmarks/op_speed.py --
 
 mv "$LOGS/pytest.log" "$OUT/pytest.txt" 2> /dev/null
 [ -f "$LOGS/timing.log" ] && { echo "=== timing"; cat "$LOGS/timing.log"; } >> "$OUT/pytest.txt"  # 8 files at most
-for f in recipes mqar op_speed op_speed_fused long-context decode-graph-false decode-graph-true; do
-  [ -f "$LOGS/$f.log" ] && { echo "=== $f"; tail -c 60000 "$LOGS/$f.log"; } >> "$OUT/stages.log"
+for f in "$LOGS"/recipes.log "$LOGS"/mqar-*.log "$LOGS"/op_speed.log "$LOGS"/op_speed_fused.log "$LOGS"/long-context.log \
+  "$LOGS"/decode-graph-false.log "$LOGS"/decode-graph-true.log; do
+  [ -f "$f" ] && { echo "=== $(basename "$f" .log)"; tail -c 60000 "$f"; } >> "$OUT/stages.log"
 done
 # last: the compiled kernels, for the next call to carry (oldest first within 15 MiB; about 10-30 s)
 timeout 50 $CACHE_TOOL pack "$OUT/compile-cache.tar.xz" >> "$S" 2>&1 || echo "compile cache: pack failed or timed out" >> "$S"
