@@ -59,16 +59,19 @@ class Workload:
     setup: Callable[[], None] | None = None
     flops_factor: float = 1.0  # x forward FLOPs
     extra: dict = field(default_factory=dict)
+    kernels: frozenset[str] = frozenset()  # named while capturing a CUDA graph: a replay runs no Python
 
 
 def graph_workload(work: Workload, device: str, warmup: int, capture_fn=capture) -> tuple[Workload, Graphed]:
     """The workload as CUDA-graph replays. A workload with a reset (decode) is reset before the
     warm-up calls and the capture only: replays need none (see ``measure.cuda_graph``). If the
-    capture fails, the eager workload comes back unchanged, reset included, with the reason."""
-    graphed = capture_fn(work.call, device, warmup=warmup, setup=work.setup)
+    capture fails, the eager workload comes back unchanged, reset included, with the reason.
+    The kernels the warm-up and the capture name are kept with the replay, which names none."""
+    with recording() as kernels:
+        graphed = capture_fn(work.call, device, warmup=warmup, setup=work.setup)
     if not graphed.used:
         return work, graphed
-    return dataclasses.replace(work, call=graphed.call, setup=None), graphed
+    return dataclasses.replace(work, call=graphed.call, setup=None, kernels=frozenset(kernels)), graphed
 
 
 def _device_ready(device: str) -> None:
@@ -289,7 +292,7 @@ def _run(cell: dict, spec, device: str, dtype: str, progress) -> dict:
         paper=spec.paper,
         train_complexity=spec.complexity.train_time,
         decode_complexity=f"{spec.complexity.decode_time}, {spec.complexity.decode_memory}",
-        kernels=sorted(kernels),
+        kernels=sorted(set(kernels) | work.kernels),
     )
     return row
 

@@ -360,7 +360,9 @@ def test_ssd_fla_matches_reference():
     x, dt, A, B, C, D, h0 = (t.to(FLA_DEVICE) for t in ssd_inputs(b=2, T=300, H=4, P=64, G=2, N=64))
     ref = ssd(x, dt, A, B, C, D, initial_state=h0, output_final_state=True)
     out = ssd(x, dt, A, B, C, D, initial_state=h0, output_final_state=True, backend="fla")
-    assert rel(out[0], ref[0]) < 1e-3 and rel(out[1], ref[1]) < 1e-3
+    # fp32 in, but fla's dots run in TF32 on a GPU (1.4e-3 on an H100, 2026-11-26); exact under the interpreter
+    tol = 5e-3 if x.is_cuda else 1e-3
+    assert rel(out[0], ref[0]) < tol and rel(out[1], ref[1]) < tol
 
 
 @needs_mamba_ssm

@@ -63,7 +63,7 @@ skip() { case " ${CHECKS_SKIP:-} " in *" $1 "*) echo "$1: skipped (CHECKS_SKIP)"
 
 # 0. first, since every timed row rests on it: the timer against triton.testing.do_bench, CUDA-graph
 #    replay (decode included), the real NVML energy counter, NVML process memory (alone; about 30 s)
-skip timing || stage timing 45 python3 -m pytest -q -rs --tb=short -p no:cacheprovider tests/test_timer_fidelity.py \
+skip timing || stage timing 45 python3 -m pytest -q -rsP --tb=short -p no:cacheprovider tests/test_timer_fidelity.py \
   tests/test_bench.py tests/test_energy.py tests/test_measure.py
 # 1. every fused backend against its reference (ops and mixers): the CUDA-only tests alone, spread over
 #    workers so that Triton's compiles (fla autotunes every kernel) run side by side. Each test's result is
@@ -88,7 +88,7 @@ done
 #    (tests/triton_single_config.py), so each kernel compiles once instead of once per config;
 #    CHECKS_SINGLE_CONFIG= (empty) autotunes as usual.
 skip pytest || ARCHBENCH_TRITON_SINGLE_CONFIG=${CHECKS_SINGLE_CONFIG-1} stage pytest "$PYTEST_S" python3 -m pytest -v -rs --tb=short \
-  -p no:cacheprovider $XDIST --timeout 300 \
+  -p no:cacheprovider $XDIST --timeout 300 ${CHECKS_PYTEST_K:+-k "$CHECKS_PYTEST_K"} \
   -m fused tests/test_zoo.py tests/test_ops.py tests/test_gla.py \
   tests/test_delta_rule.py tests/test_dplr.py tests/test_ssm.py tests/test_sparse.py
 wait  # the training stages beside it
@@ -107,7 +107,8 @@ rows "$RUNS/lc"
 for g in false true; do
   skip decode-graphs || stage "decode-graph-$g" 35 $AB run suites/decode.yaml --device cuda --out "$RUNS/dg-$g" \
     --no-report --allow-failures --set defaults.dtype=bfloat16 --set 'sweep.seq_len=[4096]' \
-    --set "defaults.measure.cuda_graph=$g" --set defaults.measure.energy=false
+    --set "defaults.measure.cuda_graph=$g" --set defaults.measure.energy=false \
+    ${CHECKS_DG_BACKEND:+--set "sweep.backend=[$CHECKS_DG_BACKEND]"}
 done
 rows "$RUNS/dg-false"
 rows "$RUNS/dg-true"
