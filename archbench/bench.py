@@ -228,7 +228,7 @@ def _run(cell: dict, spec, device: str, dtype: str, progress) -> dict:
     torch.manual_seed(cell["seed"])
     config = mixer_config(cell)
     t_build = time.perf_counter()
-    with building_for(device):  # a hybrid's fused components are chosen for the cell's device
+    with building_for(device, backward=cell["mode"] == "fwd_bwd"):  # a hybrid's fused components: for this device and mode
         module = build_module(spec, config, cell).to(device=device, dtype=DTYPES[dtype])
     if cell.get("level", "mixer") == "model":
         x = torch.randint(0, int(cell["vocab_size"]), (cell["batch"], cell["seq_len"]), device=device)
@@ -342,7 +342,7 @@ def run_task(cell: dict, spec, progress: Callable[[dict], None] | None = None) -
         if spec.level == "model":  # the library's own LM, MLPs included
             shapes.update(vocab=task.vocab_size, seq_len=task.seq_len, ffn="model")
             return spec.factory(config, cell["backend"], n_layers=int(cell["n_layers"]), vocab_size=task.vocab_size)
-        with building_for(cell["device"]):
+        with building_for(cell["device"], backward=True):
             built = spec.build(config, cell["backend"])
         if isinstance(built, Stack):  # a hybrid: its own blocks and FFNs
             stack = built

@@ -44,34 +44,45 @@ LETTERS = {
 Lookup = Callable[[str], ArchSpec]
 
 
-_BUILD_DEVICE: ContextVar[str | None] = ContextVar("archbench_hybrid_build_device", default=None)
+_BUILD_FOR: ContextVar[tuple[str, bool] | None] = ContextVar("archbench_hybrid_build_for", default=None)
 
 
 @contextmanager
-def building_for(device: str):
-    """Hybrids built inside run on ``device``: their ``fused`` components are chosen for it
-    (the bench builds every cell's module inside this; elsewhere the machine's device is used)."""
-    token = _BUILD_DEVICE.set(str(device))
+def building_for(device: str, backward: bool = True):
+    """Hybrids built inside run on ``device``, with (``backward``) or without a backward pass:
+    their ``fused`` components are chosen for that, as ``auto`` chooses for a single mixer (the
+    bench builds every cell's module inside this, backward for fwd_bwd and task cells; elsewhere
+    the machine's device is used, with a backward). A forward-only cell thus keeps a fused kernel
+    whose backward is refused here (fla's gated chunk backward on Hopper with triton < 3.7.1)."""
+    token = _BUILD_FOR.set((str(device), bool(backward)))
     try:
         yield
     finally:
-        _BUILD_DEVICE.reset(token)
+        _BUILD_FOR.reset(token)
 
 
 def _build_device() -> str:
-    return _BUILD_DEVICE.get() or ("cuda" if torch.cuda.is_available() else "cpu")
+    ctx = _BUILD_FOR.get()
+    return ctx[0] if ctx else ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def component_backend(spec: ArchSpec, hybrid_backend: str, device: str | None = None, config=None) -> str:
+def _build_backward() -> bool:
+    ctx = _BUILD_FOR.get()
+    return ctx[1] if ctx else True
+
+
+def component_backend(spec: ArchSpec, hybrid_backend: str, device: str | None = None, config=None, backward: bool | None = None) -> str:
     """The backend a component uses inside a hybrid built with ``hybrid_backend``: for
-    ``fused``, its first fused backend that can run forward and backward on this machine's
-    device (so a GPU node without flash-attn still gets SDPA / FlexAttention / fla, and a CPU
-    gets SDPA, not FlexAttention, which has no CPU backward), else its reference."""
+    ``fused``, its first fused backend that can run on the device (``building_for``'s, else this
+    machine's), forward and, unless ``backward`` is False (default: ``building_for``'s, else
+    True), backward: so a GPU node without flash-attn still gets SDPA / FlexAttention / fla, and
+    a CPU training cell gets SDPA, not FlexAttention, which has no CPU backward. Else its reference."""
     if hybrid_backend != "fused":
         return spec.backends[-1].name
     device = device or _build_device()
+    backward = _build_backward() if backward is None else backward
     for b in spec.backends[:-1]:
-        if b.auto_choice(device, None, backward=True, config=config):  # and takes config's shapes, when given
+        if b.auto_choice(device, None, backward=backward, config=config):  # and takes config's shapes, when given
             return b.name
     return spec.backends[-1].name
 

@@ -64,3 +64,51 @@ def test_the_bench_builds_fused_components_for_the_cell_s_device():
         with hybrids.building_for("cpu"):
             assert hybrids.component_backend(ATTN, "fused") == "ref"
         assert hybrids.component_backend(ATTN, "fused") == "sdpa"
+
+
+def _backward_refused(device: str, dtype: str | None = None) -> str | None:
+    return "no backward here"  # asked only when a backward is needed
+
+
+GATED = _spec("gated", Backend("kern", "", _needs("cuda"), detect_backward=_backward_refused), REF)
+
+
+def test_a_forward_only_cell_keeps_a_kernel_whose_backward_is_refused():
+    """fla's gated chunk backward is refused on Hopper with triton < 3.7.1 (H100, 2026-11-26): a
+    hybrid's training cell must run those layers on the reference, its prefill need not (it ran
+    Mamba2's SSD on the reference, 37x slower than fla's forward, before this)."""
+    with hybrids.building_for("cuda", backward=True):
+        assert hybrids.component_backend(GATED, "fused") == "ref"
+    with hybrids.building_for("cuda", backward=False):
+        assert hybrids.component_backend(GATED, "fused") == "kern"
+        assert hybrids.component_backend(GATED, "fused", backward=True) == "ref"
+    assert hybrids.component_backend(GATED, "fused", "cuda") == "ref"  # outside: with a backward
+    # on a CPU the one difference: a forward-only sliding-window layer runs FlexAttention, as `auto` does
+    swa = registry.get("sliding_window_attention")
+    for backward in (False, True):
+        with hybrids.building_for("cpu", backward=backward):
+            assert hybrids.component_backend(swa, "fused") == swa.resolve_backend("auto", "cpu", "float32", backward=backward)
+
+
+def test_the_bench_builds_hybrids_for_the_cell_s_mode(monkeypatch):
+    from contextlib import contextmanager
+
+    from archbench import bench
+    from archbench.suite import parse_suite
+
+    seen = []
+    real = hybrids.building_for
+
+    @contextmanager
+    def spy(device, backward=True):
+        seen.append(backward)
+        with real(device, backward):
+            yield
+
+    monkeypatch.setattr(bench, "building_for", spy)
+    raw = {"name": "h", "defaults": {"d_model": 32, "n_heads": 2, "d_state": 8, "window": 16,
+                                     "measure": {"warmup": 0, "min_repeats": 1, "max_repeats": 1, "budget_s": 0.01, "roofline": False}},
+           "sweep": {"arch": "hybrid_mamba2_attention", "backend": "reference", "seq_len": 32, "mode": ["fwd", "fwd_bwd", "prefill", "decode"]}}  # fmt: skip
+    for cell in parse_suite(raw).cells():
+        bench.run_cell(cell.model_dump())
+    assert seen == [False, True, False, False]

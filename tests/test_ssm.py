@@ -340,6 +340,39 @@ def test_selective_scan_rejects_bad_arguments():
     assert y.shape == u.shape
 
 
+# ---- under CUDA-graph capture: no host read-back, the exact path for every head ----------------
+
+
+@pytest.mark.parametrize("op", ["ssd", "selective_scan"])
+def test_graph_capture_takes_the_exact_path_without_read_back(monkeypatch, op):
+    """A capture allows no device-to-host read (and a replay would freeze a data-dependent choice),
+    so while one runs the references skip their span read-back and take the always-exact path for
+    every head: same values and gradients, no ``tolist``. (The GPU check is tests/test_bench.py's
+    graph test on an H100.)"""
+    ss_mod, ssd_mod = (importlib.import_module(f"archbench.ops.{n}") for n in ("selective_scan", "ssd"))
+
+    if op == "ssd":
+        inputs = ssd_inputs(T=100, seed=3)
+        run = lambda *t: ssd(*t[:6], initial_state=t[6], output_final_state=True, chunk_size=16)  # noqa: E731
+    else:
+        inputs = ss_inputs(T=100, seed=3)
+        run = lambda *t: selective_scan(*t[:6], initial_state=t[6], output_final_state=True, chunk_size=16)  # noqa: E731
+
+    def grads(capturing: bool):
+        ts = [t.clone().requires_grad_(True) for t in inputs]
+        with monkeypatch.context() as m:
+            if capturing:
+                for mod in (ssd_mod, ss_mod):
+                    m.setattr(mod, "graph_capturing", lambda x: True)
+                m.setattr(torch.Tensor, "tolist", lambda self: pytest.fail("read back during a capture"))
+            y, h = run(*ts)
+            ((y * 1.3).sum() + h.square().sum()).backward()
+        return [y.detach(), h.detach()] + [t.grad for t in ts]
+
+    for a, b in zip(grads(False), grads(True)):
+        assert rel(a, b) < 1e-5
+
+
 # ---- fused backends (CUDA; fla's also under Triton's CPU interpreter) ---------------------
 
 

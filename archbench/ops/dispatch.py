@@ -10,6 +10,10 @@ Recording is a set insertion; with no ``recording()`` active it is a no-op.
 (the reference update), ``fla`` (flash-linear-attention's ``fused_recurrent_*`` kernel at T=1,
 which is what fla's own layers run to decode), or ``auto`` (fla for CUDA tensors when it is
 importable, else torch).
+
+``graph_capturing`` says whether a CUDA graph is being captured on the current stream: the
+references that pick a faster path from their data (a host read-back of decay spans) take their
+always-exact path then, since a capture allows no read-back and a replay would freeze the choice.
 """
 
 from __future__ import annotations
@@ -25,6 +29,11 @@ from archbench.spec import triton_interpreted
 STEP_BACKENDS = ("torch", "fla", "auto")
 
 _active: list[set[str]] = []
+
+
+def graph_capturing(x: torch.Tensor) -> bool:
+    """True while ``x``'s CUDA stream is capturing a graph (never on a CPU)."""
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def record(kernel: str) -> None:

@@ -133,7 +133,7 @@ def nsa_select_blocks(p_cmp: torch.Tensor, block_size: int, block_count: int, kv
     # forced blocks outrank every candidate (importances are <= G), in the order current,
     # previous, first; where they coincide any of their values is > G
     forced = torch.stack([cur, (cur - 1).clamp_min(0), torch.zeros_like(cur)], dim=-1)  # [T, 3]
-    value = torch.tensor([G + 3.0, G + 2.0, G + 1.0], dtype=score.dtype, device=score.device)
+    value = (G + 3.0) - torch.arange(3, dtype=score.dtype, device=score.device)  # G+3, G+2, G+1 (no host copy)
     score.scatter_(-1, forced[None, :, None].expand(B, T, Hkv, 3), value.expand(B, T, Hkv, 3).contiguous())
     n = min(block_count, nall)
     val, idx = score.topk(n, dim=-1)

@@ -59,7 +59,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from archbench.ops.dispatch import record
+from archbench.ops.dispatch import graph_capturing, record
 
 BACKENDS = ("torch", "mamba_ssm", "auto")
 BLOCK_ELEMS = 1 << 20  # target size of one block's [B, Tb, Dm, N] tensors (elements)
@@ -185,8 +185,11 @@ def _block_states(du, delta, cd, B, h, negA, tri, fast: bool, floor: float, work
 
 def _chunk_spans(delta: torch.Tensor, negA: torch.Tensor, L: int) -> list[float]:
     """Every chunk's span -c_end (an upper bound over n and the batch), read back to the host
-    once for all blocks (on a GPU, one synchronisation rather than one per block)."""
+    once for all blocks (on a GPU, one synchronisation rather than one per block). While a CUDA
+    graph is captured nothing is read back: every span is taken as infinite (the exact path)."""
     b, Tp, Dm = delta.shape
+    if graph_capturing(delta):
+        return [math.inf] * (Tp // L)
     return (delta.reshape(b, Tp // L, L, Dm).sum(2) * negA.amax(-1)).amax(-1).amax(0).tolist()
 
 

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from archbench.ops.decay import midpoint_limit
-from archbench.ops.dispatch import record, step_backend
+from archbench.ops.dispatch import graph_capturing, record, step_backend
 from archbench.ops.segments import by_segments
 from archbench.spec import fla_gated_grad_refused
 
@@ -183,15 +183,19 @@ def _diagonal_blocks(acs, dth, xc, CB, floor: float) -> torch.Tensor:
     to factor through its middle m (``archbench.ops.decay``) take exp(c_s - m) exp(m - c_l): the
     heads of a group share one masked C B^T, applied to their rescaled inputs in one matmul. The
     other heads (strong decays: in Mamba2 the ones with large A dt) get masked segment sums, then
-    exp (exponents <= 0 only, floored), and replace their rows of the factored result.
+    exp (exponents <= 0 only, floored), and replace their rows of the factored result. While a
+    CUDA graph is captured there is no read-back: every head takes the segment sums.
     """
     b, g, r, z, Q = acs.shape
     causal = torch.ones(Q, Q, dtype=torch.bool, device=acs.device).tril()
     limit = midpoint_limit(acs.dtype)
     cap = 0.5 * limit  # a safe factor's largest exponent
-    with torch.no_grad():  # each head's largest chunk range, read back once
-        spans = (-acs[..., -1]).amax((0, 3)).flatten().tolist()
-    unsafe = [h for h, s in enumerate(spans) if s > limit]
+    if graph_capturing(acs):
+        unsafe = list(range(g * r))
+    else:
+        with torch.no_grad():  # each head's largest chunk range, read back once
+            spans = (-acs[..., -1]).amax((0, 3)).flatten().tolist()
+        unsafe = [h for h, s in enumerate(spans) if s > limit]
     y = None
     if len(unsafe) < g * r:
         # factored. Both exponents are clipped to [-cap, cap] (a no-op for safe heads): the unsafe
@@ -204,7 +208,10 @@ def _diagonal_blocks(acs, dth, xc, CB, floor: float) -> torch.Tensor:
         y = y * to_heads((acs - m).clamp(-cap, cap).exp())
     if not unsafe:
         return y
-    idx = torch.tensor(unsafe, device=acs.device)
+    if len(unsafe) == g * r:  # all of them: no index built on the host (a copy a graph capture refuses)
+        idx = torch.arange(g * r, device=acs.device)
+    else:
+        idx = torch.tensor(unsafe, device=acs.device)
     a_u, d_u = (t.flatten(1, 2).index_select(1, idx) for t in (acs, dth))  # [b, h, z, Q]
     seg = (a_u[..., :, None] - a_u[..., None, :]).clamp_min(floor).masked_fill(~causal, float("-inf")).exp()
     W = seg * CB.index_select(1, idx // r) * d_u[..., None, :]  # [b, h, z, s, l]
