@@ -279,7 +279,8 @@ def _run_with_progress(runner):
             if cell.key in training:
                 progress.remove_task(training.pop(cell.key))
             if status == "ok" and row.get("task_score") is not None:
-                detail = f"{row['task_metric']} {row['task_score']:.3f} (best lr {row.get('best_lr'):g}, {row.get('train_wall_s', 0):.0f} s training)"
+                capped = f", {row['out_of_time']} run(s) stopped at max_train_s" if row.get("out_of_time") else ""
+                detail = f"{row['task_metric']} {row['task_score']:.3f} (best lr {row.get('best_lr'):g}, {row.get('train_wall_s', 0):.0f} s training{capped})"
                 if row.get("diverged"):
                     detail += f"; {row['diverged']} training run(s) diverged (loss not finite)"
             elif status == "ok" and row.get("time_median_s") is not None:

@@ -72,3 +72,14 @@ def test_report_without_task_rows_has_no_accuracy_section():
     row = {"key": "a", "arch": "x", "backend": "b", "mode": "fwd", "status": "ok", "seq_len": 64, "batch": 1,
            "time_median_s": 1e-3}  # fmt: skip
     assert 'id="accuracy"' not in render_html(pd.DataFrame([row]), [])
+
+
+def test_runs_stopped_by_the_time_cap_are_flagged_in_page_and_summary():
+    from archbench.report.summary import render_markdown
+
+    rows = [_task_row("mamba2", 64, 0.4, 16384, out_of_time=1), _task_row("softmax_attention", 64, 0.99, 65536)]
+    table = task_table(task_groups(pd.DataFrame(rows))[0]).set_index("arch")
+    assert table.loc["mamba2", "out_of_time"] == 1 and table.loc["softmax_attention", "out_of_time"] == 0
+    page = render_html(pd.DataFrame(rows), [])
+    assert "stopped at max_train_s in 1 of 2 runs" in page and page.count("stopped at max_train_s") == 1
+    assert "0.4000 ± 0.010, stopped at max_train_s in 1 of 2 runs" in render_markdown(pd.DataFrame(rows), [])

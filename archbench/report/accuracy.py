@@ -147,15 +147,21 @@ def _runs(r: pd.Series) -> int:
     return int(r["n_seeds"]) if _finite(r.get("n_seeds")) else 1
 
 
-def diverged_note(entry: Mapping[str, Any]) -> str:
-    """'' or ', diverged in d of n runs' for a task-table entry (loss not finite: training stopped)."""
-    d = int(entry.get("diverged") or 0)
-    return f", diverged in {d} of {entry.get('runs') or d} runs" if d else ""
+def training_note(entry: Mapping[str, Any]) -> str:
+    """'' or ', diverged in d of n runs' (loss not finite: training stopped) and/or ', stopped at
+    max_train_s in k of n runs' (the wall-time cap ended the run before its schedule did) for a
+    task-table entry."""
+    notes = []
+    for field, what in (("diverged", "diverged"), ("out_of_time", "stopped at max_train_s")):
+        k = int(entry.get(field) or 0)
+        if k:
+            notes.append(f", {what} in {k} of {entry.get('runs') or k} runs")
+    return "".join(notes)
 
 
 def task_table(group: TaskGroup) -> pd.DataFrame:
     """One row per (arch, backend, d_model, n_layers): score, spread, best lr, steps, state
-    bytes, how many of its training runs diverged, and the per-group breakdown columns (e.g.
+    bytes, how many of its training runs diverged or hit the time cap, and the per-group breakdown columns (e.g.
     ``kv=4``, ``T=512 depth=0.50``)."""
     out = []
     for _, r in group.rows.iterrows():
@@ -166,7 +172,8 @@ def task_table(group: TaskGroup) -> pd.DataFrame:
             "score": float(r["task_score"]), "std": r.get("task_score_std"), "n_seeds": r.get("n_seeds"),
             "best_lr": r.get("best_lr"), "steps": r.get("train_steps"), "state_bytes": r.get("state_bytes"),
             "decode_ms": r["decode_s_per_token"] * 1e3 if _finite(r.get("decode_s_per_token")) else None,
-            "diverged": int(r["diverged"]) if _finite(r.get("diverged")) else 0, "runs": _runs(r),
+            "diverged": int(r["diverged"]) if _finite(r.get("diverged")) else 0,
+            "out_of_time": int(r["out_of_time"]) if _finite(r.get("out_of_time")) else 0, "runs": _runs(r),
         }  # fmt: skip
         by = r.get("task_by_group")
         if isinstance(by, dict) and len(by) > 1:

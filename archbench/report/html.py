@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import pandas as pd
 from plotly.offline import get_plotlyjs
 
-from archbench.report.accuracy import TaskGroup, diverged_note, pareto_figure, task_groups, task_table
+from archbench.report.accuracy import TaskGroup, training_note, pareto_figure, task_groups, task_table
 from archbench.report.comparison import comparison_section
 from archbench.report.recipes import recipes_section
 from archbench.report.analysis import REFERENCE, answers, fmt_length, ratio_table, survey
@@ -442,7 +442,7 @@ def _accuracy_section(groups_: Sequence[TaskGroup]) -> str:
     parts = []
     for gi, g in enumerate(groups_):
         table = task_table(g)
-        cols = [c for c in table.columns if c not in ("std", "n_seeds", "diverged", "runs")]
+        cols = [c for c in table.columns if c not in ("std", "n_seeds", "diverged", "out_of_time", "runs")]
         best = table["score"].max() if g.higher_is_better else table["score"].min()
         head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
         body = []
@@ -454,7 +454,7 @@ def _accuracy_section(groups_: Sequence[TaskGroup]) -> str:
                     spread = f" ± {r['std']:.3f}" if isinstance(r["std"], float) and r["n_seeds"] and r["n_seeds"] > 1 else ""
                     txt = html.escape(f"{v:.4f}{spread}")
                     txt = "<b>" + txt + "</b>" if v == best else txt
-                    note = diverged_note(r)
+                    note = training_note(r)
                     if note:
                         txt += f' <span class="warn" title="loss not finite: training stopped">{html.escape(note[2:])}</span>'
                     cells.append(f'<td class="num">{txt}</td>')

@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from archbench.report.accuracy import diverged_note, task_groups, task_table
+from archbench.report.accuracy import training_note, task_groups, task_table
 from archbench.report.analysis import answers, fmt_length
 from archbench.report.figures import FAILED_STATUSES, error_excerpt, fmt_num, groups, mode_rank, prepare, text
 
@@ -86,7 +86,7 @@ def render_markdown(
                   "| arch/backend | d_model | score | best lr | steps | state bytes |", "|---|---|---|---|---|---|"]  # fmt: skip
         for _, r in table.iterrows():
             spread = f" ± {r['std']:.3f}" if r["n_seeds"] and r["n_seeds"] > 1 else ""
-            lines.append(f"| {_md(r['arch'])}/{_md(r['backend'])} | {_md(r['d_model'])} | {r['score']:.4f}{spread}{_md(diverged_note(r))} "
+            lines.append(f"| {_md(r['arch'])}/{_md(r['backend'])} | {_md(r['d_model'])} | {r['score']:.4f}{spread}{_md(training_note(r))} "
                          f"| {_md(fmt_num(r['best_lr'], '.3g'))} | {_md(fmt_num(r['steps'], '.0f'))} "
                          f"| {_md(fmt_num(r['state_bytes'], ',.0f'))} |")  # fmt: skip
         lines.append("")
