@@ -74,6 +74,13 @@ def graph_workload(work: Workload, device: str, warmup: int, capture_fn=capture)
     return dataclasses.replace(work, call=graphed.call, setup=None, kernels=frozenset(kernels)), graphed
 
 
+def graphs_wanted(setting: bool | str, mode: str, device: str) -> bool:
+    """Whether a cell is timed as CUDA-graph replays: ``measure.cuda_graph`` is true (every
+    mode) or ``"decode"`` (decode cells only, where launch overhead is most of B=1 latency on
+    a GPU), and the cell runs on a CUDA device."""
+    return device.startswith("cuda") and (setting is True or (setting == "decode" and mode == "decode"))
+
+
 def _device_ready(device: str) -> None:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise Unsupported("cell asks for a CUDA device and torch sees none (torch %s)" % torch.__version__)
@@ -240,7 +247,7 @@ def _run(cell: dict, spec, device: str, dtype: str, progress) -> dict:
     m = cell["measure"]
     eager = work
     graphed = None
-    if m.get("cuda_graph") and device.startswith("cuda"):
+    if graphs_wanted(m.get("cuda_graph", False), cell["mode"], device):
         work, graphed = graph_workload(work, device, max(1, m["warmup"]))
     stats = time_fn(
         work.call,

@@ -27,7 +27,7 @@ import itertools
 import json
 import re
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
@@ -67,8 +67,16 @@ class MeasureConfig(_Strict):
     decode_tokens: int = Field(16, ge=1)  # decode mode: tokens generated per timed call
     flush_l2: bool = True  # GPU: overwrite L2 before each timed call (cold-cache numbers, as do_bench)
     roofline: bool = True  # measure the device's matmul / copy peaks once per worker; rows get % of peak
-    cuda_graph: bool = False  # GPU: time CUDA-graph replays (no launch overhead); fwd / fwd_bwd / prefill
+    # GPU: time CUDA-graph replays (no launch overhead): true = every mode, "decode" = decode cells only
+    cuda_graph: Union[bool, Literal["decode"]] = False
     pin_cpus: bool = False  # CPU: pin the worker to `threads` cores (os.sched_setaffinity) for the cell
+
+    @field_validator("cuda_graph", mode="before")
+    @classmethod
+    def _cuda_graph(cls, v):
+        if isinstance(v, bool) or v == "decode":
+            return v
+        raise ValueError(f"cuda_graph must be true, false or decode (decode cells only), got {v!r}")
 
 
 class TrainConfig(_Strict):

@@ -169,3 +169,18 @@ def test_a_failed_activation_count_keeps_the_row(monkeypatch):
     row = run_cell(cell.model_dump())
     assert row["time_median_s"] > 0 and row["param_bytes"] > 0
     assert row["activation_bytes"] is None and "saved tensor hooks" in row["activation_method"]
+
+
+def test_cuda_graph_setting_picks_the_modes_it_covers():
+    from archbench.bench import graphs_wanted
+
+    assert graphs_wanted(True, "fwd_bwd", "cuda") and graphs_wanted(True, "decode", "cuda:1")
+    assert graphs_wanted("decode", "decode", "cuda") and not graphs_wanted("decode", "prefill", "cuda")
+    assert not graphs_wanted(False, "decode", "cuda") and not graphs_wanted(True, "decode", "cpu")
+    raw = {"name": "g", "defaults": {"measure": {"cuda_graph": "decode"}}, "sweep": {"arch": "softmax_attention", "seq_len": 64}}
+    assert parse_suite(raw).cells()[0].measure.cuda_graph == "decode"
+    from archbench.suite import SuiteError
+
+    raw["defaults"]["measure"]["cuda_graph"] = "prefill"
+    with pytest.raises(SuiteError, match="cuda_graph"):
+        parse_suite(raw)
