@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Every check archbench needs a GPU for, in one command that fits a lent-GPU session (about 6 of
-# its 15 minutes, so that a second, shorter call still fits). Run on the device machine from the
+# Every check archbench needs a GPU for, in one command that fits a lent-GPU session (up to 10 of
+# its 15 minutes with the start, so that a second call of about 4 minutes still fits). Run on the device machine from the
 # repository root:
-#     run(command="bash benchmarks/gpu/checks.sh", carry=[".whl", ".gpucache"], timeout_s=560)
+#     run(command="bash benchmarks/gpu/checks.sh", carry=[".whl", ".gpucache"], timeout_s=600)
 # Results land in $OUT (at most 8 files come back): summary.txt (environment, each stage's exit
 # code and wall time), pytest.txt (the fused-vs-reference tests, then the timing-sensitive ones),
 # stages.log (every other stage's output), rows.jsonl (the rows of every suite and recipe run:
@@ -12,8 +12,8 @@
 # .gpucache/, and the next call, carrying it, skips those compiles).
 # A stage that fails or times out does not stop the next; the timed stages run alone on the GPU.
 # CHECKS_SCALE=0.5 halves every stage's time limit (a rerun in a short second call).
-# CHECKS_BUDGET_S (default 530) is the whole script's time: no stage runs past it less the minute
-# kept for packing the compile cache and the results, so a call with timeout_s=560 always sends
+# CHECKS_BUDGET_S (default 570) is the whole script's time: no stage runs past it less the minute
+# kept for packing the compile cache and the results, so a call with timeout_s=600 always sends
 # them back (a stage that would start with under 10 s left is skipped and says so).
 set -u
 OUT=${OUT:-/tmp/archbench-gpu}
@@ -37,7 +37,7 @@ LOGS=$(mktemp -d)
 { date -u; echo "$CACHE_MSG"; nvidia-smi --query-gpu=name,memory.total,driver_version,power.limit --format=csv,noheader; python3 -c \
   "import torch, importlib.util as u; print('torch', torch.__version__, 'cuda', torch.version.cuda, {m: bool(u.find_spec(m)) for m in ('triton', 'fla', 'mamba_ssm', 'flash_attn', 'transformers', 'xdist', 'pynvml')})"; } > "$S" 2>&1
 
-BUDGET=${CHECKS_BUDGET_S:-530}
+BUDGET=${CHECKS_BUDGET_S:-570}
 RESERVE=60  # kept for the end: packing the compile cache and the results
 stage() {  # stage NAME SECONDS CMD...: run CMD with a (scaled) time limit, cut to what the budget has left
   local name=$1 limit left t0=$SECONDS
