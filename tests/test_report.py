@@ -378,3 +378,15 @@ def test_energy_figure_and_configurable_reference():
     from archbench.cli import main
 
     assert r.invoke(main, ["report", "--help"]).output.count("--reference") == 1
+
+
+def test_results_table_says_which_kernels_ran_and_how_a_gpu_row_was_timed():
+    rows = [_ok_row("gla", "fla", "decode", n) for n in SEQ_LENS]
+    rows[0].update(kernels=["fla.fused_recurrent_gla"], cuda_graph=True, device="cuda")
+    rows[1].update(kernels=["torch.ssd_chunked"], cuda_graph=False, cuda_graph_reason="capture failed: RuntimeError")
+    rows[2].update(kernels=["torch.gla_step"])  # a CPU row: no graph field at all
+    page = render_html(pd.DataFrame(rows), RUNS)
+    assert "<th>ran</th>" in page
+    assert "fla.fused_recurrent_gla · CUDA graph" in page
+    assert "torch.ssd_chunked · eager (graph capture failed)" in page
+    assert "torch.gla_step<" in page  # nothing appended

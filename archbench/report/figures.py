@@ -37,7 +37,7 @@ TEXT_COLUMNS = (
     "device", "status", "error", "mem_method",
 )
 #: Kept as given (strings or epoch seconds); only added when missing.
-RAW_COLUMNS = ("started_at", "ended_at")
+RAW_COLUMNS = ("started_at", "ended_at", "kernels", "cuda_graph", "cuda_graph_reason")
 NUMERIC_COLUMNS = (
     "batch", "seq_len", "d_model", "n_heads", "head_dim", "seed", "threads",
     "time_median_s", "time_p10_s", "time_p90_s", "time_iqr_s", "time_rel_iqr",

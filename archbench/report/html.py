@@ -16,6 +16,7 @@ import html
 import re
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 from plotly.offline import get_plotlyjs
 
@@ -32,6 +33,7 @@ from archbench.report.figures import (
     fmt_num,
     fmt_time,
     groups,
+    is_missing,
     mode_rank,
     prepare,
     text,
@@ -243,6 +245,20 @@ def _num_key(value: Any) -> float:
     return float("inf") if pd.isna(v) else float(v)
 
 
+def ran_text(row: pd.Series) -> str:
+    """What ran: the kernels the row names (``torch.*`` = a reference), then how a GPU row was
+    timed: as CUDA-graph replays, or eagerly because the capture failed (its reason is in the CSV)."""
+    kernels = row.get("kernels")
+    if isinstance(kernels, (list, tuple, np.ndarray)):
+        names = ", ".join(str(k) for k in kernels)
+    else:
+        names = text(kernels)
+    graph = row.get("cuda_graph")  # absent unless the cell asked for graphs on a GPU
+    if is_missing(graph):
+        return names
+    return names + (" · CUDA graph" if bool(graph) else " · eager (graph capture failed)")
+
+
 #: Results-table columns: (header, cell text getter, numeric?).
 _TABLE_COLUMNS: list[tuple[str, Callable[[pd.Series], str], bool]] = [
     ("mode", lambda r: text(r["mode"]), False),
@@ -261,6 +277,7 @@ _TABLE_COLUMNS: list[tuple[str, Callable[[pd.Series], str], bool]] = [
     ("tokens/s", lambda r: fmt_num(r["tokens_per_s"], ",.0f"), True),
     ("peak MiB", lambda r: fmt_num(r["peak_mem_bytes"], ",.1f", 1 / _MIB), True),
     ("mem_method", lambda r: text(r["mem_method"]), False),
+    ("ran", lambda r: ran_text(r), False),
     ("run_id", lambda r: text(r["run_id"]), False),
     ("error", lambda r: error_excerpt(r["error"]), False),
 ]

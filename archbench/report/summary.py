@@ -16,7 +16,7 @@ CSV_COLUMNS = (
     "run_id", "suite", "key", "arch", "family", "backend", "level", "mode", "dtype", "device", "batch", "seq_len",
     "status", "time_median_s", "time_p10_s", "time_p90_s", "time_rel_iqr", "noisy", "repeats", "tokens_per_s",
     "latency_per_token_s", "peak_mem_bytes", "mem_method", "state_bytes", "flops", "achieved_tflops",
-    "pct_of_roof", "bound", "energy_j_per_token", "energy_source", "kernels", "task", "num_kv_pairs", "d_model",
+    "pct_of_roof", "bound", "energy_j_per_token", "energy_source", "kernels", "cuda_graph", "task", "num_kv_pairs", "d_model",
     "n_layers", "task_metric", "task_score", "task_score_std", "best_lr", "train_steps", "tokens_seen", "error",
 )  # fmt: skip
 
