@@ -61,14 +61,9 @@ def building_for(device: str, backward: bool = True):
         _BUILD_FOR.reset(token)
 
 
-def _build_device() -> str:
-    ctx = _BUILD_FOR.get()
-    return ctx[0] if ctx else ("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _build_backward() -> bool:
-    ctx = _BUILD_FOR.get()
-    return ctx[1] if ctx else True
+def _build_for() -> tuple[str, bool]:
+    """(device, backward) of the enclosing ``building_for``; outside one, this machine's device, with a backward."""
+    return _BUILD_FOR.get() or ("cuda" if torch.cuda.is_available() else "cpu", True)
 
 
 def component_backend(spec: ArchSpec, hybrid_backend: str, device: str | None = None, config=None, backward: bool | None = None) -> str:
@@ -79,8 +74,9 @@ def component_backend(spec: ArchSpec, hybrid_backend: str, device: str | None = 
     a CPU training cell gets SDPA, not FlexAttention, which has no CPU backward. Else its reference."""
     if hybrid_backend != "fused":
         return spec.backends[-1].name
-    device = device or _build_device()
-    backward = _build_backward() if backward is None else backward
+    ctx_device, ctx_backward = _build_for()
+    device = device or ctx_device
+    backward = ctx_backward if backward is None else backward
     for b in spec.backends[:-1]:
         if b.auto_choice(device, None, backward=backward, config=config):  # and takes config's shapes, when given
             return b.name
