@@ -3,14 +3,12 @@
 With ``THP_MEM_ALLOC_ENABLE=1`` in the environment when torch starts, PyTorch's CPU allocator
 aligns its allocations to pages and asks the kernel for transparent huge pages (2 MiB) for
 every tensor of 2 MiB or more (``madvise(MADV_HUGEPAGE)``). Where the kernel's THP mode is
-``madvise`` (the common default, and this project's dev VM) that is the only way a tensor gets
+``madvise`` (the common default) that is the only way a tensor gets
 them; under ``always`` nothing changes, under ``never`` nothing can.
 
 Why archbench turns it on: a training step allocates and frees many multi-megabyte
-activations, and with 4 KiB pages each fresh one costs page faults and TLB misses. Measured on
-the 2-core dev VM, one thread, a 2-layer MQAR model's training step (batch 64) ran 10-25% faster
-with it (attention at d_model 128, L=128: 217 / 200 -> 177 / 163 ms in two runs each way;
-Mamba2 555 / 591 -> 490 / 474 ms); the op table at T=16384 did not move beyond its noise.
+activations, and with 4 KiB pages each fresh one costs page faults and TLB misses; training
+steps of small models get faster with it, while long single ops do not move.
 
 ``enable()`` sets the variable unless the user already did (``THP_MEM_ALLOC_ENABLE=0 archbench
 ...`` keeps PyTorch's default); torch reads it once, so the CLI calls it first thing and every

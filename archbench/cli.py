@@ -1,20 +1,30 @@
-"""The ``archbench`` command line: run | report | compare | ab | baseline save | convert | redundancy | list | env.
+"""The ``archbench`` command line: run | report | compare | ab | baseline save | convert | redundancy | list | env |
+export | push.
 
 Exit codes: 0 success; 1 the run finished but some cells failed (error / timeout; see
 ``--allow-failures``), or ``compare`` / ``ab`` found a regressed cell; 2 bad input (a suite error,
-an unknown architecture, a missing run, runs that cannot be compared); 130 interrupted
-with Ctrl-C (rows already written are kept).
+an unknown architecture, a missing run, runs that cannot be compared); 3 ``compare`` / ``ab``
+found no regression but some cell's samples are too few to show one (``underpowered``; see
+``--allow-underpowered``); 130 interrupted with Ctrl-C (rows already written are kept).
+
+``run`` also exits 2 when its output cannot be written, when another run holds the run
+directory (the line names its pid and host), and when ``--resume`` finds the suite changed
+(``--allow-changed``); it exits 143 on SIGTERM (a CI timeout, Slurm) and 129 on SIGHUP, handled
+as Ctrl-C is: rows kept, run.json ``interrupted``, ``--resume`` finishes the run
+(docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
 
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_SIGHUP, EXIT_SIGTERM = 129, 143  # 128 + the signal's number, as a shell reports it
 
 
 def _fail(message: str) -> "None":
@@ -37,6 +47,8 @@ def main() -> None:
     archbench redundancy MODEL           rank redundant attention layers, distil a hybrid
     archbench list                       the architecture catalogue and its backends
     archbench env                        this machine: device, libraries, optional kernels
+    archbench export RUN -o rows.parquet  rows as Parquet / CSV / JSON Lines
+    archbench push RUN --repo-id ORG/NAME upload a run to a Hugging Face dataset
     """
     from archbench import allocator
 
@@ -61,8 +73,16 @@ def main() -> None:
 @click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
               help="Measure every timing cell N times, in passes over the suite that alternate direction, and pool "
                    "each cell's samples: a shared machine's slow phases then fall on all cells alike. Task cells run once.")
-def run(suite_path, out_dir, resume, device, overrides, results_dir, allow_failures, no_report, dry_run, jobs, rounds):
-    """Run every cell of SUITE (a YAML file) and write rows.jsonl, run.json and report.html."""
+@click.option("--allow-changed", is_flag=True, help="With --resume: accept a suite that changed since the run began; its new cells "
+              "are run, and rows of cells no longer in it are kept and labelled stale.")
+def run(suite_path, out_dir, resume, device, overrides, results_dir, allow_failures, no_report, dry_run, jobs, rounds,
+        allow_changed):
+    """Run every cell of SUITE (a YAML file) and write rows.jsonl, run.json and report.html.
+
+    One run writes a run directory at a time (a second is refused); SIGTERM and SIGHUP stop a
+    run as Ctrl-C does, keeping its rows for --resume. Exit codes: 0 ok, 1 cells failed, 2 bad
+    input / unwritable output / directory in use / suite changed, 129 SIGHUP, 130 Ctrl-C, 143 SIGTERM.
+    """
     from archbench.suite import SuiteError, load_suite
 
     overrides = list(overrides)
@@ -88,41 +108,83 @@ def run(suite_path, out_dir, resume, device, overrides, results_dir, allow_failu
         click.echo(f"{len(cells)} cells")
         return
 
+    from archbench.store import RunDir, StoreError, create_run_dir, latest_run
+
+    if allow_changed and not resume:
+        _fail("--allow-changed goes with --resume (it accepts a suite that changed since the run began)")
+    try:
+        if out_dir:
+            run_dir = RunDir(out_dir)
+            if run_dir.has_rows() and not resume:
+                _fail(f"{out_dir} already holds a run; pass --resume to continue it, or choose another --out")
+        elif resume:
+            last = latest_run(Path(results_dir) / suite.name)
+            if last is None:
+                _fail(f"nothing to resume: no run of suite {suite.name!r} under {results_dir}/{suite.name}")
+            run_dir = RunDir(last)
+        else:
+            run_dir = RunDir(create_run_dir(Path(results_dir) / suite.name))
+        run_dir.create()
+        torn = run_dir.acquire()  # one writer per run directory, until this process ends
+    except StoreError as e:
+        _fail(str(e))
+    if torn:
+        click.echo(f"warning: {torn}", err=True)
+    stop = _stop_on_signals()
+    try:
+        summary = _execute_run(suite, suite_path, cells, run_dir, overrides, resume, allow_changed, jobs, rounds, no_report)
+    except KeyboardInterrupt:  # a signal outside the runner's loop (starting up, writing the report)
+        from archbench.runner import RunSummary
+        from archbench.store import now_iso
+
+        summary = RunSummary(interrupted=True)
+        meta = run_dir.read_meta()
+        if meta.get("status") == "running" and meta.get("pid") == os.getpid():
+            meta.update(status="interrupted", ended_at=now_iso())
+            run_dir.write_meta(meta)
+    except StoreError as e:
+        _fail(str(e))
+    finally:
+        _restore_signals(stop)
+        run_dir.release()
+    if summary.interrupted:
+        signum = stop.get("signal", 2)
+        click.echo(f"interrupted by {_signal_name(signum)}: rows written so far are kept; rerun with --resume to finish", err=True)
+        sys.exit(128 + signum)
+    if summary.failed and not allow_failures:
+        click.echo(f"{summary.failed} cell(s) failed (error/timeout); see the report's Failures section", err=True)
+        sys.exit(EXIT_FAILED_CELLS)
+
+
+def _execute_run(suite, suite_path, cells, run_dir, overrides, resume, allow_changed, jobs, rounds, no_report):
+    """The body of ``run`` once the run directory is held: plan against what is there, run, record."""
+    from archbench.measure.env import busy_warning, collect_env
     from archbench.runner import Runner
-    from archbench.store import RunDir, latest_run, new_run_id, now_iso
-
-    if out_dir:
-        run_dir = RunDir(out_dir)
-        if run_dir.rows_path.exists() and not resume:
-            _fail(f"{out_dir} already holds a run; pass --resume to continue it, or choose another --out")
-    elif resume:
-        last = latest_run(Path(results_dir) / suite.name)
-        if last is None:
-            _fail(f"nothing to resume: no run of suite {suite.name!r} under {results_dir}/{suite.name}")
-        run_dir = RunDir(last)
-    else:
-        run_dir = RunDir(Path(results_dir) / suite.name / new_run_id())
-    run_dir.create()
-
-    from archbench.measure.env import collect_env
+    from archbench.store import describe_skipped, now_iso
 
     devices = sorted({c.device for c in cells})
+    meta = run_dir.read_meta() if resume else {}
+    plan = _check_resume_plan(meta, cells, suite_path, allow_changed) if resume else {}
     env = collect_env(devices[0])
     done = run_dir.done_keys(rounds=rounds) if resume else set()
-    meta = run_dir.read_meta() if resume else {}
+    skipped = describe_skipped(run_dir.skipped_lines) if resume else None
+    if skipped:
+        click.echo(f"warning: {skipped}", err=True)
     meta.update(
         run_id=run_dir.path.name,
         suite=suite.name,
         suite_path=str(suite_path),
         suite_config=suite.raw,
+        suite_hash=_suite_hash(cells),
+        cell_keys=[c.key for c in cells],
         overrides=overrides,
         env=env,
         n_cells=len(cells),
         status="running",
+        pid=os.getpid(),
+        **plan,
     )
     meta.setdefault("started_at", now_iso())
-    from archbench.measure.env import busy_warning
-
     warnings = list(meta.get("warnings") or [])
     if busy_warning(env):
         warnings.append("at start: " + busy_warning(env))
@@ -143,7 +205,8 @@ def run(suite_path, out_dir, resume, device, overrides, results_dir, allow_failu
     runner = Runner(todo, run_dir, plugins=suite.model.plugins, base_row=base_row, env=env, jobs=jobs, rounds=rounds)
     summary = _run_with_progress(runner)
 
-    all_rows = {r["key"]: r for r in run_dir.rows()}
+    planned = {c.key for c in cells}
+    all_rows = {r["key"]: r for r in run_dir.rows() if r.get("key") in planned}
     counts: dict[str, int] = {}
     for r in all_rows.values():
         counts[r["status"]] = counts.get(r["status"], 0) + 1
@@ -152,22 +215,104 @@ def run(suite_path, out_dir, resume, device, overrides, results_dir, allow_failu
     if devices[0].startswith("cuda"):
         from archbench.measure.env import nvml_device_info
 
-        late = busy_warning(nvml_device_info(int(devices[0].split(":")[1]) if ":" in devices[0] else 0))
-        if late:
-            meta["warnings"].append("at end: " + late)
+        other = busy_warning(nvml_device_info(int(devices[0].split(":")[1]) if ":" in devices[0] else 0))
+        if other:
+            meta["warnings"].append("at end: " + other)
+    late = _noise_report(list(all_rows.values()), devices[0])
+    if late:
+        meta["warnings"].append("at end: " + late)
     meta.update(ended_at=now_iso(), counts=counts, peaks=peaks, status="interrupted" if summary.interrupted else "complete")
     run_dir.write_meta(meta)
 
-    if not no_report:
+    if not no_report and not summary.interrupted:
         report_path = _write_report([run_dir.path], run_dir.path / "report.html")
         click.echo(f"report: {report_path}", err=True)
     click.echo(f"rows: {run_dir.rows_path}  ({', '.join(f'{k}={v}' for k, v in sorted(counts.items()))})", err=True)
-    if summary.interrupted:
-        click.echo("interrupted: rows written so far are kept; rerun with --resume to finish", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    if summary.failed and not allow_failures:
-        click.echo(f"{summary.failed} cell(s) failed (error/timeout); see the report's Failures section", err=True)
-        sys.exit(EXIT_FAILED_CELLS)
+    return summary
+
+
+def _suite_hash(cells) -> str:
+    """What a run measures, in 16 hex digits: the hash of its sorted cell keys."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(c.key for c in cells)).encode()).hexdigest()[:16]
+
+
+def _check_resume_plan(meta: dict, cells, suite_path, allow_changed: bool) -> dict:
+    """``--resume`` against the cells the run was planned with (run.json ``cell_keys``): the same
+    set goes on; a changed one is refused (exit 2) unless ``--allow-changed``, which runs the new
+    cells and labels rows of cells that left the suite as stale (run.json ``stale_keys``)."""
+    from archbench.store import now_iso
+
+    if meta.get("cell_keys") is None:  # a run from before plans were recorded: nothing to check against
+        return {}
+    old, new = set(meta["cell_keys"]), {c.key for c in cells}
+    added, removed = new - old, old - new
+    if not added and not removed:
+        return {}
+    if not allow_changed:
+        example = next((c.label for c in cells if c.key in added), None) or f"key {sorted(removed)[0]}"
+        _fail(
+            f"{suite_path} changed since this run was planned: {len(added)} cell(s) added, {len(removed)} removed "
+            f"(e.g. {example}); pass --allow-changed to run the new cells beside the old rows, or choose another --out"
+        )
+    stale = (set(meta.get("stale_keys") or ()) | removed) - new
+    history = list(meta.get("suite_changes") or [])
+    history.append({"at": now_iso(), "added": len(added), "removed": len(removed), "previous_hash": meta.get("suite_hash")})
+    click.echo(f"warning: the suite changed: running {len(added)} new cell(s); {len(removed)} cell(s) left it and their rows are labelled stale", err=True)
+    return {"stale_keys": sorted(stale), "suite_changes": history}
+
+
+def _stop_on_signals() -> dict:
+    """SIGTERM (a CI timeout, Slurm, ``kill``) and SIGHUP (a closed terminal) stop a run as Ctrl-C
+    does: ``KeyboardInterrupt`` in the main thread, so the runner keeps its rows and kills its
+    workers. A second signal while stopping is ignored, so the stop completes. The dict returned
+    holds the first signal's number under ``signal`` (and the handlers to restore)."""
+    import signal
+
+    got: dict = {"previous": {}}
+
+    def handler(signum, frame):
+        if "signal" in got:
+            return
+        got["signal"] = signum
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        got["previous"][sig] = signal.signal(sig, handler)
+    return got
+
+
+def _restore_signals(stop: dict) -> None:
+    import signal
+
+    for sig, previous in stop.get("previous", {}).items():
+        signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    return {signal.SIGINT: "Ctrl-C (SIGINT)"}.get(signum) or signal.Signals(signum).name
+
+
+def _noise_report(rows: list[dict], device: str) -> str | None:
+    """Say how many timed cells were noisy; when most were, that the machine looks busy and why
+    (load average, other processes on the GPU). Returns the busy warning for run.json, or None."""
+    from archbench.measure.env import busy_signs, noisy_rows
+
+    timed = [r for r in rows if r.get("status") == "ok" and r.get("time_median_s") is not None]
+    if not timed:
+        return None
+    noisy = noisy_rows(timed)
+    click.echo(f"noise: {len(noisy)} of {len(timed)} timed cell(s) noisy (IQR/median > 10%)", err=True)
+    if 2 * len(noisy) <= len(timed):
+        return None
+    signs = busy_signs(device)
+    line = f"{len(noisy)} of {len(timed)} timed cells were noisy: the machine looks busy ({signs or 'no other load seen now'}); " \
+           "rerun on an idle machine, or with --rounds 3 to spread slow phases over every cell"
+    click.echo(f"warning: {line}", err=True)
+    return line
 
 
 def _pinned(cell):
@@ -370,27 +515,31 @@ def _two_run_comparison(dirs):
 @click.argument("suite_path", metavar="SUITE", type=click.Path(dir_okay=False))
 @click.option("--base", "base_spec", default=".", show_default=True, help="Side A: a git revision (HEAD~1, main, a sha), a directory holding another checkout, or '.' for this code.")
 @click.option("--head", "head_spec", default=".", show_default=True, help="Side B, as --base.")
-@click.option("--rounds", default=5, show_default=True, type=click.IntRange(min=1), help="Times each cell is measured on each side, alternating A B, B A, ...; a verdict needs every round to agree, so more rounds make a chance verdict rarer (2 / 2^rounds).")
+@click.option("--rounds", default=16, show_default=True, type=click.IntRange(min=1), help="Times each cell is measured on each side, alternating A B, B A, ...; the verdict is a signed-rank test on the per-round ratios, which needs >= 10 rounds at alpha 0.002 (fewer: underpowered, exit 3).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a suite value for both sides (repeatable).")
 @click.option("--base-set", "base_sets", multiple=True, metavar="KEY=VALUE", help="Override for side A only, e.g. --base-set sweep.backend=sdpa (cells pair by position).")
 @click.option("--head-set", "head_sets", multiple=True, metavar="KEY=VALUE", help="Override for side B only.")
 @click.option("--device", help="Run every cell on this device, overriding the suite.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where the two run directories go (default: results/<suite>/ab-<id>).")
 @click.option("--threshold", default=1.10, show_default=True, type=click.FloatRange(min=1.0, min_open=True), help="B/A ratio beyond which a significant change counts.")
-@click.option("--alpha", default=0.002, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), help="Significance level of the Mann-Whitney test.")
+@click.option("--alpha", default=0.002, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), help="Significance level of the paired signed-rank test on the rounds.")
+@click.option("--allow-underpowered", is_flag=True, help="Exit 0 instead of 3 when too few rounds were run to reach alpha and nothing regressed.")
 @click.option("--format", "fmt", type=click.Choice(["text", "md", "json"]), default="text", show_default=True, help="How to print the comparison.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the comparison to this file.")
-def ab(suite_path, base_spec, head_spec, rounds, overrides, base_sets, head_sets, device, out_dir, threshold, alpha, fmt, output):
+def ab(suite_path, base_spec, head_spec, rounds, overrides, base_sets, head_sets, device, out_dir, threshold, alpha,
+       allow_underpowered, fmt, output):
     """Measure SUITE with two versions of the code (or two settings), interleaved, and compare.
 
     Each side runs in its own worker importing its own copy of archbench; every cell is
     measured --rounds times alternately on the two sides, so machine drift cancels. Writes
-    OUT/base and OUT/head (ordinary run directories) and prints B/A per cell. Exit 1 when a
-    cell regressed, 0 otherwise, 2 on bad input.
+    OUT/base and OUT/head (ordinary run directories) and prints B/A per cell, judged on the
+    per-round ratios with a paired signed-rank test (docs/ci.md). Exit 1 when a cell
+    regressed, 3 when none did but some cell is underpowered (too few rounds or failed
+    rounds), 0 otherwise, 2 on bad input.
     """
     import tempfile
 
-    from archbench.ab import ABError, materialize, require_consistent_rounds, run_ab
+    from archbench.ab import ABError, materialize, run_ab
     from archbench.compare import compare, format_json, format_markdown, format_text
     from archbench.measure.env import collect_env
     from archbench.store import new_run_id
@@ -426,14 +575,13 @@ def ab(suite_path, base_spec, head_spec, rounds, overrides, base_sets, head_sets
         except KeyboardInterrupt:
             click.echo(f"interrupted; rows so far are in {out}", err=True)
             sys.exit(EXIT_INTERRUPTED)
-    cmp = compare(base_dir.path, head_dir.path, threshold=threshold, alpha=alpha, force=True)
-    by_key = lambda d: {r["key"]: r for r in d.rows()}  # noqa: E731
-    require_consistent_rounds(cmp, by_key(base_dir), by_key(head_dir))
+    cmp = compare(base_dir.path, head_dir.path, threshold=threshold, alpha=alpha, force=True,
+                  allow_underpowered=allow_underpowered)  # fmt: skip
     text = {"text": format_text, "md": format_markdown, "json": format_json}[fmt](cmp)
     click.echo(text)
     if output:
         Path(output).write_text(text)
-    sys.exit(EXIT_OK if cmp.passed else EXIT_FAILED_CELLS)
+    sys.exit(cmp.exit_code)
 
 
 # ---- recipes ----------------------------------------------------------------------------
@@ -513,11 +661,28 @@ def _default_device() -> str:
 @click.option("--device", help="Check backend availability for this device (default: cuda if present, else cpu).")
 @click.option("--dtype", default=None, help="Also check dtype support (e.g. bfloat16).")
 @click.option("--family", default=None, help="Only architectures whose family starts with this (e.g. linear).")
-def list_(as_json, device, dtype, family):
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True,
+              help="table: availability on this machine; json: the same for scripts (= --json); markdown: the "
+                   "catalogue as a Markdown table, independent of this machine (the README's copy is this output).")
+def list_(as_json, device, dtype, family, fmt):
     """The architecture catalogue, with each backend's availability on this machine (✓ trains and runs,
     ◐ forward only: fwd_bwd and task cells use the next backend, ◌ only under Triton's CPU interpreter
-    (TRITON_INTERPRET=1: for tests, never timed), ✗ unavailable, with the reason)."""
+    (TRITON_INTERPRET=1: for tests, never timed), ✗ unavailable, with the reason).
+
+    \b
+    archbench list                          every architecture, availability here
+    archbench list --family linear          linear/* only
+    archbench list --device cuda --dtype bfloat16
+    archbench list --format markdown        the catalogue table of the README
+    """
     from archbench import registry
+
+    if fmt == "markdown":
+        from archbench.catalogue_table import markdown_table
+
+        click.echo(markdown_table(registry.all_specs(), family=family), nl=False)
+        return
+    as_json = as_json or fmt == "json"
 
     device = device or _default_device()
     entries = []
@@ -612,6 +777,7 @@ def _nvml_status() -> str:
 # ---- compare / baseline -------------------------------------------------------------------
 
 EXIT_REGRESSED = EXIT_FAILED_CELLS  # compare: some cell got slower (or bigger) beyond the threshold
+EXIT_UNDERPOWERED = 3  # compare / ab: no regression, but some cell's samples could not show one (archbench.gate)
 
 
 @main.command(name="compare")
@@ -646,14 +812,15 @@ EXIT_REGRESSED = EXIT_FAILED_CELLS  # compare: some cell got slower (or bigger) 
     show_default=True,
     help="Significance level of the two-sided Mann-Whitney U test (latency only).",
 )
-@click.option("--force", is_flag=True, help="Compare even when BASE and HEAD were measured on different device models.")
+@click.option("--force", is_flag=True, help="Compare even when BASE and HEAD were measured on different device models or come from different suites.")
+@click.option("--allow-underpowered", is_flag=True, help="Exit 0 instead of 3 when cells are underpowered (too few samples to reach alpha) and none regressed.")
 @click.option(
     "-o",
     "--output",
     type=click.Path(dir_okay=False),
     help="Write the report to this file and print only the verdict line.",
 )
-def compare_cmd(base, head, threshold, metric, fmt, alpha, force, output):
+def compare_cmd(base, head, threshold, metric, fmt, alpha, force, allow_underpowered, output):
     """Compare HEAD against BASE cell by cell; exit 1 if any cell regressed.
 
     BASE and HEAD are run directories (holding rows.jsonl) or baseline JSON files from
@@ -664,24 +831,31 @@ def compare_cmd(base, head, threshold, metric, fmt, alpha, force, output):
     Latency decision, per cell, with r = median(HEAD) / median(BASE):
       regressed      r > threshold and significant
       improved       r < 1/threshold and significant
+      underpowered   too few samples for any difference to reach alpha (fails, exit 3)
       insignificant  beyond the threshold but not significant (does not fail)
       unchanged      within the threshold
     Significant: Mann-Whitney U two-sided p < alpha on the raw samples, or the
-    distribution-free 99% intervals of the two medians do not overlap. The 99%
-    interval shown for r is a seeded bootstrap (2000 resamples).
+    distribution-free 99% intervals of the two medians do not overlap; for the two
+    sides of one `archbench ab` run, the exact Wilcoxon signed-rank test on the
+    per-round ratios (r is then their median). At alpha 0.002 that needs >= 8
+    samples per side, or >= 10 A/B rounds. See docs/ci.md.
 
     \b
     Exit codes: 0 no regression; 1 some cell regressed; 2 bad input (a missing path,
-    no common cells, different devices without --force).
+    no common cells, an ok cell without raw samples, different devices or suites
+    without --force); 3 no regression but some cell underpowered (0 with
+    --allow-underpowered).
 
     \b
-    archbench compare results/baselines/ci.json results/smoke/20260101-120000
+    archbench ab suites/gate-cpu.yaml --base origin/main --head .     (the gate with power)
+    archbench compare results/baselines/ci.json results/gate-cpu/20260101-120000
     archbench compare BASE_RUN HEAD_RUN --format md -o comment.md
     """
     from archbench.compare import CompareError, compare, format_json, format_markdown, format_text
 
     try:
-        result = compare(base, head, threshold=threshold, metric=metric, alpha=alpha, force=force)
+        result = compare(base, head, threshold=threshold, metric=metric, alpha=alpha, force=force,
+                         allow_underpowered=allow_underpowered)  # fmt: skip
     except CompareError as e:
         _fail(str(e))
     text = {"text": format_text, "md": format_markdown, "json": format_json}[fmt](result)
@@ -691,8 +865,8 @@ def compare_cmd(base, head, threshold, metric, fmt, alpha, force, output):
         click.echo(f"{result.summary()}  -> {output}")
     else:
         click.echo(text, nl=False)
-    if not result.passed:
-        sys.exit(EXIT_REGRESSED)
+    if result.exit_code:
+        sys.exit(result.exit_code)
 
 
 @main.group()
@@ -723,6 +897,55 @@ def baseline_save(run_dir, path):
     except CompareError as e:
         _fail(str(e))
     click.echo(str(out))
+
+
+# ---- export / push ------------------------------------------------------------------------
+
+
+@main.command(name="export")
+@click.argument("runs", metavar="RUN...", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="rows.parquet (needs the export extra: pyarrow), rows.csv or rows.jsonl.")
+@click.option("--all-rows", is_flag=True, help="Keep every attempt of a retried cell, not only the last.")
+def export_cmd(runs, output, all_rows):
+    """Write the rows of one or more runs as one table (Parquet, CSV or JSON Lines).
+
+    Every row gets `schema_version` and `run_dir`, and the environment as `env_*` columns.
+    Parquet keeps every column's type (mappings and lists of records as JSON text, named in
+    the file's metadata); see docs/checkpoints.md for a DuckDB query over it.
+
+    \b
+    archbench export results/checkpoints/20260101-120000 -o rows.parquet
+    archbench export results/ -o all.jsonl          every run under results/
+    """
+    from archbench.export import ExportError, export
+
+    try:
+        path, n = export(runs, output, all_rows=all_rows)
+    except ExportError as e:
+        _fail(str(e))
+    click.echo(f"{n} rows -> {path}")
+
+
+@main.command(name="push")
+@click.argument("run", metavar="RUN", type=click.Path())
+@click.option("--repo-id", required=True, help="The Hugging Face dataset to upload to, ORG/NAME (created if missing).")
+@click.option("--private", is_flag=True, help="Create the dataset private (when it does not exist yet).")
+@click.option("--token", envvar="HF_TOKEN", default=None, help="A hub token (default: HF_TOKEN or `hf auth login`).")
+def push_cmd(run, repo_id, private, token):
+    """Upload a run to a Hugging Face dataset: data/<suite>/<run-id>.parquet (.jsonl without
+    pyarrow) and its run.json, in one commit. Needs the hub extra (huggingface_hub).
+
+    \b
+    archbench push results/checkpoints/20260101-120000 --repo-id my-org/archbench-results
+    """
+    from archbench.export import ExportError, push
+
+    try:
+        url = push(run, repo_id, private=private, token=token)
+    except ExportError as e:
+        _fail(str(e))
+    click.echo(url)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -72,3 +72,9 @@ for _module in CATALOGUE:
 # Hybrids are compositions of the entries above.
 for _spec in hybrids.specs(get):
     register(_spec)
+BUILTIN = frozenset(_REGISTRY)  # the shipped catalogue, before any plugin registers
+
+
+def builtin_specs() -> list[ArchSpec]:
+    """The shipped catalogue (what the README lists), without plugins registered since."""
+    return [_REGISTRY[n] for n in names() if n in BUILTIN]

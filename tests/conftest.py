@@ -44,7 +44,7 @@ def one_thread():
 
 def pytest_runtest_logreport(report):
     """ARCHBENCH_INSTAFAIL=1: print each failure's traceback the moment it happens (under xdist too),
-    so a run killed at its time limit, as on a lent GPU, still shows why tests failed."""
+    so a run killed at its time limit, as on a GPU node with a time limit, still shows why tests failed."""
     if report.failed and os.environ.get("ARCHBENCH_INSTAFAIL"):
         sys.stderr.write(f"\nFAILED {report.nodeid} ({report.when})\n{report.longreprtext}\n")
         sys.stderr.flush()

@@ -1,4 +1,4 @@
-"""The compile-cache carrier of the lent-GPU checks (benchmarks/gpu/compile_cache.py), on CPU:
+"""The compile-cache carrier of the GPU checks (benchmarks/gpu/compile_cache.py), on CPU:
 what is kept, the size limit, the round trip to the same absolute paths, and refusing archives
 that would write outside the cache folder."""
 

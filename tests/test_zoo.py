@@ -12,6 +12,7 @@ from archbench.mixers.base import MixerConfig
 from archbench.spec import Unsupported
 from fused_devices import half
 
+registry.load_plugins(["example_arch"])  # docs/adding-an-architecture.md's example, checked like the rest
 ARCHS = [s.name for s in registry.all_specs() if not s.family.startswith("test/") and s.level == "mixer"]
 CFG = MixerConfig(d_model=32, n_heads=2, chunk_size=8, d_state=8, window=6, block_size=4, block_count=2)
 T = 19

@@ -26,7 +26,7 @@ run of the first config that works (the interpreter has no driver to time with).
 
 What this does not check: anything the compiler does (tile shapes that do not fit, shared
 memory, numerics of tensor cores and of bf16 accumulation on the device). The GPU run of the
-same tests covers those (docs/gpu-session.md).
+same tests covers those (docs/gpu-nodes.md).
 """
 
 from __future__ import annotations

@@ -1,20 +1,19 @@
 #!/usr/bin/env bash
-# Every check archbench needs a GPU for, in one command that fits a lent-GPU session (up to 10 of
-# its 15 minutes with the start, so that a second call of about 4 minutes still fits). Run on the device machine from the
-# repository root:
-#     run(command="bash benchmarks/gpu/checks.sh", carry=[".whl", ".gpucache"], timeout_s=600)
-# Results land in $OUT (at most 8 files come back): summary.txt (environment, each stage's exit
+# Every check archbench needs a GPU for, in one command that fits in ten minutes (docs/gpu-nodes.md).
+# Run on the GPU node from the repository root, with the wheels of benchmarks/gpu/fetch_wheels.sh in .whl/:
+#     OUT=/tmp/out bash benchmarks/gpu/checks.sh
+# Results land in $OUT (at most 8 files): summary.txt (environment, each stage's exit
 # code and wall time), pytest.txt (the fused-vs-reference tests, then the timing-sensitive ones),
 # stages.log (every other stage's output), rows.jsonl (the rows of every suite and recipe run:
 # long-context, decode eager and graphed, mqar, recipes; `run_id` says which), the long-context
 # run.json (environment, measured peaks) and compile-cache.tar.xz (Triton's and inductor's
-# compiled kernels: `python3 benchmarks/gpu/compile_cache.py keep FILES_AT` here puts it in
-# .gpucache/, and the next call, carrying it, skips those compiles).
+# compiled kernels: `python3 benchmarks/gpu/compile_cache.py keep DIR` puts it in .gpucache/, and
+# the next run, with .gpucache/ beside it, skips those compiles).
 # A stage that fails or times out does not stop the next; the timed stages run alone on the GPU.
-# CHECKS_SCALE=0.5 halves every stage's time limit (a rerun in a short second call).
+# CHECKS_SCALE=0.5 halves every stage's time limit (a short rerun).
 # CHECKS_BUDGET_S (default 570) is the whole script's time: no stage runs past it less the minute
-# kept for packing the compile cache and the results, so a call with timeout_s=600 always sends
-# them back (a stage that would start with under 10 s left is skipped and says so).
+# kept for packing the compile cache and the results, so a run stopped at 600 s still writes
+# them (a stage that would start with under 10 s left is skipped and says so).
 set -u
 OUT=${OUT:-/tmp/archbench-gpu}
 mkdir -p "$OUT"

@@ -1,18 +1,17 @@
-"""Carry Triton's and inductor's compile caches from one lent-GPU call to the next.
+"""Carry Triton's and inductor's compile caches from one GPU check run to the next.
 
 On a fresh GPU machine most of a check run is compiling: Triton compiles every fla kernel and
-inductor every FlexAttention graph before the first test can compare anything (on the H200,
-170 s finished 13 of the ~45 fused-vs-reference tests). A lent machine starts bare each call, so
-without help every call pays that again. ``benchmarks/gpu/checks.sh`` therefore points both
-caches at one fixed folder (``ROOT``), unpacks the archive a previous call sent back (carried in
-``.gpucache/``) before its stages, and packs the folder into ``$OUT`` at the end:
+inductor every FlexAttention graph before the first test can compare anything. A machine that
+starts bare (a container, a cloud node) pays that on every run. ``benchmarks/gpu/checks.sh``
+therefore points both caches at one fixed folder (``ROOT``), unpacks the archive of a previous
+run (in ``.gpucache/``) before its stages, and packs the folder into ``$OUT`` at the end:
 
-    python3 benchmarks/gpu/compile_cache.py unpack .gpucache/compile-cache.tar.xz   # device, first
-    python3 benchmarks/gpu/compile_cache.py pack "$OUT/compile-cache.tar.xz"         # device, last
-    python3 benchmarks/gpu/compile_cache.py keep FILES_AT                              # here, after the call
+    python3 benchmarks/gpu/compile_cache.py unpack .gpucache/compile-cache.tar.xz   # GPU node, first
+    python3 benchmarks/gpu/compile_cache.py pack "$OUT/compile-cache.tar.xz"         # GPU node, last
+    python3 benchmarks/gpu/compile_cache.py keep DIR                                   # after the run
 
 ``keep`` copies the returned archive into ``.gpucache/`` (which it adds to .git/info/exclude),
-and the next call carries it: ``carry=[".whl", ".gpucache"]``.
+and the next run, with ``.gpucache/`` in its checkout, restores it.
 
 Why these details:
 - The folder is a fixed absolute path, the same on every machine: a Triton cache entry lists its
@@ -167,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         repo = Path(__file__).resolve().parents[2]
         dest = keep(args.files_at, repo)
-        print(f"compile cache kept at {dest}; carry it: carry=[\".whl\", \".gpucache\"]" if dest else f"no {ARCHIVE} under {args.files_at}")
+        print(f"compile cache kept at {dest}; the next checks.sh run restores it" if dest else f"no {ARCHIVE} under {args.files_at}")
     return 0
 
 

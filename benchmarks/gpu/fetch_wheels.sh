@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Run HERE (a machine with PyPI), in the repository root, before a lent-GPU session: downloads the
-# Python 3.12 wheels that archbench needs and the GPU image lacks (pydantic, plotly, fla) into
-# .whl/, which git ignores and the device tool carries (carry: [".whl"]). See docs/gpu-session.md.
+# Run on a machine with PyPI, in the repository root, before copying the checkout to a GPU node
+# without internet: downloads the Python 3.12 wheels that archbench needs and the GPU image lacks
+# (pydantic, plotly, fla) into .whl/, which git ignores; checks.sh installs them. See docs/gpu-nodes.md.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
