@@ -8,12 +8,24 @@ archive``, or a directory holding another checkout), and every cell is measured 
 times alternately on the two workers (A B, B A, A B, ...), so both sides see the same
 conditions to within seconds. On a CPU both workers are pinned to the same cores: measured on
 the 2-core dev VM, two processes running identical code on the cores the OS happened to give
-them differed by 25-35% in every round. Each side's samples from all rounds are pooled into one row
-per cell (median and spread recomputed), written to ``OUT/base`` and ``OUT/head`` as ordinary
-run directories, and compared with ``archbench.compare`` (exit 1 on a regression), with one
-more condition: every round must agree on the direction of the change (each round's B median
-above its A median for a regression), since samples within one round share its conditions
-and a single disturbed phase could otherwise make the pooled test confident.
+them differed by 25-35% in every round.
+
+A round visits every cell once on each side (the order of the two sides alternating from cell
+to cell and round to round), and **every round runs in new worker processes**: a process has
+its own memory layout and its own luck with caches and cores, which shifts all its timings
+alike (on the 2-core dev VM, identical code read 1.41x slower in one of two long-lived
+workers, in every round), so a per-process effect must vary from round to round, as pyperf's
+many worker processes make it, or the paired test below would take it for the code.
+
+Each side's samples from all rounds are pooled into one row
+per cell (median and spread recomputed, each round's median kept as ``ab_round_medians_s``),
+written to ``OUT/base`` and ``OUT/head`` as ordinary run directories that share one ``ab_id``,
+and compared with ``archbench.compare`` (exit 1 on a regression). Because the two sides of a
+round were measured together, the comparison is *paired*: the exact Wilcoxon signed-rank test
+on the per-round ratios of medians (``archbench.gate``), not a test on the pooled samples,
+whose members share their round's conditions and would make one disturbed phase look
+significant. At ``ab``'s alpha of 0.01 that needs at least 8 rounds; fewer are reported
+underpowered.
 
 Sides may also differ in a cell field instead of in code (``--base-set backend=sdpa
 --head-set backend=flex``): both suites must expand to the same number of cells in the same
@@ -97,25 +109,6 @@ def pool_rows(rows: list[dict]) -> dict:
     return pooling.pool_rows(rows, prefix="ab_")
 
 
-def require_consistent_rounds(cmp, base_rows: dict[str, dict], head_rows: dict[str, dict]) -> None:
-    """Downgrade a regressed / improved verdict to insignificant unless every round agrees on
-    its direction (each round's head median above, or below, the same round's base median).
-    Pooled samples of one round share that round's conditions, so a single disturbed phase
-    can make the pooled test confident; drift that cancels across A B / B A rounds cannot."""
-    for c in cmp.cells:
-        if c.outcome not in ("regressed", "improved"):
-            continue
-        b = (base_rows.get(c.key) or {}).get("ab_round_medians_s") or []
-        h = (head_rows.get(c.key) or {}).get("ab_round_medians_s") or []
-        pairs = [(x, y) for x, y in zip(b, h) if x and y]
-        if len(pairs) < 2:
-            continue
-        worse = [y > x for x, y in pairs]
-        if not (all(worse) if c.outcome == "regressed" else not any(worse)):
-            c.outcome = "insignificant"
-            c.note = f"rounds disagree on the direction ({sum(worse)} of {len(pairs)} slower)"
-
-
 def run_ab(
     base_cells: list[Cell],
     head_cells: list[Cell],
@@ -123,7 +116,7 @@ def run_ab(
     head: Side,
     out: Path,
     *,
-    rounds: int = 3,
+    rounds: int = 12,
     plugins: list[str] | None = None,
     env: dict | None = None,
     meta: dict | None = None,
@@ -135,27 +128,32 @@ def run_ab(
     if rounds < 1:
         raise ABError("--rounds must be >= 1")
     dirs = {s.name: RunDir(out / s.name).create() for s in (base, head)}
+    ab_id = f"{out.name}@{now_iso()}"  # both sides' run.json: compare pairs their rounds
     runners = {}
     for s in (base, head):
         runners[s.name] = Runner([], dirs[s.name], plugins=plugins, env=env, code_path=s.code_path)
-        dirs[s.name].write_meta({**(meta or {}), "run_id": f"{out.name}-{s.name}", "ab_side": s.name,
+        dirs[s.name].write_meta({**(meta or {}), "run_id": f"{out.name}-{s.name}", "ab_side": s.name, "ab_id": ab_id,
                                  "ab_code": s.label, "env": env or {}, "started_at": now_iso(), "status": "running"})  # fmt: skip
+    got: list[dict[str, list[dict]]] = [{base.name: [], head.name: []} for _ in base_cells]
     try:
-        for i, (bc, hc) in enumerate(zip(base_cells, head_cells)):
-            got: dict[str, list[dict]] = {base.name: [], head.name: []}
-            for r in range(rounds):
-                order = (base, head) if r % 2 == 0 else (head, base)  # A B, B A, ...: drift cancels
+        for r in range(rounds):
+            for i, (bc, hc) in enumerate(zip(base_cells, head_cells)):
+                order = (base, head) if (r + i) % 2 == 0 else (head, base)  # A B, B A, ...: drift cancels
                 for s in order:
                     cell = bc if s is base else hc
-                    got[s.name].append(runners[s.name].run_one(cell))
-            for s, cell in ((base, bc), (head, hc)):
-                row = pool_rows(got[s.name])
+                    row = runners[s.name].run_one(cell)
+                    got[i][s.name].append(row)
+                    if on_row:
+                        on_row(i, cell, s.name, {**row, "ab_round": r + 1})
+            for runner in runners.values():  # a new process per side per round: see the module docstring
+                runner.close()
+        for i, (bc, hc) in enumerate(zip(base_cells, head_cells)):
+            for s in (base, head):
+                row = pool_rows(got[i][s.name])
                 if s is head and hc.key != bc.key:
                     row["ab_head_key"], row["key"] = row["key"], bc.key
                 row["ab_code"] = s.label
                 dirs[s.name].append(row)
-                if on_row:
-                    on_row(i, cell, s.name, row)
     finally:
         for r in runners.values():
             r.close()

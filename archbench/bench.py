@@ -12,6 +12,12 @@ Modes:
                call); reported per call and per token, with the state's bytes.
   ``task``     train a small LM of this arch on a task (``archbench.tasks``) and report
                its held-out accuracy (or bits per byte), best over the lr grid.
+  ``bpb``, ``lm_eval``  (``level: checkpoint``) the quality of a pretrained checkpoint: bits per
+               byte on a text, or one lm-evaluation-harness task (``archbench.quality``).
+
+``level: checkpoint`` cells load the model their ``model`` field names (``archbench.checkpoint``)
+and time it exactly as a ``level: model`` cell; their rows add the checkpoint's facts (config
+architecture, parameters) and the implementation transformers took for each mixer.
 
 Called inside a worker process (``archbench.worker``); raises on failure and lets the
 worker classify the exception into a row status.
@@ -43,7 +49,8 @@ from archbench.models import LM, Stack, make_ffn
 from archbench.ops.dispatch import recording
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-MODES = ("fwd", "fwd_bwd", "prefill", "decode", "task")
+MODES = ("fwd", "fwd_bwd", "prefill", "decode", "task", "bpb", "lm_eval")
+QUALITY_MODES = ("bpb", "lm_eval")  # checkpoint cells: the model's quality, not its speed
 
 
 class Unsupported(spec_mod.Unsupported):
@@ -151,6 +158,12 @@ def build_module(spec, config: MixerConfig, cell: dict) -> torch.nn.Module:
     """The mixer alone (level ``mixer``), or a small LM around it (level ``model``):
     embedding -> n_layers pre-norm blocks of this mixer + SwiGLU MLP -> tied head. A hybrid
     is already a stack of blocks, so at model level it only gains the embedding and head."""
+    if cell.get("level") == "checkpoint" or spec.level == "checkpoint":  # a pretrained model from disk or the hub
+        if cell.get("level") != "checkpoint" or spec.level != "checkpoint":
+            raise Unsupported("a pretrained model needs arch: checkpoint with level: checkpoint and model: DIR")
+        from archbench.checkpoint import build
+
+        return build(cell)
     if spec.level == "model":  # a whole LM already (e.g. a transformers model family)
         if cell.get("level", "mixer") != "model":
             raise Unsupported(f"{spec.name!r} is a model-level architecture (ids -> logits); set level: model")
@@ -223,6 +236,12 @@ def run_cell(cell: dict, progress: Callable[[dict], None] | None = None) -> dict
 def _run(cell: dict, spec, device: str, dtype: str, progress) -> dict:
     if cell["mode"] == "task":
         return run_task(cell, spec, progress)
+    if cell["mode"] in QUALITY_MODES:
+        if cell.get("level") != "checkpoint":
+            raise Unsupported(f"mode {cell['mode']} scores a pretrained model; set level: checkpoint and model: DIR")
+        from archbench.quality import run_quality
+
+        return run_quality(cell)
 
     torch._dynamo.reset()  # compiled backends (flex) compile afresh in this cell's warm-up, under no recompile limit
     gc.collect()
@@ -237,7 +256,9 @@ def _run(cell: dict, spec, device: str, dtype: str, progress) -> dict:
     t_build = time.perf_counter()
     with building_for(device, backward=cell["mode"] == "fwd_bwd"):  # a hybrid's fused components: for this device and mode
         module = build_module(spec, config, cell).to(device=device, dtype=DTYPES[dtype])
-    if cell.get("level", "mixer") == "model":
+    if cell.get("level") == "checkpoint":  # ids drawn from the checkpoint's own vocabulary
+        cell = {**cell, "vocab_size": module.vocab_size}
+    if cell.get("level", "mixer") in ("model", "checkpoint"):
         x = torch.randint(0, int(cell["vocab_size"]), (cell["batch"], cell["seq_len"]), device=device)
     else:
         x = torch.randn(cell["batch"], cell["seq_len"], config.d_model, device=device, dtype=DTYPES[dtype])
@@ -301,7 +322,19 @@ def _run(cell: dict, spec, device: str, dtype: str, progress) -> dict:
         decode_complexity=f"{spec.complexity.decode_time}, {spec.complexity.decode_memory}",
         kernels=sorted(set(kernels) | work.kernels),
     )
+    row.update(_model_facts(module, device))
     return row
+
+
+def _model_facts(module: torch.nn.Module, device: str) -> dict:
+    """A transformers model's facts (a checkpoint's architecture and parameters) and the path
+    transformers took for each of its mixers; nothing for archbench's own modules."""
+    if not hasattr(module, "implementations"):
+        return {}
+    impls = module.implementations(device)
+    from archbench.checkpoint import summary
+
+    return {**getattr(module, "facts", {}), "implementations": impls, "implementation": summary(impls)}
 
 
 GPU_WARMUP_S = 0.25  # default time-based warm-up on a GPU: clocks ramp up from idle

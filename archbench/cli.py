@@ -1,9 +1,10 @@
-"""The ``archbench`` command line: run | report | compare | ab | baseline save | convert | redundancy | list | env |
+"""The ``archbench`` command line: run | status | report | advise | compare | ab | baseline save | convert | redundancy | list | env |
 export | push.
 
 Exit codes: 0 success; 1 the run finished but some cells failed (error / timeout; see
 ``--allow-failures``), or ``compare`` / ``ab`` found a regressed cell; 2 bad input (a suite error,
-an unknown architecture, a missing run, runs that cannot be compared); 3 ``compare`` / ``ab``
+an unknown architecture, a missing run, runs that cannot be compared, ``advise`` finding nothing
+comparable for its point); 3 ``compare`` / ``ab``
 found no regression but some cell's samples are too few to show one (``underpowered``; see
 ``--allow-underpowered``); 130 interrupted with Ctrl-C (rows already written are kept).
 
@@ -40,6 +41,8 @@ def main() -> None:
     \b
     archbench run suites/smoke.yaml      run a suite, write rows and an HTML report
     archbench report RUN_DIR -o r.html   render a report from one or more runs
+    archbench advise RUN --seq-len T --batch B   which architecture for this point, from measured rows
+    archbench status RUN_DIR             per-shard progress and failures of a run
     archbench compare BASE HEAD          regression gate: exit 1 if a cell got slower
     archbench ab SUITE --base REV        the suite on two code versions, interleaved, compared
     archbench baseline save RUN_DIR F    keep a run as a baseline JSON for compare
@@ -75,19 +78,56 @@ def main() -> None:
                    "each cell's samples: a shared machine's slow phases then fall on all cells alike. Task cells run once.")
 @click.option("--allow-changed", is_flag=True, help="With --resume: accept a suite that changed since the run began; its new cells "
               "are run, and rows of cells no longer in it are kept and labelled stale.")
+@click.option("--gpus", metavar="all|0,1,3", help="One worker per GPU, pinned with CUDA_VISIBLE_DEVICES; cells go to the next idle GPU, longest "
+              "expected first; a GPU runs one cell at a time. The suite's device must be cuda.")
+@click.option("--workers", type=click.IntRange(min=1), help="CPU: train up to N task cells at once, each worker on its own set of cores; "
+              "timing cells still run alone.")
+@click.option("--shard", "shard_spec", metavar="i/N", help="Run shard i of N of the sweep (split by key, balanced by expected cost) into "
+              "--out, writing rows-<i>of<N>.jsonl; the N shards, in any order, give the rows of one run.")
+@click.option("--executor", type=click.Choice(["local", "slurm", "ray"]), default="local", show_default=True,
+              help="local: this process. slurm: an array job of --shards shards through submitit. ray: --shards Ray tasks. "
+                   "slurm and ray need: pip install 'archbench[dist]'.")
+@click.option("--shards", type=click.IntRange(min=1), help="With --executor slurm|ray: split the sweep into N shards, one task each.")
+@click.option("--gpus-per-shard", type=click.IntRange(min=0), help="GPUs each slurm/ray task asks for (default: 1 for a CUDA suite, 0 for CPU).")
+@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
+              help="slurm/ray: run a shard that died again, resuming it, up to N times.")
+@click.option("--partition", help="slurm: the partition (default: the suite's slurm.partition).")
+@click.option("--time-min", type=click.IntRange(min=1), help="slurm: each task's time limit in minutes (default: the suite's slurm.time_min).")
+@click.option("--account", help="slurm: the account to charge (default: the suite's slurm.account).")
+@click.option("--slurm-local", is_flag=True, help="slurm: run the array on this machine as subprocesses (submitit's local executor), "
+              "to try a Slurm setup without a cluster.")
+@click.option("--ray-address", help="ray: the cluster to join (ray://host:10001 or host:6379); default: a local Ray on this machine.")
 def run(suite_path, out_dir, resume, device, overrides, results_dir, allow_failures, no_report, dry_run, jobs, rounds,
-        allow_changed):
+        allow_changed, gpus, workers, shard_spec, executor, shards, gpus_per_shard, retries, partition, time_min, account,
+        slurm_local, ray_address):
     """Run every cell of SUITE (a YAML file) and write rows.jsonl, run.json and report.html.
 
-    One run writes a run directory at a time (a second is refused); SIGTERM and SIGHUP stop a
-    run as Ctrl-C does, keeping its rows for --resume. Exit codes: 0 ok, 1 cells failed, 2 bad
-    input / unwritable output / directory in use / suite changed, 129 SIGHUP, 130 Ctrl-C, 143 SIGTERM.
+    One run writes a run directory at a time (a second is refused; shards of one sweep write
+    their own rows files side by side); SIGTERM and SIGHUP stop a run as Ctrl-C does, keeping its
+    rows for --resume. Exit codes: 0 ok, 1 cells failed (or a slurm/ray shard still dead after
+    its retries), 2 bad input / unwritable output / directory in use / suite changed / a GPU,
+    shard or executor that cannot be used, 129 SIGHUP, 130 Ctrl-C, 143 SIGTERM.
     """
+    from archbench.plan import PlanError, parse_shard
     from archbench.suite import SuiteError, load_suite
 
     overrides = list(overrides)
     if _is_recipe_suite(suite_path):
         return _run_recipe_suite(suite_path, out_dir, results_dir, dry_run)
+    shard = None
+    try:
+        shard = parse_shard(shard_spec) if shard_spec else None
+    except PlanError as e:
+        _fail(str(e))
+    if executor != "local":
+        if shard or gpus or workers:
+            _fail(f"--executor {executor} runs the shards itself: give --shards N instead of --shard, --gpus or --workers")
+        if not shards:
+            _fail(f"--executor {executor} needs --shards N: how many tasks the sweep is split into")
+    elif shards or ray_address or slurm_local:
+        _fail("--shards, --ray-address and --slurm-local go with --executor slurm or ray; for one shard here use --shard i/N")
+    if jobs > 1 and workers:
+        _fail("give --jobs or --workers, not both (--workers also gives each worker its own cores)")
     if device:
         overrides.append(f"defaults.device={device}")
     try:
@@ -100,20 +140,41 @@ def run(suite_path, out_dir, resume, device, overrides, results_dir, allow_failu
         cells = suite.cells()
     except SuiteError as e:
         _fail(str(e))
-    _check_devices(suite_path, cells)
+    all_cells = cells
+    if shard:
+        from archbench.plan import shard as shard_of
+
+        cells = shard_of(all_cells, *shard, keys=suite.keys())
+    slots = _slots(gpus, workers, cells)
+    if executor == "local":  # a submitting machine (a login node) needs no GPU of its own
+        _check_devices(suite_path, cells)
+    if slots and len(slots) > 1 and rounds > 1 and gpus:
+        _fail("--rounds pools a cell's rounds on one device; with --gpus run one GPU per shard instead (--shard i/N)")
 
     if dry_run:
         for c in cells:
             click.echo(f"{c.key}  {c.label}  device={c.device}")
-        click.echo(f"{len(cells)} cells")
+        click.echo(f"{len(cells)} cells" + (f" in shard {shard[0]}/{shard[1]} (of {len(all_cells)})" if shard else ""))
         return
 
     from archbench.store import RunDir, StoreError, create_run_dir, latest_run
 
     if allow_changed and not resume:
         _fail("--allow-changed goes with --resume (it accepts a suite that changed since the run began)")
+    if executor != "local":
+        return _run_distributed(executor, suite, suite_path, all_cells, overrides, device, out_dir, results_dir, resume,
+                                allow_failures, no_report, shards, gpus_per_shard, retries,
+                                dict(partition=partition, time_min=time_min, account=account, local=slurm_local),
+                                ray_address)  # fmt: skip
+    if shard and not out_dir:
+        _fail(f"--shard {shard[0]}/{shard[1]} needs --out DIR: every shard of a sweep writes into the same run directory")
     try:
-        if out_dir:
+        if shard:
+            run_dir = RunDir(out_dir, shard=shard)
+            if run_dir.rows_path.is_file() and not resume:
+                _fail(f"{out_dir} already holds shard {shard[0]}/{shard[1]}; pass --resume to continue it, or choose another --out")
+            _claim_sharded_plan(run_dir, suite, suite_path, all_cells, shard, overrides)
+        elif out_dir:
             run_dir = RunDir(out_dir)
             if run_dir.has_rows() and not resume:
                 _fail(f"{out_dir} already holds a run; pass --resume to continue it, or choose another --out")
@@ -132,7 +193,8 @@ def run(suite_path, out_dir, resume, device, overrides, results_dir, allow_failu
         click.echo(f"warning: {torn}", err=True)
     stop = _stop_on_signals()
     try:
-        summary = _execute_run(suite, suite_path, cells, run_dir, overrides, resume, allow_changed, jobs, rounds, no_report)
+        summary = _execute_run(suite, suite_path, cells, run_dir, overrides, resume, allow_changed, jobs, rounds, no_report,
+                               slots=slots)
     except KeyboardInterrupt:  # a signal outside the runner's loop (starting up, writing the report)
         from archbench.runner import RunSummary
         from archbench.store import now_iso
@@ -156,8 +218,9 @@ def run(suite_path, out_dir, resume, device, overrides, results_dir, allow_failu
         sys.exit(EXIT_FAILED_CELLS)
 
 
-def _execute_run(suite, suite_path, cells, run_dir, overrides, resume, allow_changed, jobs, rounds, no_report):
-    """The body of ``run`` once the run directory is held: plan against what is there, run, record."""
+def _execute_run(suite, suite_path, cells, run_dir, overrides, resume, allow_changed, jobs, rounds, no_report, slots=None):
+    """The body of ``run`` once the run directory is held: plan against what is there, run, record.
+    A shard keeps its state in its own ``shard-<i>of<N>.json`` (``run_dir.read_meta``)."""
     from archbench.measure.env import busy_warning, collect_env
     from archbench.runner import Runner
     from archbench.store import describe_skipped, now_iso
@@ -182,8 +245,13 @@ def _execute_run(suite, suite_path, cells, run_dir, overrides, resume, allow_cha
         n_cells=len(cells),
         status="running",
         pid=os.getpid(),
+        host=env.get("host"),
         **plan,
     )
+    if run_dir.shard:
+        meta["shard"] = list(run_dir.shard)
+    if slots:
+        meta["slots"] = [s.name for s in slots]
     meta.setdefault("started_at", now_iso())
     warnings = list(meta.get("warnings") or [])
     if busy_warning(env):
@@ -202,7 +270,8 @@ def _execute_run(suite, suite_path, cells, run_dir, overrides, resume, allow_cha
         err=True,
     )
     base_row = {"run_id": run_dir.path.name, "suite": suite.name}
-    runner = Runner(todo, run_dir, plugins=suite.model.plugins, base_row=base_row, env=env, jobs=jobs, rounds=rounds)
+    runner = Runner(todo, run_dir, plugins=suite.model.plugins, base_row=base_row, env=env, jobs=jobs, rounds=rounds,
+                    slots=slots)
     summary = _run_with_progress(runner)
 
     planned = {c.key for c in cells}
@@ -224,11 +293,148 @@ def _execute_run(suite, suite_path, cells, run_dir, overrides, resume, allow_cha
     meta.update(ended_at=now_iso(), counts=counts, peaks=peaks, status="interrupted" if summary.interrupted else "complete")
     run_dir.write_meta(meta)
 
-    if not no_report and not summary.interrupted:
-        report_path = _write_report([run_dir.path], run_dir.path / "report.html")
+    if not no_report and not summary.interrupted and _all_shards_complete(run_dir):
+        report_path = _write_report_atomically(run_dir.path)
         click.echo(f"report: {report_path}", err=True)
+    elif not no_report and not summary.interrupted:
+        click.echo(f"report: not yet; other shards are unfinished (archbench status {run_dir.path})", err=True)
     click.echo(f"rows: {run_dir.rows_path}  ({', '.join(f'{k}={v}' for k, v in sorted(counts.items()))})", err=True)
     return summary
+
+
+def _slots(gpus, workers, cells):
+    """The worker slots of ``--gpus`` (one per GPU, pinned) or ``--workers`` (disjoint cores);
+    None for the default single worker."""
+    from archbench.plan import PlanError, core_sets, parse_gpus, visible_gpus
+    from archbench.runner import cpu_slots, gpu_slots
+
+    try:
+        if gpus:
+            fake = bool(os.environ.get("ARCHBENCH_FAKE_GPUS"))
+            chosen = parse_gpus(gpus, visible_gpus())
+            pinned = sorted({c.device for c in cells if c.device.startswith("cuda:")})
+            if pinned and not fake:
+                raise PlanError(f"--gpus schedules every cell over the GPUs, but the suite pins cells to {pinned[0]}; "
+                                "set its device to cuda (or --device cuda)")
+            if not fake and any(c.device == "cpu" for c in cells):
+                raise PlanError("--gpus runs CUDA cells, but the suite's cells are on the cpu; add --device cuda, or use --workers N on a CPU")
+            return gpu_slots(chosen, facts=None if fake else {g: _gpu_facts(g) for g in chosen})
+        if workers:
+            return cpu_slots(workers, core_sets(workers))
+    except PlanError as e:
+        _fail(str(e))
+    return None
+
+
+def _gpu_facts(index: int) -> dict:
+    """What rows measured on GPU ``index`` say about it: index, UUID, clocks, power limit, driver."""
+    from archbench.measure.env import gpu_identity, nvml_device_info, physical_gpu
+
+    target = physical_gpu(index)
+    facts = nvml_device_info(index)
+    facts.update(gpu_identity(target) if isinstance(target, int) else {"gpu_uuid": target})
+    return facts
+
+
+def _claim_sharded_plan(run_dir, suite, suite_path, all_cells, shard, overrides) -> None:
+    """A shard joins the sweep in ``run_dir``: the first to arrive writes run.json with the whole
+    plan; the others check that they belong to it (same cells, same shard count)."""
+    from archbench.plan import assign_shards
+    from archbench.store import now_iso
+
+    run_dir.create()
+    owner = assign_shards(all_cells, shard[1], keys=suite.keys())
+    plan = dict(
+        run_id=run_dir.path.name, suite=suite.name, suite_path=str(suite_path), suite_config=suite.raw,
+        suite_hash=_suite_hash(all_cells), cell_keys=[c.key for c in all_cells], n_cells=len(all_cells),
+        overrides=overrides, shards=shard[1], shard_counts=[owner.count(s) for s in range(shard[1])],
+        status="sharded", started_at=now_iso(),
+    )  # fmt: skip
+    held, _ = run_dir.claim_run_meta(plan)
+    if held.get("shards") is None:
+        _fail(f"{run_dir.path} holds an unsharded run; resume it without --shard, or choose another --out")
+    if held["shards"] != shard[1]:
+        _fail(f"{run_dir.path} holds a sweep in {held['shards']} shards, not {shard[1]}; run --shard i/{held['shards']}, or choose another --out")
+    if held.get("suite_hash") != plan["suite_hash"]:
+        _fail(f"{run_dir.path} holds shards of another plan (suite {held.get('suite')!r}, {held.get('n_cells')} cells); "
+              f"give the same suite and --set values, or choose another --out")
+
+
+def _run_distributed(executor, suite, suite_path, cells, overrides, device, out_dir, results_dir, resume, allow_failures,
+                     no_report, n_shards, gpus_per_shard, retries, slurm_opts, ray_address):
+    """``--executor slurm|ray``: plan the shards into one run directory, hand each to the
+    executor (which resumes and retries them), then report when every shard is complete."""
+    from archbench.executors import ExecutorError, ShardSpec
+    from archbench.store import RunDir, StoreError, create_run_dir, shard_metas
+
+    try:
+        if executor == "slurm":
+            from archbench.executors import slurm
+
+            slurm.preflight(slurm_opts["local"])
+        else:
+            from archbench.executors import ray as ray_exec
+
+            ray_exec.preflight(ray_address)
+        if out_dir:
+            base = RunDir(out_dir)
+            if (base.has_rows() or base.run_path.is_file()) and not resume:
+                _fail(f"{out_dir} already holds a run; pass --resume to continue it, or choose another --out")
+        else:
+            base = RunDir(create_run_dir(Path(results_dir) / suite.name))
+        base.create()
+        _claim_sharded_plan(base, suite, suite_path, cells, (0, n_shards), overrides)
+        done = {i for (i, n), m in shard_metas(base.path).items() if n == n_shards and m.get("status") == "complete"}
+        gpus = gpus_per_shard if gpus_per_shard is not None else int(any(c.device.startswith("cuda") for c in cells))
+        specs = [ShardSpec(str(Path(suite_path).resolve()), str(base.path.resolve()), i, n_shards, tuple(overrides), device)
+                 for i in range(n_shards) if i not in done]  # fmt: skip
+        click.echo(f"archbench: suite {suite.name!r}, {len(cells)} cells in {n_shards} shards ({len(done)} complete), "
+                   f"run dir {base.path}, executor {executor}", err=True)  # fmt: skip
+        say = lambda line: click.echo(f"archbench: {line}", err=True)  # noqa: E731
+        if executor == "slurm":
+            opts = suite.model.slurm.model_dump()
+            opts.update({k: v for k, v in slurm_opts.items() if k != "local" and v is not None})
+            params = slurm.parameters(opts, gpus, name=f"archbench-{suite.name}")
+            outcome = slurm.run(specs, folder=base.path / "slurm", params=params, local=slurm_opts["local"], retries=retries, on_event=say)
+        else:
+            outcome = ray_exec.run(specs, address=ray_address, gpus_per_shard=gpus, retries=retries, on_event=say)
+    except (ExecutorError, StoreError) as e:
+        _fail(str(e))
+    from archbench.status import read_status, render
+
+    for line in render(read_status(base.path), suite_path):
+        click.echo(line, err=True)
+    dead = {i: why for i, why in outcome.items() if not isinstance(why, int)}
+    if dead:
+        click.echo(f"{len(dead)} shard(s) died after {retries + 1} tries (first: shard {min(dead)}/{n_shards}: {dead[min(dead)]}); "
+                   f"rerun the same command with --resume to resume them", err=True)  # fmt: skip
+        sys.exit(EXIT_FAILED_CELLS)
+    if not no_report:
+        click.echo(f"report: {_write_report_atomically(base.path)}", err=True)
+    if any(rc == EXIT_FAILED_CELLS for rc in outcome.values()) and not allow_failures:
+        click.echo("some cells failed (error/timeout); see archbench status and the report's Failures section", err=True)
+        sys.exit(EXIT_FAILED_CELLS)
+
+
+def _all_shards_complete(run_dir) -> bool:
+    """An unsharded run is complete when it ends; a sharded one when every shard's state says so."""
+    from archbench.store import RunDir, shard_metas
+
+    if not run_dir.shard:
+        return True
+    n = RunDir(run_dir.path).read_meta().get("shards") or run_dir.shard[1]
+    metas = shard_metas(run_dir.path)
+    return all(metas.get((i, n), {}).get("status") == "complete" for i in range(n))
+
+
+def _write_report_atomically(run_path: Path) -> Path:
+    """report.html of a run, written to a temporary name and renamed (shards may end together)."""
+    tmp = run_path / f".report-{os.getpid()}"
+    _write_report([run_path], tmp / "report.html")
+    for f in sorted(tmp.iterdir(), key=lambda f: f.name == "report.html"):  # the page last: it links the rest
+        os.replace(f, run_path / f.name)
+    tmp.rmdir()
+    return run_path / "report.html"
 
 
 def _suite_hash(cells) -> str:
@@ -443,41 +649,104 @@ def _run_with_progress(runner):
     return summary
 
 
+def _report_rows(run_dirs):
+    """The rows of ``run_dirs`` for a report: the last row per cell and way of timing
+    (``report.groups.latest_rows``), each marked with whether its backend is the catalogue's
+    pure-PyTorch reference (the last backend of its ArchSpec) so the report can say so.
+
+    Lines of rows files the store's reader skipped become ``df.attrs["skipped_note"]``, one line
+    the report shows as a banner."""
+    from archbench import registry
+    from archbench.report.groups import latest_rows
+    from archbench.store import describe_skipped, load
+
+    loaded = load(*run_dirs, all_rows=True)
+    note = describe_skipped(loaded.attrs.get("skipped_lines") or [])
+    df = latest_rows(loaded)
+    df.attrs["skipped_note"] = note or ""
+    if df.empty or "arch" not in df or "backend" not in df:
+        return df
+    refs = {}
+    for arch in {a for a in df["arch"] if isinstance(a, str)}:
+        try:
+            spec = registry.get(arch)
+        except Exception:  # an arch this checkout does not know: the report falls back to backend names
+            continue
+        if len(spec.backends) > 1:
+            refs[arch] = spec.backends[-1].name
+    df["reference_backend"] = [
+        (b == refs[a]) if isinstance(a, str) and a in refs and isinstance(b, str) else None
+        for a, b in zip(df["arch"], df["backend"])
+    ]
+    return df
+
+
 def _write_report(run_dirs, out_path, comparison=None, reference="softmax_attention") -> Path:
     from archbench.report import write_html
-    from archbench.store import load, load_meta
+    from archbench.store import load_meta
 
-    df = load(*run_dirs)
-    return write_html(df, load_meta(*run_dirs), out_path, comparison=comparison, reference=reference)
+    return write_html(_report_rows(run_dirs), load_meta(*run_dirs), out_path, comparison=comparison,
+                      reference=reference)
+
+
+# ---- status -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path())
+@click.option("--suite", "suite_path", help="The suite file, to print complete resume commands.")
+def status(run_dir, suite_path):
+    """Where RUN stands: per shard, cells with a row out of its cells, how they ended, and whether
+    it is running, complete, interrupted or dead (its process gone without finishing: the line
+    says how to resume it); then the failed cells. Exit 0, or 2 when RUN is not a run."""
+    from archbench.status import read_status, render
+
+    try:
+        st = read_status(run_dir)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e).splitlines()[0])
+    meta_suite = suite_path or (json.loads((Path(run_dir) / "run.json").read_text()).get("suite_path") if (Path(run_dir) / "run.json").is_file() else None)
+    for line in render(st, meta_suite):
+        click.echo(line)
 
 
 # ---- report -----------------------------------------------------------------------------
 
 
 @main.command()
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="File to write (default for html: RUN_DIR/report.html for one run, reports/report.html for several; md prints to stdout).")
-@click.option("--format", "fmt", type=click.Choice(["html", "md"]), default="html", show_default=True, help="html: the interactive page (+ a CSV of its data); md: a Markdown summary, e.g. for a CI comment.")
+@click.argument("run_dirs", nargs=-1, type=click.Path())
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="File to write (default for html: RUN_DIR/report.html for one run, reports/report.html for several; md prints to stdout). answers.json is written beside the page.")
+@click.option("--format", "fmt", type=click.Choice(["html", "md"]), default="html", show_default=True, help="html: the interactive page (+ a CSV of its data and answers.json); md: a Markdown summary, e.g. for a CI comment.")
 @click.option("--reference", default="softmax_attention", show_default=True, help="The arch that crossover lengths and ratio tables are measured against.")
-def report(run_dirs, output, fmt, reference):
-    """Render a report from one or more RUN_DIRS.
+@click.option("--compare", "compare_pair", nargs=2, type=click.Path(), metavar="BASE HEAD", help="Add a B/A section: every cell both runs measured, HEAD against BASE, with significance (devices may differ here).")
+def report(run_dirs, output, fmt, reference, compare_pair):
+    """Render a report from one or more RUN_DIRS (run directories, or folders holding them).
 
-    With exactly two runs (A then B) that share cells, the page (and the Markdown) adds B/A per
-    cell with significance, as `archbench compare` judges it (devices may differ here)."""
+    Several runs are merged into one report; rows measured on different devices or
+    configurations are labelled and never compared. `--compare BASE HEAD` adds B/A per cell.
+
+    \b
+    archbench report results/long-context/20260101-120000
+    archbench report results/baselines/nvidia-h100 results/baselines/nvidia-h200 -o reports/gpus.html
+    archbench report --compare results/smoke/base results/smoke/head
+    """
     from archbench.store import find_run_dirs
 
     try:
-        dirs = find_run_dirs(run_dirs)
+        dirs = find_run_dirs(list(run_dirs) + list(compare_pair or ()))
+        pair = find_run_dirs([compare_pair[0]]) + find_run_dirs([compare_pair[1]]) if compare_pair else []
     except FileNotFoundError as e:
         _fail(str(e))
     if not dirs:
-        _fail(f"no runs found under {', '.join(run_dirs)}")
-    comparison = _two_run_comparison(dirs)
+        _fail(f"no runs found under {', '.join(run_dirs) or '(nothing given)'}; name a run directory, or --compare BASE HEAD")
+    if compare_pair and len(pair) != 2:
+        _fail(f"--compare takes two run directories; {' and '.join(compare_pair)} hold {len(pair)} runs")
+    comparison = _two_run_comparison(pair) if compare_pair else None
     if fmt == "md":
         from archbench.report import render_markdown
-        from archbench.store import load, load_meta
+        from archbench.store import load_meta
 
-        text = render_markdown(load(*dirs), load_meta(*dirs), reference)
+        text = render_markdown(_report_rows(dirs), load_meta(*dirs), reference)
         if comparison is not None:
             from archbench.compare import format_markdown
 
@@ -496,16 +765,61 @@ def report(run_dirs, output, fmt, reference):
 
 
 def _two_run_comparison(dirs):
-    """Two runs with cells in common: B (the second) against A, per cell, for the report.
-    Devices may differ here (it is a report, not a gate); the section says so."""
-    if len(dirs) != 2:
-        return None
+    """HEAD (the second) against BASE, per cell, for the report's B/A section. Devices may
+    differ here (it is a report, not a gate); the section says so. Exits 2 when the two share
+    no cell."""
     from archbench.compare import CompareError, compare
 
     try:
         return compare(dirs[0], dirs[1], force=True)
-    except CompareError:
-        return None  # no common cells: the page just shows both runs
+    except CompareError as e:
+        _fail(f"--compare: {e}")
+
+
+# ---- advise -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--seq-len", "-T", "seq_len", required=True, type=click.IntRange(min=1), help="Sequence length (decode: tokens of context) to answer for.")
+@click.option("--batch", "-B", default=1, show_default=True, type=click.IntRange(min=1), help="Sequences per call.")
+@click.option("--mode", default="prefill", show_default=True, type=click.Choice(["fwd", "fwd_bwd", "prefill", "decode"]), help="What the model does: fwd_bwd for training, prefill for a prompt, decode for generation.")
+@click.option("--memory-gib", type=click.FloatRange(min=0, min_open=True), help="Leave out what needs more peak memory than this (GiB).")
+@click.option("--min-accuracy", type=click.FloatRange(0, 1), help="Leave out archs whose best task score (e.g. MQAR accuracy) is below this, or unmeasured.")
+@click.option("--json", "as_json", is_flag=True, help="The ranking as JSON.")
+def advise(run_dirs, seq_len, batch, mode, memory_gib, min_accuracy, as_json):
+    """Which architecture for this point? A ranking from measured rows, per device and configuration.
+
+    Each entry gives its latency at --seq-len (measured, interpolated in log-log between the two
+    nearest measured lengths, or extrapolated beyond them: marked), its peak memory and accuracy,
+    the rows it rests on, and marks for noisy cells and pure-PyTorch reference backends. Exit 2
+    with one line when the runs hold nothing comparable for that point.
+
+    \b
+    archbench advise results/baselines/nvidia-h100 --seq-len 16384 --batch 1
+    archbench advise RUN --seq-len 4096 --mode decode --memory-gib 40
+    archbench advise RUN_A RUN_B -T 8192 -B 4 --mode fwd_bwd --min-accuracy 0.9 --json
+    """
+    from archbench.report.advise import AdviseError, format_advice
+    from archbench.report.advise import advise as rank
+    from archbench.store import find_run_dirs
+
+    try:
+        dirs = find_run_dirs(run_dirs)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    if not dirs:
+        _fail(f"no runs found under {', '.join(run_dirs)}")
+    try:
+        results = rank(_report_rows(dirs), seq_len, batch, mode, memory_gib, min_accuracy)
+    except AdviseError as e:
+        _fail(str(e))
+    if as_json:
+        from archbench.report.answers import to_json
+
+        click.echo(to_json({"seq_len": seq_len, "batch": batch, "mode": mode, "groups": results}), nl=False)
+    else:
+        click.echo(format_advice(results))
 
 
 # ---- ab ---------------------------------------------------------------------------------
@@ -515,14 +829,14 @@ def _two_run_comparison(dirs):
 @click.argument("suite_path", metavar="SUITE", type=click.Path(dir_okay=False))
 @click.option("--base", "base_spec", default=".", show_default=True, help="Side A: a git revision (HEAD~1, main, a sha), a directory holding another checkout, or '.' for this code.")
 @click.option("--head", "head_spec", default=".", show_default=True, help="Side B, as --base.")
-@click.option("--rounds", default=16, show_default=True, type=click.IntRange(min=1), help="Times each cell is measured on each side, alternating A B, B A, ...; the verdict is a signed-rank test on the per-round ratios, which needs >= 10 rounds at alpha 0.002 (fewer: underpowered, exit 3).")
+@click.option("--rounds", default=12, show_default=True, type=click.IntRange(min=1), help="Times each cell is measured on each side, alternating A B, B A, ...; the verdict is a signed-rank test on the per-round ratios, which needs >= 8 rounds at alpha 0.01 (fewer: underpowered, exit 3).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a suite value for both sides (repeatable).")
 @click.option("--base-set", "base_sets", multiple=True, metavar="KEY=VALUE", help="Override for side A only, e.g. --base-set sweep.backend=sdpa (cells pair by position).")
 @click.option("--head-set", "head_sets", multiple=True, metavar="KEY=VALUE", help="Override for side B only.")
 @click.option("--device", help="Run every cell on this device, overriding the suite.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where the two run directories go (default: results/<suite>/ab-<id>).")
 @click.option("--threshold", default=1.10, show_default=True, type=click.FloatRange(min=1.0, min_open=True), help="B/A ratio beyond which a significant change counts.")
-@click.option("--alpha", default=0.002, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), help="Significance level of the paired signed-rank test on the rounds.")
+@click.option("--alpha", default=0.01, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), help="Significance level of the paired signed-rank test on the rounds (each round is an independent unit, so its p-value is honest; compare's stricter 0.002 guards pooled per-call samples, which are not).")
 @click.option("--allow-underpowered", is_flag=True, help="Exit 0 instead of 3 when too few rounds were run to reach alpha and nothing regressed.")
 @click.option("--format", "fmt", type=click.Choice(["text", "md", "json"]), default="text", show_default=True, help="How to print the comparison.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the comparison to this file.")
@@ -565,7 +879,8 @@ def ab(suite_path, base_spec, head_spec, rounds, overrides, base_sets, head_sets
 
             def on_row(i, cell, side, row):
                 detail = f"{row['time_median_s'] * 1e3:9.3f} ms" if row.get("time_median_s") else str(row.get("error") or "")[:120]
-                click.echo(f"[{i + 1}/{len(base_cells)}] {side:>4} {row['status']:>11} {cell.label}  {detail}", err=True)
+                click.echo(f"[round {row['ab_round']}/{rounds}, {i + 1}/{len(base_cells)}] {side:>4} {row['status']:>11} "
+                           f"{cell.label}  {detail}", err=True)  # fmt: skip
 
             meta = {"suite": base_suite.name, "suite_path": str(suite_path), "suite_config": base_suite.raw}
             base_dir, head_dir = run_ab(base_cells, head_cells, base, head, out, rounds=rounds,
@@ -838,7 +1153,8 @@ def compare_cmd(base, head, threshold, metric, fmt, alpha, force, allow_underpow
     distribution-free 99% intervals of the two medians do not overlap; for the two
     sides of one `archbench ab` run, the exact Wilcoxon signed-rank test on the
     per-round ratios (r is then their median). At alpha 0.002 that needs >= 8
-    samples per side, or >= 10 A/B rounds. See docs/ci.md.
+    samples per side, or >= 10 A/B rounds (`ab` itself defaults to alpha 0.01:
+    >= 8 rounds). See docs/ci.md.
 
     \b
     Exit codes: 0 no regression; 1 some cell regressed; 2 bad input (a missing path,
@@ -919,12 +1235,16 @@ def export_cmd(runs, output, all_rows):
     archbench export results/ -o all.jsonl          every run under results/
     """
     from archbench.export import ExportError, export
+    from archbench.store import describe_skipped, skipped_lines
 
     try:
         path, n = export(runs, output, all_rows=all_rows)
     except ExportError as e:
         _fail(str(e))
     click.echo(f"{n} rows -> {path}")
+    note = describe_skipped(skipped_lines(*runs))
+    if note:
+        click.echo(f"warning: {note}", err=True)
 
 
 @main.command(name="push")

@@ -6,42 +6,42 @@ next to the code they guard). Cells are matched by their stable key, so two side
 only where they measured the same configuration; a cell on one side only is listed as
 *added* or *removed*, never a failure.
 
-**Latency.** Each ok cell carries its raw per-call samples. The effect size is the ratio
-``r = median(HEAD) / median(BASE)``. A cell *regresses* when ``r > threshold`` **and** the
-difference is statistically clear, meaning either
+**Latency** is judged by ``archbench.gate`` (the decision rule and the verdict words every
+speed check shares). The effect is ``r = median(HEAD) / median(BASE)``; a cell *regresses*
+when ``r > threshold`` **and** the difference is statistically clear at ``alpha``:
 
-* the two-sided Mann-Whitney U test (normal approximation with tie correction and a
-  continuity correction; no distributional assumption) gives ``p < alpha``, or
-* the distribution-free 99% intervals of the two medians do not overlap. Each interval is
-  the pair of order statistics ``(x_(l), x_(n+1-l))`` with the largest ``l`` for which
-  ``P(Binomial(n, 1/2) < l) <= 0.005``; with fewer than 8 samples no such ``l`` exists and
-  the interval is unbounded (it never separates).
+* two independent runs (or a run and a baseline): the two-sided Mann-Whitney U test on the
+  raw per-call samples, or the distribution-free 99% intervals of the two medians not
+  overlapping. The reported 99% interval of ``r`` is a seeded percentile bootstrap (2000
+  resamples), shown, not used for the decision;
+* the two sides of one ``archbench ab`` run (both record the same ``ab_id``): the exact
+  Wilcoxon signed-rank test on the per-round ratios of medians, whose median is then ``r``
+  and whose order-statistic 99% interval is shown.
 
-*Improved* is the mirror image (``r < 1/threshold``, same significance rule). A ratio
-beyond the threshold that is not significant is reported as *insignificant* and does not
-fail the gate; a ratio inside the threshold is *unchanged* however small its p-value, since
-the threshold is the size of change worth failing a build for. The reported 99% interval
-of ``r`` is a percentile bootstrap: 2000 resamples of each side's samples (a fixed seed,
-so a comparison is reproducible), the ratio of the resampled medians, its 0.5% and 99.5%
-quantiles. It is shown, not used for the decision.
+*Improved* is the mirror image (``r < 1/threshold``). Beyond the threshold without
+significance a cell is *insignificant* and does not fail; inside the threshold it is
+*unchanged*. A cell whose samples are too few for any difference to reach ``alpha`` (fewer
+than 8 per side at the default 0.002 for two runs, fewer than 8 rounds for an A/B run at
+``archbench ab``'s 0.01) is
+*underpowered*, with the size it would need in its note, and fails the gate with its own
+exit code unless ``allow_underpowered``: a comparison that cannot decide says so.
 
 The samples within one run measure call-to-call noise only; run-to-run drift (clocks,
-thermals, a neighbour on a shared machine) is not in them, which makes the tests
+thermals, a neighbour on a shared machine) is not in them, which makes the unpaired test
 optimistic. The threshold is the guard against that: set it above the drift you see when
-comparing a run against a rerun of itself. A side with fewer than two samples for a cell
-(a hand-written row, an old baseline) has no spread to test, and that cell is judged by
-the threshold alone (its note says so).
+comparing a run against a rerun of itself, or compare interleaved rounds (``archbench ab``).
 
 **Memory and energy** are one number per cell (peak bytes; joules per call), so the
 decision is the threshold alone. A cell without the number on both sides is *no_data*.
 
 **Failures.** A cell that is ok on one side only is *broken* (ok in BASE, not in HEAD) or
 *fixed*; not ok on both sides is *failed*. These are listed, with their statuses, but only
-regressions fail the gate.
+regressions (and underpowered cells) fail the gate.
 
 Inputs are refused (``CompareError``, one line) when a path holds neither a run nor a
-baseline, when the sides share no cell, and when they were measured on different devices
-(unless ``force``): a ratio of timings from two GPU models says nothing about the code.
+baseline, when the sides share no cell, when an ok cell has no raw timing samples on a side,
+and, unless ``force``, when they were measured on different devices or come from different
+suites: a ratio of timings from two GPU models says nothing about the code.
 """
 
 from __future__ import annotations
@@ -56,14 +56,13 @@ from typing import Any
 
 import numpy as np
 
-from archbench.measure.stats import bootstrap_ratio_ci, mann_whitney_p, median_ci
+from archbench import gate
 from archbench.fields import CELL_FIELDS
-from archbench.store import ROWS, RUN, RunDir, find_run_dirs, now_iso
+from archbench.store import ROWS, RUN, RunDir, describe_skipped, find_run_dirs, now_iso
 
 METRICS = ("latency", "memory", "energy")
 BASELINE_SCHEMA = "archbench-baseline"
 BASELINE_VERSION = 1
-MIN_SAMPLES = 2  # below this on either side a latency cell is judged by the threshold alone
 
 #: The fields that identify a cell (``archbench.fields``: comparing results imports no model code).
 IDENTITY_FIELDS = CELL_FIELDS
@@ -85,7 +84,8 @@ _NOTED_ENV_DIFFS = (
 
 #: Outcomes in the order they are listed.
 OUTCOMES = (
-    "regressed", "broken", "improved", "fixed", "insignificant", "unchanged", "failed", "no_data", "added", "removed",
+    "regressed", "broken", "underpowered", "improved", "fixed", "insignificant", "unchanged", "failed", "no_data",
+    "added", "removed",
 )  # fmt: skip
 _METRIC_FIELD = {"latency": "time_median_s", "memory": "peak_mem_bytes", "energy": "energy_j_per_call"}
 
@@ -110,6 +110,7 @@ class CellRecord:
     peak_mem_bytes: float | None = None
     energy_j_per_call: float | None = None
     device_name: str | None = None
+    round_medians_s: tuple[float, ...] = ()  # per-round medians of an A/B run (``ab_round_medians_s``)
 
     def value(self, metric: str) -> float | None:
         return {"latency": self.median_s, "memory": self.peak_mem_bytes, "energy": self.energy_j_per_call}[metric]
@@ -139,6 +140,8 @@ class Side:
     env: dict[str, Any]
     cells: dict[str, CellRecord]
     created_at: str | None = None
+    ab_id: str | None = None  # the A/B run this side belongs to: two sides with the same id were measured in pairs
+    skipped_note: str | None = None  # lines of its rows files the store's reader could not use (torn, not JSON)
 
     def describe(self) -> str:
         bits = [self.kind]
@@ -177,6 +180,7 @@ def _record(key: str, row: dict, identity: dict | None = None) -> CellRecord:
         peak_mem_bytes=_number(row.get("peak_mem_bytes")),
         energy_j_per_call=_number(row.get("energy_j_per_call")),
         device_name=row.get("device_name") or env.get("device_name"),
+        round_medians_s=tuple(float(m) for m in (row.get("ab_round_medians_s") or []) if _number(m) is not None),
     )
 
 
@@ -204,6 +208,8 @@ def _load_run(run_dir: Path) -> Side:
         env=_summarize_env(env),
         cells=cells,
         created_at=meta.get("started_at"),
+        ab_id=meta.get("ab_id"),
+        skipped_note=describe_skipped(rd.skipped_lines),
     )
 
 
@@ -283,6 +289,7 @@ class CellComparison:
     head_ci: tuple[float, float] | None = None
     n_base: int = 0
     n_head: int = 0
+    test: str | None = None  # mann-whitney | signed-rank (latency only)
     note: str | None = None
 
     def to_json(self) -> dict:
@@ -299,6 +306,7 @@ class Comparison:
     forced: bool
     cells: list[CellComparison]
     notes: list[str] = field(default_factory=list)
+    allow_underpowered: bool = False
 
     def of(self, *outcomes: str) -> list[CellComparison]:
         return [c for c in self.cells if c.outcome in outcomes]
@@ -312,8 +320,18 @@ class Comparison:
         return self.of("improved")
 
     @property
+    def exit_code(self) -> int:
+        """0 pass, 1 a cell regressed, 3 a cell underpowered and none regressed (``archbench.gate``)."""
+        return gate.gate_exit_code([c.outcome for c in self.cells], self.allow_underpowered)
+
+    @property
     def passed(self) -> bool:
-        return not self.regressions
+        return self.exit_code == gate.EXIT_PASS
+
+    @property
+    def verdict(self) -> str:
+        """PASS, FAIL (a regression) or UNDERPOWERED (the samples could not decide some cell)."""
+        return {gate.EXIT_PASS: "PASS", gate.EXIT_REGRESSED: "FAIL"}.get(self.exit_code, "UNDERPOWERED")
 
     def counts(self) -> dict[str, int]:
         out = {o: 0 for o in OUTCOMES}
@@ -323,8 +341,7 @@ class Comparison:
 
     def summary(self) -> str:
         counts = ", ".join(f"{n} {o.replace('_', ' ')}" for o, n in self.counts().items())
-        verdict = "PASS" if self.passed else "FAIL"
-        return f"{verdict}: {counts} ({self.metric}, threshold x{self.threshold:g}, alpha {self.alpha:g})"
+        return f"{self.verdict}: {counts} ({self.metric}, threshold x{self.threshold:g}, alpha {self.alpha:g})"
 
     def to_json(self) -> dict:
         def side(s: Side) -> dict:
@@ -333,6 +350,9 @@ class Comparison:
 
         return {
             "passed": self.passed,
+            "verdict": self.verdict,
+            "exit_code": self.exit_code,
+            "allow_underpowered": self.allow_underpowered,
             "summary": self.summary(),
             "metric": self.metric,
             "threshold": self.threshold,
@@ -377,26 +397,16 @@ def _labeler(identities: Iterable[dict]) -> Any:
     return label
 
 
-def _judge_latency(c: CellComparison, b: CellRecord, h: CellRecord, threshold: float, alpha: float) -> None:
-    c.n_base, c.n_head = len(b.samples_s), len(h.samples_s)
-    if c.n_base >= MIN_SAMPLES and c.n_head >= MIN_SAMPLES:
-        c.p_value = mann_whitney_p(b.samples_s, h.samples_s)
-        c.base_ci, c.head_ci = median_ci(b.samples_s), median_ci(h.samples_s)
-        c.ratio_ci = bootstrap_ratio_ci(b.samples_s, h.samples_s)
-        apart = c.head_ci[0] > c.base_ci[1] or c.base_ci[0] > c.head_ci[1]
-        significant = c.p_value < alpha or apart
+def _judge_latency(
+    c: CellComparison, b: CellRecord, h: CellRecord, threshold: float, alpha: float, paired: bool
+) -> None:
+    """``archbench.gate``: paired rounds when both sides come from one A/B run, else the samples."""
+    if paired and b.round_medians_s and len(b.round_medians_s) == len(h.round_medians_s):
+        j = gate.judge_paired(b.round_medians_s, h.round_medians_s, threshold, alpha)
     else:
-        significant = True
-        c.note = f"fewer than {MIN_SAMPLES} samples on a side: judged by the threshold alone"
-    _decide(c, threshold, significant)
-
-
-def _decide(c: CellComparison, threshold: float, significant: bool) -> None:
-    r = c.ratio
-    if r is not None and (r > threshold or r < 1.0 / threshold):
-        c.outcome = ("regressed" if r > threshold else "improved") if significant else "insignificant"
-    else:
-        c.outcome = "unchanged"
+        j = gate.judge_unpaired(b.samples_s, h.samples_s, threshold, alpha)
+    c.outcome, c.ratio, c.p_value, c.ratio_ci, c.test = j.verdict, j.ratio, j.p_value, j.ratio_ci, j.test
+    c.base_ci, c.head_ci, c.n_base, c.n_head, c.note = j.base_ci, j.head_ci, j.n_base, j.n_head, j.note
 
 
 def _ratio(base: float, head: float) -> float:
@@ -412,23 +422,37 @@ def compare(
     metric: str = "latency",
     alpha: float = 0.002,
     force: bool = False,
+    allow_underpowered: bool = False,
 ) -> Comparison:
     """HEAD against BASE, cell by cell (see the module docstring for the decision rule)."""
     if metric not in METRICS:
         raise CompareError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
-    if not (threshold > 1.0 and math.isfinite(threshold)):
-        raise CompareError(f"threshold must be a ratio above 1 (e.g. 1.10 for 10%), got {threshold}")
-    if not 0.0 < alpha < 1.0:
-        raise CompareError(f"alpha must be between 0 and 1 (e.g. 0.002), got {alpha}")
+    try:
+        gate.check_threshold_alpha(threshold, alpha)
+    except ValueError as e:
+        raise CompareError(str(e)) from None
     b = base if isinstance(base, Side) else load_side(base, "BASE")
     h = head if isinstance(head, Side) else load_side(head, "HEAD")
+    if b.suite and h.suite and b.suite != h.suite:
+        if not force:
+            raise CompareError(
+                f"BASE is a run of suite {b.suite!r} and HEAD of {h.suite!r}; compare runs of the same suite "
+                "(pass --force to compare their common cells anyway)"
+            )
     common = [k for k in b.cells if k in h.cells]
     if not common:
         raise CompareError(
             f"no common cells: BASE has {len(b.cells)} and HEAD {len(h.cells)}, none with the same key; "
             "compare runs of the same suite (same sweep, dims and seeds)"
         )
-    notes = []
+    notes = (
+        [f"different suites: {b.suite} (base) vs {h.suite} (head); compared with --force"]
+        if b.suite != h.suite and b.suite and h.suite
+        else []
+    )
+    paired = bool(b.ab_id) and b.ab_id == h.ab_id
+    if paired:
+        notes.append(f"paired rounds of A/B run {b.ab_id}: Wilcoxon signed-rank test on the per-round ratios")
     if b.device_name and h.device_name:
         if b.device_name.strip() != h.device_name.strip():
             if not force:
@@ -439,6 +463,9 @@ def compare(
             notes.append(f"different devices: {b.device_name} (base) vs {h.device_name} (head); compared with --force")
     else:
         notes.append("device name missing on a side: devices not checked")
+    for side, name in ((b, "base"), (h, "head")):
+        if side.skipped_note:
+            notes.append(f"{name}: {side.skipped_note}")
     for k in _NOTED_ENV_DIFFS:
         if b.env.get(k) != h.env.get(k) and (b.env.get(k) or h.env.get(k)):
             notes.append(f"{k} differs: {b.env.get(k) or 'none'} (base) vs {h.env.get(k) or 'none'} (head)")
@@ -463,12 +490,20 @@ def compare(
             if c.base_value is None or c.head_value is None:
                 c.outcome = "no_data"
                 c.note = f"no {_METRIC_FIELD[metric]} on {'both sides' if c.base_value == c.head_value else 'one side'}"
+            elif metric == "latency":
+                for side, rec in (("BASE", bc), ("HEAD", hc)):
+                    if not rec.samples_s:
+                        raise CompareError(
+                            f"{side} cell {key} ({c.label}) has no time_samples_s: latency needs the raw samples; "
+                            "rerun it, or save the baseline from a run directory with `archbench baseline save`"
+                        )
+                try:
+                    _judge_latency(c, bc, hc, threshold, alpha, paired)
+                except ValueError as e:
+                    raise CompareError(f"cell {key} ({c.label}): {e}") from None
             else:
                 c.ratio = _ratio(c.base_value, c.head_value)
-                if metric == "latency":
-                    _judge_latency(c, bc, hc, threshold, alpha)
-                else:
-                    _decide(c, threshold, significant=True)
+                c.outcome = gate.decide(c.ratio, threshold, significant=True)
         cells.append(c)
     for key in b.cells.keys() - h.cells.keys():
         r = b.cells[key]
@@ -491,7 +526,7 @@ def compare(
         return (OUTCOMES.index(c.outcome), -r if c.outcome == "regressed" else r, c.label, c.key)
 
     cells.sort(key=order)
-    return Comparison(b, h, metric, threshold, alpha, force, cells, notes)
+    return Comparison(b, h, metric, threshold, alpha, force, cells, notes, allow_underpowered)
 
 
 # ---- formatting -------------------------------------------------------------------------
@@ -585,7 +620,7 @@ def _md_table(cmp: Comparison, cells: Sequence[CellComparison]) -> list[str]:
 
 def format_markdown(cmp: Comparison) -> str:
     """A GitHub-comment-ready report: verdict and counts, regressions, improvements, the rest folded."""
-    verdict = "PASS" if cmp.passed else "FAIL"
+    verdict = cmp.verdict
     counts = " · ".join(f"{n} {o.replace('_', ' ')}" for o, n in cmp.counts().items())
     lines = [
         f"### archbench compare ({cmp.metric}): **{verdict}**",
@@ -596,17 +631,17 @@ def format_markdown(cmp: Comparison) -> str:
         f"- head: `{md_escape(cmp.head.source)}` ({md_escape(cmp.head.describe())})",
     ]
     lines += [f"- note: {md_escape(n)}" for n in cmp.notes]
-    sections = [("Regressions", cmp.of("regressed")), ("Now failing", cmp.of("broken")),
-                ("Improvements", cmp.of("improved")), ("Now running", cmp.of("fixed"))]  # fmt: skip
+    sections = [("Regressions", cmp.of("regressed")), ("Underpowered", cmp.of("underpowered")),
+                ("Now failing", cmp.of("broken")), ("Improvements", cmp.of("improved")), ("Now running", cmp.of("fixed"))]  # fmt: skip
     for title, cells in sections:
         if cells or title == "Regressions":
             lines += ["", f"#### {title} ({len(cells)})", ""]
             lines += _md_table(cmp, cells) if cells else ["No cell is slower than the threshold with significance."
                                                           if cmp.metric == "latency" else "No cell above the threshold."]  # fmt: skip
-    rest = [c for c in cmp.cells if c.outcome not in ("regressed", "broken", "improved", "fixed")]
+    shown = ("regressed", "underpowered", "broken", "improved", "fixed")
+    rest = [c for c in cmp.cells if c.outcome not in shown]
     if rest:
-        kinds = ", ".join(f"{n} {o.replace('_', ' ')}" for o, n in cmp.counts().items()
-                          if o not in ("regressed", "broken", "improved", "fixed"))  # fmt: skip
+        kinds = ", ".join(f"{n} {o.replace('_', ' ')}" for o, n in cmp.counts().items() if o not in shown)
         lines += ["", f"<details><summary>Other cells ({len(rest)}: {kinds})</summary>", ""]
         lines += _md_table(cmp, rest)
         lines += ["", "</details>"]

@@ -10,9 +10,17 @@ They are *model-level* archs (``level: model`` cells): token ids in, logits out,
 measured exactly as for the zoo's small LMs. ``transformers`` is optional (``pip install
 transformers``); without it these entries are listed as unavailable, with the reason.
 
-transformers picks its fused kernels (mamba-ssm, causal-conv1d) by itself when they are
-installed; the row's ``kernels`` field does not see inside the library, so the backend names
-only say which attention implementation was asked for.
+The deployed hybrids that transformers ships are entries too, at the same small sizes:
+``hf_qwen3_next`` (gated DeltaNet + gated attention, MoE), ``hf_falcon_h1`` (attention and Mamba2
+heads in parallel in every layer), ``hf_granite_hybrid`` (Granite-4.0-H: Mamba2 + attention, MoE),
+``hf_lfm2`` (gated short convolutions + GQA attention) and ``hf_kimi_linear`` (Kimi Delta Attention
++ MLA, MoE). Their caches mix KV, convolution and recurrent states whose layout changes between
+transformers versions, so their state bytes are measured from the cache a prefill returns.
+
+transformers picks its fused kernels (hub kernels, mamba-ssm, causal-conv1d, fla) by itself, per
+function, when it imports a model file; the row's ``kernels`` field does not see inside the
+library, so model rows also carry ``implementations``: per mixer class, the path it takes on the
+cell's device (``archbench.checkpoint.implementations``), so a slow row says why.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from torch import nn
 
 from archbench.mixers.base import MixerConfig
 from archbench.spec import ArchSpec, Backend, Complexity
+from archbench.spec import Unsupported as spec_Unsupported
 
 
 def requires_transformers(device: str, dtype: str | None = None) -> str | None:
@@ -87,6 +96,12 @@ class HFCausalLM(nn.Module):
     def state_bytes(self, batch: int, seq_len: int) -> int:
         return int(self._state_bytes(batch, seq_len, next(self.parameters()).element_size()))
 
+    def implementations(self, device: str) -> list[dict]:
+        """Per mixer class, the path transformers takes on ``device`` (``checkpoint.implementations``)."""
+        from archbench.checkpoint import implementations
+
+        return implementations(self.model, device)
+
 
 def _llama(config: MixerConfig, backend: str, n_layers: int, vocab_size: int) -> HFCausalLM:
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -146,11 +161,121 @@ def _jamba(config: MixerConfig, backend: str, n_layers: int, vocab_size: int) ->
     return HFCausalLM(JambaForCausalLM(hf), nbytes)
 
 
+def _layer_types(n_layers: int, period: int, offset: int, attn: str, other: str) -> list[str]:
+    """One attention layer in ``period`` (at ``offset``), the rest ``other``: the deployed hybrids' ratios."""
+    return [attn if i % period == offset else other for i in range(n_layers)]
+
+
+def measured_state(model: nn.Module):
+    """State bytes as the library's own cache holds them after a prefill of T tokens (measured
+    once per (B, T): the deployed hybrids' caches mix KV, conv and recurrent states whose
+    layouts change between transformers versions)."""
+    from archbench.checkpoint import cache_bytes
+
+    memo: dict = {}
+
+    def nbytes(B, T, elem):
+        if (B, T) not in memo:
+            p = next(model.parameters())
+            ids = torch.zeros(B, T, dtype=torch.long, device=p.device)
+            with torch.no_grad():
+                out = model(input_ids=ids, use_cache=True)
+            memo[(B, T)] = cache_bytes(HFCausalLM._cache_of(out))
+        return memo[(B, T)]
+
+    return nbytes
+
+
+def _hybrid(model: nn.Module) -> HFCausalLM:
+    return HFCausalLM(model, measured_state(model))
+
+
+def _qwen3_next(config: MixerConfig, backend: str, n_layers: int, vocab_size: int) -> HFCausalLM:
+    from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
+
+    c = config
+    hf = Qwen3NextConfig(
+        vocab_size=vocab_size, hidden_size=c.d_model, intermediate_size=_mlp_width(c.d_model),
+        num_hidden_layers=n_layers, num_attention_heads=c.n_heads, num_key_value_heads=c.kv_heads, head_dim=c.hd,
+        linear_conv_kernel_dim=max(c.conv_size, 2), linear_key_head_dim=c.hd, linear_value_head_dim=c.hd,
+        linear_num_key_heads=c.n_heads, linear_num_value_heads=c.n_heads, moe_intermediate_size=c.d_model,
+        shared_expert_intermediate_size=c.d_model, num_experts=4, num_experts_per_tok=2,
+        layer_types=_layer_types(n_layers, 4, 3, "full_attention", "linear_attention"), tie_word_embeddings=True,
+        attn_implementation={"sdpa": "sdpa", "eager": "eager"}[backend],
+    )  # fmt: skip
+    return _hybrid(Qwen3NextForCausalLM(hf))
+
+
+def _falcon_h1(config: MixerConfig, backend: str, n_layers: int, vocab_size: int) -> HFCausalLM:
+    from transformers import FalconH1Config, FalconH1ForCausalLM
+
+    c = config
+    inner = c.expand * c.d_model
+    hf = FalconH1Config(
+        vocab_size=vocab_size, hidden_size=c.d_model, intermediate_size=_mlp_width(c.d_model),
+        num_hidden_layers=n_layers, num_attention_heads=c.n_heads, num_key_value_heads=c.kv_heads,
+        mamba_d_ssm=inner, mamba_n_heads=inner // c.hd, mamba_d_head=c.hd, mamba_d_state=c.d_state or 16,
+        mamba_d_conv=max(c.conv_size, 2), mamba_expand=c.expand, mamba_chunk_size=c.chunk_size,
+        tie_word_embeddings=True, attn_implementation={"sdpa": "sdpa", "eager": "eager"}[backend],
+    )  # fmt: skip
+    return _hybrid(FalconH1ForCausalLM(hf))
+
+
+def _granite_hybrid(config: MixerConfig, backend: str, n_layers: int, vocab_size: int) -> HFCausalLM:
+    from transformers import GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM
+
+    c = config
+    inner = c.expand * c.d_model
+    hf = GraniteMoeHybridConfig(
+        vocab_size=vocab_size, hidden_size=c.d_model, intermediate_size=c.d_model, shared_intermediate_size=c.d_model,
+        num_hidden_layers=n_layers, num_attention_heads=c.n_heads, num_key_value_heads=c.kv_heads,
+        num_local_experts=4, num_experts_per_tok=2, mamba_n_heads=inner // c.hd, mamba_d_head=c.hd,
+        mamba_d_state=c.d_state or 16, mamba_d_conv=max(c.conv_size, 2), mamba_expand=c.expand,
+        mamba_chunk_size=c.chunk_size, layer_types=_layer_types(n_layers, 4, 3, "attention", "mamba"),
+        tie_word_embeddings=True, attn_implementation={"sdpa": "sdpa", "eager": "eager"}[backend],
+    )  # fmt: skip
+    return _hybrid(GraniteMoeHybridForCausalLM(hf))
+
+
+def _lfm2(config: MixerConfig, backend: str, n_layers: int, vocab_size: int) -> HFCausalLM:
+    from transformers import Lfm2Config, Lfm2ForCausalLM
+
+    c = config
+    hf = Lfm2Config(
+        vocab_size=vocab_size, hidden_size=c.d_model, intermediate_size=_mlp_width(c.d_model), block_multiple_of=8,
+        num_hidden_layers=n_layers, num_attention_heads=c.n_heads, num_key_value_heads=c.kv_heads,
+        conv_L_cache=max(c.conv_size - 1, 1), layer_types=_layer_types(n_layers, 3, 2, "full_attention", "conv"),
+        tie_word_embeddings=True, attn_implementation={"sdpa": "sdpa", "eager": "eager"}[backend],
+    )  # fmt: skip
+    return _hybrid(Lfm2ForCausalLM(hf))
+
+
+def _kimi_linear(config: MixerConfig, backend: str, n_layers: int, vocab_size: int) -> HFCausalLM:
+    from transformers import KimiLinearConfig, KimiLinearForCausalLM
+
+    c = config
+    hf = KimiLinearConfig(
+        vocab_size=vocab_size, hidden_size=c.d_model, intermediate_size=_mlp_width(c.d_model),
+        moe_intermediate_size=c.d_model, num_hidden_layers=n_layers, num_attention_heads=c.n_heads,
+        num_key_value_heads=c.n_heads, kv_lora_rank=max(8, c.d_model // 4), q_lora_rank=None,
+        qk_rope_head_dim=max(2, c.hd // 2), qk_nope_head_dim=c.hd, v_head_dim=c.hd, num_local_experts=4,
+        num_experts_per_tok=2, linear_head_dim=c.hd, linear_num_heads=c.n_heads,
+        linear_conv_kernel_dim=max(c.conv_size, 2), layer_types=_layer_types(n_layers, 4, 3, "full_attention", "linear_attention"),
+        mlp_layer_types=["dense"] + ["sparse"] * (n_layers - 1), pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        tie_word_embeddings=True, attn_implementation={"sdpa": "sdpa", "eager": "eager"}[backend],
+    )  # fmt: skip
+    return _hybrid(KimiLinearForCausalLM(hf))
+
+
 _ATTN = (
     Backend("sdpa", "transformers with attn_implementation='sdpa'", requires_transformers),
     Backend("eager", "transformers with attn_implementation='eager' (the score matrix materialised)", requires_transformers),
 )
 _LIB = (Backend("transformers", "transformers' implementation (its fused kernels when installed)", requires_transformers),)
+
+
+def _checkpoint_factory(config: MixerConfig, backend: str, **kw) -> HFCausalLM:
+    raise spec_Unsupported("the checkpoint entry loads a model directory: set level: checkpoint and model: DIR")
 
 SPECS = (
     ArchSpec(
@@ -173,5 +298,49 @@ SPECS = (
         paper="https://arxiv.org/abs/2403.19887",
         complexity=Complexity("O(T^2 d / 4 + T d N)", "O(T d)", "O(T d / 4) per token", "O(T d / 4) KV + fixed SSM"),
         backends=_ATTN, factory=_jamba, level="model", tags=("hf",),
+    ),
+    ArchSpec(
+        name="hf_qwen3_next", family="hybrid/inter-layer",
+        description="transformers Qwen3NextForCausalLM: gated DeltaNet layers, one gated softmax attention layer in four, MoE MLPs (Qwen3-Next, 2025)",
+        paper="https://qwenlm.github.io/blog/qwen3_next/",
+        complexity=Complexity("O(T^2 d / 4 + T d^2)", "O(T d)", "O(T d / 4) per token", "O(T d / 4) KV + fixed delta state"),
+        backends=_ATTN, factory=_qwen3_next, level="model", tags=("hf",),
+    ),
+    ArchSpec(
+        name="hf_falcon_h1", family="hybrid/intra-layer",
+        description="transformers FalconH1ForCausalLM: attention and Mamba2 heads side by side in every layer (Falcon-H1, 2025)",
+        paper="https://arxiv.org/abs/2507.22448",
+        complexity=Complexity("O(T^2 d + T d N)", "O(T d)", "O(T d) per token", "O(T d) KV + fixed SSM"),
+        backends=_ATTN, factory=_falcon_h1, level="model", tags=("hf",), time_exponent=2.0,
+    ),
+    ArchSpec(
+        name="hf_granite_hybrid", family="hybrid/inter-layer",
+        description="transformers GraniteMoeHybridForCausalLM: Mamba2 layers, one attention layer in four, MoE MLPs (Granite-4.0-H, 2025)",
+        paper="https://www.ibm.com/granite/docs/models/granite",
+        complexity=Complexity("O(T^2 d / 4 + T d N)", "O(T d)", "O(T d / 4) per token", "O(T d / 4) KV + fixed SSM"),
+        backends=_ATTN, factory=_granite_hybrid, level="model", tags=("hf",),
+    ),
+    ArchSpec(
+        name="hf_lfm2", family="hybrid/inter-layer",
+        description="transformers Lfm2ForCausalLM: gated short-convolution layers, one GQA attention layer in three (LFM2, Liquid AI, 2025)",
+        paper="https://arxiv.org/abs/2511.23404",
+        complexity=Complexity("O(T^2 d / 3 + T d k)", "O(T d)", "O(T d / 3) per token", "O(T d / 3) KV + fixed conv window"),
+        backends=_ATTN, factory=_lfm2, level="model", tags=("hf",),
+    ),
+    ArchSpec(
+        name="hf_kimi_linear", family="hybrid/inter-layer",
+        description="transformers KimiLinearForCausalLM: Kimi Delta Attention layers, one MLA layer in four, MoE MLPs (Kimi Linear, 2025)",
+        paper="https://arxiv.org/abs/2510.26692",
+        complexity=Complexity("O(T^2 d / 4 + T d^2)", "O(T d)", "O(T d / 4) per token", "O(T r / 4) latent KV + fixed KDA state"),
+        backends=_ATTN, factory=_kimi_linear, level="model", tags=("hf",),
+    ),
+    ArchSpec(
+        name="checkpoint", family="checkpoint",
+        description="a pretrained transformers checkpoint (level: checkpoint, model: DIR or ORG/NAME), loaded with AutoModelForCausalLM",
+        paper="https://huggingface.co/docs/transformers",
+        complexity=Complexity("the model's", "the model's", "the model's", "the model's cache"),
+        backends=(Backend("transformers", "the attention implementation transformers picks for the checkpoint", requires_transformers),
+                  *_ATTN),
+        factory=_checkpoint_factory, level="checkpoint", tags=("hf", "checkpoint"),
     ),
 )  # fmt: skip

@@ -8,10 +8,20 @@ its cell recorded as ``error`` / ``timeout`` with the tail of the worker's log, 
 worker takes the next cell. Cells run one at a time so that they never contend for the
 device they are timing.
 
-With ``jobs`` > 1, *task* cells (training runs, whose result is an accuracy, not a time) run up
-to ``jobs`` at a time on a pool of workers, each given ``cpu_count // jobs`` threads unless the
-cell sets ``threads``; the task cells go first, then the timing cells run alone on their own
-worker, as always. Rows are appended as cells finish.
+Workers live in *slots* (``Slot``): where a worker runs and what its rows say about it. On one
+CPU, with ``jobs`` > 1 slots, *task* cells (training runs, whose result is an accuracy, not a
+time) run up to ``jobs`` at a time, each on its slot's disjoint set of cores when the slot has
+one (``--workers``) or with ``cpu_count // jobs`` threads (``--jobs``) unless the cell sets
+``threads``; the task cells go first, the longest first, then the timing cells run alone, as
+always. With one slot per GPU (``--gpus``), each worker is pinned to its GPU by
+``CUDA_VISIBLE_DEVICES`` at spawn and every cell, timing or task, goes to the next idle GPU,
+longest expected first (``archbench.plan``): a GPU runs one cell at a time, so timing cells never
+share one, and each row's env names the GPU's index and UUID. Rows are appended as cells finish.
+
+Workers never outlive the runner (``archbench.worker.die_with_parent``: a death signal armed by
+the kernel, and a lifeline pipe whose write end only the runner holds). When the run is stopped
+(Ctrl-C, SIGTERM, SIGHUP: the CLI turns each into ``KeyboardInterrupt``) the cells in flight get
+no row, their workers are killed at once, and the rows written so far stand.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Callable
 
-from archbench import pooling
+from archbench import plan, pooling
 from archbench import worker as worker_mod
 from archbench.store import RunDir, now_iso
 from archbench.suite import Cell
@@ -40,38 +50,93 @@ class WorkerStartError(RuntimeError):
     pass
 
 
+@dataclass(frozen=True)
+class Slot:
+    """Where one worker runs: ``env`` is set in its environment at spawn (``CUDA_VISIBLE_DEVICES``
+    pins it to a GPU), ``cores`` are the CPU cores it may use (it pins itself before importing
+    torch), ``gpu`` is the GPU's index on this machine, and ``facts`` join the env of its rows."""
+
+    name: str = "worker"
+    env: tuple[tuple[str, str], ...] = ()
+    cores: tuple[int, ...] | None = None
+    gpu: int | None = None
+    facts: tuple[tuple[str, object], ...] = ()
+
+
+def gpu_slots(gpus: list[int], facts: dict[int, dict] | None = None) -> list[Slot]:
+    """One slot per GPU index (as this process numbers its GPUs), pinned with
+    ``CUDA_VISIBLE_DEVICES`` (cells then see it as ``cuda`` / ``cuda:0``); ``facts[g]`` (index,
+    UUID) join the env of the rows measured on GPU ``g``."""
+    from archbench.measure.env import physical_gpu  # a runner itself limited to some GPUs passes on their names
+
+    facts = facts or {}
+    return [Slot(f"gpu{g}", env=(("CUDA_VISIBLE_DEVICES", str(physical_gpu(g))),), gpu=g,
+                 facts=tuple(sorted((facts.get(g) or {"gpu_index": g}).items()))) for g in gpus]  # fmt: skip
+
+
+def cpu_slots(n: int, cores: list[list[int]] | None = None) -> list[Slot]:
+    """``n`` slots on this CPU, each on its own set of cores when ``cores`` is given (``--workers``)."""
+    return [Slot(f"cpu{k}", cores=tuple(cores[k]) if cores else None) for k in range(n)]
+
+
 class Worker:
     """One spawned worker process and the pipe to it."""
 
     _counter = 0
 
-    def __init__(self, log_dir: Path | None, plugins: list[str], code_path: str | None = None):
+    def __init__(self, log_dir: Path | None, plugins: list[str], code_path: str | None = None, slot: Slot | None = None,
+                 wait: bool = True):
         """``code_path``: a directory holding another copy of the ``archbench`` package (a git
-        revision, another checkout); the worker imports that code instead of this one (A/B runs)."""
+        revision, another checkout); the worker imports that code instead of this one (A/B runs).
+        ``slot``: the environment and cores the worker is pinned to. ``wait=False`` returns at
+        once: call ``wait_ready`` (several workers then start side by side)."""
         Worker._counter += 1
-        self.log_path = str(log_dir / f"worker-{Worker._counter}.log") if log_dir else None
+        self.log_path = str((log_dir / f"worker-{Worker._counter}.log").absolute()) if log_dir else None
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=worker_mod.main, args=(child, self.log_path, plugins), daemon=True)
-        saved = list(sys.path)
+        lifeline, self._lifeline = ctx.Pipe(duplex=False)  # the child watches for its end of file
+        args = (child, self.log_path, plugins, lifeline, os.getpid())
+        if not _knows_lifeline(code_path):
+            args = args[:3]  # an A/B side checked out from before workers took a lifeline
+        self.proc = ctx.Process(target=worker_mod.main, args=args, daemon=True)
+        saved, saved_env = list(sys.path), dict(os.environ)
         if code_path:  # the spawned child takes the parent's sys.path at start: put that code first
             sys.path.insert(0, str(code_path))
+        if slot is not None:  # ...and its environment: pinned before it imports anything
+            os.environ.update(dict(slot.env))
+            if slot.cores:
+                os.environ[worker_mod.CORES_ENV] = ",".join(map(str, slot.cores))
         try:
             self.proc.start()
         finally:
             sys.path[:] = saved
+            if slot is not None:
+                os.environ.clear()
+                os.environ.update(saved_env)
         child.close()
-        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
-        while time.monotonic() < deadline:
+        lifeline.close()
+        self._started = time.monotonic()
+        self.ready = False
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> "Worker":
+        """Block until the worker has imported everything and said so; ``WorkerStartError`` if it
+        dies or takes longer than ``WORKER_START_TIMEOUT_S`` from its start."""
+        deadline = self._started + WORKER_START_TIMEOUT_S
+        while not self.ready and time.monotonic() < deadline:
             if self.conn.poll(POLL_S):
                 try:
                     msg = self.conn.recv()
                 except EOFError:
                     break
                 if msg and msg[0] == "ready":
-                    return
+                    self.ready = True
+                    return self
             if not self.proc.is_alive():
                 break
+        if self.ready:
+            return self
         self.kill()
         raise WorkerStartError(f"worker process failed to start ({self.death_reason()}){self.log_tail()}")
 
@@ -83,6 +148,7 @@ class Worker:
             self.proc.kill()
         self.proc.join(timeout=10)
         self.conn.close()
+        self._lifeline.close()
 
     def stop(self) -> None:
         try:
@@ -111,6 +177,22 @@ class Worker:
         text = Path(self.log_path).read_text(errors="replace").strip()
         return ("; worker log tail: " + text[-n_chars:]) if text else ""
 
+    def crash_report(self) -> str:
+        """For a worker that died: the fatal error and crashing frames faulthandler logged, and the log's path."""
+        if not self.log_path or not Path(self.log_path).is_file():
+            return ""
+        return "\n" + worker_mod.crash_summary(Path(self.log_path).read_text(errors="replace"), self.log_path)
+
+
+def _knows_lifeline(code_path: str | None) -> bool:
+    """Whether the worker a ``code_path`` copy of archbench runs takes the lifeline arguments."""
+    if not code_path:
+        return True
+    try:
+        return "lifeline" in (Path(code_path) / "archbench" / "worker.py").read_text()
+    except OSError:
+        return True
+
 
 @dataclass
 class RunSummary:
@@ -133,22 +215,20 @@ class _InFlight:
     started: str
     t0: float
     deadline: float
+    slot: int = 0
 
 
-def task_cost(cell: Cell) -> float:
-    """A task cell's training work, up to a constant: optimiser steps x learning rates x seeds x
-    tokens per step x width x depth (attention's extra T factor ignored): enough to order cells."""
-    train = cell.train
-    if train is None:
-        return 0.0
-    lrs = len(train.lr) if isinstance(train.lr, list) else 1
-    return float(train.steps * lrs * train.seeds * train.batch_size * cell.seq_len * cell.d_model * max(1, cell.n_layers))
+task_cost = plan.task_cost  # kept here for callers that order task cells themselves
 
 
-def schedule(todo):
-    """The order of a pooled run (``jobs`` > 1): every task cell first, so the pool never drains
-    for a timing cell in between, the longest first (so the run does not end on one long cell
-    training alone on its share of the threads), then the timing cells in suite order."""
+def schedule(todo, longest_first: bool = False):
+    """The order of a run on several slots. On one CPU (``longest_first`` False): every task cell
+    first, so the pool never drains for a timing cell in between, the longest first (so the run
+    does not end on one long cell training alone on its share of the threads), then the timing
+    cells in suite order. On GPUs (``longest_first``): every cell by expected cost, longest first."""
+    if longest_first:
+        cells = [c for _, c in todo]
+        return [todo[k] for k in plan.longest_first(cells)]
     return sorted(todo, key=lambda item: (item[1].mode != "task", -task_cost(item[1]) if item[1].mode == "task" else 0))
 
 
@@ -169,12 +249,18 @@ class Runner:
         code_path: str | None = None,
         jobs: int = 1,
         rounds: int = 1,
+        slots: list[Slot] | None = None,
     ):
+        """``slots``: where workers run (``gpu_slots``, ``cpu_slots``); default ``jobs`` slots on this CPU."""
         if int(jobs) < 1:
             raise ValueError(f"jobs must be >= 1 (got {jobs})")
         if int(rounds) < 1:
             raise ValueError(f"rounds must be >= 1 (got {rounds})")
-        self.jobs = int(jobs)
+        self.slots = list(slots) if slots else cpu_slots(int(jobs))
+        self.jobs = len(self.slots)
+        self.on_gpus = all(s.gpu is not None for s in self.slots)  # each slot its own device: nothing runs alone
+        if self.on_gpus and self.jobs > 1 and int(rounds) > 1:
+            raise ValueError("rounds > 1 pools a cell's rounds on one device; run on one GPU, or shard the sweep")
         self.rounds = int(rounds)
         self._round_rows: dict[str, list[dict]] = {}  # timing cells' rows, round by round
         self.cells = cells
@@ -195,49 +281,129 @@ class Runner:
 
     def run(self, skip_keys: set[str] | frozenset = frozenset()) -> RunSummary:
         summary = RunSummary()
-        todo = deque()
+        todo = []
         for i, cell in enumerate(self.cells):
             if cell.key in skip_keys:
                 summary.skipped_done += 1
             else:
                 todo.append((i, cell))
         if self.jobs > 1:
-            todo = deque(schedule(todo))
-        pool: list[Worker] = []  # idle workers of the task pool
+            todo = schedule(todo, longest_first=self.on_gpus)
+        todo = deque(todo)
+        idle = list(range(self.jobs))  # slots with no cell in flight
+        workers: dict[int, Worker] = {}  # slot -> its worker, reused while healthy
         active: list[_InFlight] = []
         try:
             self._oom_at.clear()
-            while todo or active:
-                while todo and len(active) < self.jobs and self.jobs > 1 and todo[0][1].mode == "task":
+            if self.jobs > 1 and self.on_gpus:
+                self._start_workers(min(self.jobs, len(todo)), workers)
+            def dispatch() -> None:
+                while todo and idle and self._may_start(todo[0][1], active):
                     i, cell = todo.popleft()
-                    self._start_pooled(i, cell, pool, active, summary)
-                if todo and not active and (self.jobs == 1 or todo[0][1].mode != "task"):
-                    i, cell = todo.popleft()  # one cell alone: every timing cell, and everything when jobs = 1
-                    if self.on_start:
-                        self.on_start(i, cell)
-                    self._record(i, cell, self._exclusive(cell), summary)
+                    slot = idle.pop(0)
+                    f = self._start(i, cell, slot, workers, summary)
+                    if f is None:
+                        idle.insert(0, slot)  # recorded without running: the slot is still free
+                    else:
+                        active.append(f)
+
+            while todo or active:
+                dispatch()
+                if not active:
                     continue
-                if active:
-                    wait([f.worker.conn for f in active], timeout=POLL_S)
-                    for f in list(active):
-                        row = self._check(f)
-                        if row is not None:
-                            active.remove(f)
-                            if f.worker.alive():
-                                pool.append(f.worker)
-                            self._record(f.index, f.cell, row, summary)
+                wait([f.worker.conn for f in active], timeout=POLL_S)
+                finished = []
+                for f in list(active):
+                    row = self._check(f)
+                    if row is None:
+                        continue
+                    active.remove(f)
+                    if not f.worker.alive():
+                        workers.pop(f.slot, None)
+                    idle.append(f.slot)
+                    idle.sort()
+                    if row["status"] == "oom":
+                        curve = f.cell.without_seq_len()
+                        self._oom_at[curve] = min(self._oom_at.get(curve, f.cell.seq_len), f.cell.seq_len)
+                    finished.append((f, row))
+                if self.on_gpus:
+                    dispatch()  # the freed GPUs get their next cells before the rows are written (fsync)
+                for f, row in finished:
+                    self._record(f.index, f.cell, row, summary)
+            self.worker = workers.pop(0, None)  # rounds 2..N run on the first slot's worker
+            for w in workers.values():
+                w.stop()
+            workers.clear()
             self._more_rounds()
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
             for f in active:
                 f.worker.kill()
-            for w in pool:
-                w.stop()
+            for w in workers.values():
+                w.kill() if summary.interrupted else w.stop()
             if self.worker is not None:
-                self.worker.stop()
+                self.worker.kill() if summary.interrupted else self.worker.stop()  # a stopped run waits for no cell
                 self.worker = None
         return summary
+
+    def _start_workers(self, n: int, workers: dict[int, Worker]) -> None:
+        """Start the first ``n`` slots' workers side by side (each spends seconds importing torch)
+        rather than one after another; one that fails is left out, and ``_start`` tries again and
+        records why."""
+        starting = {}
+        for slot in range(n):
+            try:
+                starting[slot] = Worker(self.run_dir.logs, self.plugins, self.code_path, slot=self.slots[slot], wait=False)
+            except (OSError, WorkerStartError):
+                continue
+        try:
+            for slot, w in starting.items():
+                try:
+                    workers[slot] = w.wait_ready()
+                except WorkerStartError:
+                    pass
+        except BaseException:  # stopped while they start: none of them may outlive the run
+            for w in starting.values():
+                w.kill()
+            raise
+
+    def _may_start(self, cell: Cell, active: list[_InFlight]) -> bool:
+        """Whether ``cell`` may start beside the cells in flight: always on its own GPU; on a
+        shared CPU only task cells run together, and a timing cell runs alone."""
+        if not active or self.on_gpus:
+            return True
+        return cell.mode == "task" and all(f.cell.mode == "task" for f in active)
+
+    def _start(self, i: int, cell: Cell, slot: int, workers: dict[int, Worker], summary: RunSummary) -> _InFlight | None:
+        """Send ``cell`` to slot ``slot``'s worker (a fresh one if it has none). None when the cell
+        was recorded without running: skipped after its curve ran out of memory, or no worker."""
+        if self.on_start:
+            self.on_start(i, cell)
+        started, t0 = now_iso(), time.monotonic()
+        curve = cell.without_seq_len()
+        if cell.stop_after_oom and curve in self._oom_at and cell.seq_len > self._oom_at[curve]:
+            reason = f"not run: this cell ran out of memory at seq_len={self._oom_at[curve]} (stop_after_oom)"
+            self._record(i, cell, self._row(cell, started, t0, {"status": "skipped", "error": reason}), summary)
+            return None
+        where = self.slots[slot]
+        worker = workers.get(slot)
+        if worker is None or not worker.alive():
+            try:
+                worker = workers[slot] = Worker(self.run_dir.logs, self.plugins, self.code_path, slot=where)
+            except WorkerStartError as e:
+                workers.pop(slot, None)
+                self._record(i, cell, self._row(cell, started, t0, {"status": "error", "error": str(e)}, where), summary)
+                return None
+        threads = None
+        if cell.mode == "task" and not cell.threads and self.jobs > 1 and not self.on_gpus:
+            threads = len(where.cores) if where.cores else max(1, (os.cpu_count() or 1) // self.jobs)
+        sent = self._send(cell, worker, threads)
+        if sent is not None:
+            workers.pop(slot, None)
+            self._record(i, cell, self._row(cell, started, t0, sent, where), summary)
+            return None
+        return _InFlight(i, cell, worker, started, t0, t0 + cell.timeout_s, slot)
 
     def _exclusive(self, cell: Cell) -> dict:
         """The row of a cell run alone, or of a longer length skipped after its curve ran out of memory."""
@@ -288,23 +454,6 @@ class Runner:
         if self.on_row:
             self.on_row(i, cell, row)
 
-    def _start_pooled(self, i: int, cell: Cell, pool: list[Worker], active: list[_InFlight], summary) -> None:
-        """Send a task cell to an idle pool worker (a new one if none), with its share of the threads."""
-        if self.on_start:
-            self.on_start(i, cell)
-        started, t0 = now_iso(), time.monotonic()
-        try:
-            worker = pool.pop() if pool else Worker(self.run_dir.logs, self.plugins, self.code_path)
-        except WorkerStartError as e:
-            self._record(i, cell, self._row(cell, started, t0, {"status": "error", "error": str(e)}), summary)
-            return
-        threads = None if cell.threads else max(1, (os.cpu_count() or 1) // self.jobs)
-        sent = self._send(cell, worker, threads)
-        if sent is not None:
-            self._record(i, cell, self._row(cell, started, t0, sent), summary)
-            return
-        active.append(_InFlight(i, cell, worker, started, t0, t0 + cell.timeout_s))
-
     def _send(self, cell: Cell, worker: Worker, threads: int | None = None) -> dict | None:
         """Send ``cell`` to ``worker``; an error result if it could not be sent (the worker is then killed)."""
         payload = cell.model_dump()
@@ -332,19 +481,20 @@ class Runner:
                     self.on_progress(cell, msg[1])
                 continue
             if msg is not None:
-                return self._row(cell, f.started, f.t0, msg)
+                return self._row(cell, f.started, f.t0, msg, self.slots[f.slot])
         if not w.alive() or w.conn.closed:
             w.proc.join(timeout=5)
-            err = f"worker died during the cell: {w.death_reason()}{w.log_tail()}"
+            err = f"worker died during the cell: {w.death_reason()}{w.crash_report()}"
             w.kill()
-            return self._row(cell, f.started, f.t0, {"status": "error", "error": err})
+            return self._row(cell, f.started, f.t0, {"status": "error", "error": err}, self.slots[f.slot])
         if time.monotonic() > f.deadline:
             w.kill()
             err = f"cell exceeded its timeout of {cell.timeout_s:g} s; worker killed{w.log_tail(400)}"
-            return self._row(cell, f.started, f.t0, {"status": "timeout", "error": err})
+            err += f"\nfull log: {w.log_path}" if w.log_path else ""
+            return self._row(cell, f.started, f.t0, {"status": "timeout", "error": err}, self.slots[f.slot])
         return None
 
-    def _row(self, cell: Cell, started: str, t0: float, result: dict) -> dict:
+    def _row(self, cell: Cell, started: str, t0: float, result: dict, slot: Slot | None = None) -> dict:
         row = {"key": cell.key, **self.base_row, **cell.identity()}
         if cell.backend_choice:
             row["backend_choice"] = cell.backend_choice
@@ -355,7 +505,7 @@ class Runner:
             started_at=started,
             ended_at=now_iso(),
             wall_s=round(time.monotonic() - t0, 4),
-            env={**self.env, **({"threads": row["threads_used"]} if row.get("threads_used") else {})},
+            env={**self.env, **dict(slot.facts if slot else ()), **({"threads": row["threads_used"]} if row.get("threads_used") else {})},
         )
         return row
 
@@ -373,7 +523,7 @@ class Runner:
         started, t0 = now_iso(), time.monotonic()
         if self.worker is None or not self.worker.alive():
             try:
-                self.worker = Worker(self.run_dir.logs, self.plugins, self.code_path)
+                self.worker = Worker(self.run_dir.logs, self.plugins, self.code_path, slot=self.slots[0])
             except WorkerStartError as e:
                 self.worker = None
                 return self._row(cell, started, t0, {"status": "error", "error": str(e)})

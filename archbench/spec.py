@@ -126,6 +126,10 @@ class ArchSpec:
         reason = self.backend(backend).config_reason(config)
         if reason:
             raise Unsupported(f"{self.name} backend {backend!r} cannot take this config: {reason}")
+        from archbench.mixers.conv import short_conv_applies, with_short_conv  # the switch (MixerConfig.short_conv)
+
+        if short_conv_applies(self.family, config):
+            return with_short_conv(self.factory, config, backend)
         return self.factory(config, backend)
 
 

@@ -18,7 +18,19 @@ def round_robin_medians(
     calls: dict[str, int] | None = None,
     sync: Callable[[], None] = lambda: None,
 ) -> dict[str, float]:
-    """Median seconds per call of each callable over ``rounds`` rounds that visit every one once.
+    """Median seconds per call of each callable over ``rounds`` rounds that visit every one once
+    (``round_robin_samples``, then the median of each callable's samples)."""
+    return {name: statistics.median(s) for name, s in round_robin_samples(fns, rounds, calls, sync).items()}
+
+
+def round_robin_samples(
+    fns: dict[str, Callable[[], object]],
+    rounds: int,
+    calls: dict[str, int] | None = None,
+    sync: Callable[[], None] = lambda: None,
+) -> dict[str, list[float]]:
+    """Seconds per call of each callable in each of ``rounds`` rounds that visit every one once:
+    entry ``r`` of every list was measured in round ``r``.
 
     A sample is ``calls[name]`` back-to-back calls (1 by default) divided by their count; ``sync``
     ends each sample (a CUDA synchronise on a GPU). Warm the callables up before calling this.
@@ -33,4 +45,4 @@ def round_robin_medians(
                 fn()
             sync()
             samples[name].append((time.perf_counter() - t0) / n)
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return samples

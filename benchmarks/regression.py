@@ -1,7 +1,7 @@
 """A CPU speed-regression check that means the same thing on any machine.
 
     python benchmarks/regression.py save  [--baseline benchmarks/baseline_cpu.json] [--threads 1] [--rounds 31]
-    python benchmarks/regression.py check [--baseline benchmarks/baseline_cpu.json] [--factor 1.7]
+    python benchmarks/regression.py check [--baseline benchmarks/baseline_cpu.json] [--factor 1.7] [--alpha 0.002]
 
 Every reference op is timed twice: its forward, and as ``<op>.train`` a training call (forward,
 then the gradients of every input), because the backward passes are written and tuned apart from
@@ -27,19 +27,26 @@ barriers than one large matmul, so their ratio swings with the load: on the dev 
 repeated two-thread measurements of the same code differed by 3x to 17x per op, single-thread
 ones by at most 1.34x.
 
-``save`` writes the ratios, with the conditions they were measured under (shape, thread count,
-rounds) and facts about the machine for the reader (CPU model, logical CPUs, torch and Python
-versions, git revision, date), to a JSON baseline. ``check`` re-measures under the baseline's
-recorded conditions and fails when an op's ratio exceeds ``factor`` times its baseline ratio.
+``save`` writes each op's per-round ratios (its time in a round over the matmul's time in the
+same round) and their medians, with the conditions they were measured under (shape, thread
+count, rounds) and facts about the machine for the reader (CPU model, logical CPUs, torch and
+Python versions, git revision, date), to a JSON baseline. ``check`` re-measures under the
+baseline's recorded conditions and judges every op with ``archbench.gate``, the rule and the
+verdict words ``archbench compare`` uses: the effect is current / baseline of the median
+ratios, and an op is ``regressed`` when that exceeds ``factor`` **and** the two sets of
+per-round ratios differ by the Mann-Whitney test at ``alpha`` (31 rounds a side reach it with
+room to spare; fewer than 8 are ``underpowered``).
 The factor (default 1.7) sits between the noise and the signal measured on the dev VM under
 load: unchanged code gave current/baseline quotients of 0.86 to 1.17, and an op made to run
 twice per call gave 1.84 to 1.87 (the second call finds warm caches), so a factor of 2 would
 let a doubling through; 1.7 rather than 1.5 leaves room for a CI CPU whose small kernels and
-big matmul do not speed up alike. The rule is one-sided; an op that got much faster is marked so that
-the baseline can be re-saved.
+big matmul do not speed up alike. An op that got much faster (``improved``) does not fail; it is
+marked so that the baseline can be re-saved.
 
-Exit codes: 0 no op regressed; 1 some op regressed (the table names it); 2 the baseline is
-missing or malformed, or an argument is bad.
+Exit codes (those of ``archbench compare``): 0 no op regressed; 1 some op regressed (the table
+names it); 2 the baseline is missing or malformed (or has no per-round samples), or an argument
+is bad; 3 no op regressed but some op's rounds are too few to show a regression
+(``--allow-underpowered`` makes that 0).
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -57,14 +65,16 @@ from pathlib import Path
 
 import torch
 
+from archbench import gate
 from archbench.measure.env import cpu_model, git_revision
 from inputs import Shape, op_cases, train_call
-from interleave import round_robin_medians
+from interleave import round_robin_samples
 
-FORMAT = "archbench-cpu-op-ratios/1"
+FORMAT = "archbench-cpu-op-ratios/2"
 REFERENCE = "matmul"
 DEFAULT_BASELINE = Path(__file__).resolve().with_name("baseline_cpu.json")
 DEFAULT_FACTOR = 1.7
+DEFAULT_ALPHA = 0.002
 
 
 class BaselineError(ValueError):
@@ -84,13 +94,15 @@ class Config:
 
 @dataclass(frozen=True)
 class Verdict:
-    """One op's comparison: ``quotient`` = current / baseline ratio (None for an op new since the baseline)."""
+    """One op's comparison: ``quotient`` = current / baseline median ratio (None for an op new
+    since the baseline); ``status`` is a word of ``archbench.gate.VERDICTS`` or ``added``."""
 
     op: str
     baseline: float | None
     current: float
     quotient: float | None
-    status: str  # "ok", "REGRESSED", "faster" or "new"
+    status: str
+    p_value: float | None = None
 
 
 def build_cases(shape: Shape) -> dict[str, Callable[[], object]]:
@@ -109,8 +121,8 @@ def build_reference(n: int) -> Callable[[], object]:
     return lambda: torch.mm(a, b)
 
 
-def measure(config: Config) -> dict[str, float]:
-    """Median seconds per call of every op and of the reference, timed round-robin in this process."""
+def measure(config: Config) -> dict[str, list[float]]:
+    """Seconds per call of every op and of the reference in each round, timed round-robin in this process."""
     previous = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
@@ -118,7 +130,7 @@ def measure(config: Config) -> dict[str, float]:
         names = list(fns)
         with torch.no_grad():
             calls = {name: _calls_per_sample(fns[name], config.min_sample_s) for name in names}
-            return round_robin_medians(fns, config.rounds, calls)
+            return round_robin_samples(fns, config.rounds, calls)
     finally:
         torch.set_num_threads(previous)
 
@@ -134,36 +146,43 @@ def _calls_per_sample(fn: Callable[[], object], min_sample_s: float) -> int:
     return max(1, min(1000, int(min_sample_s / max(fastest, 1e-9)) + 1))
 
 
-def ratios(times: dict[str, float]) -> dict[str, float]:
-    """Each op's time in units of the reference matmul's time."""
+def ratio_samples(times: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Each op's time in units of the reference matmul's time, round by round (both measured in
+    the same round, seconds apart)."""
     unit = times[REFERENCE]
-    return {name: t / unit for name, t in times.items() if name != REFERENCE}
+    return {name: [t / u for t, u in zip(ts, unit)] for name, ts in times.items() if name != REFERENCE}
 
 
-def judge(baseline: dict[str, float], current: dict[str, float], factor: float) -> list[Verdict]:
-    """Compare ratios: an op regressed when its current ratio exceeds ``factor`` x its baseline ratio."""
-    if factor < 1:
-        raise ValueError(f"factor must be >= 1 (got {factor}); it is the slowdown that counts as a regression")
+def medians(samples: dict[str, list[float]]) -> dict[str, float]:
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def judge(
+    baseline: dict[str, list[float]], current: dict[str, list[float]], factor: float, alpha: float = DEFAULT_ALPHA
+) -> list[Verdict]:
+    """Compare per-round ratios with ``archbench.gate.judge_unpaired`` (threshold ``factor``)."""
+    if factor <= 1:
+        raise ValueError(f"factor must be > 1 (got {factor}); it is the slowdown that counts as a regression")
     verdicts = []
     for op, cur in current.items():
         base = baseline.get(op)
-        if base is None:
-            verdicts.append(Verdict(op, None, cur, None, "new"))
+        if not base:
+            verdicts.append(Verdict(op, None, statistics.median(cur), None, "added"))
             continue
-        q = cur / base
-        status = "REGRESSED" if q > factor else "faster" if q < 1 / factor else "ok"
-        verdicts.append(Verdict(op, base, cur, q, status))
+        j = gate.judge_unpaired(base, cur, factor, alpha)
+        verdicts.append(Verdict(op, statistics.median(base), statistics.median(cur), j.ratio, j.verdict, j.p_value))
     return verdicts
 
 
 def format_table(verdicts: Sequence[Verdict], factor: float) -> str:
-    """A fixed-width table: op, baseline ratio, current ratio, their quotient, status."""
+    """A fixed-width table: op, baseline and current median ratios, their quotient, p, verdict."""
     width = max([len("op")] + [len(v.op) for v in verdicts])
-    lines = [f"{'op':<{width}}  {'baseline':>9}  {'current':>9}  {'cur/base':>8}  status (fails above {factor:g}x)"]
+    lines = [f"{'op':<{width}}  {'baseline':>9}  {'current':>9}  {'cur/base':>8}  {'p':>7}  verdict (regressed above {factor:g}x)"]
     for v in verdicts:
         base = "-" if v.baseline is None else f"{v.baseline:9.3f}"
         quot = "-" if v.quotient is None else f"{v.quotient:7.2f}x"
-        lines.append(f"{v.op:<{width}}  {base:>9}  {v.current:9.3f}  {quot:>8}  {v.status}")
+        p = "-" if v.p_value is None else f"{v.p_value:7.2g}"
+        lines.append(f"{v.op:<{width}}  {base:>9}  {v.current:9.3f}  {quot:>8}  {p:>7}  {v.status}")
     return "\n".join(lines)
 
 
@@ -183,12 +202,14 @@ def machine_facts(threads: int) -> dict[str, object]:
 def save(path: Path, config: Config) -> dict:
     """Measure and write the baseline JSON to ``path``; returns what was written."""
     times = measure(config)
+    samples = ratio_samples(times)
     data = {
         "format": FORMAT,
         "reference": f"{config.matmul}x{config.matmul} @ {config.matmul}x{config.matmul} fp32 matmul",
         "config": {**asdict(config), "shape": asdict(config.shape)},
-        "ratios": ratios(times),
-        "times_s": times,
+        "ratios": medians(samples),
+        "times_s": medians(times),
+        "ratio_samples": samples,
         "machine": machine_facts(config.threads),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -196,8 +217,8 @@ def save(path: Path, config: Config) -> dict:
     return data
 
 
-def load_baseline(path: Path) -> tuple[Config, dict[str, float], dict]:
-    """Read a baseline: (the config to reproduce, the ratios, the whole document). Raises BaselineError."""
+def load_baseline(path: Path) -> tuple[Config, dict[str, list[float]], dict]:
+    """Read a baseline: (the config to reproduce, the per-round ratios, the whole document). Raises BaselineError."""
     hint = f"run `python benchmarks/regression.py save --baseline {path}` to write one"
     if not path.is_file():
         raise BaselineError(f"no baseline at {path}; {hint}")
@@ -210,29 +231,29 @@ def load_baseline(path: Path) -> tuple[Config, dict[str, float], dict]:
     try:
         cfg = dict(data["config"])
         config = Config(**{**cfg, "shape": Shape(**cfg["shape"])})
-        base = {str(k): float(v) for k, v in data["ratios"].items()}
+        base = {str(k): [float(x) for x in v] for k, v in data["ratio_samples"].items()}
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BaselineError(f"baseline {path} is malformed ({type(e).__name__}: {e}); {hint}") from None
-    if not base or not all(v > 0 for v in base.values()):
-        raise BaselineError(f"baseline {path} needs positive ratios for at least one op; {hint}")
+    if not base or not all(v and all(x > 0 for x in v) for v in base.values()):
+        raise BaselineError(f"baseline {path} needs positive per-round ratio samples for at least one op; {hint}")
     if config.threads < 1 or config.rounds < 1 or config.matmul < 1:
         raise BaselineError(f"baseline {path} has a non-positive threads, rounds or matmul size; {hint}")
     return config, base, data
 
 
-def check(path: Path, factor: float) -> int:
-    """Re-measure under the baseline's conditions, print the table, return the exit code (0, 1 or 2)."""
+def check(path: Path, factor: float, alpha: float = DEFAULT_ALPHA, allow_underpowered: bool = False) -> int:
+    """Re-measure under the baseline's conditions, print the table, return the exit code (``archbench.gate``)."""
     try:
         config, base, data = load_baseline(path)
     except BaselineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     times = measure(config)
-    verdicts = judge(base, ratios(times), factor)
+    verdicts = judge(base, ratio_samples(times), factor, alpha)
     m = data.get("machine", {})
     print(
         f"reference: {data.get('reference', REFERENCE)}, threads={config.threads}; "
-        f"median {times[REFERENCE] * 1e3:.2f} ms here ({cpu_model()}), "
+        f"median {statistics.median(times[REFERENCE]) * 1e3:.2f} ms here ({cpu_model()}), "
         f"{data.get('times_s', {}).get(REFERENCE, float('nan')) * 1e3:.2f} ms on the baseline machine "
         f"({m.get('cpu', '?')}, saved {m.get('date', '?')})"
     )
@@ -240,14 +261,20 @@ def check(path: Path, factor: float) -> int:
     gone = sorted(set(base) - {v.op for v in verdicts})
     if gone:
         print(f"in the baseline but no longer measured: {', '.join(gone)}")
-    bad = [v.op for v in verdicts if v.status == "REGRESSED"]
-    if bad:
-        print(f"FAIL: {', '.join(bad)} slower than {factor:g}x the baseline ratio")
-        return 1
-    if any(v.status in ("new", "faster") for v in verdicts):
+    code = gate.gate_exit_code([v.status for v in verdicts], allow_underpowered)
+    if code == gate.EXIT_REGRESSED:
+        bad = [v.op for v in verdicts if v.status == gate.REGRESSED]
+        print(f"FAIL: {', '.join(bad)} slower than {factor:g}x the baseline ratio (p < {alpha:g})")
+        return code
+    weak = [v.op for v in verdicts if v.status == gate.UNDERPOWERED]
+    if code == gate.EXIT_UNDERPOWERED:
+        print(f"UNDERPOWERED: {', '.join(weak)}: too few rounds to reach p < {alpha:g}; save the baseline with "
+              f"--rounds {gate.min_n_mann_whitney(alpha)} or more")  # fmt: skip
+        return code
+    if any(v.status in ("added", gate.IMPROVED) for v in verdicts):
         print("note: new or much faster ops; re-save the baseline on a quiet machine to track them")
     print("OK: no op regressed")
-    return 0
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -267,11 +294,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument(
         "--factor", type=float, default=DEFAULT_FACTOR, help="allowed slowdown of a ratio (default: %(default)s)"
     )
+    c.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="significance level (default: %(default)s)")
+    c.add_argument("--allow-underpowered", action="store_true", help="exit 0 instead of 3 when rounds are too few")
     args = p.parse_args(argv)
     if args.command == "check":
-        if args.factor < 1:
-            p.error(f"--factor must be >= 1 (got {args.factor})")
-        return check(args.baseline, args.factor)
+        if args.factor <= 1:
+            p.error(f"--factor must be > 1 (got {args.factor})")
+        if not 0 < args.alpha < 1:
+            p.error(f"--alpha must be between 0 and 1 (got {args.alpha})")
+        return check(args.baseline, args.factor, args.alpha, args.allow_underpowered)
     for name in ("threads", "rounds", "matmul", "seq_len", "heads", "head_dim"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})")

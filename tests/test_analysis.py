@@ -79,6 +79,6 @@ def test_survey_puts_claims_beside_evidence():
                                    key=lambda d: d.index.astype(str))
     s = survey(df).set_index("arch")
     assert s.loc["mamba2", "family"] == "ssm/ssd" and s.loc["mamba2", "fitted_exponent"] == pytest.approx(1.0)
-    assert s.loc["softmax_attention", "state_bytes"] == 2 * 2048 * 64 and s.loc["softmax_attention", "state_at_T"] == 2048
+    assert s.loc["softmax_attention", "state_bytes"] == 2 * 2048 * 64 and s.loc["softmax_attention", "state_at_T"] == "2048"
     page = render_html(df, [])
     assert 'id="survey"' in page and "mamba2 paper" in page

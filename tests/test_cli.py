@@ -71,3 +71,18 @@ def test_smoke_suite_end_to_end(tmp_path):
     # a second report from the CLI, to a chosen file
     r2 = CliRunner().invoke(main, ["report", str(out), "-o", str(tmp_path / "r.html")])
     assert r2.exit_code == 0 and (tmp_path / "r.html").stat().st_size > 100_000
+
+
+def test_allow_changed_goes_with_resume(tmp_path):
+    r = CliRunner().invoke(main, ["run", str(ROOT / "suites/smoke.yaml"), "--allow-changed", "--results-dir", str(tmp_path)])
+    assert r.exit_code == 2 and "--allow-changed goes with --resume" in r.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_run_exit_codes_are_documented():
+    import archbench.cli as cli
+
+    r = CliRunner().invoke(main, ["run", "--help"])
+    for code in ("129", "130", "143"):
+        assert code in cli.__doc__ and code in r.output and code in (ROOT / "docs/reliability.md").read_text()
+    assert (cli.EXIT_SIGHUP, cli.EXIT_INTERRUPTED, cli.EXIT_SIGTERM) == (129, 130, 143)

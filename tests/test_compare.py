@@ -3,6 +3,7 @@
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -273,11 +274,123 @@ def test_help(cmd):
     assert r.exit_code == 0 and "Usage" in r.output
 
 
-def test_rows_without_samples_are_judged_by_the_threshold(tmp_path):
+def test_rows_without_samples_are_bad_input(tmp_path):
     base = _write_run(tmp_path / "b", [{**_row("a", 64, [1e-3] * 5, key="k1"), "time_samples_s": None}])
-    head = _write_run(tmp_path / "h", [{**_row("a", 64, [1.3e-3] * 5, key="k1"), "time_samples_s": None}])
-    (c,) = compare(base, head).cells
-    assert c.outcome == "regressed" and c.p_value is None and "threshold alone" in c.note
+    head = _write_run(tmp_path / "h", [_row("a", 64, [1.3e-3] * 5, key="k1")])
+    r = _invoke(base, head)
+    assert r.exit_code == 2 and "BASE cell k1" in r.output and "no time_samples_s" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert _invoke(base, head, "--metric", "memory").exit_code == 0  # memory needs no samples
+
+
+# ---- underpowered: a comparison that cannot decide says so ---------------------------------
+
+
+def test_two_samples_per_cell_are_underpowered_not_passed(tmp_path):
+    base = _write_run(
+        tmp_path / "b", [_row("a", 64, [1.0e-3, 1.01e-3], key="k1"), _row("b", 64, [1e-3, 1e-3], key="k2")]
+    )
+    head = _write_run(
+        tmp_path / "h", [_row("a", 64, [2.0e-3, 2.02e-3], key="k1"), _row("b", 64, [1e-3, 1e-3], key="k2")]
+    )
+    cmp = compare(base, head)
+    assert {c.outcome for c in cmp.cells} == {"underpowered"}  # a 2x change and no change alike: cannot tell
+    assert "needs >= 8 per side" in cmp.cells[0].note and cmp.verdict == "UNDERPOWERED" and not cmp.passed
+    r = _invoke(base, head)
+    assert r.exit_code == 3, r.output
+    assert r.output.startswith("archbench compare: UNDERPOWERED: 2 underpowered")
+    assert _invoke(base, head, "--allow-underpowered").exit_code == 0
+    # a regression elsewhere wins: exit 1
+    slow = _write_run(tmp_path / "s", [_row("a", 64, [1e-3, 1e-3], key="k1"), _row("c", 64, [2e-3] * 30, key="k3")])
+    fast = _write_run(tmp_path / "f", [_row("a", 64, [1e-3, 1e-3], key="k1"), _row("c", 64, [1e-3] * 30, key="k3")])
+    assert _invoke(fast, slow).exit_code == 1
+    md = format_markdown(compare(base, head))
+    assert "**UNDERPOWERED**" in md and "#### Underpowered (2)" in md
+
+
+def test_the_minimum_sample_size_follows_alpha(tmp_path):
+    from archbench import gate
+
+    assert gate.unpaired_powered(8, 8, 0.002) and not gate.unpaired_powered(7, 7, 0.002)
+    assert gate.unpaired_powered(4, 4, 0.05) and not gate.unpaired_powered(3, 3, 0.05)
+    rows = lambda scale: [_row("a", 64, [scale * (1 + i / 100) for i in range(5)], key="k1")]  # noqa: E731
+    base, head = _write_run(tmp_path / "b", rows(1e-3)), _write_run(tmp_path / "h", rows(1.3e-3))
+    assert compare(base, head).cells[0].outcome == "underpowered"  # 5 vs 5: the smoke suite's old floor
+    (c,) = compare(base, head, alpha=0.05).cells
+    assert c.outcome == "regressed" and c.p_value < 0.05
+
+
+def test_smoke_sized_runs_pass_identical_and_fail_a_scaled_cell(tmp_path):
+    """The done-when of the gate: two runs of the same code pass; one cell's samples x 1.3 fails."""
+    from archbench.suite import load_suite
+
+    smoke = load_suite(Path(__file__).resolve().parents[1] / "suites" / "smoke.yaml")
+    n = smoke.cells()[0].measure.min_repeats
+    assert n >= 8, "the smoke suite must collect the samples the test needs at alpha 0.002"
+    rng = np.random.default_rng(20)
+    cells = [(a, t) for a in ("sdpa", "chunked", "naive") for t in (256, 1024, 4096)]
+    noise = lambda: rng.normal(1.0, 0.03, n)  # noqa: E731
+    base = _write_run(tmp_path / "b", [_row(a, t, t * 1e-6 * noise(), key=f"{a}{t}") for a, t in cells])
+    same = _write_run(tmp_path / "s", [_row(a, t, t * 1e-6 * noise(), key=f"{a}{t}") for a, t in cells])
+    rows = RunDir(same).rows()
+    scaled = _write_run(tmp_path / "x", [{**r, "time_samples_s": [1.3 * s for s in r["time_samples_s"]],
+                                          "time_median_s": 1.3 * r["time_median_s"]} if r["key"] == "chunked1024" else r
+                                         for r in rows])  # fmt: skip
+    assert _invoke(base, same).exit_code == 0
+    r = _invoke(base, scaled)
+    assert r.exit_code == 1 and "1 regressed" in r.output
+
+
+def test_mismatched_suites_refuse_unless_forced(tmp_path):
+    rows = _cells(seed=15)
+    base = _write_run(tmp_path / "b", rows)
+    other = RunDir(tmp_path / "h").create()
+    other.write_meta({"run_id": "r2", "suite": "another", "env": {"device_name": DEV_A}})
+    for r in rows:
+        other.append(r)
+    r = _invoke(base, tmp_path / "h")
+    assert r.exit_code == 2 and "'synthetic'" in r.output and "'another'" in r.output and "--force" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    forced = _invoke(base, tmp_path / "h", "--force")
+    assert forced.exit_code == 0 and "different suites" in forced.output
+
+
+def test_paired_rounds_of_one_ab_run_use_the_signed_rank_test(tmp_path):
+    """Both sides of an A/B run share an ab_id: the per-round medians are compared in pairs."""
+    rng = np.random.default_rng(16)
+    drift = rng.uniform(0.7, 1.4, 12)  # each round's conditions, shared by both sides of the round
+
+    def side(path, scale, rounds):
+        rd = RunDir(path).create()
+        rd.write_meta({"run_id": path.name, "suite": "synthetic", "ab_id": "ab-1", "env": {"device_name": DEV_A}})
+        meds = [scale * d * rng.normal(1.0, 0.01) for d in drift[:rounds]]
+        for key, f in (("k1", 1.0), ("k2", scale)):
+            rd.append({**_row("x", 64, [m for m in meds for _ in range(3)], key=key),
+                       "ab_round_medians_s": [m * f / scale for m in meds]})  # fmt: skip
+        return path
+
+    base, head = side(tmp_path / "b", 1.0, 12), side(tmp_path / "h", 1.0, 12)
+    cmp = compare(base, head)
+    assert {c.test for c in cmp.cells} == {"signed-rank"} and cmp.passed
+    slow = side(tmp_path / "s", 1.25, 12)  # k2 is 1.25x slower in every round; k1 is unchanged
+    out = {c.key: c for c in compare(base, slow).cells}
+    assert out["k2"].outcome == "regressed" and out["k2"].ratio == pytest.approx(1.25, rel=0.03)
+    assert out["k2"].p_value == pytest.approx(2 / 2**12) and out["k2"].note == "12 of 12 rounds slower"
+    assert out["k1"].outcome == "unchanged"
+    # without a shared ab_id the same rows are two independent runs: the pooled samples are tested unpaired
+    unpaired = compare(_strip_ab(base, tmp_path / "b2"), _strip_ab(slow, tmp_path / "s2"))
+    assert {c.test for c in unpaired.cells} == {"mann-whitney"} and not any("paired" in n for n in unpaired.notes)
+    few_b, few_h = side(tmp_path / "fb", 1.0, 6), side(tmp_path / "fh", 1.25, 6)
+    (c, _) = compare(few_b, few_h).cells
+    assert c.outcome == "underpowered" and "needs >= 10 rounds" in c.note
+
+
+def _strip_ab(path, dest):
+    rd = RunDir(dest).create()
+    rd.write_meta({"run_id": dest.name, "suite": "synthetic", "env": {"device_name": DEV_A}})
+    for r in RunDir(path).rows():
+        rd.append(r)
+    return dest
 
 
 # ---- the report of two runs ----------------------------------------------------------------
@@ -287,14 +400,49 @@ def test_report_of_two_runs_shows_b_over_a_with_significance(tmp_path):
     a = _write_run(tmp_path / "a", _cells(1), run_id="run-a")
     b = _write_run(tmp_path / "b", _cells(2, slow="arch2", factor=1.5), run_id="run-b")
     out = tmp_path / "r.html"
-    r = CliRunner().invoke(main, ["report", str(a), str(b), "-o", str(out)])
+    r = CliRunner().invoke(main, ["report", "--compare", str(a), str(b), "-o", str(out)])
     assert r.exit_code == 0, r.output
     page = out.read_text()
     assert 'id="comparison"' in page and "comparison-ratios" in page and "run-a" in page and "run-b" in page
     section = page[page.index('id="comparison"') :]
     first_row = section[section.index("<tbody>") : section.index("</tr>", section.index("<tbody>"))]
     assert "regressed" in first_row and "arch2" in first_row, "regressions lead the table"
-    md = CliRunner().invoke(main, ["report", str(a), str(b), "--format", "md"])
+    md = CliRunner().invoke(main, ["report", "--compare", str(a), str(b), "--format", "md"])
     assert md.exit_code == 0 and "arch2" in md.output and "regress" in md.output.lower()
     one = CliRunner().invoke(main, ["report", str(a), "-o", str(tmp_path / "one.html")])
     assert one.exit_code == 0 and 'id="comparison"' not in (tmp_path / "one.html").read_text()
+
+
+# ---- the shared statistics (archbench.gate, archbench.measure.stats) --------------------------
+
+
+def test_signed_rank_is_exact_and_its_floor_sets_the_rounds_needed():
+    from archbench.measure.stats import min_n_mann_whitney, min_n_signed_rank, signed_rank_min_p, signed_rank_p
+
+    # R: wilcox.test(c(1,-2,3,4,5,6), exact=TRUE)$p.value == 0.09375 (W+ = 19 of 21; 3 of 64 patterns as extreme)
+    assert signed_rank_p([1.0, -2.0, 3.0, 4.0, 5.0, 6.0]) == pytest.approx(0.09375)
+    assert signed_rank_p([-x for x in (1.0, -2.0, 3.0, 4.0, 5.0, 6.0)]) == pytest.approx(0.09375)
+    assert signed_rank_p(np.arange(1.0, 11.0)) == pytest.approx(2 / 1024) == signed_rank_min_p(10)
+    # ties share mid-ranks (1.5, 1.5, 3): W+ = 4.5; patterns with W+ >= 4.5: {1.5,3},{1.5',3},{all} -> 3/8 -> p = 0.75
+    assert signed_rank_p([1.0, -1.0, 2.0]) == pytest.approx(0.75)
+    assert signed_rank_p([0.0, 0.0]) == 1.0  # zero differences are dropped
+    assert min_n_signed_rank(0.002) == 10 and min_n_signed_rank(0.05) == 6
+    assert min_n_mann_whitney(0.002) == 8 and min_n_mann_whitney(0.05) == 4
+
+
+def test_gate_decision_and_exit_codes_are_shared():
+    from archbench import cli, gate
+
+    assert gate.decide(1.2, 1.1, True) == "regressed" and gate.decide(1.2, 1.1, False) == "insignificant"
+    assert gate.decide(0.8, 1.1, True) == "improved" and gate.decide(1.05, 1.1, True) == "unchanged"
+    assert gate.gate_exit_code(["unchanged", "underpowered"]) == 3 == cli.EXIT_UNDERPOWERED
+    assert gate.gate_exit_code(["underpowered", "regressed"]) == 1 == cli.EXIT_REGRESSED
+    assert gate.gate_exit_code(["underpowered"], allow_underpowered=True) == 0
+    j = gate.judge_paired([1.0] * 9, [1.3] * 9, 1.1, 0.002)
+    assert j.verdict == "underpowered" and "needs >= 10 rounds" in j.note
+    j = gate.judge_paired([1.0, 2.0, 1.5] * 4, [1.3, 2.6, 1.95] * 4, 1.1, 0.002)
+    assert j.verdict == "regressed" and j.ratio == pytest.approx(1.3) and j.test == "signed-rank"
+    with pytest.raises(ValueError, match="same number of rounds"):
+        gate.judge_paired([1.0], [1.0, 2.0], 1.1, 0.002)
+    with pytest.raises(ValueError, match="threshold must be a ratio above 1"):
+        gate.judge_unpaired([1.0], [1.0], 1.0, 0.002)

@@ -18,40 +18,19 @@ from archbench.mixers.base import MixerConfig
 from archbench.mixers.delta import SPECS, DeltaNet, GatedDeltaNet
 from archbench.ops.decay import SAFE_LOG_RANGE
 from archbench.ops.delta_rule import (
-    BACKENDS,
     delta_rule,
     delta_rule_step,
     gated_delta_rule,
     gated_delta_rule_step,
     l2norm,
 )
+from archbench.ops.prologue import BACKENDS
 from archbench.ops.wy import SERIAL_LOOP, ChunkPass, UTTransform
 from fused_devices import FLA_DEVICE, half, needs_fla
+from oracles import delta_rule_loop as oracle
+from oracles import rel
 
 HAS_FLA_GPU = torch.cuda.is_available() and importlib.util.find_spec("fla") is not None
-
-
-def oracle(q, k, v, beta, g=None, scale=None, initial_state=None):
-    """Token-by-token recurrence in float64 (differentiable): returns (o, final_state)."""
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    scale = K**-0.5 if scale is None else scale
-    q, k, v, beta = q.double(), k.double(), v.double(), beta.double()
-    S = torch.zeros(B, H, K, V, dtype=torch.float64) if initial_state is None else initial_state.double()
-    outs = []
-    for t in range(T):
-        if g is not None:
-            S = S * g[:, t].double().exp()[..., None, None]
-        kt = k[:, t]
-        read = torch.einsum("bhk,bhkv->bhv", kt, S)
-        S = S + beta[:, t, :, None, None] * kt[..., :, None] * (v[:, t] - read)[..., None, :]
-        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S) * scale)
-    return torch.stack(outs, 1), S
-
-
-def rel(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def make_inputs(B=2, T=63, H=3, K=8, V=12, dtype=torch.float32, gate="logsigmoid", beta_near_one=False, seed=0):
@@ -190,6 +169,17 @@ def test_zero_gate_is_the_delta_rule():
     zero = torch.zeros_like(g)
     b, sb = gated_delta_rule(q, k, v, zero, beta, initial_state=s0, output_final_state=True, chunk_size=16)
     assert rel(a, b) < 1e-6 and rel(sa, sb) < 1e-6
+
+
+@pytest.mark.parametrize("gated", [False, True], ids=["delta", "gated"])
+def test_float64_is_float64_accurate_at_an_unrepresentable_scale(gated):
+    """Head dim 32: the default scale 32**-0.5 has no exact float32 value, so a scale rounded to
+    float32 anywhere in the op would leave a relative error near 1e-8 in a float64 run."""
+    q, k, v, beta, g, s0 = make_inputs(B=1, T=21, H=2, K=32, V=4, dtype=torch.float64, gate="logsigmoid" if gated else None)
+    assert torch.tensor(32**-0.5, dtype=torch.float32).double().item() != 32**-0.5
+    o, s = run_op(q, k, v, beta, g, initial_state=s0, output_final_state=True, chunk_size=8)
+    ro, rs = oracle(q, k, v, beta, g, initial_state=s0)
+    assert rel(o, ro) < 1e-12 and rel(s, rs) < 1e-12
 
 
 def test_qk_l2norm_option_and_scale():

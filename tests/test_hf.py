@@ -12,7 +12,15 @@ from archbench.mixers.base import MixerConfig
 
 pytest.importorskip("transformers")
 
-HF = ["hf_llama", "hf_mamba2", "hf_jamba"]
+HF = ["hf_llama", "hf_mamba2", "hf_jamba", "hf_qwen3_next", "hf_falcon_h1", "hf_granite_hybrid", "hf_lfm2", "hf_kimi_linear"]
+# the deployed hybrids: their mixer classes and the path each takes on a CPU (no fused kernels there)
+HYBRID_MIXERS = {
+    "hf_qwen3_next": {"Qwen3NextGatedDeltaNet": "torch", "Qwen3NextAttention": "sdpa"},
+    "hf_falcon_h1": {"FalconH1Mixer": "torch", "FalconH1Attention": "sdpa"},
+    "hf_granite_hybrid": {"GraniteMoeHybridMambaLayer": "torch", "GraniteMoeHybridAttention": "sdpa"},
+    "hf_lfm2": {"Lfm2ShortConv": "torch", "Lfm2Attention": "sdpa"},
+    "hf_kimi_linear": {"KimiLinearDeltaAttention": "torch", "KimiLinearAttention": "sdpa"},
+}
 CFG = MixerConfig(d_model=32, n_heads=4, n_kv_heads=2, d_state=8, chunk_size=8)
 
 
@@ -75,3 +83,16 @@ def test_bench_measures_hf_models(mode):
 def test_mixer_level_is_refused():
     with pytest.raises(Unsupported, match="model-level"):
         run_cell(_cell("hf_mamba2", level="mixer"))
+
+
+@pytest.mark.parametrize("arch", list(HYBRID_MIXERS))
+def test_deployed_hybrids_record_the_path_each_mixer_took(arch):
+    row = run_cell(_cell(arch, mode="decode", n_layers=4))
+    assert row["time_median_s"] > 0 and row["state_bytes"] > 0 and row["family"].startswith("hybrid/")
+    assert {e["mixer"]: e["path"] for e in row["implementations"]} == HYBRID_MIXERS[arch]
+    assert sum(e["layers"] for e in row["implementations"]) >= 4 and "sdpa" in row["implementation"]
+
+
+def test_model_rows_record_attention_implementation():
+    row = run_cell(_cell("hf_llama", backend="eager"))
+    assert row["implementation"] == "LlamaAttention x4: eager"

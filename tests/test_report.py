@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import json
 import re
 
 import numpy as np
@@ -42,7 +43,8 @@ def _failed_row(arch: str, backend: str, status: str, seq_len: int, error: str) 
     return {
         "key": f"fwd/{arch}/{backend}/{seq_len}/{status}", "run_id": "run-1", "suite": "smoke",
         "arch": arch, "backend": backend, "mode": "fwd", "dtype": "float32", "device": "cpu",
-        "batch": 2, "seq_len": seq_len, "status": status, "error": error,
+        "batch": 2, "seq_len": seq_len, "status": status, "error": error, "d_model": 64, "n_heads": 4,
+        "env_device_name": "Test CPU",
     }
 
 
@@ -77,6 +79,14 @@ def _library(page: str) -> str:
     return gzip.decompress(base64.b64decode(blobs[0])).decode()
 
 
+_FIGURE = re.compile(r'<script type="application/x-archbench-plot" data-div="([^"]+)">([A-Za-z0-9+/=]*)</script>')
+
+
+def _figures(page: str) -> dict[str, str]:
+    """div id -> the figure's plotly JSON, unpacked from its gzip + base64 script."""
+    return {div: gzip.decompress(base64.b64decode(blob)).decode() for div, blob in _FIGURE.findall(page)}
+
+
 def _without_library(page: str) -> str:
     """The page minus the inlined plotly.js blob."""
     return _BLOB.sub("", page)
@@ -102,7 +112,13 @@ def test_plotly_embedded_once_and_offline(page):
     assert not re.search(r"(src|href)\s*=\s*[\"']?https?://", rest, re.I)
     # the library blob, its loader, and one script per figure (run by the loader once plotly is in)
     assert page.count("<script") == 2 + EXPECTED_FIGURES
-    assert page.count('<script type="application/x-archbench-plot">') == EXPECTED_FIGURES
+    assert page.count('<script type="application/x-archbench-plot"') == EXPECTED_FIGURES
+    figures = _figures(page)  # each figure's JSON, compressed, names its own div and plotly config
+    assert len(figures) == EXPECTED_FIGURES
+    for div, spec in figures.items():
+        fig = json.loads(spec)
+        assert {"data", "layout", "config"} <= set(fig) and fig["config"]["displaylogo"] is False
+        assert f'<div id="{div}" class="plotly-graph-div"' in page
     assert len(page) < 3 * 2**20
 
 
@@ -110,8 +126,9 @@ def test_figures_present(page):
     assert page.count('class="plotly-graph-div"') == EXPECTED_FIGURES
     for i in range(EXPECTED_FIGURES):
         assert f'id="fig-{i}"' in page
-    assert "Latency: mode=fwd, batch=2, dtype=float32, device=cpu" in page
-    assert "Peak memory: mode=decode" in page and "Throughput: mode=decode" in page
+    titles = [json.loads(f)["layout"]["title"]["text"] for f in _figures(page).values()]
+    assert "Latency: mode=fwd, batch=2" in titles  # one configuration: only the axes are named
+    assert "Peak memory: mode=decode, batch=2" in titles and "Throughput: mode=decode, batch=2" in titles
 
 
 def test_header(page):
@@ -176,7 +193,6 @@ def test_escaping():
     df.loc[df["status"] == "oom", "error"] = f"bad {XSS} happened"
     runs = [dict(RUNS[0], suite=XSS, env={"host": XSS})]
     page = render_html(df, runs)
-    rest = _without_library(page)
     assert XSS not in page
     assert "<script>alert" not in page
     # only our own script tags: the library and one per figure
@@ -186,7 +202,8 @@ def test_escaping():
     assert f"bad {XSS_ESCAPED} happened" in _section(page, "failures")
     assert f"<title>archbench report — {XSS_ESCAPED}, smoke</title>" in page
     # trace names reach plotly's JSON html-escaped (plotly shows the entities as text)
-    assert '"name":"&lt;script&gt;alert(1)&lt;' in rest
+    figures = _figures(page).values()
+    assert any('"name":"&lt;script&gt;alert(1)&lt;' in f for f in figures) and not any(XSS in f for f in figures)
 
 
 def test_plotly_json_escapes_script_tags():
@@ -373,7 +390,7 @@ def test_energy_figure_and_configurable_reference():
     assert "rapl" in energy.layout.title.text and len(energy.data) == 2
     assert "energy" not in [s.kind for s in build_figures(df.drop(columns=["energy_j_per_token"]))]
     page = render_html(df, [], reference="linear_attention")
-    assert "faster than linear_attention from T" in page and "ratio to linear_attention" in page
+    assert "faster than linear_attention (T)" in page and "ratio to linear_attention" in page
     r = __import__("click.testing", fromlist=["CliRunner"]).CliRunner()
     from archbench.cli import main
 

@@ -83,3 +83,28 @@ def test_runs_stopped_by_the_time_cap_are_flagged_in_page_and_summary():
     page = render_html(pd.DataFrame(rows), [])
     assert "stopped at max_train_s in 1 of 2 runs" in page and page.count("stopped at max_train_s") == 1
     assert "0.4000 ± 0.010, stopped at max_train_s in 1 of 2 runs" in render_markdown(pd.DataFrame(rows), [])
+
+
+def test_comparable_to_reaches_headings_tables_and_the_zoology_facets():
+    from archbench.report.accuracy import zoology_facets
+
+    fig2 = {"comparable_to": "Zoology Fig. 2"}
+    rows = [
+        _task_row("softmax_attention", 64, 0.99, 65536, task_score_min=0.98, task_score_max=1.0, **fig2),
+        _task_row("softmax_attention", 128, 1.0, 131072, task_score_min=1.0, task_score_max=1.0, **fig2),
+        _task_row("hyena", 64, 0.3, 4096, task_score_min=0.2, task_score_max=0.45, **fig2),
+        _task_row("hyena", 128, 0.7, 8192, task_score_min=0.6, task_score_max=0.8, **fig2),
+    ]
+    long = dict(rows[0], key="long", seq_len=128, num_kv_pairs=8, comparable_to="quick check, not comparable with Zoology Figure 2 (vocabulary 256, not 8192)")
+    groups = task_groups(pd.DataFrame(rows + [long]))
+    assert [g.comparable for g in groups] == ["Zoology Fig. 2", "quick check, not comparable with Zoology Figure 2"]
+    assert groups[0].label.endswith("— Zoology Fig. 2")
+    assert task_table(groups[1])["comparable_to"].iloc[0].endswith("(vocabulary 256, not 8192)")
+    fig = zoology_facets(pd.DataFrame(rows + [long]))
+    assert [a["text"] for a in fig.layout.annotations] == ["L=64, kv=4", "L=128, kv=8"], "one panel per length"
+    hyena = next(t for t in fig.data if t.name == "hyena")
+    assert list(hyena.x) == [64, 128] and list(hyena.y) == [0.3, 0.7]
+    assert [round(v, 6) for v in hyena.error_y.array] == [0.15, 0.1] and [round(v, 6) for v in hyena.error_y.arrayminus] == [0.1, 0.1]
+    assert zoology_facets(pd.DataFrame(rows[:1])) is None, "one width is no curve"
+    page = render_html(pd.DataFrame(rows + [long]), [])
+    assert 'id="task-facets"' in page and "not comparable with Zoology Figure 2" in page

@@ -1,6 +1,6 @@
 """The report in a real browser: headless Chromium (Debian's ``chromium``, which ``.ci/run``
 installs) loads the page offline, runs plotly, and must log nothing to the console; the
-figures must have drawn (plotly's SVG layers present). A screenshot is kept as an artifact
+first screen must answer and every figure area must have drawn (plotly's SVG layers present). A screenshot is kept as an artifact
 in ``reports/test-artifacts/``."""
 
 import re
@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from archbench.report import build_figures, write_html
+from test_report_quality import ckpt_rows
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "reports" / "test-artifacts"
@@ -41,7 +42,8 @@ def _rows():
                          task="mqar", num_kv_pairs=4, d_model=64, n_layers=2, dtype="float32", device="cpu",
                          batch=64, seq_len=64, status="ok", task_metric="accuracy", task_score=acc, accuracy=acc,
                          task_score_std=0.0, n_seeds=1, best_lr=3e-3, train_steps=500, state_bytes=state))
-    return pd.DataFrame(rows)
+    rows = [dict(r, env_device_mem_bytes=2**34) for r in rows]  # the peak-memory figure draws the capacity line
+    return pd.concat([pd.DataFrame(rows), ckpt_rows()], ignore_index=True)  # checkpoints: quality beside speed
 
 
 # The JSON form of a two-run comparison (archbench.compare), as `archbench report A B` passes it.
@@ -68,10 +70,15 @@ def test_report_renders_in_chromium_without_console_errors(tmp_path):
     assert dom.returncode == 0, dom.stderr[-2000:]
     console = [line for line in dom.stderr.splitlines() if ":CONSOLE" in line]
     assert not console, "the page logged to the console:\n" + "\n".join(console)
-    n_figures = len(build_figures(df)) + 2  # + the accuracy Pareto chart + the B/A ratio plot
+    n_figures = len(build_figures(df)) + 4  # + the accuracy Pareto chart, the B/A ratio plot, 2 checkpoint charts
     drawn = len(re.findall(r'class="main-svg"', dom.stdout))
     assert drawn >= n_figures, f"{drawn} plotly SVG layers for {n_figures} figures: the plots did not draw"
     assert "<script>alert(1)</script>" not in dom.stdout.replace("\\u003c", "<")  # escaped, never live
+    # the first screen answers, and every figure area drew (figures draw lazily, the rest in idle time)
+    assert 'id="first-screen"' in dom.stdout and "comparable point(s)" in dom.stdout
+    areas = dom.stdout.split('<div class="figure figure-')[1:]
+    assert len(areas) == n_figures and all('class="main-svg"' in a.split('<div class="figure figure-')[0] for a in areas)
+    assert "data-figures-drawn" in dom.stdout
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = _chromium(tmp_path, "--window-size=1300,2000", f"--screenshot={ARTIFACTS / 'report.png'}", page.as_uri())
     assert shot.returncode == 0 and (ARTIFACTS / "report.png").stat().st_size > 10_000

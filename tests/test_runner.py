@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
-
+from pathlib import Path
 
 from archbench.runner import Runner
 from archbench.store import RunDir, load, read_rows
@@ -40,6 +40,12 @@ def test_failures_are_isolated_and_recorded(tmp_path):
     assert rows["test_oom"]["status"] == "oom"
     assert rows["test_abort"]["status"] == "error"
     assert "SIGABRT" in rows["test_abort"]["error"]
+    # actionable: the crashing frame faulthandler saw, the failing line, and where the full log is
+    abort = rows["test_abort"]["error"]
+    assert "Fatal Python error: Aborted" in abort and "faulty_mixers.py" in abort and "Extension modules" not in abort
+    assert Path(abort.rsplit("full log: ", 1)[1]).is_file()
+    raised = rows["test_raise"]["error"]
+    assert 'raise ValueError("deliberate failure' in raised and Path(raised.rsplit("full traceback: ", 1)[1]).is_file()
     assert rows["test_hang"]["status"] == "timeout" and "timeout" in rows["test_hang"]["error"]
     assert rows["softmax_attention"]["status"] == "ok" and rows["linear_attention"]["status"] == "ok"
     for r in rows.values():
@@ -231,3 +237,28 @@ def test_jobs_must_be_positive(tmp_path):
 
     with pytest.raises(ValueError, match="jobs must be >= 1"):
         Runner([], RunDir(tmp_path / "run").create(), env={}, jobs=0)
+
+
+def test_crash_summary_keeps_the_crashing_frames_not_the_module_list():
+    from archbench.worker import crash_summary
+
+    log = (
+        "cell abc: x/ref fwd\n"
+        "Fatal Python error: Segmentation fault\n\n"
+        "Thread 0x00007f0000000001 (most recent call first):\n"
+        '  File "/w/archbench/worker.py", line 80 in _watch_lifeline\n\n'
+        "Current thread 0x00007f0000000002 (most recent call first):\n"
+        '  File "/p/plugin.py", line 30 in forward\n'
+        '  File "/t/module.py", line 1511 in _call_impl\n'
+        '  File "/a/bench.py", line 99 in call\n'
+        '  File "/a/timing.py", line 50 in run\n'
+        '  File "/a/timing.py", line 10 in time_fn\n\n'
+        "Extension modules: numpy.core._multiarray_umath, torch._C, " + "x, " * 400 + "(total: 90)\n"
+    )
+    text = crash_summary(log, "/run/logs/worker-1.log")
+    lines = text.splitlines()
+    assert lines[0] == "Fatal Python error: Segmentation fault"
+    assert lines[1] == '  File "/p/plugin.py", line 30 in forward' and len(lines) == 6  # 4 innermost frames
+    assert "_watch_lifeline" not in text and "Extension modules" not in text
+    assert lines[-1] == "full log: /run/logs/worker-1.log"
+    assert crash_summary("plain output\n", None) == "log tail: plain output"

@@ -217,7 +217,7 @@ def test_task_time_cap_keys_only_when_set(tmp_path):
     import json
 
     cell = next(c for c in load_suite(write(tmp_path, TASKS)).cells() if c.mode == "task")
-    ident = {**cell.identity(), "train": {k: v for k, v in cell.train.model_dump().items() if k != "max_train_s"}, "task_args": {}}
+    ident = {**cell.identity(), "train": {k: v for k, v in cell.train.model_dump().items() if k not in ("max_train_s", "epochs")}, "task_args": {}}
     before = hashlib.sha256(json.dumps(ident, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
     assert cell.key == before, "a suite that does not set max_train_s keeps the keys it had before the field"
     capped = load_suite(write(tmp_path, TASKS.replace("steps: 10", "steps: 10, max_train_s: 60"), "c.yaml")).cells()
@@ -252,3 +252,159 @@ def test_task_suite_errors(tmp_path, text, expect):
     import re
 
     assert re.search(expect, error_of(tmp_path, text))
+
+
+# ---- cell identity ----------------------------------------------------------------------
+
+
+def _base_cell(tmp_path, mode="decode"):
+    text = f"name: k\ndefaults: {{d_model: 64, n_heads: 4}}\nsweep: {{arch: softmax_attention, backend: sdpa, mode: {mode}, seq_len: 64}}\n"
+    return load_suite(write(tmp_path, text, f"k-{mode}.yaml")).cells()[0]
+
+
+def _other(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, str):
+        return value + "_x"
+    return 3 if value is None else None
+
+
+def test_every_field_that_changes_the_measurement_changes_the_key(tmp_path):
+    """Two cells that differ in any cell field, or in a measurement switch where it applies, never
+    share a key; run settings (timeouts, budgets, repeats, warm-up) never change it."""
+    from archbench.fields import CELL_FIELDS, MEASURE_KEY_FIELDS, MEASURE_RUN_SETTINGS
+    from archbench.suite import MeasureConfig
+
+    base = _base_cell(tmp_path)
+    keys = {base.key}
+    for f in CELL_FIELDS:  # every cell field, those added later included
+        key = base.model_copy(update={f: _other(getattr(base, f))}).key
+        assert key not in keys, f"changing {f} does not change the key"
+        keys.add(key)
+    assert set(MEASURE_KEY_FIELDS) | set(MEASURE_RUN_SETTINGS) == set(MeasureConfig.model_fields), "classify every measure field"
+    gpu = base.model_copy(update={"device": "cuda"})
+    switched = {"cuda_graph": True, "decode_tokens": 32, "flush_l2": False}
+    for f, v in switched.items():
+        key = gpu.model_copy(update={"measure": gpu.measure.model_copy(update={f: v})}).key
+        assert key != gpu.key and key not in keys, f"measure.{f} does not change the key"
+        keys.add(key)
+    graph_decode = gpu.model_copy(update={"measure": gpu.measure.model_copy(update={"cuda_graph": "decode"})})
+    assert graph_decode.key == gpu.model_copy(update={"measure": gpu.measure.model_copy(update={"cuda_graph": True})}).key
+    pinned = base.model_copy(update={"measure": base.measure.model_copy(update={"pin_cpus": True})})
+    assert pinned.key != base.key
+    settings = {"warmup": 9, "warmup_s": 1.0, "min_repeats": 7, "max_repeats": 9, "budget_s": 9.0, "target_rel_iqr": 0.5,
+                "energy": False, "energy_window_s": 3.0, "roofline": False}  # fmt: skip
+    assert set(settings) == set(MEASURE_RUN_SETTINGS)
+    for cell in (base, gpu):
+        for f, v in settings.items():
+            assert cell.model_copy(update={"measure": cell.measure.model_copy(update={f: v})}).key == cell.key, f
+        assert cell.model_copy(update={"timeout_s": 1.0, "stop_after_oom": True}).key == cell.key
+
+
+def test_switches_key_only_the_cells_they_change(tmp_path):
+    """A switch that does not apply to a cell (decode tokens of a forward cell, CUDA graphs or the
+    L2 flush on a CPU, graphs 'decode' on a prefill cell) leaves its key as it was."""
+    fwd = _base_cell(tmp_path, mode="fwd")
+    for f, v in {"decode_tokens": 64, "cuda_graph": True, "flush_l2": False}.items():
+        assert fwd.model_copy(update={"measure": fwd.measure.model_copy(update={f: v})}).key == fwd.key, f
+    gpu_fwd = fwd.model_copy(update={"device": "cuda"})
+    assert gpu_fwd.model_copy(update={"measure": gpu_fwd.measure.model_copy(update={"cuda_graph": "decode"})}).key == gpu_fwd.key
+    assert gpu_fwd.model_copy(update={"measure": gpu_fwd.measure.model_copy(update={"pin_cpus": True})}).key == gpu_fwd.key
+
+
+def test_suite_measure_switches_reach_the_key(tmp_path):
+    text = "name: g\ndefaults: {device: cuda, measure: {cuda_graph: decode}}\nsweep: {arch: softmax_attention, backend: sdpa, mode: [fwd, decode], seq_len: 64}\n"
+    eager = text.replace("cuda_graph: decode", "cuda_graph: false")
+    a = {c.mode: c.key for c in load_suite(write(tmp_path, text, "a.yaml")).cells()}
+    b = {c.mode: c.key for c in load_suite(write(tmp_path, eager, "b.yaml")).cells()}
+    assert a["fwd"] == b["fwd"] and a["decode"] != b["decode"]  # eager and graph-replayed decode rows never collide
+
+
+# ---- strict input -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text,expect",
+    [
+        ("name: a\nsweep:\n  arch: softmax_attention\n  seq_len: [8]\n  seq_len: [16]\n", "line 5: sweep.seq_len: key given twice (first on line 4)"),
+        ("name: a\ndefaults:\n  measure: {warmup: 1, warmup: 2}\nsweep: {arch: softmax_attention}\n", "defaults.measure.warmup: key given twice"),
+        ("name: a\nexclude:\n  - {arch: x}\n  - {arch: x, arch: y}\nsweep: {arch: softmax_attention}\n", "exclude[1].arch: key given twice"),
+        ("name: a\nsweep: {arch: softmax_attention, seq_len: true}", "sweep.seq_len: must be an integer (got True)"),
+        ("name: a\nsweep: {arch: softmax_attention, seq_len: [8, '64']}", "sweep.seq_len[1]: must be an integer (got '64')"),
+        ("name: a\nsweep: {arch: softmax_attention, seq_len: 1180591620717411303424}", "sweep.seq_len: must be <= 16777216"),
+        ("name: a\nsweep: {arch: softmax_attention, seq_len: 16777217}", "must be <= 16777216"),
+        ("name: a\ndefaults: {batch: 1048577}\nsweep: {arch: softmax_attention}", "defaults.batch: must be <= 1048576"),
+        ("name: a\ndefaults: {d_model: true}\nsweep: {arch: softmax_attention}", "defaults.d_model: must be an integer"),
+        ("name: a\ndefaults: {measure: {decode_tokens: '8'}}\nsweep: {arch: softmax_attention}", "defaults.measure.decode_tokens: must be an integer"),
+        ("name: a\ndefaults: {train: {steps: 1.5}}\nsweep: {arch: softmax_attention}", "defaults.train.steps: must be an integer"),
+        ("name: a\narch_defaults: {softmax_attention: {n_kv_heads: true}}\nsweep: {arch: softmax_attention}", "arch_defaults.softmax_attention.n_kv_heads"),
+    ],
+)
+def test_strict_input(tmp_path, text, expect):
+    assert expect in error_of(tmp_path, text)
+
+
+def test_a_plugin_named_by_a_path_relative_to_the_suite(tmp_path):
+    (tmp_path / "archs").mkdir()
+    plugin = tmp_path / "archs" / "mine.py"
+    plugin.write_text(
+        "from archbench import registry\n"
+        "if 'path_plugin_arch' not in registry.names():\n"
+        "    registry.register(registry.get('softmax_attention').__class__(**{**vars(registry.get('softmax_attention')), 'name': 'path_plugin_arch'}))\n"
+    )
+    suite = load_suite(write(tmp_path, "name: a\nplugins: [archs/mine.py]\nsweep: {arch: path_plugin_arch, backend: sdpa, seq_len: 8}\n"))
+    assert {c.arch for c in suite.cells()} == {"path_plugin_arch"}
+    assert suite.model.plugins == [str(plugin)]  # absolute: workers import the same file from any directory
+    assert "plugin file not found" in error_of(tmp_path, "name: a\nplugins: [archs/missing.py]\nsweep: {arch: softmax_attention}\n")
+
+
+# ---- architectures chosen by taxonomy -------------------------------------------------------------
+
+
+def _archs(tmp_path, arch_yaml):
+    from archbench import registry  # noqa: F401
+
+    suite = write(tmp_path, f"""
+        name: sel
+        defaults: {{device: cpu, seq_len: 64, d_model: 32, n_heads: 2}}
+        sweep:
+          arch: {arch_yaml}
+          backend: reference
+          mode: fwd
+    """)
+    return sorted({c.arch for c in load_suite(suite).cells()})
+
+
+def test_arch_all_is_the_mixer_catalogue(tmp_path):
+    from archbench import registry
+
+    want = sorted(s.name for s in registry.builtin_specs() if s.level == "mixer")
+    assert _archs(tmp_path, "all") == want and "hf_llama" not in want
+
+
+def test_arch_family_selector_with_exclude_and_include(tmp_path):
+    from archbench import registry
+
+    ssm = sorted(s.name for s in registry.builtin_specs() if s.family.startswith("ssm/") and s.level == "mixer")
+    assert "mamba" in ssm and len(ssm) > 1
+    assert _archs(tmp_path, "{family: ssm}") == ssm
+    got = _archs(tmp_path, "{family: [ssm, full/softmax], exclude: [mamba], include: [nsa]}")
+    assert "mamba" not in got and "softmax_attention" in got and "nsa" in got and set(ssm) - {"mamba"} <= set(got)
+
+
+def test_arch_selector_errors_are_one_line(tmp_path):
+    assert "unknown architecture 'mamba9'" in error_of(tmp_path, """
+        name: sel
+        sweep: {arch: {family: ssm, exclude: [mamba9]}, mode: fwd}
+    """)
+    assert "sweep.arch" in error_of(tmp_path, """
+        name: sel
+        sweep: {arch: {family: no_such_family}, mode: fwd}
+    """)
+    assert "sweep.arch" in error_of(tmp_path, """
+        name: sel
+        sweep: {arch: {familly: ssm}, mode: fwd}
+    """)

@@ -61,6 +61,6 @@ def test_task_cells_run_stream_progress_and_report(tmp_path):
     assert r.exit_code == 0, r.output
     page = out.read_text()
     assert 'id="accuracy"' in page and "task=mqar, T=32, kv=2" in page
-    assert "decode latency" in page, "decode rows of the same arch and width feed the latency Pareto chart"
+    assert 'data-div="task-0-decode_s_per_token"' in page, "decode rows of the same arch and width feed the latency Pareto chart"
     md = CliRunner().invoke(main, ["report", str(run_dir.path), "--format", "md"])
     assert md.exit_code == 0 and "mqar" in md.output

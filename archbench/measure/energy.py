@@ -67,8 +67,11 @@ class CounterSource(Protocol):
 
 
 def _nvml_handle(pynvml, device_index: int):
-    pynvml.nvmlInit()
-    return pynvml.nvmlDeviceGetHandleByIndex(device_index)
+    """The counter of torch's ``cuda:<device_index>``: in a worker pinned to one GPU by
+    ``CUDA_VISIBLE_DEVICES`` that is the pinned GPU, not NVML's device 0 (``env.physical_gpu``)."""
+    from archbench.measure.env import nvml_handle
+
+    return nvml_handle(pynvml, device_index)
 
 
 class NvmlCounter:

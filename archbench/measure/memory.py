@@ -101,8 +101,9 @@ def nvml_process_bytes(device_index: int = 0, pid: int | None = None, pynvml=Non
         except ImportError:
             return None, "nvidia-ml-py is not installed"
     try:
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
+        from archbench.measure.env import nvml_handle  # torch's index -> the pinned GPU
+
+        handle = nvml_handle(pynvml, device_index)
         procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
     except Exception as e:  # noqa: BLE001 - no driver, no permission, old driver
         return None, f"NVML gives no process list ({type(e).__name__}: {e})"

@@ -2,9 +2,15 @@
 
 ``mann_whitney_p``: the two-sided Mann-Whitney U test (normal approximation with tie and
 continuity corrections; no assumption on the shape of the timing distribution, which is
-skewed and often bimodal). ``median_ci``: the order-statistic interval of a median from the
+skewed and often bimodal). ``signed_rank_p``: the two-sided Wilcoxon signed-rank test of
+paired differences, exact. ``median_ci``: the order-statistic interval of a median from the
 Binomial(n, 1/2). ``bootstrap_ratio_ci``: a percentile-bootstrap interval of
 median(head) / median(base), with a fixed seed so a comparison is reproducible.
+
+A rank test has a floor: however far apart the samples, its p-value cannot go below the
+value at complete separation (``mann_whitney_min_p``, ``signed_rank_min_p``), so a sample
+that small can never be significant at a smaller alpha. ``min_n_mann_whitney`` and
+``min_n_signed_rank`` give the smallest sizes whose floor is below a given alpha.
 """
 
 from __future__ import annotations
@@ -94,3 +100,62 @@ def bootstrap_ratio_ci(
         ratios = mh / mb
     lo, hi = np.quantile(ratios, [(1.0 - conf) / 2.0, 1.0 - (1.0 - conf) / 2.0])
     return (float(lo), float(hi))
+
+
+def mann_whitney_min_p(n1: int, n2: int) -> float:
+    """The smallest p-value ``mann_whitney_p`` can return for samples of sizes ``n1`` and ``n2``:
+    its value when every sample of one side is below every sample of the other."""
+    if n1 < 1 or n2 < 1:
+        return 1.0
+    return mann_whitney_p(np.arange(n1, dtype=float), np.arange(n1, n1 + n2, dtype=float))
+
+
+def min_n_mann_whitney(alpha: float, limit: int = 10_000) -> int:
+    """The smallest n such that n samples a side can give ``mann_whitney_p < alpha``."""
+    n = 1
+    while mann_whitney_min_p(n, n) >= alpha:
+        n += 1
+        if n > limit:
+            raise ValueError(f"alpha {alpha} needs more than {limit} samples a side")
+    return n
+
+
+def signed_rank_p(d: Sequence[float]) -> float:
+    """Two-sided p-value of the Wilcoxon signed-rank test that the paired differences ``d``
+    are symmetric about 0, exact.
+
+    Zero differences are dropped (Wilcoxon's convention); the rest are ranked by ``|d|``,
+    ties sharing their mean rank. ``W+`` is the sum of the ranks of the positive differences.
+    Under the null every sign pattern of the ranks is equally likely, so the exact null
+    distribution of ``W+`` is the distribution of the sum of a random subset of the ranks;
+    it is counted by dynamic programming over the doubled (integer) ranks, which also makes
+    it exact with ties. ``p = min(1, 2 * min(P(W+ <= w), P(W+ >= w)))``.
+    """
+    d = np.asarray(d, dtype=float)
+    d = d[np.isfinite(d) & (d != 0.0)]
+    n = len(d)
+    if n == 0:
+        return 1.0
+    ranks2 = np.rint(2.0 * average_ranks(np.abs(d))).astype(int)  # mid-ranks are multiples of 1/2
+    w2 = int(ranks2[d > 0].sum())
+    total = int(ranks2.sum())
+    counts = np.zeros(total + 1)  # counts[s]: sign patterns whose positive ranks sum to s (doubled)
+    counts[0] = 1.0
+    for r in ranks2:
+        counts[r:] = counts[r:] + counts[: total + 1 - r].copy()
+    probs = counts / 2.0**n
+    lower, upper = probs[: w2 + 1].sum(), probs[w2:].sum()
+    return float(min(1.0, 2.0 * min(lower, upper)))
+
+
+def signed_rank_min_p(n: int) -> float:
+    """The smallest p-value ``signed_rank_p`` can return for ``n`` non-zero differences (all of
+    one sign): ``2 / 2^n``."""
+    return 1.0 if n < 1 else min(1.0, 2.0 / 2.0**n)
+
+
+def min_n_signed_rank(alpha: float) -> int:
+    """The smallest number of pairs that can give ``signed_rank_p < alpha``."""
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
+    return max(1, math.floor(math.log2(2.0 / alpha)) + 1)

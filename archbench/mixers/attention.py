@@ -18,11 +18,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from archbench.mixers.base import Mixer, MixerConfig
-from archbench.mixers.common import rotary
+from archbench.mixers.base import Mixer, MixerConfig, check_backend
+from archbench.mixers.common import cache_append, empty_cache, prefilled_cache, rotary
 from archbench.ops.softmax_attention import softmax_attention
 from archbench.spec import ArchSpec, Backend, Complexity, always, marginal_flops, requires_flash_attn
 
@@ -60,9 +59,7 @@ class QKVProjections:
 class SoftmaxAttention(QKVProjections, Mixer):
     def __init__(self, config: MixerConfig, backend: str = "sdpa"):
         super().__init__()
-        if backend not in OP_BACKEND:
-            raise ValueError(f"unknown softmax attention backend {backend!r}; choose one of {', '.join(OP_BACKEND)}")
-        self.config, self.backend = config, backend
+        self.config, self.backend = config, check_backend("softmax attention", backend, OP_BACKEND)
         self._init_proj(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,24 +71,17 @@ class SoftmaxAttention(QKVProjections, Mixer):
         """Forward over the prompt; the KV cache is its keys and values (room for 16 more)."""
         q, k, v = self._project(x)
         o = softmax_attention(q, k, v, causal=True, backend=OP_BACKEND[self.backend])
-        pad = (0, 0, 0, 0, 0, 16)
-        return self.out(o.flatten(2)), {"k": F.pad(k, pad), "v": F.pad(v, pad), "len": x.shape[1]}
+        return self.out(o.flatten(2)), prefilled_cache(x.shape[1], k=k, v=v)
 
     def init_state(self, batch: int) -> dict[str, Any]:
         """An empty KV cache; it grows (doubling its capacity) as tokens are decoded."""
-        w = self.qkv.weight
-        shape = (batch, 16, self.config.kv_heads, self.config.hd)
-        return {"k": w.new_zeros(shape), "v": w.new_zeros(shape), "len": 0}
+        kv = (self.config.kv_heads, self.config.hd)
+        return empty_cache(self.qkv.weight, batch, k=kv, v=kv)
 
     def step(self, x_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         n = state["len"]
         q, k, v = self._project(x_t[:, None], offset=n)
-        if n == state["k"].shape[1]:
-            state["k"] = torch.cat([state["k"], torch.zeros_like(state["k"])], dim=1)
-            state["v"] = torch.cat([state["v"], torch.zeros_like(state["v"])], dim=1)
-        state["k"][:, n] = k[:, 0]
-        state["v"][:, n] = v[:, 0]
-        state["len"] = n + 1
+        cache_append(state, k=k[:, 0], v=v[:, 0])
         o = softmax_attention(
             q, state["k"][:, : n + 1], state["v"][:, : n + 1], causal=False, backend=OP_BACKEND[self.backend]
         )

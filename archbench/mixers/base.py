@@ -15,6 +15,13 @@ import torch
 from torch import nn
 
 
+def check_backend(name: str, backend: str, choices) -> str:
+    """``backend`` if it is one of ``choices`` (a mixer's backend names), else a ValueError naming them."""
+    if backend not in choices:
+        raise ValueError(f"unknown {name} backend {backend!r}; choose one of {', '.join(choices)}")
+    return backend
+
+
 @dataclass(frozen=True)
 class MixerConfig:
     """Dimensions common to all mixers; families ignore what they do not use."""
@@ -31,6 +38,9 @@ class MixerConfig:
     block_size: int = 64  # block-sparse attention / NSA block length
     block_count: int = 16  # NSA: number of selected blocks per query
     rope_theta: float | None = 10000.0  # attention families: rotary base (None = no positional encoding)
+    # one short causal convolution of this kernel in front of every recurrent mixer, their own removed
+    # (0: none anywhere; None: each family as published); applied by ArchSpec.build, see mixers/conv.py
+    short_conv: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("chunk_size", "expand", "block_size", "block_count"):
@@ -39,6 +49,8 @@ class MixerConfig:
         for name in ("d_state", "window"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.short_conv is not None and self.short_conv < 0:
+            raise ValueError(f"short_conv must be >= 0 (got {self.short_conv})")
         if self.conv_size < 0:
             raise ValueError(f"conv_size must be >= 0 (got {self.conv_size})")
         if self.d_model < 1 or self.n_heads < 1:

@@ -1,4 +1,4 @@
-"""Building blocks shared by several mixers: the short causal convolution and norms.
+"""Building blocks shared by several mixers: the short causal convolution, norms, Mamba's step init.
 
 ShortConv is the depthwise causal 1-D convolution (kernel 4 by default) that Mamba,
 Mamba2, DeltaNet, Gated DeltaNet and friends put in front of their recurrences. Its
@@ -16,9 +16,19 @@ function (tests/test_ops.py compares them, gradients included).
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def dt_bias_init(n: int, dt_min: float = 1e-3, dt_max: float = 1e-1, floor: float = 1e-4) -> torch.Tensor:
+    """Mamba's step-size bias: the inverse softplus of n steps drawn log-uniformly in [dt_min, dt_max]
+    (floored), so that softplus(bias) = dt. Draws from the global generator."""
+    dt = torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp_min(floor)
+    return dt + torch.log(-torch.expm1(-dt))
 
 
 class ShortConv(nn.Module):
@@ -164,3 +174,32 @@ class _CausalConv(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = dy.sum(tuple(range(dy.dim() - 1)))
         return dx, dw, db, None
+
+
+# ---- growing decode caches (KV, latent, gates) --------------------------------------------
+
+CACHE_ROOM = 16  # tokens a decode cache holds beyond its contents before it doubles
+
+
+def empty_cache(like: torch.Tensor, batch: int, **trailing: tuple[int, ...]) -> dict[str, Any]:
+    """An empty decode cache: per name, zeros [batch, CACHE_ROOM, *trailing] in ``like``'s dtype and
+    device, and ``len`` 0 (``cache_append`` doubles a full cache)."""
+    return {name: like.new_zeros(batch, CACHE_ROOM, *dims) for name, dims in trailing.items()} | {"len": 0}
+
+
+def prefilled_cache(length: int, **caches: torch.Tensor) -> dict[str, Any]:
+    """The decode cache after a prefill of ``length`` tokens: each [B, T, ...] tensor with room for
+    CACHE_ROOM more tokens on its time axis, and ``len``."""
+    return {name: F.pad(x, (0, 0) * (x.dim() - 2) + (0, CACHE_ROOM)) for name, x in caches.items()} | {"len": length}
+
+
+def cache_append(state: dict[str, Any], **tokens: torch.Tensor) -> int:
+    """Writes each token [B, ...] at position ``len`` of its cache (doubling a full cache's capacity,
+    in place in ``state``) and advances ``len``; returns the new length."""
+    n = state["len"]
+    for name, x in tokens.items():
+        if n == state[name].shape[1]:
+            state[name] = torch.cat([state[name], torch.zeros_like(state[name])], dim=1)
+        state[name][:, n] = x
+    state["len"] = n + 1
+    return n + 1

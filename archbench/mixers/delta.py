@@ -27,15 +27,14 @@ kernels, q/k L2 norm fused in the kernel) and ``chunked`` (the WY / UT-transform
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archbench.mixers.base import MixerConfig, ParallelMixer
-from archbench.mixers.common import HeadRMSNorm, ShortConv
+from archbench.mixers.base import MixerConfig, ParallelMixer, check_backend
+from archbench.mixers.common import HeadRMSNorm, ShortConv, dt_bias_init
 from archbench.ops.delta_rule import (
     delta_rule,
     delta_rule_step,
@@ -72,16 +71,22 @@ def _conv_window(y: torch.Tensor, kernel: int) -> torch.Tensor:
     return yt[..., yt.shape[-1] - keep :].clone(memory_format=torch.contiguous_format)
 
 
+def mamba2_decay(
+    n_heads: int, n_dt: int, a_range: tuple[float, float], dt_min: float, dt_max: float, dt_floor: float
+) -> tuple[nn.Parameter, nn.Parameter]:
+    """Mamba2's initialisation of a data-dependent decay -exp(A_log) softplus(. + dt_bias):
+    (A_log [n_heads] with A ~ U[a_range], dt_bias [n_dt] = softplus^{-1}(dt), dt log-uniform in [dt_min, dt_max])."""
+    A_log = nn.Parameter(torch.empty(n_heads).uniform_(*a_range).log())
+    return A_log, nn.Parameter(dt_bias_init(n_dt, dt_min, dt_max, dt_floor))
+
+
 class _DeltaBase(ParallelMixer):
-    """Projections, short convolutions and beta shared by both layers."""
+    """Projections, short convolutions, the op call and decode shared by the delta-rule layers; each
+    layer names its op pair (``_op``, ``_step_op``) and defines its gates and its output."""
 
     def __init__(self, config: MixerConfig, backend: str = "chunked"):
         super().__init__()
-        if backend not in OP_BACKEND:
-            raise ValueError(
-                f"unknown {type(self).__name__} backend {backend!r}; choose one of {', '.join(OP_BACKEND)}"
-            )
-        self.config, self.backend = config, backend
+        self.config, self.backend = config, check_backend(type(self).__name__, backend, OP_BACKEND)
         d, h, hd = config.d_model, config.n_heads, config.hd
         self.q_proj = nn.Linear(d, h * hd, bias=False)
         self.k_proj = nn.Linear(d, h * hd, bias=False)
@@ -99,7 +104,6 @@ class _DeltaBase(ParallelMixer):
         """x [B, T, D] -> ((q, k, v), conv states): SiLU(conv(W x)) for q, k, v, each [B, T, H, hd]
         (not yet normalised); with ``want_state`` also the three conv windows after x, as
         ``ShortConv.step`` keeps them (None without convs or without ``want_state``)."""
-        h, hd = self.config.n_heads, self.config.hd
         outs, states = [], []
         for i, proj in enumerate((self.q_proj, self.k_proj, self.v_proj)):
             y = proj(x)
@@ -109,11 +113,10 @@ class _DeltaBase(ParallelMixer):
                 y = self.convs[i](y)
             else:
                 y = F.silu(y)
-            outs.append(y.unflatten(-1, (h, hd)))
-        return (outs[0], outs[1], outs[2]), (states if want_state and self.convs is not None else None)
+            outs.append(y)
+        return self._split(outs), (states if want_state and self.convs is not None else None)
 
     def _qkv_step(self, x_t: torch.Tensor, conv_states: list | None):
-        h, hd = self.config.n_heads, self.config.hd
         outs, new_states = [], []
         for i, proj in enumerate((self.q_proj, self.k_proj, self.v_proj)):
             y = proj(x_t)
@@ -122,8 +125,22 @@ class _DeltaBase(ParallelMixer):
                 new_states.append(st)
             else:
                 y = F.silu(y)
-            outs.append(y.unflatten(-1, (h, hd)))
-        return outs, (new_states if self.convs is not None else None)
+            outs.append(y)
+        return self._split(outs), (new_states if self.convs is not None else None)
+
+    def _split(self, outs: list[torch.Tensor]):
+        """The three projections [..., H hd] -> (q, k, v), each [..., H, hd]."""
+        h, hd = self.config.n_heads, self.config.hd
+        return tuple(y.unflatten(-1, (h, hd)) for y in outs)
+
+    # -- what each layer defines: its op pair, its gates and its output -------------------
+
+    _op: Callable  # the chunked op, called as _op(q, k, v, *gates, chunk_size=, backend=, qk_l2norm=True, ...)
+    _step_op: Callable  # its one-token form, called as _step_op(q, k, v, *gates, state, backend=)
+
+    def _gates(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The op's inputs after q, k, v (beta; or log-decay g and beta) for x [..., D]."""
+        raise NotImplementedError
 
     def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """o [..., H, hd] -> normalised, (gated), projected [..., D]."""
@@ -131,7 +148,16 @@ class _DeltaBase(ParallelMixer):
 
     def _mix(self, x: torch.Tensor, q, k, v, want_state: bool):
         """The chunked op over the sequence: (o [B, T, H, hd], final state [B, H, K, V] or None)."""
-        raise NotImplementedError
+        return self._run(q, k, v, *self._gates(x), want_state=want_state)
+
+    def _run(self, *inputs: torch.Tensor | int, want_state: bool):
+        return self._op(
+            *inputs,
+            chunk_size=self.config.chunk_size,
+            backend=OP_BACKEND[self.backend],
+            qk_l2norm=True,
+            output_final_state=want_state,
+        )
 
     # -- parallel form (training and prefill) -------------------------------------------
 
@@ -143,6 +169,11 @@ class _DeltaBase(ParallelMixer):
 
 
     # -- decode -----------------------------------------------------------------------
+
+    def step(self, x_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        (q, k, v), conv = self._qkv_step(x_t, state["conv"])
+        o, S = self._step_op(l2norm(q), l2norm(k), v, *self._gates(x_t), state["S"], backend=OP_BACKEND[self.backend])
+        return self._output(o, x_t), {"conv": conv, "S": S}
 
     def init_state(self, batch: int) -> dict[str, Any]:
         h, hd = self.config.n_heads, self.config.hd
@@ -159,35 +190,23 @@ class _DeltaBase(ParallelMixer):
 class DeltaNet(_DeltaBase):
     """DeltaNet layer (Yang et al., 2024, arXiv 2406.06484)."""
 
+    _op, _step_op = staticmethod(delta_rule), staticmethod(delta_rule_step)
+
     def __init__(self, config: MixerConfig, backend: str = "chunked"):
         super().__init__(config, backend)
         self.o_norm = HeadRMSNorm(config.hd)
 
+    def _gates(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        return (torch.sigmoid(self.b_proj(x)),)
+
     def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.o_proj(self.o_norm(o).flatten(-2))
-
-    def _mix(self, x: torch.Tensor, q, k, v, want_state: bool):
-        beta = torch.sigmoid(self.b_proj(x))
-        return delta_rule(
-            q,
-            k,
-            v,
-            beta,
-            chunk_size=self.config.chunk_size,
-            backend=OP_BACKEND[self.backend],
-            qk_l2norm=True,
-            output_final_state=want_state,
-        )
-
-    def step(self, x_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        (q, k, v), conv = self._qkv_step(x_t, state["conv"])
-        beta = torch.sigmoid(self.b_proj(x_t))
-        o, S = delta_rule_step(l2norm(q), l2norm(k), v, beta, state["S"], backend=OP_BACKEND[self.backend])
-        return self._output(o, x_t), {"conv": conv, "S": S}
 
 
 class GatedDeltaNet(_DeltaBase):
     """Gated DeltaNet layer (Yang, Kautz & Hatamizadeh, 2024, arXiv 2412.06464)."""
+
+    _op, _step_op = staticmethod(gated_delta_rule), staticmethod(gated_delta_rule_step)
 
     def __init__(
         self,
@@ -202,11 +221,7 @@ class GatedDeltaNet(_DeltaBase):
         d, h, hd = config.d_model, config.n_heads, config.hd
         self.a_proj = nn.Linear(d, h, bias=False)  # input-dependent step size, as Mamba2's dt
         self.g_proj = nn.Linear(d, h * hd, bias=False)  # output gate
-        # Mamba2 initialisation: A ~ U[a_range], dt ~ log-uniform in [dt_min, dt_max], dt_bias = softplus^{-1}(dt).
-        a = torch.empty(h).uniform_(*a_range)
-        self.A_log = nn.Parameter(torch.log(a))
-        dt = torch.exp(torch.rand(h) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_floor)
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        self.A_log, self.dt_bias = mamba2_decay(h, h, a_range, dt_min, dt_max, dt_floor)
         self.o_norm = HeadRMSNorm(hd)
 
     def _gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,25 +233,6 @@ class GatedDeltaNet(_DeltaBase):
         gate = self.g_proj(x).unflatten(-1, (self.config.n_heads, self.config.hd))
         return self.o_proj((self.o_norm(o) * F.silu(gate)).flatten(-2))
 
-    def _mix(self, x: torch.Tensor, q, k, v, want_state: bool):
-        g, beta = self._gates(x)
-        return gated_delta_rule(
-            q,
-            k,
-            v,
-            g,
-            beta,
-            chunk_size=self.config.chunk_size,
-            backend=OP_BACKEND[self.backend],
-            qk_l2norm=True,
-            output_final_state=want_state,
-        )
-
-    def step(self, x_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        (q, k, v), conv = self._qkv_step(x_t, state["conv"])
-        g, beta = self._gates(x_t)
-        o, S = gated_delta_rule_step(l2norm(q), l2norm(k), v, g, beta, state["S"], backend=OP_BACKEND[self.backend])
-        return self._output(o, x_t), {"conv": conv, "S": S}
 
 
 # ---- analytic cost ----------------------------------------------------------------------

@@ -39,19 +39,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archbench.mixers.base import MixerConfig, ParallelMixer
+from archbench.mixers.base import MixerConfig, ParallelMixer, check_backend
 from archbench.mixers.common import HeadRMSNorm
+from archbench.mixers.linear import MATRIX_STATE
 from archbench.ops.gla import gla, gla_step, simple_gla, simple_gla_step
-from archbench.spec import ArchSpec, Backend, Complexity, always, requires_fla
+from archbench.spec import ArchSpec, Backend, always, requires_fla
 
 # registry backend name -> op backend name
 OP_BACKEND = {"fla": "fla", "chunked": "torch"}
-
-
-def _check_backend(name: str, backend: str) -> str:
-    if backend not in OP_BACKEND:
-        raise ValueError(f"unknown {name} backend {backend!r}; choose one of {', '.join(OP_BACKEND)}")
-    return backend
 
 
 class RetNet(ParallelMixer):
@@ -65,7 +60,7 @@ class RetNet(ParallelMixer):
 
     def __init__(self, config: MixerConfig, backend: str = "chunked"):
         super().__init__()
-        self.config, self.backend = config, _check_backend("RetNet", backend)
+        self.config, self.backend = config, check_backend("RetNet", backend, OP_BACKEND)
         h, hd, d = config.n_heads, config.hd, config.d_model
         self.qkvg = nn.Linear(d, 4 * h * hd, bias=False)
         self.norm = nn.GroupNorm(h, h * hd, eps=1e-5)
@@ -123,7 +118,7 @@ class GLA(ParallelMixer):
 
     def __init__(self, config: MixerConfig, backend: str = "chunked"):
         super().__init__()
-        self.config, self.backend = config, _check_backend("GLA", backend)
+        self.config, self.backend = config, check_backend("GLA", backend, OP_BACKEND)
         h, hd, d = config.n_heads, config.hd, config.d_model
         self.qkvr = nn.Linear(d, 4 * h * hd, bias=False)  # q, k, v and the output gate r
         self.gate_down = nn.Linear(d, self.gate_rank, bias=False)
@@ -178,7 +173,7 @@ class HGRN2(ParallelMixer):
 
     def __init__(self, config: MixerConfig, backend: str = "chunked", lower_bound: float = 0.0):
         super().__init__()
-        self.config, self.backend = config, _check_backend("HGRN2", backend)
+        self.config, self.backend = config, check_backend("HGRN2", backend, OP_BACKEND)
         if not 0.0 <= lower_bound < 1.0:
             raise ValueError(f"HGRN2 lower_bound must be in [0, 1), got {lower_bound}")
         self.lower_bound = float(lower_bound)
@@ -260,20 +255,13 @@ def hgrn2_flops(config: MixerConfig, batch: int, seq_len: int) -> float:
     return float(proj + _mix_flops(config, batch, seq_len, per_channel_decay=True))
 
 
-_COMPLEXITY = Complexity(
-    train_time="O(T d^2)",
-    train_memory="O(T d + (T/C) d^2)",
-    decode_time="O(d^2) per token",
-    decode_memory="O(d^2) state",
-)
-
 SPECS = (
     ArchSpec(
         name="retnet",
         family="linear/retention",
         description="Multi-scale retention: fixed per-head decays, swish gate, GroupNorm (Sun et al., 2023)",
         paper="Retentive Network: A Successor to Transformer for Large Language Models (arXiv 2307.08621)",
-        complexity=_COMPLEXITY,
+        complexity=MATRIX_STATE,
         backends=(
             Backend("fla", "flash-linear-attention chunk_simple_gla Triton kernel (constant g_gamma)", requires_fla),
             Backend("chunked", "pure-PyTorch chunked reference", always),
@@ -286,7 +274,7 @@ SPECS = (
         family="linear/gated",
         description="Gated linear attention: data-dependent per-channel decay, low-rank gate (Yang et al., 2023)",
         paper="Gated Linear Attention Transformers with Hardware-Efficient Training (arXiv 2312.06635)",
-        complexity=_COMPLEXITY,
+        complexity=MATRIX_STATE,
         backends=(
             Backend("fla", "flash-linear-attention chunk_gla Triton kernel", requires_fla),
             Backend("chunked", "pure-PyTorch chunked reference", always),
@@ -299,7 +287,7 @@ SPECS = (
         family="linear/gated",
         description="HGRN2: gated linear RNN with outer-product state expansion, tied input gate (Qin et al., 2024)",
         paper="HGRN2: Gated Linear RNNs with State Expansion (arXiv 2404.07904)",
-        complexity=_COMPLEXITY,
+        complexity=MATRIX_STATE,
         backends=(
             Backend("fla", "flash-linear-attention chunk_gla Triton kernel", requires_fla),
             Backend("chunked", "pure-PyTorch chunked reference", always),

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archbench.mixers.base import Mixer, MixerConfig
+from archbench.mixers.base import Mixer, MixerConfig, check_backend
 from archbench.ops.linear_attention import linear_attention, linear_attention_step
 from archbench.spec import ArchSpec, Backend, Complexity, always, requires_fla
 
@@ -36,9 +36,7 @@ def feature_map(x: torch.Tensor) -> torch.Tensor:
 class LinearAttention(Mixer):
     def __init__(self, config: MixerConfig, backend: str = "chunked"):
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown linear attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        self.config, self.backend = config, backend
+        self.config, self.backend = config, check_backend("linear attention", backend, BACKENDS)
         h, hd = config.n_heads, config.hd
         self.qkv = nn.Linear(config.d_model, 3 * h * hd, bias=False)
         self.out = nn.Linear(h * hd, config.d_model, bias=False)
@@ -89,18 +87,21 @@ def linear_attention_flops(config: MixerConfig, batch: int, seq_len: int) -> flo
     return float(proj + mix)
 
 
+# the cost of every layer with a [d_k, d_v] matrix state per head, chunked in training
+MATRIX_STATE = Complexity(
+    train_time="O(T d^2)",
+    train_memory="O(T d + (T/C) d^2)",
+    decode_time="O(d^2) per token",
+    decode_memory="O(d^2) state",
+)
+
 SPECS = (
     ArchSpec(
         name="linear_attention",
         family="linear/linear-attention",
         description="Causal linear attention with elu+1 feature map (Katharopoulos et al., 2020)",
         paper="Transformers are RNNs (arXiv 2006.16236)",
-        complexity=Complexity(
-            train_time="O(T d^2)",
-            train_memory="O(T d + (T/C) d^2)",
-            decode_time="O(d^2) per token",
-            decode_memory="O(d^2) state",
-        ),
+        complexity=MATRIX_STATE,
         backends=(
             Backend("fla", "flash-linear-attention chunk_linear_attn Triton kernel", requires_fla),
             Backend("chunked", "pure-PyTorch chunked reference", always),

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archbench.mixers.base import MixerConfig, ParallelMixer
+from archbench.mixers.base import MixerConfig, ParallelMixer, check_backend
 from archbench.ops.dplr import dplr, dplr_flops, dplr_step
 from archbench.spec import ArchSpec, Backend, Complexity, always, head_dim_at_most, requires_fla
 
@@ -65,9 +65,7 @@ class RWKV7(ParallelMixer):
 
     def __init__(self, config: MixerConfig, backend: str = "chunked"):
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown RWKV-7 backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        self.config, self.backend = config, backend
+        self.config, self.backend = config, check_backend("RWKV-7", backend, BACKENDS)
         d, H, N = config.d_model, config.n_heads, config.hd
         A = H * N
         self.rank_w = lora_rank(d, 1.8, 0.5)

@@ -43,11 +43,11 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from archbench.mixers.attention import QKVProjections
-from archbench.mixers.base import MixerConfig, ParallelMixer
+from archbench.mixers.base import MixerConfig, ParallelMixer, check_backend
+from archbench.mixers.common import cache_append, empty_cache, prefilled_cache
 from archbench.ops.nsa import fla_shape_reason, nsa
 from archbench.ops.softmax_attention import flex_unavailable_reason, masked_attention, softmax_attention
 from archbench.spec import ArchSpec, Backend, Complexity, Unsupported, always, marginal_flops, requires_fla, requires_flash_attn
@@ -71,11 +71,6 @@ class _QKV(QKVProjections, ParallelMixer):
     """The projections (and RoPE) of softmax attention, in a parallel-form mixer."""
 
 
-def _check_backend(name: str, backend: str, choices) -> None:
-    if backend not in choices:
-        raise ValueError(f"unknown {name} backend {backend!r}; choose one of {', '.join(choices)}")
-
-
 # ---- sliding window ----------------------------------------------------------------------
 
 SWA_OP_BACKEND = {"flash_attn": "flash_attn", "flex": "flex", "sdpa": "sdpa", "naive": "torch"}
@@ -84,8 +79,7 @@ SWA_OP_BACKEND = {"flash_attn": "flash_attn", "flex": "flex", "sdpa": "sdpa", "n
 class SlidingWindowAttention(_QKV):
     def __init__(self, config: MixerConfig, backend: str = "sdpa"):
         super().__init__()
-        _check_backend("sliding window attention", backend, SWA_OP_BACKEND)
-        self.config, self.backend = config, backend
+        self.config, self.backend = config, check_backend("sliding window attention", backend, SWA_OP_BACKEND)
         self.window = config.window or 512
         self._init_proj(config)
 
@@ -186,8 +180,7 @@ class BlockSparseAttention(_QKV):
         n_local_blocks: int | None = None,
     ):
         super().__init__()
-        _check_backend("block-sparse attention", backend, BSA_OP_BACKEND)
-        self.config, self.backend = config, backend
+        self.config, self.backend = config, check_backend("block-sparse attention", backend, BSA_OP_BACKEND)
         self.block = config.block_size
         default_local, default_global = block_sparse_pattern(config)
         n_local_blocks = default_local if n_local_blocks is None else n_local_blocks
@@ -285,8 +278,7 @@ def nsa_fla_limits(config: MixerConfig) -> str | None:
 class NSA(_QKV):
     def __init__(self, config: MixerConfig, backend: str = "chunked"):
         super().__init__()
-        _check_backend("NSA", backend, NSA_OP_BACKEND)
-        self.config, self.backend = config, backend
+        self.config, self.backend = config, check_backend("NSA", backend, NSA_OP_BACKEND)
         self.block, self.count = config.block_size, config.block_count
         self.window = config.window or 512
         h, hd = config.n_heads, config.hd
@@ -328,30 +320,19 @@ class NSA(_QKV):
         y = self.out(o.flatten(2))
         if not want_state:
             return y, None
-        pad = (0, 0, 0, 0, 0, 16)  # room for 16 more tokens; step doubles it when full
-        return y, {
-            "k": F.pad(k, pad), "v": F.pad(v, pad),
-            "kc": k_cmp.contiguous(), "vc": v_cmp.contiguous(), "len": x.shape[1],
-        }  # fmt: skip
+        return y, prefilled_cache(x.shape[1], k=k, v=v) | {"kc": k_cmp.contiguous(), "vc": v_cmp.contiguous()}
 
 
     def init_state(self, batch: int) -> dict[str, Any]:
         """KV cache (doubling capacity) and the compressed blocks completed so far."""
-        w = self.qkv.weight
-        shape = (batch, 16, self.config.kv_heads, self.config.hd)
-        empty = w.new_zeros(batch, 0, self.config.kv_heads, self.config.hd)
-        return {"k": w.new_zeros(shape), "v": w.new_zeros(shape), "kc": empty, "vc": empty, "len": 0}
+        kv = (self.config.kv_heads, self.config.hd)
+        empty = self.qkv.weight.new_zeros(batch, 0, *kv)
+        return empty_cache(self.qkv.weight, batch, k=kv, v=kv) | {"kc": empty, "vc": empty}
 
     def step(self, x_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         n = state["len"]
         q, k, v = self._project(x_t[:, None], offset=n)
-        if n == state["k"].shape[1]:
-            state["k"] = torch.cat([state["k"], torch.zeros_like(state["k"])], dim=1)
-            state["v"] = torch.cat([state["v"], torch.zeros_like(state["v"])], dim=1)
-        state["k"][:, n] = k[:, 0]
-        state["v"][:, n] = v[:, 0]
-        n += 1
-        state["len"] = n
+        n = cache_append(state, k=k[:, 0], v=v[:, 0])
         keys, vals = state["k"][:, :n], state["v"][:, :n]
         if n % self.block == 0:  # a block just completed: compress it
             kc, vc = self.compress(keys[:, n - self.block :], vals[:, n - self.block :])

@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archbench.mixers.base import MixerConfig, ParallelMixer
-from archbench.mixers.common import HeadRMSNorm, ShortConv
+from archbench.mixers.base import MixerConfig, ParallelMixer, check_backend
+from archbench.mixers.common import HeadRMSNorm, ShortConv, dt_bias_init
 from archbench.ops.selective_scan import selective_scan, selective_scan_step
 from archbench.ops.ssd import ssd, ssd_step
 from archbench.spec import ArchSpec, Backend, Complexity, always, fla_gated_backward, requires_fla, requires_mamba_ssm
@@ -47,12 +47,6 @@ from archbench.spec import ArchSpec, Backend, Complexity, always, fla_gated_back
 # registry backend name -> op backend name
 MAMBA_BACKENDS = {"mamba_ssm": "mamba_ssm", "chunked": "torch"}
 MAMBA2_BACKENDS = {"mamba_ssm": "mamba_ssm", "fla": "fla", "chunked": "torch"}
-
-
-def _dt_bias(n: int, dt_min: float = 1e-3, dt_max: float = 1e-1, floor: float = 1e-4) -> torch.Tensor:
-    """Inverse softplus of steps drawn log-uniformly in [dt_min, dt_max], so softplus(bias) = dt."""
-    dt = torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp_min(floor)
-    return dt + torch.log(-torch.expm1(-dt))
 
 
 def _conv_tail(x: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
@@ -99,9 +93,7 @@ class Mamba(ParallelMixer):
 
     def __init__(self, config: MixerConfig, backend: str = "chunked"):
         super().__init__()
-        if backend not in MAMBA_BACKENDS:
-            raise ValueError(f"unknown mamba backend {backend!r}; choose one of {', '.join(MAMBA_BACKENDS)}")
-        self.config, self.backend = config, backend
+        self.config, self.backend = config, check_backend("mamba", backend, MAMBA_BACKENDS)
         d = config.d_model
         self.d_inner = di = config.expand * d
         self.d_state = N = config.d_state or 16
@@ -112,7 +104,7 @@ class Mamba(ParallelMixer):
         self.dt_proj = nn.Linear(r, di, bias=True)
         with torch.no_grad():
             nn.init.uniform_(self.dt_proj.weight, -(r**-0.5), r**-0.5)
-            self.dt_proj.bias.copy_(_dt_bias(di))
+            self.dt_proj.bias.copy_(dt_bias_init(di))
         self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(di, 1))
         self.D = nn.Parameter(torch.ones(di))
         self.out_proj = nn.Linear(di, d, bias=False)
@@ -165,9 +157,7 @@ class Mamba2(ParallelMixer):
 
     def __init__(self, config: MixerConfig, backend: str = "chunked"):
         super().__init__()
-        if backend not in MAMBA2_BACKENDS:
-            raise ValueError(f"unknown mamba2 backend {backend!r}; choose one of {', '.join(MAMBA2_BACKENDS)}")
-        self.config, self.backend = config, backend
+        self.config, self.backend = config, check_backend("mamba2", backend, MAMBA2_BACKENDS)
         d = config.d_model
         self.d_inner = di = config.expand * d
         self.head_dim = P = config.hd
@@ -177,7 +167,7 @@ class Mamba2(ParallelMixer):
         self.d_state = N = config.d_state or 64
         self.in_proj = nn.Linear(d, 2 * di + 2 * N + H, bias=False)  # z, x, B, C, dt
         self.conv = _Conv(di + 2 * N, config.conv_size)
-        self.dt_bias = nn.Parameter(_dt_bias(H))
+        self.dt_bias = nn.Parameter(dt_bias_init(H))
         self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(1.0, 16.0)))
         self.D = nn.Parameter(torch.ones(H))
         self.norm = HeadRMSNorm(di)  # over the whole d_inner (one group)

@@ -61,18 +61,16 @@ is importable (and, for the ungated kernel, the dtype is half precision), else t
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 import torch.nn.functional as F
 
 from archbench.ops.decay import exp_nonpositive, midpoint_safe
 from archbench.ops.dispatch import record, step_backend
+from archbench.ops.prologue import prologue
 from archbench.ops.segments import by_segments
 from archbench.ops.wy import ChunkPass, UTTransform, serial_if, serial_loop
 from archbench.spec import fla_gated_grad_refused
 
-BACKENDS = ("torch", "fla", "auto")
 FLA_CHUNK_SIZES = (16, 32, 64)  # the chunk sizes fla's delta-rule kernels accept
 L2_EPS = 1e-6
 
@@ -81,39 +79,6 @@ def l2norm(x: torch.Tensor, eps: float = L2_EPS) -> torch.Tensor:
     """x / sqrt(||x||^2 + eps) over the last dim, computed in fp32 (or fp64), returned in x's dtype."""
     xf = x.to(torch.promote_types(x.dtype, torch.float32))
     return (xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) + eps)).to(x.dtype)
-
-
-# ---- checks and dispatch --------------------------------------------------------------
-
-
-def _check(name, q, k, v, beta, g, initial_state, chunk_size):
-    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
-        raise ValueError(f"{name} expects q, k [B, T, H, K] and v [B, T, H, V]")
-    if beta.shape != q.shape[:3]:
-        raise ValueError(f"{name} expects beta [B, T, H] = {tuple(q.shape[:3])}, got {tuple(beta.shape)}")
-    if g is not None and g.shape != q.shape[:3]:
-        raise ValueError(f"{name} expects g [B, T, H] = {tuple(q.shape[:3])}, got {tuple(g.shape)}")
-    B, _, H, K = q.shape
-    if initial_state is not None and initial_state.shape != (B, H, K, v.shape[-1]):
-        raise ValueError(
-            f"{name} expects initial_state [B, H, K, V] = {(B, H, K, v.shape[-1])}, got {tuple(initial_state.shape)}"
-        )
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-
-
-def _fla_usable(q: torch.Tensor, half_only: bool) -> bool:
-    if not q.is_cuda or importlib.util.find_spec("fla") is None:
-        return False
-    return not half_only or q.dtype in (torch.float16, torch.bfloat16)
-
-
-def _resolve(name: str, backend: str, q: torch.Tensor, half_only: bool) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown {name} backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "auto":
-        return "fla" if _fla_usable(q, half_only) else "torch"
-    return backend
 
 
 # ---- the chunked reference ------------------------------------------------------------
@@ -166,7 +131,9 @@ def _chunked(q, k, v, beta, g, scale, initial_state, output_final_state, chunk_s
     t0 = UTTransform.apply((kk_qk[:, :C] * bc.mT).mT, bc.squeeze(-1))
     if g is None:
         w, u = torch.bmm(t0, kc), torch.bmm(t0, vc)
-        attn = qk * (incl * scale)  # scale tril(Q K^T), diagonal included
+        # scale tril(Q K^T), diagonal included; the mask is cast first, since a bool tensor times a
+        # Python float is a float32 tensor, which would round the scale in fp64 runs
+        attn = qk * (incl.to(acc) * scale)
         q_eff, q_scale, k_out_t, chunk_decay = qc, scale, kc.mT, None
     else:
         # Gamma_ij = exp(gamma_i - gamma_j) for j <= i, 0 above the diagonal: an outer product
@@ -273,10 +240,9 @@ def delta_rule(
     q, k [B, T, H, K], v [B, T, H, V], beta [B, T, H] in (0, 1). ``qk_l2norm`` L2-normalises
     q and k inside the op. Returns ``(o [B, T, H, V], final_state [B, H, K, V] or None)``.
     """
-    _check("delta_rule", q, k, v, beta, None, initial_state, chunk_size)
-    if scale is None:
-        scale = q.shape[-1] ** -0.5
-    backend = _resolve("delta_rule", backend, q, half_only=True)
+    scale, backend = prologue(
+        "delta_rule", q, k, v, initial_state, chunk_size, scale, backend, half_only=True, beta=(beta, "B T H")
+    )
     record("fla.chunk_delta_rule" if backend == "fla" else "torch.delta_rule_chunked")
     if backend == "fla":
         return _fla_delta_rule(q, k, v, beta, scale, initial_state, output_final_state, chunk_size, qk_l2norm)
@@ -307,11 +273,10 @@ def gated_delta_rule(
     q, k [B, T, H, K], v [B, T, H, V], g [B, T, H] log-decay (<= 0), beta [B, T, H] in (0, 1).
     Returns ``(o [B, T, H, V], final_state [B, H, K, V] or None)``.
     """
-    _check("gated_delta_rule", q, k, v, beta, g, initial_state, chunk_size)
-    if scale is None:
-        scale = q.shape[-1] ** -0.5
     asked = backend
-    backend = _resolve("gated_delta_rule", backend, q, half_only=False)
+    scale, backend = prologue(
+        "gated_delta_rule", q, k, v, initial_state, chunk_size, scale, backend, beta=(beta, "B T H"), g=(g, "B T H")
+    )
     if asked == "auto" and backend == "fla" and fla_gated_grad_refused(q, k, v, g, beta):
         backend = "torch"  # fla's gated backward is wrong on this GPU/triton (spec.fla_gated_backward)
     record("fla.chunk_gated_delta_rule" if backend == "fla" else "torch.gated_delta_rule_chunked")

@@ -18,12 +18,12 @@ always-exact path then, since a capture allows no read-back and a replay would f
 
 from __future__ import annotations
 
-import importlib.util
 from contextlib import contextmanager
 from typing import Iterator
 
 import torch
 
+from archbench.ops.prologue import resolve_backend
 from archbench.spec import triton_interpreted
 
 STEP_BACKENDS = ("torch", "fla", "auto")
@@ -55,11 +55,7 @@ def recording() -> Iterator[set[str]]:
 
 def step_backend(name: str, backend: str, x: torch.Tensor) -> str:
     """``torch`` or ``fla`` for a decode step on ``x``'s device (see the module docstring)."""
-    if backend not in STEP_BACKENDS:
-        raise ValueError(f"unknown {name} backend {backend!r}; choose one of {', '.join(STEP_BACKENDS)}")
-    if backend == "auto":
-        return "fla" if x.is_cuda and importlib.util.find_spec("fla") is not None else "torch"
-    return backend
+    return resolve_backend(name, backend, x, choices=STEP_BACKENDS)
 
 
 def triton_runs_on(x: torch.Tensor) -> bool:

@@ -76,43 +76,16 @@ state. fla picks its own chunk size (``chunk_size`` is ignored there).
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 import torch.nn.functional as F
 
 from archbench.ops.decay import SAFE_LOG_RANGE, exp_nonpositive, factor_safe
 from archbench.ops.dispatch import record, step_backend
+from archbench.ops.prologue import prologue
 from archbench.ops.segments import by_segments
 from archbench.ops.wy import ChunkPass, UTTransform
 
-BACKENDS = ("torch", "fla", "auto")
-
-
-# ---- checks and layout ----------------------------------------------------------------
-
-
-def _resolve_backend(backend: str, device: torch.device) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown dplr backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "auto":
-        return "fla" if device.type == "cuda" and importlib.util.find_spec("fla") is not None else "torch"
-    return backend
-
-
-def _check(q, k, v, w, a, b, initial_state, chunk_size) -> None:
-    if q.dim() != 4 or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
-        raise ValueError(f"dplr expects q [B, T, H, K] and v [B, T, H, V]; got {tuple(q.shape)}, {tuple(v.shape)}")
-    for name, x in (("k", k), ("w", w), ("a", a), ("b", b)):
-        if x.shape != q.shape:
-            raise ValueError(f"dplr expects {name} [B, T, H, K] = {tuple(q.shape)}; got {tuple(x.shape)}")
-    B, T, H, K = q.shape
-    if initial_state is not None and tuple(initial_state.shape) != (B, H, K, v.shape[-1]):
-        raise ValueError(
-            f"dplr: initial_state must be [B, H, K, V] = {(B, H, K, v.shape[-1])}, got {tuple(initial_state.shape)}"
-        )
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+# ---- layout ---------------------------------------------------------------------------
 
 
 def _chunk_view(x: torch.Tensor, C: int) -> torch.Tensor:
@@ -291,10 +264,10 @@ def dplr(
     to 1.0; initial_state [B, H, K, V]. Returns ``(o [B, T, H, V] in v's dtype,
     final_state [B, H, K, V] (fp32, or fp64 for fp64 inputs) or None)``.
     """
-    _check(q, k, v, w, a, b, initial_state, chunk_size)
-    if scale is None:
-        scale = 1.0
-    backend = _resolve_backend(backend, q.device)
+    scale, backend = prologue(
+        "dplr", q, k, v, initial_state, chunk_size, 1.0 if scale is None else scale, backend,
+        w=(w, "B T H K"), a=(a, "B T H K"), b=(b, "B T H K"),
+    )  # fmt: skip
     record("fla.chunk_dplr_delta_rule" if backend == "fla" else "torch.dplr_chunked")
     if backend == "fla":
         return _dplr_fla(q, k, v, w, a, b, scale, initial_state, output_final_state)

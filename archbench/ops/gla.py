@@ -66,45 +66,18 @@ fla's chunk size is fixed by its kernels (64); ``chunk_size`` is ignored there.
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 import torch.nn.functional as F
 
 from archbench.ops.decay import exp_nonpositive, midpoint_safe
 from archbench.ops.dispatch import record, step_backend
+from archbench.ops.prologue import prologue
 from archbench.spec import fla_gated_grad_refused
 
-BACKENDS = ("torch", "fla", "auto")
 _GROUP_ELEMS = 1 << 19  # reference: chunks are processed in groups of about this many elements per tensor
 
 
 # ---- shared helpers -------------------------------------------------------------------
-
-
-def _resolve_backend(name: str, backend: str, device: torch.device) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown {name} backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "auto":
-        return "fla" if device.type == "cuda" and importlib.util.find_spec("fla") is not None else "torch"
-    return backend
-
-
-def _check_qkv(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_size: int) -> None:
-    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
-        raise ValueError(
-            f"{name} expects q, k [B, T, H, K] and v [B, T, H, V]; "
-            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-
-
-def _check_state(name: str, initial_state: torch.Tensor | None, B: int, H: int, K: int, V: int) -> None:
-    if initial_state is not None and tuple(initial_state.shape) != (B, H, K, V):
-        raise ValueError(
-            f"{name}: initial_state must be [B, H, K, V] = {(B, H, K, V)}, got {tuple(initial_state.shape)}"
-        )
 
 
 def _chunked(x: torch.Tensor, C: int, acc: torch.dtype) -> torch.Tensor:
@@ -189,16 +162,11 @@ def simple_gla(
     q, k [B, T, H, K]; v [B, T, H, V]; g [B, T, H] log-decays (or [H]: constant per head, RetNet).
     Returns ``(o [B, T, H, V] in v's dtype, final_state [B, H, K, V] or None)``.
     """
-    _check_qkv("simple_gla", q, k, v, chunk_size)
+    asked = backend
+    scale, backend = prologue("simple_gla", q, k, v, initial_state, chunk_size, scale, backend)
     B, T, H, K = q.shape
-    V = v.shape[-1]
     if g.shape not in ((B, T, H), (H,)):
         raise ValueError(f"simple_gla expects g [B, T, H] = {(B, T, H)} or [H] = {(H,)}; got {tuple(g.shape)}")
-    _check_state("simple_gla", initial_state, B, H, K, V)
-    if scale is None:
-        scale = K**-0.5
-    asked = backend
-    backend = _resolve_backend("simple_gla", backend, q.device)
     if asked == "auto" and backend == "fla" and g.dim() != 1 and fla_gated_grad_refused(q, k, v, g):
         backend = "torch"  # fla's gated backward is wrong on this GPU/triton (spec.fla_gated_backward)
     record("fla.chunk_simple_gla" if backend == "fla" else "torch.simple_gla_chunked")
@@ -424,15 +392,7 @@ def gla(
     q, k, g [B, T, H, K] (g: log-decays per key channel); v [B, T, H, V].
     Returns ``(o [B, T, H, V] in v's dtype, final_state [B, H, K, V] or None)``.
     """
-    _check_qkv("gla", q, k, v, chunk_size)
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    if g.shape != q.shape:
-        raise ValueError(f"gla expects g [B, T, H, K] = {tuple(q.shape)}; got {tuple(g.shape)}")
-    _check_state("gla", initial_state, B, H, K, V)
-    if scale is None:
-        scale = K**-0.5
-    backend = _resolve_backend("gla", backend, q.device)
+    scale, backend = prologue("gla", q, k, v, initial_state, chunk_size, scale, backend, g=(g, "B T H K"))
     record("fla.chunk_gla" if backend == "fla" else "torch.gla_chunked")
     if backend == "fla":
         from fla.ops.gla import chunk_gla

@@ -25,14 +25,12 @@ fla's backward needs. ``backend="auto"`` takes it on a CUDA device when fla is i
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 import torch.nn.functional as F
 
 from archbench.ops.dispatch import record, step_backend
+from archbench.ops.prologue import prologue
 
-BACKENDS = ("torch", "fla", "auto")
 GROUP_ELEMS = 1 << 19  # target size of one group's [B, H, n, C, D] tensors (elements)
 
 
@@ -47,18 +45,9 @@ def linear_attention(
     backend: str = "torch",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Returns ``(o [B, T, H, V], final_state [B, H, K, V] or None)``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown linear_attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if q.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
-        raise ValueError("linear_attention expects q, k [B, T, H, K] and v [B, T, H, V]")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    scale, backend = prologue("linear_attention", q, k, v, initial_state, chunk_size, scale, backend)
     B, T, H, K = q.shape
     V = v.shape[-1]
-    if scale is None:
-        scale = K**-0.5
-    if backend == "auto":
-        backend = "fla" if q.is_cuda and importlib.util.find_spec("fla") is not None else "torch"
     if backend == "fla":
         record("fla.chunk_linear_attn")
         return _fla(q, k, v, scale, initial_state, output_final_state)

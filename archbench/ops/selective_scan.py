@@ -53,13 +53,13 @@ Fused backends:
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import torch
 import torch.nn.functional as F
 
 from archbench.ops.dispatch import graph_capturing, record
+from archbench.ops.prologue import check_chunk_size, resolve_backend
 
 BACKENDS = ("torch", "mamba_ssm", "auto")
 BLOCK_ELEMS = 1 << 20  # target size of one block's [B, Tb, Dm, N] tensors (elements)
@@ -104,13 +104,9 @@ def selective_scan(
     backend: str = "torch",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Returns ``(y [B, T, Dm], final_state [B, Dm, N] or None)``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown selective_scan backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    backend = resolve_backend("selective_scan", backend, u, choices=BACKENDS, fused="mamba_ssm")
+    check_chunk_size(chunk_size)
     _check(u, delta, A, B, C, D, initial_state)
-    if backend == "auto":
-        backend = "mamba_ssm" if u.is_cuda and importlib.util.find_spec("mamba_ssm") is not None else "torch"
     record("mamba_ssm.selective_scan_fn" if backend == "mamba_ssm" else "torch.selective_scan_chunked")
     if backend == "mamba_ssm":
         return _selective_scan_mamba_ssm(u, delta, A, B, C, D, initial_state, output_final_state, chunk_size)

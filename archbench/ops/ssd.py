@@ -52,6 +52,7 @@ import torch.nn.functional as F
 
 from archbench.ops.decay import midpoint_limit
 from archbench.ops.dispatch import graph_capturing, record, step_backend
+from archbench.ops.prologue import check_chunk_size
 from archbench.ops.segments import by_segments
 from archbench.spec import fla_gated_grad_refused
 
@@ -95,8 +96,7 @@ def ssd(
     """Returns ``(y [B, T, H, P], final_state [B, H, N, P] or None)``."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown ssd backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    check_chunk_size(chunk_size)
     _check(x, dt, A, B, C, D, initial_state)
     if backend == "auto":
         backend = "torch"

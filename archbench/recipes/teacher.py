@@ -3,6 +3,13 @@ name where the machine has internet), or, by default, a tiny byte-level Llama pr
 on the embedded standard-library corpus (``archbench.tasks.corpus``) and cached, so the CPU
 recipes need no download.
 
+A real teacher is any transformers causal LM the papers distil from: Qwen2 (RADLADS) and Llama
+(RAD), with grouped-query attention, tied or untied embeddings and their own tokenizers (the
+recipes then read the corpus through that tokenizer, ``recipes.tokenized``). It loads through
+``archbench.checkpoint`` (the loader of ``level: checkpoint`` cells), so a missing directory, a
+missing config, an unknown architecture or a hub id without a network is one line, and in
+bfloat16 on a GPU (``teacher_dtype``).
+
 The default teacher is a ``LlamaForCausalLM`` (RoPE, grouped-query softmax attention, SwiGLU
 MLPs, RMSNorm, tied embeddings) over the 256 byte values. It is trained with the same loop as
 the task cells (AdamW, warm-up + cosine, clipping) on random windows of the corpus' training
@@ -27,9 +34,14 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from archbench.recipes.runner import RecipeError
 from archbench.tasks.corpus import ByteLM
 
 CACHE_ENV = "ARCHBENCH_CACHE"  # where pre-trained teachers are kept (default ~/.cache/archbench)
+
+
+class TeacherError(RecipeError):
+    """A teacher that cannot be loaded; one line that says what to do."""
 
 
 @dataclass(frozen=True)
@@ -149,11 +161,25 @@ def pretrain(spec: TeacherSpec, task: ByteLM | None = None, progress=None, devic
     return result.model.model, meta
 
 
-def load_teacher(source: str):
-    """A transformers causal LM from a local directory or a hub name (needs internet)."""
-    from transformers import AutoModelForCausalLM
+def teacher_dtype(device: str | torch.device | None) -> str:
+    """The dtype a real teacher is loaded in: bfloat16 on a GPU (as the papers run their teachers:
+    half the memory, tensor-core matmuls), float32 on a CPU (where bfloat16 matmuls are slow)."""
+    return "bfloat16" if device is not None and str(device).startswith("cuda") else "float32"
 
-    return AutoModelForCausalLM.from_pretrained(source).eval()
+
+def load_teacher(source: str, device: str | None = None, dtype: str | None = None):
+    """A transformers causal LM (Llama, Qwen2, ... with GQA and tied embeddings as saved) from a
+    local directory, or a hub id where the machine has a network, in eval mode; on ``device`` in
+    ``dtype`` (default ``teacher_dtype(device)``) when a device is given. Every way it can fail (no
+    such directory, no config.json, an architecture transformers does not know, a hub id without
+    a network) is a ``TeacherError`` of one line that says what to do (the CLI exits 2)."""
+    from archbench.checkpoint import CheckpointError, load_model
+
+    try:
+        model, _facts = load_model(source, device or "cpu", dtype or teacher_dtype(device))
+    except CheckpointError as e:
+        raise TeacherError(f"teacher: {e}") from None
+    return model.eval()
 
 
 def teacher_tokenizer(teacher, source: str):

@@ -14,11 +14,13 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from archbench.report.answers import answers_document, write_answers
 from archbench.report.figures import build_figures
 from archbench.report.html import render_page
 from archbench.report.summary import render_markdown, write_csv
 
-__all__ = ["render_html", "write_html", "build_figures", "render_markdown", "write_csv"]
+__all__ = ["render_html", "write_html", "build_figures", "render_markdown", "write_csv", "answers_document",
+           "write_answers"]
 
 
 def render_html(
@@ -45,10 +47,19 @@ def write_html(
     comparison: Mapping[str, Any] | None = None,
     reference: str = "softmax_attention",
 ) -> Path:
-    """Write the report page to ``path`` (parent folders are created) and the plotted data
-    next to it as ``<stem>.csv``; return the page's path."""
+    """Write the report page to ``path`` (parent folders are created), the plotted data next to
+    it as ``<stem>.csv`` and its answers as ``answers.json`` (``<stem>.answers.json`` when the page
+    is not named report.html); return the page's path. The page and the JSON render one object."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_html(df, runs, title, comparison, reference), encoding="utf-8")
+    doc = answers_document(df, runs, reference)
+    out.write_text(render_page(df, runs, title, comparison, reference, doc), encoding="utf-8")
     write_csv(df, out.with_suffix(".csv"))
+    write_answers(doc, answers_path(out))
     return out
+
+
+def answers_path(page: str | Path) -> Path:
+    """Where ``write_html`` puts the answers beside ``page``."""
+    p = Path(page)
+    return p.with_name("answers.json") if p.name == "report.html" else p.with_suffix(".answers.json")

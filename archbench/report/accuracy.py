@@ -7,6 +7,13 @@ score against the decode state's bytes (the quantity Zoology's recall/memory tra
 about), and against measured decode latency per token where the same run has decode rows of
 the same arch, width and length. The Pareto front (no other point is both leaner and more
 accurate) is drawn as a step line.
+
+Each group's heading says what its numbers can be compared with (the rows' ``comparable_to``,
+``archbench.tasks.protocol``): "Zoology Fig. 2" only when every row was trained at that paper's
+protocol, else "quick check, not comparable with Zoology Figure 2" or "not comparable ...", and the
+table gives each row's reasons. ``zoology_facets`` draws MQAR the way Zoology's Figure 2 does:
+accuracy against d_model, one panel per sequence length, one colour per architecture, each point
+the best learning rate's mean over seeds with the seeds' spread as error bars.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from archbench.report.figures import _FIG_HEIGHT, arch_colors, fmt_num, text
 
@@ -55,7 +63,18 @@ class TaskGroup:
     @property
     def label(self) -> str:
         kv = f", kv={self.num_kv_pairs}" if self.num_kv_pairs else ""
-        return f"task={self.task}, T={self.seq_len}{kv}"
+        comparable = self.comparable
+        return f"task={self.task}, T={self.seq_len}{kv}" + (f" — {comparable}" if comparable else "")
+
+    @property
+    def comparable(self) -> str:
+        """What the group's rows can be compared with, in short ('' for rows without the field)."""
+        if "comparable_to" not in self.rows:
+            return ""
+        labels = {text(v).split(" (")[0] for v in self.rows["comparable_to"] if text(v)}
+        if not labels:
+            return ""
+        return labels.pop() if len(labels) == 1 else "mixed protocols: " + "; ".join(sorted(labels))
 
     @property
     def metric(self) -> str:
@@ -175,9 +194,54 @@ def task_table(group: TaskGroup) -> pd.DataFrame:
             "diverged": int(r["diverged"]) if _finite(r.get("diverged")) else 0,
             "out_of_time": int(r["out_of_time"]) if _finite(r.get("out_of_time")) else 0, "runs": _runs(r),
         }  # fmt: skip
+        if text(r.get("comparable_to")):
+            entry["comparable_to"] = text(r.get("comparable_to"))
         by = r.get("task_by_group")
         if isinstance(by, dict) and len(by) > 1:
             entry.update({f"[{k}]": v for k, v in by.items()})
         out.append(entry)
     df = pd.DataFrame(out)
     return df.sort_values(["d_model", "score"], ascending=[True, not group.higher_is_better], kind="stable")
+
+
+def zoology_facets(data: pd.DataFrame) -> go.Figure | None:
+    """MQAR accuracy vs d_model, one panel per sequence length (Zoology's Figure 2 layout): one
+    line per architecture, each point the best lr's mean over seeds, error bars the seeds'
+    min..max. None when the data has no ok MQAR rows at two or more widths."""
+    groups = [g for g in task_groups(data) if g.task == "mqar"]
+    rows = pd.concat([g.rows for g in groups]) if groups else None
+    if rows is None or rows["d_model"].nunique() < 2:
+        return None
+    lengths = sorted({int(T) for T in rows["seq_len"]})
+    colors = arch_colors(rows)
+    titles = []
+    for T in lengths:
+        kvs = sorted({int(k) for k in rows[rows["seq_len"] == T]["num_kv_pairs"] if _finite(k)})
+        titles.append(f"L={T}" + (f", kv={'/'.join(map(str, kvs))}" if kvs else ""))
+    fig = make_subplots(rows=1, cols=len(lengths), shared_yaxes=True, subplot_titles=[html.escape(t) for t in titles])
+    for col, T in enumerate(lengths, start=1):
+        panel = rows[rows["seq_len"] == T]
+        for arch, cells in panel.groupby(panel["arch"].map(text), sort=True):
+            cells = cells.sort_values("d_model")
+            y = cells["task_score"].astype(float)
+            lo = cells.get("task_score_min", y).map(lambda v: float(v) if _finite(v) else math.nan)
+            hi = cells.get("task_score_max", y).map(lambda v: float(v) if _finite(v) else math.nan)
+            fig.add_trace(go.Scatter(
+                x=cells["d_model"].astype(int), y=y, mode="lines+markers", name=html.escape(arch),
+                legendgroup=arch, showlegend=col == 1, line={"color": colors.get(arch)},
+                error_y={"type": "data", "symmetric": False, "array": (hi - y).clip(lower=0).fillna(0).tolist(),
+                         "arrayminus": (y - lo).clip(lower=0).fillna(0).tolist()},
+                customdata=[[fmt_num(r.get("best_lr"), ".3g"), fmt_num(r.get("n_seeds"), ".0f")] for _, r in cells.iterrows()],
+                hovertemplate=f"{html.escape(arch)} L={T}<br>d_model %{{x}}: %{{y:.3f}}"
+                              "<br>best lr %{customdata[0]}, seeds %{customdata[1]}<extra></extra>",
+            ), row=1, col=col)  # fmt: skip
+        fig.update_xaxes(type="log", tickvals=sorted({int(d) for d in rows["d_model"]}), title_text="d_model", row=1, col=col)
+    comparable = sorted({g.comparable for g in groups if g.comparable})
+    title = "MQAR accuracy vs model width (best over lr; bars: seed min..max)"
+    fig.update_layout(
+        title={"text": html.escape(title + (f" — {'; '.join(comparable)}" if comparable else ""))},
+        yaxis={"title": {"text": "accuracy"}, "range": [0, 1.02]},
+        height=_FIG_HEIGHT, template="plotly_white", legend={"title": {"text": "arch"}},
+        margin={"l": 60, "r": 20, "t": 80, "b": 50},
+    )  # fmt: skip
+    return fig

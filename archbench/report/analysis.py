@@ -1,24 +1,37 @@
-"""Answers from the rows: crossover lengths and scaling exponents.
+"""Answers from the rows: crossover lengths and scaling exponents, with how sure they are.
+
+Everything here works on the curves of one comparable group (``groups.py``).
 
 * Crossover: for each arch/backend, the sequence length from which it is faster (or
   leaner) than the reference architecture (default ``softmax_attention``, its best backend
   at each length), interpolated in log-log space between the measured lengths where the
-  ratio crosses 1; "always" when it wins at every measured length, "never in range" when
-  it never does.
-* Scaling exponent: the slope of log(median latency) vs log(seq_len) fitted over the top
-  half of the measured range (at least the last two points), beside the analytic
-  expectation the row carries (``expected_exponent``: 2 for quadratic attention, 1 for
-  linear-time mixers).
+  ratio r(T) = t(T) / t_ref(T) crosses 1:
+
+      log T* = log T_i + (log T_{i+1} - log T_i) * log r_i / (log r_i - log r_{i+1}).
+
+  It needs two or more lengths both measured; "always" when it wins at every one of them,
+  "never in range" when it never does. With one common length there is no crossover to
+  speak of, only a ratio ("one length measured: 1.9x faster at T=16384").
+* Scaling exponent: the least-squares slope p of log t = p log T + c over the top half of
+  the measured lengths (at least the last two, three when there are three or more), with
+  its 95% interval p +- t_{0.975, n-2} * s_p, where s_p^2 = sum(resid^2) / (n - 2) /
+  sum((log T - mean log T)^2); with two points the slope has no interval.
+* Expected exponent per mode: for fwd / fwd_bwd / prefill the analytic training exponent the
+  row carries (``expected_exponent``: 2 for quadratic attention, 1 for linear-time mixers);
+  for decode (time per generated token after T tokens of context) the exponent of the
+  context length in the per-token decode complexity: 1 for attention with a full KV cache
+  (O(T d) per token), 0 for recurrent and windowed mixers (O(1), O(W)).
 """
 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
 
-from archbench.report.figures import groups, prepare, text
+from archbench.report.figures import prepare, text
 
 REFERENCE = "softmax_attention"
 TRAINING_MODES = ("fwd", "fwd_bwd", "prefill")  # where latency grows with T as the complexity claims
@@ -34,65 +47,126 @@ def _curves(ok: pd.DataFrame, column: str) -> dict[tuple[str, str], pd.Series]:
     return out
 
 
-def crossover_length(curve: pd.Series, reference: pd.Series) -> str | float:
-    """The first seq_len at which ``curve`` drops below ``reference`` (log-log interpolation)."""
-    common = curve.index.intersection(reference.index)
-    if len(common) == 0:
-        return "no common lengths"
-    ratio = np.log(curve[common].to_numpy() / reference[common].to_numpy())
+def crossover(curve: pd.Series, reference: pd.Series, better: str = "faster") -> dict:
+    """The crossover of ``curve`` below ``reference`` as an object: ``value`` (a length, or None),
+    ``verdict`` (text), ``lengths`` (the common lengths it rests on), ``single_length``."""
+    common = sorted(curve.index.intersection(reference.index))
+    out = {"value": None, "verdict": "", "lengths": [int(t) for t in common], "single_length": len(common) == 1}
+    if not common:
+        out["verdict"] = "no common lengths"
+        return out
+    ratio = curve[common].to_numpy(dtype=float) / reference[common].to_numpy(dtype=float)
+    if len(common) == 1:
+        r, t = float(ratio[0]), int(common[0])
+        worse = {"faster": "slower", "leaner": "heavier"}.get(better, "worse")
+        word = f"{1 / r:.3g}x {better}" if r < 1 else (f"{r:.3g}x {worse}" if r > 1 else "level")
+        out["verdict"] = f"one length measured: {word} at T={t}"
+        out["ratio"] = r
+        return out
+    lr = np.log(ratio)
     lens = np.log(np.asarray(common, dtype=float))
-    if ratio[0] < 0:
-        return "always"
-    for i in range(1, len(ratio)):
-        if ratio[i] < 0 <= ratio[i - 1]:
-            frac = ratio[i - 1] / (ratio[i - 1] - ratio[i])
-            return float(math.exp(lens[i - 1] + frac * (lens[i] - lens[i - 1])))
-    return "never in range"
+    if (lr < 0).all():
+        out["verdict"] = "always"
+        return out
+    if (lr >= 0).all():
+        out["verdict"] = "never in range"
+        return out
+    for i in range(1, len(lr)):
+        if (lr[i] < 0) != (lr[i - 1] < 0):
+            frac = lr[i - 1] / (lr[i - 1] - lr[i])
+            out["value"] = float(math.exp(lens[i - 1] + frac * (lens[i] - lens[i - 1])))
+            out["verdict"] = f"from T={out['value']:,.0f}" if lr[i] < 0 else f"only below T={out['value']:,.0f}"
+            if lr[i] >= 0:  # better at short lengths only: not a crossover to a win
+                out["value"] = None
+            return out
+    return out
+
+
+def crossover_length(curve: pd.Series, reference: pd.Series) -> str | float:
+    """The first seq_len at which ``curve`` drops below ``reference`` (a float), else the verdict."""
+    c = crossover(curve, reference)
+    return c["value"] if c["value"] is not None else c["verdict"]
+
+
+# two-sided 97.5% quantiles of Student's t, by degrees of freedom (beyond 30: the normal's)
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)  # fmt: skip
+
+
+def t975(dof: int) -> float:
+    return _T975[dof - 1] if 1 <= dof <= len(_T975) else 1.96
+
+
+def exponent_fit(curve: pd.Series) -> dict:
+    """The scaling exponent over the top of the range: ``value``, ``ci95`` ([lo, hi] or None),
+    ``n_points`` and ``lengths``; value None with fewer than two lengths."""
+    n_all = len(curve)
+    if n_all < 2:
+        return {"value": None, "ci95": None, "n_points": n_all, "lengths": [int(t) for t in curve.index]}
+    n = max(min(3, n_all), (n_all + 1) // 2)
+    top = curve.iloc[-n:]
+    x = np.log(top.index.to_numpy(dtype=float))
+    y = np.log(top.to_numpy(dtype=float))
+    slope, icpt = np.polyfit(x, y, 1)
+    ci = None
+    if n > 2:
+        resid = y - (slope * x + icpt)
+        sxx = float(((x - x.mean()) ** 2).sum())
+        se = math.sqrt(float((resid**2).sum()) / (n - 2) / sxx) if sxx > 0 else float("nan")
+        half = t975(n - 2) * se
+        ci = [float(slope - half), float(slope + half)] if math.isfinite(half) else None
+    return {"value": float(slope), "ci95": ci, "n_points": int(n), "lengths": [int(t) for t in top.index]}
 
 
 def fitted_exponent(curve: pd.Series) -> float | None:
-    if len(curve) < 2:
+    return exponent_fit(curve)["value"]
+
+
+def decode_exponent(decode_complexity: str | None) -> float | None:
+    """The exponent of the context length T (or S) in a per-token decode complexity such as
+    ``O(T d) per token`` (1) or ``O(d N) per token`` (0); None when the text is missing."""
+    if not decode_complexity:
         return None
-    top = curve.iloc[-max(2, (len(curve) + 1) // 2):]
-    slope, _ = np.polyfit(np.log(top.index.to_numpy(dtype=float)), np.log(top.to_numpy(dtype=float)), 1)
-    return float(slope)
+    claim = decode_complexity.split("per token")[0]
+    return 1.0 if re.search(r"(?<![A-Za-z_])[TS](?![A-Za-z_])", claim) else 0.0
+
+
+def expected_exponent(mode: str, training: float | None, decode_complexity: str | None) -> float | None:
+    """What the analytic complexity predicts for a curve of ``mode`` (see the module docstring)."""
+    if mode == "decode":
+        return decode_exponent(decode_complexity)
+    if mode in TRAINING_MODES:
+        return training
+    return None
 
 
 def answers(df: pd.DataFrame | None, reference: str = REFERENCE) -> pd.DataFrame:
     """One row per (group, arch, backend): crossover vs the reference in latency and memory,
     the fitted vs expected scaling exponent of latency, and (fwd_bwd rows that count them) the
-    fitted exponent of the activations saved for backward (2 for attention's T x T scores)."""
-    data = prepare(df)
+    fitted exponent of the activations saved for backward (2 for attention's T x T scores).
+    A table view of ``answers.answer_objects``, which the report renders."""
+    from archbench.report.answers import answer_objects
+
+    return answers_table(answer_objects(prepare(df), reference))
+
+
+def answers_table(objects: list[dict]) -> pd.DataFrame:
+    """The answer objects (``answers.answer_objects``) as one table row each."""
     out = []
-    for g in groups(data):
-        ok = g.ok
-        if ok.empty:
-            continue
-        lat = _curves(ok, "time_median_s")
-        mem = _curves(ok, "peak_mem_bytes") if "peak_mem_bytes" in ok else {}
-        act = _curves(ok, "activation_bytes") if "activation_bytes" in ok else {}
-        ref_lat = _best(lat, reference)
-        ref_mem = _best(mem, reference)
-        expected = {}
-        if "expected_exponent" in ok:
-            for (a, b), rows in ok.groupby(["arch", "backend"]):
-                vals = pd.to_numeric(rows["expected_exponent"], errors="coerce").dropna()
-                expected[(text(a), text(b))] = float(vals.iloc[0]) if len(vals) else None
-        for key, curve in lat.items():
-            is_ref = key[0] == reference
-            out.append({
-                "group": g.label,
-                "mode": text(g.rows["mode"].iloc[0]),
-                "arch": key[0],
-                "backend": key[1],
-                "faster_from": "reference" if is_ref else (crossover_length(curve, ref_lat) if ref_lat is not None else "no reference"),
-                "leaner_from": "reference" if is_ref else (
-                    crossover_length(mem[key], ref_mem) if key in mem and ref_mem is not None else "—"),
-                "fitted_exponent": fitted_exponent(curve),
-                "expected_exponent": expected.get(key),
-                "activation_exponent": fitted_exponent(act[key]) if key in act else None,
-                "lengths": f"{int(curve.index.min())}..{int(curve.index.max())}",
-            })  # fmt: skip
+    for a in objects:
+        c, m = a["crossover"], a["leaner"]
+        act = a["activation_exponent"]
+        out.append({
+            "group": a["group_label"], "mode": a["group"]["mode"], "arch": a["arch"], "backend": a["backend"],
+            "faster_from": c["value"] if c["value"] is not None else c["verdict"],
+            "leaner_from": m["value"] if m["value"] is not None else (m["verdict"] if m["lengths"] or m["verdict"] == "reference" else "—"),
+            "fitted_exponent": a["exponent"]["value"], "exponent_ci95": a["exponent"]["ci95"],
+            "n_points": a["exponent"]["n_points"], "expected_exponent": a["expected_exponent"],
+            "activation_exponent": act["value"] if act else None,
+            "lengths": f"{min(a['lengths'])}..{max(a['lengths'])}", "noisy": a["flags"]["noisy"],
+            "reference_backend": a["flags"]["reference"],
+        })  # fmt: skip
     return pd.DataFrame(out)
 
 
@@ -102,6 +176,14 @@ def _best(curves: dict, arch: str) -> pd.Series | None:
     if not mine:
         return None
     return pd.concat(mine, axis=1).min(axis=1).sort_index()
+
+
+def _first_value(rows: pd.DataFrame, col: str):
+    """The first non-missing value of ``col`` in ``rows`` (None when every row lacks it)."""
+    if col not in rows:
+        return None
+    vals = [v for v in rows[col] if text(v)]
+    return vals[0] if vals else None
 
 
 def fmt_length(v) -> str:
@@ -123,7 +205,7 @@ def ratio_table(group_ok: pd.DataFrame, reference: str = REFERENCE, column: str 
     return table.reindex(sorted(table.columns), axis=1) if len(table) else table
 
 
-def survey(df: pd.DataFrame | None) -> pd.DataFrame:
+def survey(df: pd.DataFrame | None, fits: pd.DataFrame | None = None) -> pd.DataFrame:
     """The taxonomy as measured: one row per architecture, its family, paper and claimed
     complexity (from the rows), beside this run's evidence: the largest fitted latency
     exponent over its fwd / fwd_bwd / prefill curves (decode is per token, a different
@@ -132,23 +214,25 @@ def survey(df: pd.DataFrame | None) -> pd.DataFrame:
     if data.empty or "family" not in data:
         return pd.DataFrame()
     ok = data[data["status"] == "ok"]
-    fits = answers(data)
+    fits = answers(data) if fits is None else fits  # the report passes the table it already has
     out = []
     for arch, rows in data.groupby("arch", sort=True):
-        first = rows.iloc[0]
+        first = {c: _first_value(rows, c) for c in ("family", "paper", "train_complexity", "decode_complexity",
+                                                    "expected_exponent")}  # a failed first row has none of them
         mine = fits[(fits["arch"] == arch) & fits["mode"].isin(TRAINING_MODES)] if len(fits) else fits
         fitted = [f for f in mine.get("fitted_exponent", []) if f is not None and f == f]
         state = ok[(ok["arch"] == arch) & (pd.to_numeric(ok.get("state_bytes"), errors="coerce") > 0)]
         state_at = state.sort_values("seq_len").iloc[-1] if len(state) else None
+        exp = pd.to_numeric(pd.Series([first["expected_exponent"]]), errors="coerce").iloc[0]
         out.append({
-            "family": text(first.get("family")),
+            "family": text(first["family"]),
             "arch": text(arch),
-            "paper": text(first.get("paper")),
-            "claimed": " / ".join(x for x in (text(first.get("train_complexity")), text(first.get("decode_complexity"))) if x),
-            "expected_exponent": first.get("expected_exponent"),
+            "paper": text(first["paper"]),
+            "claimed": " / ".join(x for x in (text(first["train_complexity"]), text(first["decode_complexity"])) if x),
+            "expected_exponent": None if exp != exp else float(exp),
             "fitted_exponent": max(fitted) if fitted else None,
             "state_bytes": None if state_at is None else float(state_at["state_bytes"]),
-            "state_at_T": None if state_at is None else int(state_at["seq_len"]),
+            "state_at_T": "" if state_at is None else text(state_at["seq_len"]),
         })  # fmt: skip
     if not out:
         return pd.DataFrame()

@@ -19,9 +19,10 @@ import plotly.graph_objects as go
 from archbench.report.figures import _FIG_HEIGHT, fmt_num, text
 
 OUTCOME_COLORS = {
-    "regressed": "#d62728", "improved": "#2ca02c", "insignificant": "#ff7f0e", "unchanged": "#7f7f7f",
+    "regressed": "#d62728", "improved": "#2ca02c", "underpowered": "#9467bd", "insignificant": "#ff7f0e",
+    "unchanged": "#7f7f7f",
 }  # fmt: skip
-_ORDER = ("regressed", "improved", "insignificant", "unchanged")
+_ORDER = ("regressed", "improved", "underpowered", "insignificant", "unchanged")
 
 
 def _ratio_cells(cmp: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -110,7 +111,8 @@ def comparison_section(cmp: Mapping[str, Any] | None, figure_html) -> str:
         '<section id="comparison"><h2>Comparison of runs: B / A</h2>',
         f"<p>A = {_side(base)}, B = {_side(head)}. {html.escape(text(cmp.get('summary')))}. A cell regressed (improved) "
         "when B/A is beyond the threshold and the Mann-Whitney test on the raw samples gives p below alpha or "
-        "the 99% intervals of the two medians do not overlap; beyond the threshold without that, it is insignificant.</p>",
+        "the 99% intervals of the two medians do not overlap; beyond the threshold without that, it is insignificant; "
+        "a cell whose samples are too few to reach significance at any difference is underpowered.</p>",
     ]  # fmt: skip
     for note in cmp.get("notes") or []:
         parts.append(f'<p class="warning">{html.escape(text(note))}</p>')

@@ -1,9 +1,13 @@
 """Plotly figure builders for the HTML report.
 
 Everything here is a pure function of the result DataFrame (one row per measured
-cell). Rows are grouped by (mode, batch, dtype, device); each group with successful
-cells that have a ``seq_len`` gets a latency, a peak-memory and a throughput figure,
-all log-log against ``seq_len``, one line per ``arch/backend``, coloured per arch.
+cell). Rows are split into comparable groups (``groups.py``: same device model, dtype, mode,
+batch, shapes and timing); each group with successful cells that have a ``seq_len`` gets a
+latency, a peak-memory and a throughput figure, all log-log against ``seq_len``, one line per
+``arch/backend``, coloured by family (``palette.py``). A group that measured one length gets
+bars instead of lines. Reference (pure-PyTorch) backends are drawn dashed, noisy cells
+(IQR / median > 10%) as hollow markers, so neither passes for a fused kernel's clean number.
+Log axes carry decade ticks only, with units.
 
 Text taken from the data (arch names, errors, ...) is HTML-escaped before it goes
 into a trace: plotly renders a subset of HTML in legends and hover labels (and
@@ -21,20 +25,27 @@ from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
-import plotly.colors
 import plotly.graph_objects as go
+
+from archbench.report.groups import FIELD_NAMES, Group, comparable_groups, config_frame
+from archbench.report.palette import arch_colors as palette_colors
 
 #: Statuses, in display order.
 STATUSES = ("ok", "oom", "timeout", "error", "unsupported", "skipped")
 #: Statuses marked on the latency plot as failures.
 FAILED_STATUSES = ("oom", "timeout", "error")
-#: Rows are grouped by these columns; each group gets its own figures.
-GROUP_KEYS = ("mode", "batch", "dtype", "device")
+#: Rows are grouped by these fields (``groups.py``); each group gets its own figures.
+GROUP_KEYS = FIELD_NAMES
+#: A cell is noisy when its interquartile range exceeds this fraction of its median.
+NOISY_REL_IQR = 0.10
+#: Backend names that are pure-PyTorch references in the catalogue (the last backend of each
+#: ArchSpec); a ``reference_backend`` column, when the rows carry one, decides instead.
+REFERENCE_BACKEND_NAMES = ("naive", "chunked", "reference", "eager")
 MODE_ORDER = ("fwd", "fwd_bwd", "prefill", "decode", "task")
 
 TEXT_COLUMNS = (
     "key", "run_id", "suite", "arch", "family", "backend", "mode", "dtype",
-    "device", "status", "error", "mem_method",
+    "device", "status", "error", "mem_method", "run_dir",
 )
 #: Kept as given (strings or epoch seconds); only added when missing.
 RAW_COLUMNS = ("started_at", "ended_at", "kernels", "cuda_graph", "cuda_graph_reason")
@@ -43,13 +54,13 @@ NUMERIC_COLUMNS = (
     "time_median_s", "time_p10_s", "time_p90_s", "time_iqr_s", "time_rel_iqr",
     "repeats", "tokens_per_s", "peak_mem_bytes", "state_bytes", "params", "flops",
     "achieved_tflops", "wall_s", "arithmetic_intensity", "peak_tflops", "peak_gbps",
-    "activation_bytes", "param_bytes",
+    "activation_bytes", "param_bytes", "n_kv_heads", "window", "chunk_size", "n_layers", "decode_tokens",
+    "energy_j_per_token", "energy_j_per_call", "avg_power_w", "pct_of_roof",
 )
 
-_PALETTE = plotly.colors.qualitative.Plotly + plotly.colors.qualitative.Dark24
-_DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 _SYMBOLS = ("circle", "square", "diamond", "triangle-up", "triangle-down", "star")
 _MIB = float(1 << 20)
+_GIB = float(1 << 30)
 _FIG_HEIGHT = 440
 
 
@@ -140,7 +151,27 @@ def prepare(df: pd.DataFrame | None) -> pd.DataFrame:
     out["status"] = pd.Series(
         [(s or "unknown").strip().lower() or "unknown" for s in out["status"]], index=out.index, dtype=object
     )
+    if "model" in out.columns and "level" in out.columns:  # every checkpoint row says arch=checkpoint: name the model
+        ckpt = out["level"].map(text).eq("checkpoint") & out["model"].map(lambda v: text(v) != "")
+        if ckpt.any():
+            out.loc[ckpt, "arch"] = model_labels(out.loc[ckpt, "model"]).to_numpy()
     return out
+
+
+def model_labels(models: pd.Series) -> pd.Series:
+    """Short names of checkpoint models: a hub id (``ORG/NAME``) as it is, a local directory by
+    its last part, unless two different models would then share a name (both keep the whole)."""
+    full = models.map(text)
+
+    def short(m: str) -> str:
+        local = m.startswith(("/", ".", "~")) or m.count("/") != 1 or "\\" in m
+        return m.rstrip("/\\").replace("\\", "/").split("/")[-1] or m if local else m
+
+    labels = full.map(short)
+    owners: dict[str, set] = {}
+    for s, m in zip(labels, full):
+        owners.setdefault(s, set()).add(m)
+    return pd.Series([s if len(owners[s]) == 1 else m for s, m in zip(labels, full)], index=models.index, dtype=object)
 
 
 def _to_float(series: pd.Series) -> pd.Series:
@@ -158,9 +189,29 @@ def _to_float(series: pd.Series) -> pd.Series:
 
 
 def arch_colors(df: pd.DataFrame) -> dict[str, str]:
-    """One colour per arch name (sorted), shared by every figure of a report."""
-    archs = sorted({text(a) for a in df["arch"]})
-    return {a: _PALETTE[i % len(_PALETTE)] for i, a in enumerate(archs)}
+    """One colour per arch name, keyed by its family (``palette.py``): the same in every report."""
+    fams = df["family"] if "family" in df.columns else pd.Series([None] * len(df), index=df.index)
+    family: dict[str, str] = {}
+    for a, f in zip(df["arch"], fams):
+        if text(f):
+            family.setdefault(text(a), text(f))
+    return palette_colors({a: family.get(a) for a in sorted({text(a) for a in df["arch"]})})
+
+
+def noisy_mask(rows: pd.DataFrame) -> pd.Series:
+    """Rows whose timing spread is large: flagged ``noisy`` or IQR / median above 10%."""
+    flag = rows["noisy"].map(lambda v: not is_missing(v) and bool(v)) if "noisy" in rows else False
+    rel = _to_float(rows["time_rel_iqr"]) if "time_rel_iqr" in rows else pd.Series(np.nan, index=rows.index)
+    return (rel > NOISY_REL_IQR) | flag
+
+
+def reference_mask(rows: pd.DataFrame) -> pd.Series:
+    """Rows measured on a pure-PyTorch reference backend rather than a fused kernel."""
+    by_name = rows["backend"].map(lambda b: text(b) in REFERENCE_BACKEND_NAMES)
+    if "reference_backend" not in rows:
+        return by_name
+    known = rows["reference_backend"].map(lambda v: None if is_missing(v) else bool(v))
+    return pd.Series([n if k is None else k for k, n in zip(known, by_name)], index=rows.index, dtype=bool)
 
 
 def _style_index(values: Iterable[Any]) -> dict[str, int]:
@@ -170,52 +221,9 @@ def _style_index(values: Iterable[Any]) -> dict[str, int]:
 # --------------------------------------------------------------------------- groups
 
 
-@dataclass(frozen=True, eq=False)
-class Group:
-    """One (mode, batch, dtype, device) slice of the results."""
-
-    mode: str
-    batch: str
-    dtype: str
-    device: str
-    rows: pd.DataFrame  # all rows of the slice, any status
-
-    @property
-    def label(self) -> str:
-        """Plain-text label, e.g. ``mode=fwd, batch=1, dtype=float32, device=cpu``."""
-        parts = zip(GROUP_KEYS, (self.mode, self.batch, self.dtype, self.device))
-        return ", ".join(f"{k}={v or '?'}" for k, v in parts)
-
-    @property
-    def ok(self) -> pd.DataFrame:
-        """Successful rows with a positive seq_len and median time, sorted by seq_len."""
-        r = self.rows
-        mask = (r["status"] == "ok") & (r["seq_len"] > 0) & (r["time_median_s"] > 0)
-        return r[mask].sort_values("seq_len", kind="stable")
-
-    @property
-    def failed(self) -> pd.DataFrame:
-        """Failed (oom/timeout/error) rows with a seq_len."""
-        r = self.rows
-        return r[r["status"].isin(FAILED_STATUSES) & (r["seq_len"] > 0)]
-
-
 def groups(df: pd.DataFrame) -> list[Group]:
-    """The plottable groups of a prepared DataFrame, in display order."""
-    if df.empty:
-        return []
-    keys = pd.DataFrame({k: [text(v) for v in df[k]] for k in GROUP_KEYS}, index=df.index)
-    found = []
-    for key, idx in keys.groupby(list(GROUP_KEYS), sort=False).groups.items():
-        g = Group(*key, rows=df.loc[idx])
-        if not g.ok.empty:
-            found.append(g)
-
-    def order(g: Group):
-        batch = pd.to_numeric(g.batch, errors="coerce")
-        return (mode_rank(g.mode), math.inf if pd.isna(batch) else batch, g.batch, g.dtype, g.device)
-
-    return sorted(found, key=order)
+    """The plottable comparable groups of a prepared DataFrame, in display order."""
+    return comparable_groups(df)
 
 
 # --------------------------------------------------------------------------- figures
@@ -230,9 +238,14 @@ class FigureSpec:
     figure: go.Figure
 
 
-def _line_label(arch: str, backend: str, run_id: str, multi_run: bool) -> str:
-    label = f"{arch}/{backend}"
-    return f"{label} [{run_id}]" if multi_run else label
+def _run_labels(ok: pd.DataFrame) -> pd.Series:
+    """Per row, the name of its run: the run_id, or the run directory's last two parts when
+    several directories share a run_id."""
+    ids = ok["run_id"].map(text)
+    dirs = ok["run_dir"].map(text) if "run_dir" in ok else pd.Series([""] * len(ok), index=ok.index)
+    shared = {i for i in set(ids) if len({d for d, j in zip(dirs, ids) if j == i}) > 1}
+    return pd.Series([("/".join(d.rstrip("/").split("/")[-2:]) if i in shared else i) for i, d in zip(ids, dirs)],
+                     index=ok.index, dtype=object)
 
 
 def _lines(ok: pd.DataFrame) -> list[tuple[str, str, str, pd.DataFrame]]:
@@ -240,76 +253,224 @@ def _lines(ok: pd.DataFrame) -> list[tuple[str, str, str, pd.DataFrame]]:
 
     Rows from different runs get separate lines when the group holds several runs.
     """
-    multi_run = len({text(r) for r in ok["run_id"]}) > 1
-    parts = {}
-    for i, row in ok.iterrows():
-        arch, backend, run_id = text(row["arch"]), text(row["backend"]), text(row["run_id"])
-        key = (arch, backend, run_id if multi_run else "")
-        parts.setdefault(key, []).append(i)
+    runs = _run_labels(ok)
+    multi_run = len(set(runs)) > 1
+    parts: dict[tuple[str, str, str], list] = {}
+    for i, arch, backend in zip(ok.index, ok["arch"], ok["backend"]):
+        parts.setdefault((text(arch), text(backend), runs[i] if multi_run else ""), []).append(i)
     out = []
-    for (arch, backend, run_id), idx in sorted(parts.items()):
-        label = _line_label(arch, backend, run_id, multi_run)
+    for (arch, backend, run), idx in sorted(parts.items()):
+        label = f"{arch}/{backend}" + (f" [{run}]" if multi_run else "")
         out.append((arch, backend, label, ok.loc[idx].sort_values("seq_len", kind="stable")))
     return out
 
 
-def _base_layout(fig: go.Figure, title: str, y_title: str, seq_lens: Iterable[float]) -> go.Figure:
-    ticks = sorted({float(s) for s in seq_lens if s > 0})
-    xaxis: dict[str, Any] = {"type": "log", "title": {"text": "seq_len"}}
-    if 0 < len(ticks) <= 12:
-        xaxis.update(tickmode="array", tickvals=ticks, ticktext=[text(t) for t in ticks])
+_SI = ((1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""))
+
+
+def _si(v: float) -> str:
+    for scale, suffix in _SI:
+        if abs(v) >= scale:
+            return f"{v / scale:g}{suffix}"
+    return f"{v:g}"
+
+
+def decade_axis(values: Iterable[float], unit: str = "", si: bool = False) -> dict[str, Any]:
+    """A log axis with ticks at powers of ten only, labelled with ``unit`` (``si``: 1k, 10k, 1M)."""
+    vals = [float(v) for v in values if v is not None and np.isfinite(v) and v > 0]
+    axis: dict[str, Any] = {"type": "log"}
+    if not vals:
+        return axis
+    lo, hi = math.floor(math.log10(min(vals))), math.ceil(math.log10(max(vals)))
+    if hi == lo:
+        hi += 1
+    ticks = [10.0 ** k for k in range(lo, hi + 1)]
+    label = _si if si else (lambda v: f"{v:g}")
+    axis.update(tickmode="array", tickvals=ticks, ticktext=[f"{label(t)} {unit}".strip() for t in ticks])
+    return axis
+
+
+_LEGEND = {"orientation": "h", "yanchor": "top", "y": -0.18, "x": 0, "title": {"text": ""}}
+
+
+def _height(n_traces: int) -> int:
+    """Tall enough that the horizontal legend below the plot wraps instead of scrolling."""
+    return _FIG_HEIGHT + 22 * max(0, (n_traces + 2) // 3 - 1)
+
+
+def _base_layout(fig: go.Figure, title: str, y_title: str, seq_lens: Iterable[float], y_values: Iterable[float] = (),
+                 y_unit: str = "", x_title: str = "seq_len (tokens)") -> go.Figure:  # fmt: skip
+    xaxis = decade_axis(seq_lens, si=True)
+    xaxis["title"] = {"text": x_title}
+    yaxis = decade_axis(y_values, y_unit)
+    yaxis["title"] = {"text": y_title}
     fig.update_layout(
-        title={"text": html.escape(title)},
-        xaxis=xaxis,
-        yaxis={"type": "log", "title": {"text": y_title}},
-        height=_FIG_HEIGHT,
-        template="plotly_white",
-        hovermode="closest",
-        legend={"title": {"text": "arch/backend"}},
-        margin={"l": 60, "r": 20, "t": 60, "b": 50},
-    )
+        title={"text": html.escape(title)}, xaxis=xaxis, yaxis=yaxis, height=_height(len(fig.data)),
+        template="plotly_white", hovermode="closest", legend=_LEGEND, margin={"l": 60, "r": 20, "t": 60, "b": 80},
+    )  # fmt: skip
     return fig
 
 
-def _line_style(arch: str, backend: str, colors: dict[str, str], backends: dict[str, int]) -> dict[str, Any]:
+def _line_style(arch: str, backend: str, colors: dict[str, str], backends: dict[str, int],
+                rows: pd.DataFrame | None = None) -> dict[str, Any]:  # fmt: skip
+    """Colour per arch; symbol per backend; dashed for a reference backend, hollow markers for
+    noisy cells."""
     i = backends.get(backend, 0)
-    color = colors.get(arch, _PALETTE[0])
+    color = colors.get(arch, "#999999")
+    symbol = _SYMBOLS[i % len(_SYMBOLS)]
+    ref = bool(rows is not None and len(rows) and reference_mask(rows).all())
+    symbols: Any = symbol
+    if rows is not None and len(rows):
+        symbols = [symbol + "-open" if n else symbol for n in noisy_mask(rows)]
     return {
         "mode": "lines+markers",
-        "line": {"color": color, "dash": _DASHES[i % len(_DASHES)]},
-        "marker": {"color": color, "symbol": _SYMBOLS[i % len(_SYMBOLS)], "size": 7},
+        "line": {"color": color, "dash": "dash" if ref else "solid"},
+        "marker": {"color": color, "symbol": symbols, "size": 8, "line": {"color": color, "width": 1.5}},
     }
+
+
+def _flags(noisy: bool, ref: bool) -> str:
+    out = ["noisy (IQR/median > 10%)"] if noisy else []
+    return "; ".join(out + (["reference backend (pure PyTorch)"] if ref else []))
+
+
+def _tokens_per_joule(e: Any) -> str:
+    try:
+        e = float(e)
+    except (TypeError, ValueError):
+        return ""
+    return fmt_num(1.0 / e, ",.4g") if e > 0 else ""
 
 
 def _customdata(rows: pd.DataFrame) -> list[list[str]]:
     """Per-point hover text, escaped, one list per row.
 
     0 arch, 1 backend, 2 family, 3 repeats, 4 tokens/s, 5 mem_method, 6 status,
-    7 error excerpt, 8 p10 ms, 9 p90 ms, 10 median ms, 11 seq_len.
+    7 error excerpt, 8 p10 ms, 9 p90 ms, 10 median ms, 11 seq_len, 12 flags, 13 ran (kernels,
+    eager/graph), 14 J/call, 15 average W, 16 % of roof, 17 bound, 18 tokens per joule.
     """
-    out = []
-    for _, r in rows.iterrows():
-        values = (
-            r["arch"], r["backend"], r["family"], text(r["repeats"]), fmt_num(r["tokens_per_s"], ",.4g"),
-            r["mem_method"], r["status"], error_excerpt(r["error"], 200),
-            fmt_num(r["time_p10_s"], ".4g", 1e3), fmt_num(r["time_p90_s"], ".4g", 1e3),
-            fmt_num(r["time_median_s"], ".4g", 1e3), text(r["seq_len"]),
-        )
-        out.append([esc(v) or "n/a" for v in values])
-    return out
+    if rows.empty:
+        return []
+    n = len(rows)
+
+    def col(name: str) -> list:
+        return list(rows[name]) if name in rows else [None] * n
+
+    flags = [_flags(a, b) for a, b in zip(noisy_mask(rows), reference_mask(rows))]
+    kernels, graphs = col("kernels"), col("cuda_graph")
+    columns = (
+        col("arch"), col("backend"), col("family"), [text(v) for v in col("repeats")],
+        [fmt_num(v, ",.4g") for v in col("tokens_per_s")], col("mem_method"), col("status"),
+        [error_excerpt(v, 200) for v in col("error")], [fmt_num(v, ".4g", 1e3) for v in col("time_p10_s")],
+        [fmt_num(v, ".4g", 1e3) for v in col("time_p90_s")], [fmt_num(v, ".4g", 1e3) for v in col("time_median_s")],
+        [text(v) for v in col("seq_len")], [f or "none" for f in flags], [_ran(k, g) for k, g in zip(kernels, graphs)],
+        [fmt_num(v, ".4g") for v in col("energy_j_per_call")], [fmt_num(v, ".4g") for v in col("avg_power_w")],
+        [fmt_num(v, ".3g") for v in col("pct_of_roof")], [text(v) for v in col("bound")],
+        [_tokens_per_joule(v) for v in col("energy_j_per_token")],
+    )  # fmt: skip
+    return [[esc(v) or "n/a" for v in point] for point in zip(*columns)]
 
 
-_HOVER_HEAD = "<b>%{customdata[0]}</b> / %{customdata[1]}<br>family: %{customdata[2]}<br>seq_len: %{x}<br>"
+def _ran(kernels: Any, graph: Any) -> str:
+    names = ", ".join(map(str, kernels)) if isinstance(kernels, (list, tuple, np.ndarray)) else text(kernels)
+    if is_missing(graph):
+        return names
+    return (names + " · " if names else "") + ("CUDA graph" if bool(graph) else "eager")
+
+
+def _compact_customdata(rows: pd.DataFrame) -> list[list[str]]:
+    """The hover text of the secondary figures (memory, throughput, ...), kept small so a
+    report of a thousand cells stays a few megabytes: 0 arch, 1 backend, 2 family, 3 seq_len,
+    4 flags, 5 mem_method, 6 median ms. The latency figure's hover has the rest."""
+    if rows.empty:
+        return []
+    flags = [_flags(a, b) or "none" for a, b in zip(noisy_mask(rows), reference_mask(rows))]
+    cols = (rows["arch"], rows["backend"], rows["family"], [text(v) for v in rows["seq_len"]], flags,
+            rows["mem_method"], [fmt_num(v, ".4g", 1e3) for v in rows["time_median_s"]])  # fmt: skip
+    return [[esc(v) or "n/a" for v in point] for point in zip(*cols)]
+
+
+_HOVER_SHORT = ("<b>%{customdata[0]}</b> / %{customdata[1]}<br>family: %{customdata[2]}<br>seq_len: %{customdata[3]}"
+                "<br>flags: %{customdata[4]}<br>")
+_HOVER_HEAD = "<b>%{customdata[0]}</b> / %{customdata[1]}<br>family: %{customdata[2]}<br>seq_len: %{customdata[11]}<br>"
+_HOVER_TAIL = ("<br>flags: %{customdata[12]}<br>ran: %{customdata[13]}<br>energy: %{customdata[14]} J/call, "
+               "%{customdata[15]} W, %{customdata[18]} tokens/J<br>roof: %{customdata[16]}% (%{customdata[17]})")
+
+
+def _per_token_factor(group: Group, rows: pd.DataFrame) -> np.ndarray:
+    """Decode calls generate several tokens; the factor that turns a call's time into the time
+    per generated token (1 / decode_tokens, from batch / tokens_per_s / median)."""
+    tps = rows["tokens_per_s"].to_numpy(dtype=float)
+    med = rows["time_median_s"].to_numpy(dtype=float)
+    batch = rows["batch"].to_numpy(dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = batch / (tps * med)
+    return np.where(np.isfinite(f) & (f > 0), f, 1.0)
+
+
+def _is_decode(group: Group) -> bool:
+    return group.mode == "decode"
+
+
+def _single_length(rows: pd.DataFrame) -> bool:
+    return rows["seq_len"].nunique() == 1
+
+
+def _bars(fig: go.Figure, lines, colors, values, compact: bool = False) -> None:
+    """One bar per arch/backend (a group that measured one length): hatched for a reference
+    backend, faded for a noisy cell."""
+    for arch, backend, label, rows in lines:
+        y = values(rows)
+        ref = reference_mask(rows).to_numpy()
+        noisy = noisy_mask(rows).to_numpy()
+        fig.add_trace(go.Bar(
+            x=[html.escape(label)] * len(rows), y=y, name=html.escape(label),
+            customdata=_compact_customdata(rows) if compact else _customdata(rows),
+            marker={"color": colors.get(arch, "#999999"), "opacity": [0.45 if n else 1.0 for n in noisy],
+                    "pattern": {"shape": ["/" if r else "" for r in ref]}, "line": {"color": "#333", "width": 1}},
+            hovertemplate=(_HOVER_SHORT + "value: %{y:.4g}" if compact else _HOVER_HEAD + "value: %{y:.4g}" + _HOVER_TAIL)
+            + "<extra></extra>",
+        ))  # fmt: skip
+
+
+def _bar_layout(fig: go.Figure, title: str, y_title: str, y_values, y_unit: str) -> go.Figure:
+    yaxis = decade_axis(y_values, y_unit)
+    yaxis["title"] = {"text": y_title}
+    fig.update_layout(
+        title={"text": html.escape(title)}, yaxis=yaxis, xaxis={"title": {"text": "arch/backend"}, "automargin": True},
+        height=_FIG_HEIGHT, template="plotly_white", hovermode="closest", showlegend=False, barmode="group",
+        margin={"l": 60, "r": 20, "t": 60, "b": 80},
+    )  # fmt: skip
+    return fig
 
 
 def latency_figure(group: Group, colors: dict[str, str], backends: dict[str, int]) -> go.Figure:
-    """Median latency (ms) vs seq_len with p10..p90 error bars, failures marked with 'x'."""
+    """Median latency (ms; ms per generated token for decode) vs seq_len with p10..p90 error
+    bars, failures marked with 'x'; bars per arch/backend when the group measured one length."""
     ok = group.ok
+    decode = _is_decode(group)
+    unit = "ms per token" if decode else "ms per call"
+    y_title = f"median time ({unit})"
+    title = f"Latency{' per generated token' if decode else ''}: {group.label}"
+    if _single_length(ok):
+        fig = go.Figure()
+        vals = []
+
+        def med(rows):
+            v = rows["time_median_s"].to_numpy() * 1e3 * (_per_token_factor(group, rows) if decode else 1.0)
+            vals.extend(v)
+            return v
+
+        _bars(fig, _lines(ok), colors, med)
+        return _bar_layout(fig, f"{title} (one length: T={text(ok['seq_len'].iloc[0])})", y_title, vals, "ms")
     fig = go.Figure()
+    ys = []
     for arch, backend, label, rows in _lines(ok):
-        med = rows["time_median_s"].to_numpy() * 1e3
-        p10 = rows["time_p10_s"].to_numpy() * 1e3
-        p90 = rows["time_p90_s"].to_numpy() * 1e3
+        f = _per_token_factor(group, rows) if decode else 1.0
+        med = rows["time_median_s"].to_numpy() * 1e3 * f
+        p10 = rows["time_p10_s"].to_numpy() * 1e3 * f
+        p90 = rows["time_p90_s"].to_numpy() * 1e3 * f
+        ys.extend(med)
         has_bars = bool(np.isfinite(p10).any() or np.isfinite(p90).any())
         fig.add_trace(go.Scatter(
             x=rows["seq_len"], y=med, name=html.escape(label), legendgroup=html.escape(label),
@@ -319,17 +480,13 @@ def latency_figure(group: Group, colors: dict[str, str], backends: dict[str, int
                 "array": np.nan_to_num(np.clip(p90 - med, 0, None)),
                 "arrayminus": np.nan_to_num(np.clip(med - p10, 0, None)),
             },
-            hovertemplate=_HOVER_HEAD + "median: %{y:.4g} ms"
-            "<br>p10/p90: %{customdata[8]} / %{customdata[9]} ms"
-            "<br>repeats: %{customdata[3]}<br>tokens/s: %{customdata[4]}"
-            "<extra></extra>",
-            **_line_style(arch, backend, colors, backends),
+            hovertemplate=_HOVER_HEAD + f"median: %{{y:.4g}} {unit}"
+            "<br>p10/p90: %{customdata[8]} / %{customdata[9]} ms per call"
+            "<br>repeats: %{customdata[3]}<br>tokens/s: %{customdata[4]}" + _HOVER_TAIL + "<extra></extra>",
+            **_line_style(arch, backend, colors, backends, rows),
         ))
     _add_failures(fig, group, ok, colors)
-    y_title = "median time per call (ms)"
-    if text(group.rows["mode"].iloc[0]) == "decode":
-        y_title = "median time per call of decode_tokens steps (ms)"
-    return _base_layout(fig, f"Latency: {group.label}", y_title, group.rows["seq_len"])
+    return _base_layout(fig, title, y_title, group.rows["seq_len"], ys, "ms")
 
 
 def _add_failures(fig: go.Figure, group: Group, ok: pd.DataFrame, colors: dict[str, str]) -> None:
@@ -354,9 +511,10 @@ def _add_failures(fig: go.Figure, group: Group, ok: pd.DataFrame, colors: dict[s
 
 
 def _curve_figure(group: Group, colors: dict[str, str], backends: dict[str, int], column: str, scale: float,
-                  hover: str, title: str, y_title: str) -> go.Figure | None:  # fmt: skip
-    """``column`` x ``scale`` vs seq_len, one line per arch/backend, or None when no ok row has a
-    positive value. ``hover`` follows the shared head of every point's hover text."""
+                  hover: str, title: str, y_title: str, unit: str = "") -> go.Figure | None:  # fmt: skip
+    """``column`` x ``scale`` vs seq_len, one line per arch/backend (bars when the group measured
+    one length), or None when no ok row has a positive value. ``hover`` follows the shared head
+    of every point's hover text."""
     ok = group.ok
     if column not in ok:
         return None
@@ -364,32 +522,76 @@ def _curve_figure(group: Group, colors: dict[str, str], backends: dict[str, int]
     if ok.empty:
         return None
     fig = go.Figure()
+    values = list(_to_float(ok[column]) * scale)
+    if _single_length(ok):
+        _bars(fig, _lines(ok), colors, lambda rows: _to_float(rows[column]) * scale, compact=True)
+        return _bar_layout(fig, f"{title}: {group.label} (one length: T={text(ok['seq_len'].iloc[0])})", y_title,
+                           values, unit)
     for arch, backend, label, rows in _lines(ok):
         fig.add_trace(go.Scatter(
             x=rows["seq_len"], y=_to_float(rows[column]) * scale, name=html.escape(label),
-            customdata=_customdata(rows), hovertemplate=_HOVER_HEAD + hover + "<extra></extra>",
-            **_line_style(arch, backend, colors, backends),
+            customdata=_compact_customdata(rows), hovertemplate=_HOVER_SHORT + hover + "<extra></extra>",
+            **_line_style(arch, backend, colors, backends, rows),
         ))  # fmt: skip
-    return _base_layout(fig, f"{title}: {group.label}", y_title, ok["seq_len"])
+    return _base_layout(fig, f"{title}: {group.label}", y_title, ok["seq_len"], values, unit)
 
 
 def memory_figure(group: Group, colors: dict[str, str], backends: dict[str, int]) -> go.Figure | None:
-    """Peak memory (MiB) vs seq_len, or None when no ok row reports memory."""
-    return _curve_figure(group, colors, backends, "peak_mem_bytes", 1 / _MIB,
-                         "peak memory: %{y:,.4g} MiB<br>method: %{customdata[5]}", "Peak memory", "peak memory (MiB)")
+    """Peak memory (GiB) vs seq_len, or None when no ok row reports memory; with the device's
+    capacity as a labelled horizontal line where the rows record it (``env_device_mem_bytes``)."""
+    fig = _curve_figure(group, colors, backends, "peak_mem_bytes", 1 / _GIB,
+                        "peak memory: %{y:,.4g} GiB<br>method: %{customdata[5]}", "Peak memory", "peak memory (GiB)",
+                        "GiB")
+    cap = device_capacity(group.rows)
+    if fig is None or cap is None:
+        return fig
+    gib = cap / _GIB
+    xs = [x for tr in fig.data for x in (tr.x if tr.x is not None else ())]
+    if isinstance(fig.data[0], go.Bar):
+        span = [xs[0], xs[-1]]
+    else:
+        span = [min(xs), max(xs)]
+    label = f"device memory: {gib:,.3g} GiB"
+    fig.add_trace(go.Scatter(
+        x=span, y=[gib, gib], mode="lines+text", name=label, text=["", label], textposition="bottom left",
+        line={"color": "#222222", "dash": "dashdot", "width": 1.5}, hovertemplate=label + "<extra></extra>",
+    ))  # fmt: skip
+    ys = [y for tr in fig.data for y in (tr.y if tr.y is not None else ())]
+    axis = decade_axis([*ys, gib], "GiB")
+    fig.update_yaxes(tickvals=axis.get("tickvals"), ticktext=axis.get("ticktext"))
+    return fig
+
+
+def device_capacity(rows: pd.DataFrame) -> float | None:
+    """The device's total memory in bytes, as the rows' environment records it (the largest when
+    rows disagree), or None when no row says."""
+    if "env_device_mem_bytes" not in rows:
+        return None
+    vals = _to_float(rows["env_device_mem_bytes"])
+    vals = vals[vals > 0]
+    return float(vals.max()) if len(vals) else None
 
 
 def activation_figure(group: Group, colors: dict[str, str], backends: dict[str, int]) -> go.Figure | None:
     """Bytes autograd saves for the backward pass (MiB) vs seq_len, for fwd_bwd groups whose rows
     count them: the training-memory scaling of each family, without allocator noise."""
     return _curve_figure(group, colors, backends, "activation_bytes", 1 / _MIB, "saved for backward: %{y:,.4g} MiB",
-                         "Activations saved for backward", "saved activations (MiB)")
+                         "Activations saved for backward", "saved activations (MiB)", "MiB")
 
 
 def throughput_figure(group: Group, colors: dict[str, str], backends: dict[str, int]) -> go.Figure | None:
     """Tokens/s vs seq_len, or None when no ok row reports throughput."""
     return _curve_figure(group, colors, backends, "tokens_per_s", 1.0,
-                         "tokens/s: %{y:,.4g}<br>median: %{customdata[10]} ms", "Throughput", "tokens/s")
+                         "tokens/s: %{y:,.4g}<br>median: %{customdata[6]} ms", "Throughput", "tokens/s")
+
+
+def tflops_figure(group: Group, colors: dict[str, str], backends: dict[str, int]) -> go.Figure | None:
+    """Achieved TFLOP/s vs seq_len (the FlashAttention papers' view): how well each kernel uses
+    the device as the sequence grows; None when the rows count no FLOPs."""
+    if _is_decode(group):
+        return None
+    return _curve_figure(group, colors, backends, "achieved_tflops", 1.0,
+                         "achieved: %{y:.4g} TFLOP/s", "Achieved TFLOP/s", "achieved TFLOP/s", "TFLOP/s")
 
 
 def energy_figure(group: Group, colors: dict[str, str], backends: dict[str, int]) -> go.Figure | None:
@@ -399,7 +601,7 @@ def energy_figure(group: Group, colors: dict[str, str], backends: dict[str, int]
         ok = ok[_to_float(ok["energy_j_per_token"]) > 0]
     source = ", ".join(sorted({text(v) for v in ok.get("energy_source", pd.Series(dtype=object)).dropna()}))
     return _curve_figure(group, colors, backends, "energy_j_per_token", 1e3, "energy: %{y:,.4g} mJ per token",
-                         f"Energy per token ({source or 'measured'})", "energy per token (mJ)")
+                         f"Energy per token ({source or 'measured'})", "energy per token (mJ)", "mJ")
 
 
 def state_figure(group: Group, colors: dict[str, str], backends: dict[str, int]) -> go.Figure | None:
@@ -407,7 +609,7 @@ def state_figure(group: Group, colors: dict[str, str], backends: dict[str, int])
     if text(group.rows["mode"].iloc[0]) not in ("prefill", "decode"):
         return None
     return _curve_figure(group, colors, backends, "state_bytes", 1 / _MIB, "state: %{y:,.4g} MiB",
-                         "Decode state (KV cache or recurrent state)", "state (MiB)")
+                         "Decode state (KV cache or recurrent state)", "state (MiB)", "MiB")
 
 
 def roofline_figure(group: Group, colors: dict[str, str], backends: dict[str, int]) -> go.Figure | None:
@@ -445,16 +647,52 @@ def roofline_figure(group: Group, colors: dict[str, str], backends: dict[str, in
         xaxis={"type": "log", "title": {"text": "arithmetic intensity (FLOPs / byte, lower-bound traffic)"}},
         yaxis={"type": "log", "title": {"text": "achieved TFLOP/s"}},
         height=_FIG_HEIGHT, template="plotly_white", hovermode="closest",
-        legend={"title": {"text": "arch/backend"}}, margin={"l": 60, "r": 20, "t": 60, "b": 50},
+        legend=_LEGEND, margin={"l": 60, "r": 20, "t": 60, "b": 80},
     )  # fmt: skip
     return fig
+
+
+def batch_figures(data: pd.DataFrame, colors: dict[str, str], backends: dict[str, int]) -> list[FigureSpec]:
+    """Latency vs batch at a fixed length: per configuration measured at two or more batches,
+    at the longest length measured at several batches; one line per arch/backend."""
+    ok = data[(data["status"] == "ok") & (data["seq_len"] > 0) & (data["time_median_s"] > 0) & (data["batch"] > 0)]
+    if ok.empty:
+        return []
+    configs = config_frame(ok)
+    rest = [n for n in FIELD_NAMES if n != "batch"]
+    specs = []
+    for key, idx in configs.groupby(rest, sort=True, dropna=False).groups.items():
+        rows = ok.loc[idx]
+        per_t = rows.groupby("seq_len")["batch"].nunique()
+        several = per_t[per_t > 1]
+        if several.empty:
+            continue
+        t = float(several.index.max())
+        at = rows[rows["seq_len"] == t]
+        fields = dict(zip(rest, key))
+        label = f"mode={fields['mode']}, T={text(t)}, " + ", ".join(f"{k}={v}" for k, v in fields.items() if v and k != "mode")
+        fig = go.Figure()
+        for arch, backend, name, line in _lines(at):
+            line = line.sort_values("batch")
+            fig.add_trace(go.Scatter(
+                x=line["batch"], y=line["time_median_s"] * 1e3, name=html.escape(name), customdata=_customdata(line),
+                hovertemplate=_HOVER_HEAD + "batch: %{x}<br>median: %{y:.4g} ms" + _HOVER_TAIL + "<extra></extra>",
+                **_line_style(arch, backend, colors, backends, line),
+            ))  # fmt: skip
+        _base_layout(fig, f"Latency vs batch: {label}", "median time per call (ms)", at["batch"],
+                     at["time_median_s"] * 1e3, "ms", x_title="batch (sequences)")
+        fig.update_xaxes(type="linear", tickmode="array", tickvals=sorted(set(at["batch"])),
+                         ticktext=[text(b) for b in sorted(set(at["batch"]))])
+        specs.append(FigureSpec(label, "batch", fig))
+    return specs
 
 
 def build_figures(df: pd.DataFrame | None) -> list[FigureSpec]:
     """All report figures for ``df``, grouped and ordered for display.
 
     Per group: latency (always), then peak memory, saved activations (fwd_bwd), throughput,
-    energy per token, and (prefill / decode) the decode state's size, when the data has them.
+    achieved TFLOP/s, energy per token, (prefill / decode) the decode state's size and the
+    roofline, when the data has them; then latency vs batch where several batches were measured.
     """
     data = prepare(df)
     colors = arch_colors(data)
@@ -466,6 +704,7 @@ def build_figures(df: pd.DataFrame | None) -> list[FigureSpec]:
             ("memory", memory_figure),
             ("activations", activation_figure),
             ("throughput", throughput_figure),
+            ("tflops", tflops_figure),
             ("energy", energy_figure),
             ("state", state_figure),
             ("roofline", roofline_figure),
@@ -474,4 +713,4 @@ def build_figures(df: pd.DataFrame | None) -> list[FigureSpec]:
             fig = build(g, colors, backends)
             if fig is not None:
                 specs.append(FigureSpec(g.label, kind, fig))
-    return specs
+    return specs + batch_figures(data, colors, backends)

@@ -2,9 +2,18 @@
 
 The page is one file that opens offline: inline CSS, plotly.js embedded once inline
 (only when there is something to plot), then a header (runs, environment, status
-counts), the figures per (mode, batch, dtype, device) group, a plain HTML table of
-every cell and a "Failures" section with the full error texts. Every string taken
-from the data or the run metadata goes through ``html.escape``.
+counts), the first screen (banners for incomplete or overridden runs, and per mode a
+decision matrix over the measured lengths and batches), the answers, the figures per
+comparable group, a plain HTML table of every cell and a "Failures" section with the full
+error texts. The first screen and the answers render the objects of ``answers.py``, the same
+ones ``answers.json`` holds. Every string taken from the data or the run metadata goes
+through ``html.escape``.
+
+Each figure's JSON is gzip-compressed like plotly.js (a big run's figures repeat the same
+keys and hover text thousands of times). Figures are drawn when they come into view (an
+IntersectionObserver; those in the first screen before it is marked ready), and the rest one
+per idle period, so a report of a thousand cells answers input at once
+(``benchmarks/report_scale.py`` measures it).
 """
 
 from __future__ import annotations
@@ -13,20 +22,24 @@ import base64
 import functools
 import gzip
 import html
-import re
+import json
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from plotly.offline import get_plotlyjs
 
-from archbench.report.accuracy import TaskGroup, training_note, pareto_figure, task_groups, task_table
+from archbench.report.accuracy import TaskGroup, training_note, pareto_figure, task_groups, task_table, zoology_facets
 from archbench.report.comparison import comparison_section
+from archbench.report.quality import checkpoint_groups, quality_section
 from archbench.report.recipes import recipes_section
-from archbench.report.analysis import REFERENCE, answers, fmt_length, ratio_table, survey
+from archbench.report.analysis import REFERENCE, answers_table, ratio_table, survey
+from archbench.report.answers import answers_document
 from archbench.report.figures import (
     STATUSES,
     FigureSpec,
+    noisy_mask,
+    reference_mask,
     build_figures,
     error_excerpt,
     esc,
@@ -69,6 +82,12 @@ tr:nth-child(even) td { background: #fafafa; }
 .warning { color: #7a4a00; background: #fde7c4; padding: .3em .6em; border-radius: 3px; }
 .warn { color: #7a4a00; font-weight: 600; }
 .failure h3 { margin-bottom: .2em; } .failure .ids { margin: 0; font-size: .85em; color: #555; }
+.scroll { overflow-x: auto; max-width: 100%; }
+.mark { color: #7a4a00; font-weight: 600; }
+.banner { color: #5c1d00; background: #fde7c4; border-left: 4px solid #d55e00; padding: .4em .8em; margin: .4em 0; }
+.note { color: #333; background: #eef4fb; border-left: 4px solid #0072b2; padding: .4em .8em; margin: .4em 0; }
+#first-screen td { min-width: 9em; }
+#first-screen .n { color: #666; font-size: .85em; }
 .failure pre { background: #f7f7f7; border: 1px solid #ddd; padding: .6em; overflow-x: auto;
                white-space: pre-wrap; font-size: .85em; }
 """
@@ -259,6 +278,12 @@ def ran_text(row: pd.Series) -> str:
     return names + (" · CUDA graph" if bool(graph) else " · eager (graph capture failed)")
 
 
+def _row_flags(row: pd.Series) -> str:
+    """The row's marks; ``_table_section`` puts the vectorised masks in ``_noisy`` / ``_ref``."""
+    out = [f"{NOISY_MARK} noisy"] if row.get("_noisy") else []
+    return ", ".join(out + ([f"{REFERENCE_MARK} reference"] if row.get("_ref") else []))
+
+
 #: Results-table columns: (header, cell text getter, numeric?).
 _TABLE_COLUMNS: list[tuple[str, Callable[[pd.Series], str], bool]] = [
     ("mode", lambda r: text(r["mode"]), False),
@@ -278,6 +303,7 @@ _TABLE_COLUMNS: list[tuple[str, Callable[[pd.Series], str], bool]] = [
     ("peak MiB", lambda r: fmt_num(r["peak_mem_bytes"], ",.1f", 1 / _MIB), True),
     ("mem_method", lambda r: text(r["mem_method"]), False),
     ("ran", lambda r: ran_text(r), False),
+    ("flags", lambda r: _row_flags(r), False),
     ("run_id", lambda r: text(r["run_id"]), False),
     ("error", lambda r: error_excerpt(r["error"]), False),
 ]
@@ -300,6 +326,7 @@ def _table_section(data: pd.DataFrame) -> str:
     if data.empty:
         return head + '<p class="empty">No rows.</p></section>'
     header = "".join(f"<th>{html.escape(name)}</th>" for name, _, _ in _TABLE_COLUMNS)
+    data = data.assign(_noisy=noisy_mask(data), _ref=reference_mask(data))
     body = "".join(_table_row(row) for _, row in sort_rows(data).iterrows())
     return f"{head}<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table></section>"
 
@@ -331,11 +358,42 @@ PLOT_SCRIPT_TYPE = "application/x-archbench-plot"  # figure scripts wait for plo
 
 _LOADER = """<script type="text/javascript">
 (async () => {
-  const packed = document.getElementById("plotly-js-gzip").textContent;
-  const bytes = Uint8Array.from(atob(packed), (c) => c.charCodeAt(0));
-  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
-  (0, eval)(await new Response(stream).text());
-  for (const s of document.querySelectorAll('script[type="%s"]')) (0, eval)(s.textContent);
+  const inflate = (packed) => {
+    const bytes = Uint8Array.from(atob(packed), (c) => c.charCodeAt(0));
+    return new Response(new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"))).text();
+  };
+  (0, eval)(await inflate(document.getElementById("plotly-js-gzip").textContent));
+  // Draw each figure when it comes into view (those in the first screen before it is marked
+  // ready), the rest one by one in idle time, so the page answers input however many it holds.
+  const pending = new Set(document.querySelectorAll('script[type="%s"]'));
+  const drawing = [];
+  const draw = (s) => {
+    if (!pending.delete(s)) return null;
+    const p = inflate(s.textContent).then((t) => {
+      const f = JSON.parse(t);
+      return Plotly.newPlot(document.getElementById(s.dataset.div), f.data, f.layout, f.config);
+    });
+    drawing.push(p);
+    return p;
+  };
+  const box = (s) => s.closest(".figure") || s.parentElement;
+  const near = (el) => { const r = el.getBoundingClientRect(); return r.top < innerHeight + 400 && r.bottom > -400; };
+  await Promise.all([...pending].filter((s) => near(box(s))).map(draw));
+  const seen = new IntersectionObserver((entries) => {
+    for (const e of entries) if (e.isIntersecting) { seen.unobserve(e.target); draw(e.target._plot); }
+  }, { rootMargin: "400px" });
+  for (const s of pending) { const b = box(s); b._plot = s; seen.observe(b); }
+  const idle = window.requestIdleCallback || ((f) => setTimeout(f, 30));
+  const drain = async () => {  // one figure per idle period: input waits at most one figure's drawing
+    while (pending.size) {
+      await new Promise((resolve) => idle(resolve));
+      const next = pending.values().next().value;
+      if (next) await draw(next);
+    }
+    await Promise.all(drawing);
+    document.body.dataset.figuresDrawn = String(performance.now());
+  };
+  requestAnimationFrame(() => { document.body.dataset.firstScreen = String(performance.now()); drain(); });
 })().catch((e) => {
   document.body.insertAdjacentHTML("afterbegin",
     '<p class="warning">The figures need a browser with DecompressionStream (Chrome 80, Firefox 113, Safari 16.4 or later).</p>');
@@ -364,7 +422,10 @@ def _ratios_section(data: pd.DataFrame, reference: str = REFERENCE) -> str:
     ratio to the reference arch's best backend; the fastest in each column in bold."""
     parts = []
     for g in groups(data):
-        table = ratio_table(g.ok, reference)
+        ok = g.ok
+        marked = {(f"{text(a)}/{text(b)}", int(t)): (bool(n), bool(r)) for a, b, t, n, r in
+                  zip(ok["arch"], ok["backend"], ok["seq_len"], noisy_mask(ok), reference_mask(ok))}  # fmt: skip
+        table = ratio_table(ok, reference)
         if table.empty:
             continue
         best = {t: min((v[0] for v in table[t] if isinstance(v, tuple)), default=None) for t in table.columns}
@@ -379,7 +440,8 @@ def _ratios_section(data: pd.DataFrame, reference: str = REFERENCE) -> str:
                     continue
                 ratio = f" ({v[1]:.2f}x)" if v[1] is not None else ""
                 txt = html.escape(f"{fmt_num(v[0], '.3g', 1e3)} ms{ratio}")
-                cells.append(f'<td class="num">{"<b>" + txt + "</b>" if v[0] == best[t] else txt}</td>')
+                mark = _marks(*marked.get((text(name), int(t)), (False, False)))
+                cells.append(f'<td class="num">{"<b>" + txt + "</b>" if v[0] == best[t] else txt}{mark}</td>')
             body.append(f"<tr><td>{html.escape(text(name))}</td>{''.join(cells)}</tr>")
         parts.append(f"<h3>{html.escape(g.label)}</h3><table><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>")
     if not parts:
@@ -387,13 +449,14 @@ def _ratios_section(data: pd.DataFrame, reference: str = REFERENCE) -> str:
     return (
         f'<section id="ratios"><h2>Median latency by length, and ratio to {html.escape(reference)}</h2>'
         f"<p>Each cell: the median, and in brackets the ratio to {html.escape(reference)}'s best backend at that "
-        "length (below 1 = faster). The fastest in each column is in bold.</p>" + "".join(parts) + "</section>"
+        f"length (below 1 = faster). The fastest in each column is in bold. {html.escape(_MARKS_NOTE)}</p>"
+        + "".join(parts) + "</section>"
     )
 
 
-def _survey_section(data: pd.DataFrame) -> str:
+def _survey_section(data: pd.DataFrame, doc: Mapping[str, Any] | None = None) -> str:
     """The registry's claims (family, paper, complexity) beside this run's evidence."""
-    table = survey(data)
+    table = survey(data, answers_table(doc["answers"]) if doc is not None else None)
     if table.empty:
         return ""
     head = ("<tr><th>family</th><th>arch</th><th>paper</th><th>claimed: train / decode</th>"
@@ -414,49 +477,150 @@ def _survey_section(data: pd.DataFrame) -> str:
     )
 
 
-def _answers_section(data: pd.DataFrame, reference: str = REFERENCE) -> str:
+NOISY_MARK, REFERENCE_MARK = "†", "‡"
+_MARKS_NOTE = (f"{NOISY_MARK} rests on a noisy cell (IQR / median above 10%); {REFERENCE_MARK} measured on a "
+               "pure-PyTorch reference backend, not a fused kernel. In figures: hollow markers and dashed lines.")
+
+
+def _marks(noisy: bool, reference: bool) -> str:
+    out = (NOISY_MARK if noisy else "") + (REFERENCE_MARK if reference else "")
+    return f' <span class="mark">{out}</span>' if out else ""
+
+
+def _fmt_exponent(e: Mapping[str, Any] | None) -> str:
+    if not e or e.get("value") is None:
+        return "—"
+    ci = e.get("ci95")
+    interval = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else " (no interval: 2 points)"
+    return f"{e['value']:.2f}{interval}, n={e['n_points']}"
+
+
+def fmt_crossover(c: Mapping[str, Any]) -> str:
+    """A crossover object as text: a length, or its verdict."""
+    if c.get("value") is not None:
+        return f"{c['value']:,.0f}"
+    return text(c.get("verdict")) or "—"
+
+
+def _answers_section(doc: Mapping[str, Any], reference: str = REFERENCE) -> str:
     """Crossover lengths vs the reference arch and fitted vs expected scaling exponents."""
-    table = answers(data, reference)
-    if table.empty:
+    items = doc.get("answers") or []
+    if not items:
         return ""
     ref = html.escape(reference)
-    head = (f"<tr><th>group</th><th>arch</th><th>backend</th><th>faster than {ref} from T =</th>"
-            f"<th>leaner than {ref} from T =</th><th>scaling exponent (fitted)</th><th>expected</th>"
+    head = (f"<tr><th>group</th><th>arch</th><th>backend</th><th>faster than {ref} (T)</th>"
+            f"<th>leaner than {ref} (T)</th><th>scaling exponent [95% CI], points</th><th>expected</th>"
             "<th>saved-activation exponent</th><th>measured T</th></tr>")  # fmt: skip
     body = []
-    for _, r in table.iterrows():
-        fitted = "—" if r["fitted_exponent"] is None or r["fitted_exponent"] != r["fitted_exponent"] else f"{r['fitted_exponent']:.2f}"
-        expected = "—" if r["expected_exponent"] is None or r["expected_exponent"] != r["expected_exponent"] else f"{r['expected_exponent']:g}"
-        act = r.get("activation_exponent")
-        act = "—" if act is None or act != act else f"{act:.2f}"
-        cells = [r["group"], r["arch"], r["backend"], fmt_length(r["faster_from"]), fmt_length(r["leaner_from"]),
-                 fitted, expected, act, r["lengths"]]  # fmt: skip
-        body.append("<tr>" + "".join(f"<td>{html.escape(text(c))}</td>" for c in cells) + "</tr>")
+    for a in items:
+        f = a["flags"]
+        expected = "—" if a["expected_exponent"] is None else f"{a['expected_exponent']:g}"
+        lens = a["lengths"]
+        cells = [html.escape(a["group_label"]), html.escape(a["arch"]) + _marks(False, f["reference"]),
+                 html.escape(a["backend"]), html.escape(fmt_crossover(a["crossover"])) + _marks(f["noisy"], f["against_reference_backend"]),
+                 html.escape(fmt_crossover(a["leaner"])), html.escape(_fmt_exponent(a["exponent"])), expected,
+                 html.escape(_fmt_exponent(a["activation_exponent"])),
+                 html.escape(f"{min(lens)}..{max(lens)}" if len(lens) > 1 else f"{lens[0]} only")]  # fmt: skip
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return (
         '<section id="answers"><h2>Answers</h2>'
         "<p>Crossover: the sequence length from which each architecture is faster (leaner in peak memory) "
-        f"than {ref}'s best backend, interpolated between measured lengths. Scaling exponent: "
-        "the slope of log latency vs log length over the top half of the measured range; the "
-        "saved-activation exponent is the same fit of the bytes autograd keeps for backward "
-        "(fwd_bwd).</p>"
+        f"than {ref}'s best backend in the same group, interpolated between two or more lengths both measured; "
+        "from one common length there is only a ratio. Scaling exponent: the least-squares slope of log latency "
+        "vs log length over the top half of the measured range, with its 95% interval and the number of "
+        "points; expected is what the complexity predicts for that mode (decode is per generated token: 1 for "
+        "attention's growing KV cache, 0 for recurrent and windowed mixers). The saved-activation exponent is "
+        f"the same fit of the bytes autograd keeps for backward (fwd_bwd). {html.escape(_MARKS_NOTE)}</p>"
         f"<table><thead>{head}</thead><tbody>{''.join(body)}</tbody></table></section>"
     )
 
 
+def _pick_text(p: Mapping[str, Any] | None, value: str) -> str:
+    if not p:
+        return "—"
+    return f"<b>{html.escape(p['arch'])}</b>/{html.escape(p['backend'])} {html.escape(value)}" + _marks(p["noisy"], p["reference"])
+
+
+def _first_screen(doc: Mapping[str, Any], reference: str = REFERENCE) -> str:
+    """Banners, the configurations note, and per mode a decision matrix over (T, B)."""
+    parts = []
+    for b in doc.get("banners") or []:
+        what = []
+        if b["incomplete"]:
+            planned = b["cells_planned"] if b["cells_planned"] is not None else "?"
+            what.append(f"incomplete: {b['cells_measured']} of {planned} planned cells measured, status {b['status']}")
+        if b["overrides"]:
+            what.append("overridden with --set " + " ".join(b["overrides"]))
+        where = b["run_dir"] or b["run_id"]
+        parts.append(f'<p class="banner">&#9888; Run {html.escape(where)}: {html.escape("; ".join(what))}.</p>')
+    if doc.get("skipped_lines"):
+        parts.append(f'<p class="banner">&#9888; {html.escape(doc["skipped_lines"])}.</p>')
+    if doc.get("note"):
+        parts.append(f'<p class="note">{html.escape(doc["note"])}</p>')
+    ref = html.escape(reference)
+    for m in doc.get("decisions") or []:
+        by = {(c["batch"], c["seq_len"]): c for c in m["cells"]}
+        head = "<tr><th>batch \\ T</th>" + "".join(f"<th>T={t:,}</th>" for t in m["seq_lens"]) + "<th>fits in memory up to</th></tr>"
+        rows = []
+        frontier = {f["batch"]: f for f in m["frontier"]}
+        for b in m["batches"]:
+            tds = []
+            for t in m["seq_lens"]:
+                c = by.get((b, t))
+                if c is None:
+                    tds.append('<td class="empty">not measured</td>')
+                    continue
+                f = c["fastest"]
+                ratio = f.get("ratio_to_reference") if f else None
+                speed = f"{fmt_num(f['time_median_s'], '.3g', 1e3)} ms" if f else ""
+                if ratio:
+                    speed += f", {ratio:.2g}x vs {reference}"
+                lean = c["leanest"]
+                lean_txt = f"{fmt_num(lean['peak_mem_bytes'], '.3g', 1 / 2**30)} GiB" if lean else ""
+                tds.append(f"<td>fastest: {_pick_text(f, speed)}<br>leanest: {_pick_text(lean, lean_txt)}"
+                           f'<br><span class="n">{c["n_points"]} comparable point(s)</span></td>')
+            fr = frontier.get(b, {})
+            fit = f"T={fr['longest_fit']:,}" if fr.get("longest_fit") else "—"
+            if fr.get("reference_longest_fit"):
+                fit += f" ({ref}: T={fr['reference_longest_fit']:,})"
+            if fr.get("first_oom"):
+                fit += f"; out of memory from T={fr['first_oom']:,} ({html.escape(', '.join(fr['oom_archs']))})"
+            rows.append(f"<tr><th>B={b}</th>{''.join(tds)}<td>{fit}</td></tr>")
+        parts.append(f"<h3>{html.escape(m['group_label'])}</h3><table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>")
+    if not parts:
+        return ""
+    return (
+        '<section id="first-screen"><h2>At a glance</h2>'
+        f"<p>Per mode and configuration, at each measured length and batch: the fastest architecture/backend "
+        f"(and how many times faster than {ref}'s best backend there), the leanest in peak memory, and how many "
+        f"comparable rows the cell rests on; the last column is the OOM frontier. {html.escape(_MARKS_NOTE)}</p>"
+        + "".join(parts) + "</section>"
+    )
+
+
+_FIG_CONFIG = json.dumps({"displaylogo": False, "responsive": True})
+
+
 def _figure_div(fig, div_id: str, kind: str) -> str:
-    fig_html = fig.to_html(
-        full_html=False, include_plotlyjs=False, include_mathjax=False, div_id=div_id,
-        config={"displaylogo": False, "responsive": True},
-    )  # fmt: skip
-    fig_html = re.sub(r'<script(\s+type="text/javascript")?>', f'<script type="{PLOT_SCRIPT_TYPE}">', fig_html)
-    return f'<div class="figure figure-{kind}">{fig_html}</div>'
+    """A figure's box: an empty plot div sized to the figure, and the figure's plotly JSON
+    (``{"data", "layout", "config"}``), gzip-compressed and base64-encoded, in a script the
+    loader unpacks and draws when the box comes into view. Figures of a big run repeat the same
+    keys, template and hover text thousands of times: compressed they take a tenth of the bytes."""
+    spec = fig.to_json()  # plotly's encoder: arrays as typed base64, < > / escaped
+    payload = spec[: spec.rindex("}")] + f',"config":{_FIG_CONFIG}}}'
+    packed = base64.b64encode(gzip.compress(payload.encode(), compresslevel=9, mtime=0)).decode("ascii")
+    height = fig.layout.height or 450
+    return (f'<div class="figure figure-{kind}" style="min-height:{int(height)}px">'
+            f'<div id="{html.escape(div_id)}" class="plotly-graph-div" style="height:{int(height)}px; width:100%;"></div>'
+            f'<script type="{PLOT_SCRIPT_TYPE}" data-div="{html.escape(div_id)}">{packed}</script></div>')  # fmt: skip
 
 
 def _accuracy_section(groups_: Sequence[TaskGroup]) -> str:
-    """Per task group: the score table (best in bold) and the Pareto charts."""
+    """Per task group: the score table (best in bold) and the Pareto charts; MQAR's facets first."""
     if not groups_:
         return ""
-    parts = []
+    facets = zoology_facets(pd.concat([g.rows for g in groups_]))
+    parts = [_figure_div(facets, "task-facets", "facets")] if facets is not None else []
     for gi, g in enumerate(groups_):
         table = task_table(g)
         cols = [c for c in table.columns if c not in ("std", "n_seeds", "diverged", "out_of_time", "runs")]
@@ -504,33 +668,45 @@ def render_page(
     title: str | None = None,
     comparison: Mapping[str, Any] | None = None,
     reference: str = REFERENCE,
+    doc: Mapping[str, Any] | None = None,
 ) -> str:
     """The whole report page as one HTML string; ``comparison`` (``Comparison.to_json()`` of two
-    runs) adds the B/A section; ``reference`` is the arch crossovers and ratios are taken against."""
+    runs) adds the B/A section; ``reference`` is the arch crossovers and ratios are taken against;
+    ``doc`` is ``answers.answers_document`` of the same rows (computed here when not given)."""
     data = prepare(df)
     run_list = [r for r in (runs or []) if isinstance(r, Mapping)]
     page_title = title if title is not None else default_title(data, run_list)
+    doc = doc if doc is not None else answers_document(data, run_list, reference)
     specs = build_figures(data)
     tasks = task_groups(data)
     comparison_html = comparison_section(comparison, _figure_div)
     recipes_html = recipes_section(data)
-    extra_nav = ([("comparison", "Comparison")] if comparison_html else []) + ([("accuracy", "Accuracy")] if tasks else [])
+    checkpoints_html = quality_section(checkpoint_groups(data), _figure_div)
+    extra_nav = ([("first-screen", "At a glance")] if doc.get("decisions") or doc.get("banners") or doc.get("skipped_lines") else [])
+    extra_nav += ([("comparison", "Comparison")] if comparison_html else []) + ([("accuracy", "Accuracy")] if tasks else [])
     extra_nav += [("recipes", "Recipes")] if recipes_html else []
+    extra_nav += [("checkpoints", "Checkpoints")] if checkpoints_html else []
+    body = "".join([
+        _header(data, run_list, page_title, extra_nav),
+        _first_screen(doc, reference),
+        _answers_section(doc, reference),
+        _ratios_section(data, reference),
+        _accuracy_section(tasks),
+        checkpoints_html,
+        recipes_html,
+        _figures_section(specs),
+        comparison_html,
+        _survey_section(data, doc),
+        _table_section(data),
+        _failures_section(data),
+        _runs_section(run_list),
+    ])
+    body = body.replace("<table>", '<div class="scroll"><table>').replace("</table>", "</table></div>")
     return "".join([
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
         f"<title>{html.escape(page_title)}</title><style>{_CSS}</style>",
         "</head><body>",
-        _header(data, run_list, page_title, extra_nav),
-        comparison_html,
-        _answers_section(data, reference),
-        _ratios_section(data, reference),
-        _accuracy_section(tasks),
-        recipes_html,
-        _figures_section(specs),
-        _survey_section(data),
-        _table_section(data),
-        _failures_section(data),
-        _runs_section(run_list),
-        _plotly_script() if specs or tasks or comparison else "",
+        body,
+        _plotly_script() if f'<script type="{PLOT_SCRIPT_TYPE}"' in body else "",  # only where a figure waits for it
         "</body></html>\n",
     ])

@@ -1,5 +1,7 @@
 """A ``mode: task`` cell: train the cell's architecture on its task over the lr grid and the
 seeds, and summarise as a row (best over lr, as Zoology reports; mean and spread over seeds).
+The row also carries the protocol it was trained under and the published result it can be
+compared with (``archbench.tasks.protocol``).
 
 The model is ``models.LM`` around ``n_layers`` blocks of the arch's mixer (a hybrid brings its
 own blocks), with the task's default MLP (none for the recall tasks) unless ``train.ffn`` says
@@ -16,6 +18,7 @@ import torch
 
 from archbench.tasks.base import Task, make_task
 from archbench.tasks.metrics import better
+from archbench.tasks.protocol import comparable_to, protocol
 from archbench.tasks.train import RunResult, TrainSettings, train_run
 
 # cell fields a task may take as options (when the task has an option of that name)
@@ -74,7 +77,10 @@ def run_task_cell(
             result = train_run(lambda: build_model(task), task, settings_for(train, lr), seed, cell["device"], dtype, progress)
             runs.setdefault(lr, []).append(result)
             done += 1
-    return summarise(task, runs)
+    row = summarise(task, runs)
+    row["protocol"] = protocol(cell, row["task_config"], row)
+    row["comparable_to"] = comparable_to(row["protocol"])
+    return row
 
 
 def summarise(task: Task, runs: dict[float, list[RunResult]]) -> dict:

@@ -10,8 +10,13 @@ is then queried once, in the rest of the sequence, at an even offset ``2*g`` whe
 ``g`` are drawn without replacement with probability proportional to ``a * i**(a-1)``
 (i = 1..(L - 2kv)/2, ``power_a`` = a = 0.01 by default: queries cluster near the context, with
 a long tail). At a query the label is the key's value; every other label is ignored, and
-every non-query position holds the filler id 0. The model must store all pairs and look one
-up per query, which is exactly what a fixed-size recurrent state finds hard.
+every non-query position holds the filler. The model must store all pairs and look one up
+per query, which is exactly what a fixed-size recurrent state finds hard.
+
+``filler`` chooses what the non-query positions of the query region hold: ``zeros`` (the id 0,
+Zoology Figure 2's setting, ``random_non_queries=False``) or ``random`` (ids drawn uniformly
+from [0, V), the Based paper's setting, ``random_non_queries=True``): random filler can repeat a
+key or a value, so the model must tell a query from noise by position as well as by identity.
 
 Requires V > L, 4 * kv <= L and L even (as Zoology does).
 """
@@ -25,6 +30,7 @@ import torch
 from archbench.tasks.base import IGNORE, Task, TaskData, TaskError, generator, register, split_seed
 
 _CHUNK = 1024  # examples generated at a time (bounds the [n, V/2] random matrix)
+FILLERS = ("zeros", "random")
 
 
 @register
@@ -39,6 +45,7 @@ class MQAR(Task):
     num_kv_pairs: int = 4
     power_a: float = 0.01
     test_kv_pairs: tuple[int, ...] | None = None  # eval groups (default: num_kv_pairs only)
+    filler: str = "zeros"  # non-query positions: zeros (Zoology Fig. 2) or random ids (Based paper)
 
     def __post_init__(self) -> None:
         if self.test_kv_pairs is not None:
@@ -47,14 +54,16 @@ class MQAR(Task):
             check(self.seq_len, self.vocab_size, kv)
         if not self.power_a > 0:
             raise TaskError(f"mqar: power_a must be > 0 (got {self.power_a})")
+        if self.filler not in FILLERS:
+            raise TaskError(f"mqar: filler must be one of {', '.join(FILLERS)} (got {self.filler!r})")
 
     def sample(self, n: int, seed: int) -> TaskData:
-        return generate(n, self.seq_len, self.vocab_size, self.num_kv_pairs, seed, self.power_a)
+        return generate(n, self.seq_len, self.vocab_size, self.num_kv_pairs, seed, self.power_a, self.filler)
 
     def eval_sets(self, n: int, seed: int) -> dict[str, TaskData]:
         kvs = self.test_kv_pairs or (self.num_kv_pairs,)
         return {
-            f"kv={kv}": generate(n, self.seq_len, self.vocab_size, kv, split_seed(seed, "test", kv), self.power_a)
+            f"kv={kv}": generate(n, self.seq_len, self.vocab_size, kv, split_seed(seed, "test", kv), self.power_a, self.filler)
             for kv in kvs
         }
 
@@ -80,9 +89,13 @@ def query_probs(space: int, power_a: float) -> torch.Tensor:
     return p / p.sum()
 
 
-def generate(n: int, seq_len: int, vocab_size: int, num_kv_pairs: int, seed: int, power_a: float = 0.01) -> TaskData:
+def generate(
+    n: int, seq_len: int, vocab_size: int, num_kv_pairs: int, seed: int, power_a: float = 0.01, filler: str = "zeros"
+) -> TaskData:
     """``n`` MQAR examples, deterministic in all arguments."""
     check(seq_len, vocab_size, num_kv_pairs)
+    if filler not in FILLERS:
+        raise TaskError(f"mqar: filler must be one of {', '.join(FILLERS)} (got {filler!r})")
     g = generator(seed)
     kv, half = num_kv_pairs, vocab_size // 2
     context = 2 * kv
@@ -103,5 +116,9 @@ def generate(n: int, seq_len: int, vocab_size: int, num_kv_pairs: int, seed: int
         block.scatter_(1, pos, keys)
         lab = torch.full((m, seq_len), IGNORE, dtype=torch.long)
         lab.scatter_(1, pos, values)  # after reading the key at pos, predict its value
+        if filler == "random":  # drawn after the pairs and queries: a zeros set's layout is unchanged
+            noise = torch.randint(0, vocab_size, (m, seq_len - context), generator=g)
+            rest = block[:, context:]
+            block[:, context:] = torch.where(lab[:, context:] == IGNORE, noise, rest)
         inputs[lo : lo + m], labels[lo : lo + m] = block, lab
     return TaskData(inputs, labels)

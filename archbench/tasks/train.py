@@ -2,7 +2,10 @@
 
 AdamW (weight decay on matrices and embeddings, none on norms and biases), linear warm-up then
 cosine decay to zero, gradient-norm clipping, evaluation every ``eval_every`` steps on the
-task's held-out sets, early stop once the overall score passes ``target``. Loss and scores
+task's held-out sets, early stop once the overall score passes ``target``. With ``epochs`` set
+the run is counted in passes over the training set instead (Zoology's protocol): ``epochs`` times
+``train_examples // batch_size`` steps, the cosine schedule over all of them, an evaluation after
+every epoch. Loss and scores
 are computed only at labelled positions, so the output head runs on those rows alone (a
 large-vocabulary MQAR costs what its queries cost). Deterministic on CPU given the seed:
 the seed fixes the initialisation, the training set and the order of its batches.
@@ -38,6 +41,14 @@ class TrainSettings:
     test_examples: int = 500
     eval_batch: int = 256
     max_train_s: float | None = None  # wall-time cap per run: evaluate and stop once passed
+    epochs: int | None = None  # passes over the training set instead of ``steps`` (evaluated after each)
+
+    def schedule(self) -> tuple[int, int]:
+        """(total steps, steps between evaluations): ``steps`` and ``eval_every``, or from ``epochs``."""
+        if self.epochs is None:
+            return self.steps, self.eval_every
+        per_epoch = max(1, self.train_examples // self.batch_size)
+        return self.epochs * per_epoch, per_epoch
 
 
 @dataclass
@@ -158,19 +169,20 @@ def train_run(
     # the training set lives on the device once (no host gather and copy per step), and on a GPU
     # the loss is read back (a host sync) only every `check` steps, so launches run ahead
     train_inputs, train_labels = train.inputs.to(device), train.labels.to(device)
-    check = 1 if torch.device(device).type == "cpu" else min(settings.eval_every, 50)
+    check = 1 if torch.device(device).type == "cpu" else min(settings.schedule()[1], 50)
+    total, eval_every = settings.schedule()
     cursor, history, last = 0, [], None
     stopped_early = diverged = out_of_time = False
     loss_val = float("nan")
     step = 0
-    for step in range(1, settings.steps + 1):
+    for step in range(1, total + 1):
         if cursor + settings.batch_size > len(train):
             order, cursor = torch.randperm(len(train), generator=order_gen).to(device), 0
         idx = order[cursor : cursor + settings.batch_size]
         cursor += settings.batch_size
         inputs, labels = train_inputs[idx], train_labels[idx]
         for group in opt.param_groups:
-            group["lr"] = lr_at(step - 1, settings.steps, settings.lr, settings.warmup_frac)
+            group["lr"] = lr_at(step - 1, total, settings.lr, settings.warmup_frac)
         nats, _, target = labelled_loss(model, inputs, labels, autocast)
         loss = nats / max(1, target.numel())
         opt.zero_grad(set_to_none=True)
@@ -178,8 +190,8 @@ def train_run(
         if settings.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         opt.step()
-        at_eval = step % settings.eval_every == 0 or step == settings.steps
-        if settings.max_train_s is not None and step < settings.steps and time.perf_counter() - t0 > settings.max_train_s:
+        at_eval = step % eval_every == 0 or step == total
+        if settings.max_train_s is not None and step < total and time.perf_counter() - t0 > settings.max_train_s:
             out_of_time = at_eval = True
         if step % check == 0 or at_eval:
             loss_val = float(loss.detach())
@@ -189,11 +201,11 @@ def train_run(
             last = evaluate(model, task, sets, settings, device, autocast)
             history.append({"step": step, "loss": loss_val, "score": last["score"]})
             if on_progress:
-                on_progress({"step": step, "steps": settings.steps, "lr": settings.lr, "seed": seed, "loss": loss_val, "score": last["score"]})
+                on_progress({"step": step, "steps": total, "lr": settings.lr, "seed": seed, "loss": loss_val, "score": last["score"]})
             if diverged or out_of_time:
                 break
             if passes(task.metric, last["score"], settings.target):
-                stopped_early = step < settings.steps
+                stopped_early = step < total
                 break
     return RunResult(
         lr=settings.lr,
