@@ -20,7 +20,7 @@ transformers versions, so their state bytes are measured from the cache a prefil
 transformers picks its fused kernels (hub kernels, mamba-ssm, causal-conv1d, fla) by itself, per
 function, when it imports a model file; the row's ``kernels`` field does not see inside the
 library, so model rows also carry ``implementations``: per mixer class, the path it takes on the
-cell's device (``archbench.checkpoint.implementations``), so a slow row says why.
+cell's device (``archbench.hf_paths.implementations``), so a slow row says why.
 """
 
 from __future__ import annotations
@@ -97,8 +97,8 @@ class HFCausalLM(nn.Module):
         return int(self._state_bytes(batch, seq_len, next(self.parameters()).element_size()))
 
     def implementations(self, device: str) -> list[dict]:
-        """Per mixer class, the path transformers takes on ``device`` (``checkpoint.implementations``)."""
-        from archbench.checkpoint import implementations
+        """Per mixer class, the path transformers takes on ``device`` (``hf_paths.implementations``)."""
+        from archbench.hf_paths import implementations
 
         return implementations(self.model, device)
 
@@ -170,7 +170,7 @@ def measured_state(model: nn.Module):
     """State bytes as the library's own cache holds them after a prefill of T tokens (measured
     once per (B, T): the deployed hybrids' caches mix KV, conv and recurrent states whose
     layouts change between transformers versions)."""
-    from archbench.checkpoint import cache_bytes
+    from archbench.hf_paths import cache_bytes
 
     memo: dict = {}
 

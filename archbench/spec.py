@@ -126,11 +126,23 @@ class ArchSpec:
         reason = self.backend(backend).config_reason(config)
         if reason:
             raise Unsupported(f"{self.name} backend {backend!r} cannot take this config: {reason}")
-        from archbench.mixers.conv import short_conv_applies, with_short_conv  # the switch (MixerConfig.short_conv)
-
-        if short_conv_applies(self.family, config):
-            return with_short_conv(self.factory, config, backend)
+        for hook in _BUILD_HOOKS:
+            built = hook(self, config, backend)
+            if built is not None:
+                return built
         return self.factory(config, backend)
+
+
+# Ways of building that a higher layer adds to every entry, so that this module imports nothing above
+# it: hook(spec, config, backend) -> a module, or None where the hook does not apply (mixers/conv.py
+# registers the suite-wide short convolution of ``MixerConfig.short_conv``).
+_BUILD_HOOKS: list[Callable[..., nn.Module | None]] = []
+
+
+def add_build_hook(hook: Callable[..., nn.Module | None]) -> None:
+    """Apply ``hook`` in every ``ArchSpec.build`` (before the factory; the first hook to build wins)."""
+    if hook not in _BUILD_HOOKS:
+        _BUILD_HOOKS.append(hook)
 
 
 def marginal_flops(flops: Callable[..., float]) -> Callable[..., float]:

@@ -3,7 +3,8 @@
 import pandas as pd
 import pytest
 
-from archbench.report.analysis import answers, crossover_length, fitted_exponent
+from archbench.report.analysis import crossover_length, fitted_exponent
+from archbench.report.answers import answers
 
 
 def test_crossover_interpolates_in_log_log():
@@ -67,7 +68,7 @@ def test_ratio_table_and_html_section():
 
 def test_survey_puts_claims_beside_evidence():
     from archbench.report import render_html
-    from archbench.report.analysis import survey
+    from archbench.report.answers import survey
 
     rows = []
     for arch, fam, p, state in (("softmax_attention", "full/softmax", 2, None), ("mamba2", "ssm/ssd", 1, 4096)):

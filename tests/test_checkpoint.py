@@ -18,7 +18,7 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
-from archbench import checkpoint  # noqa: E402
+from archbench import checkpoint, hf_paths  # noqa: E402
 from archbench.bench import run_cell  # noqa: E402
 from archbench.quality import bits_per_byte  # noqa: E402
 from archbench.suite import SuiteError, parse_suite  # noqa: E402
@@ -153,10 +153,10 @@ def test_a_present_package_is_named_and_a_cpu_input_falls_back(monkeypatch):
     """The provider logic on the wrapper's facts: package where it runs, torch where it cannot."""
     impl, torch_fn = object(), object()
     facts = {"package": "mamba_ssm", "implementation": impl, "torch_function": torch_fn, "supported_devices": ("cuda",)}
-    assert checkpoint._provider(facts, "cuda", False) == "mamba_ssm"
-    assert checkpoint._provider(facts, "cpu", False) == "torch (mamba_ssm has no cpu kernels)"
-    assert checkpoint._provider({**facts, "implementation": torch_fn}, "cuda", False) == "torch (mamba_ssm not importable)"
-    assert checkpoint._provider(facts, "cpu", True) == "hub kernels"
+    assert hf_paths._provider(facts, "cuda", False) == "mamba_ssm"
+    assert hf_paths._provider(facts, "cpu", False) == "torch (mamba_ssm has no cpu kernels)"
+    assert hf_paths._provider({**facts, "implementation": torch_fn}, "cuda", False) == "torch (mamba_ssm not importable)"
+    assert hf_paths._provider(facts, "cpu", True) == "hub kernels"
 
 
 def test_eager_backend_is_recorded(models):

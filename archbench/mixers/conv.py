@@ -61,7 +61,7 @@ from archbench.ops.long_conv import (
     diag_ssm_step,
     long_conv_step,
 )
-from archbench.spec import ArchSpec, Backend, Complexity, always
+from archbench.spec import ArchSpec, Backend, Complexity, add_build_hook, always
 
 FILTER_LENGTH = 1024  # the implicit filter's length scale (positions, not a limit on T)
 SHORT_CONV_FAMILIES = ("linear", "rnn", "ssm")  # family roots the short-conv switch applies to
@@ -81,6 +81,13 @@ def with_short_conv(factory: Callable[[MixerConfig, str], nn.Module], config: Mi
     if not config.short_conv:
         return inner
     return ShortConvFront(inner, config.d_model, config.short_conv)
+
+
+def _short_conv_hook(spec: ArchSpec, config: MixerConfig, backend: str) -> nn.Module | None:
+    return with_short_conv(spec.factory, config, backend) if short_conv_applies(spec.family, config) else None
+
+
+add_build_hook(_short_conv_hook)  # ArchSpec.build applies the switch to every entry it concerns
 
 
 class ShortConvFront(Mixer):

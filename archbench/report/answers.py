@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from archbench.report.analysis import REFERENCE, crossover, expected_exponent, exponent_fit
+from archbench.report.analysis import REFERENCE, TRAINING_MODES, first_value, crossover, expected_exponent, exponent_fit
 from archbench.report.figures import noisy_mask, prepare, reference_mask, text
 from archbench.report.groups import FIELD_NAMES, comparable_groups, config_frame, distinguishing
 
@@ -297,3 +297,67 @@ def write_answers(doc: Mapping[str, Any], path: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(to_json(doc), encoding="utf-8")
     return out
+
+
+# ---- table views of the answer objects (the report's Answers and Survey sections) ----------------
+
+
+def answers(df: pd.DataFrame | None, reference: str = REFERENCE) -> pd.DataFrame:
+    """One row per (group, arch, backend): crossover vs the reference in latency and memory,
+    the fitted vs expected scaling exponent of latency, and (fwd_bwd rows that count them) the
+    fitted exponent of the activations saved for backward (2 for attention's T x T scores).
+    A table view of ``answers.answer_objects``, which the report renders."""
+    return answers_table(answer_objects(prepare(df), reference))
+
+
+def answers_table(objects: list[dict]) -> pd.DataFrame:
+    """The answer objects (``answers.answer_objects``) as one table row each."""
+    out = []
+    for a in objects:
+        c, m = a["crossover"], a["leaner"]
+        act = a["activation_exponent"]
+        out.append({
+            "group": a["group_label"], "mode": a["group"]["mode"], "arch": a["arch"], "backend": a["backend"],
+            "faster_from": c["value"] if c["value"] is not None else c["verdict"],
+            "leaner_from": m["value"] if m["value"] is not None else (m["verdict"] if m["lengths"] or m["verdict"] == "reference" else "—"),
+            "fitted_exponent": a["exponent"]["value"], "exponent_ci95": a["exponent"]["ci95"],
+            "n_points": a["exponent"]["n_points"], "expected_exponent": a["expected_exponent"],
+            "activation_exponent": act["value"] if act else None,
+            "lengths": f"{min(a['lengths'])}..{max(a['lengths'])}", "noisy": a["flags"]["noisy"],
+            "reference_backend": a["flags"]["reference"],
+        })  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def survey(df: pd.DataFrame | None, fits: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The taxonomy as measured: one row per architecture, its family, paper and claimed
+    complexity (from the rows), beside this run's evidence: the largest fitted latency
+    exponent over its fwd / fwd_bwd / prefill curves (decode is per token, a different
+    claim), and the decode state at the longest context measured."""
+    data = prepare(df)
+    if data.empty or "family" not in data:
+        return pd.DataFrame()
+    ok = data[data["status"] == "ok"]
+    fits = answers(data) if fits is None else fits  # the report passes the table it already has
+    out = []
+    for arch, rows in data.groupby("arch", sort=True):
+        first = {c: first_value(rows, c) for c in ("family", "paper", "train_complexity", "decode_complexity",
+                                                    "expected_exponent")}  # a failed first row has none of them
+        mine = fits[(fits["arch"] == arch) & fits["mode"].isin(TRAINING_MODES)] if len(fits) else fits
+        fitted = [f for f in mine.get("fitted_exponent", []) if f is not None and f == f]
+        state = ok[(ok["arch"] == arch) & (pd.to_numeric(ok.get("state_bytes"), errors="coerce") > 0)]
+        state_at = state.sort_values("seq_len").iloc[-1] if len(state) else None
+        exp = pd.to_numeric(pd.Series([first["expected_exponent"]]), errors="coerce").iloc[0]
+        out.append({
+            "family": text(first["family"]),
+            "arch": text(arch),
+            "paper": text(first["paper"]),
+            "claimed": " / ".join(x for x in (text(first["train_complexity"]), text(first["decode_complexity"])) if x),
+            "expected_exponent": None if exp != exp else float(exp),
+            "fitted_exponent": max(fitted) if fitted else None,
+            "state_bytes": None if state_at is None else float(state_at["state_bytes"]),
+            "state_at_T": "" if state_at is None else text(state_at["seq_len"]),
+        })  # fmt: skip
+    if not out:
+        return pd.DataFrame()
+    return pd.DataFrame(out).sort_values(["family", "arch"]).reset_index(drop=True)

@@ -33,8 +33,8 @@ from archbench.report.accuracy import TaskGroup, training_note, pareto_figure, t
 from archbench.report.comparison import comparison_section
 from archbench.report.quality import checkpoint_groups, quality_section
 from archbench.report.recipes import recipes_section
-from archbench.report.analysis import REFERENCE, answers_table, ratio_table, survey
-from archbench.report.answers import answers_document
+from archbench.report.analysis import REFERENCE, ratio_table
+from archbench.report.answers import answers_document, answers_table, survey
 from archbench.report.figures import (
     STATUSES,
     FigureSpec,
