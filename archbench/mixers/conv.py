@@ -355,6 +355,11 @@ def h3_decode_flops(config: MixerConfig, batch: int, context: int) -> float:
 
 BACKENDS = ("fft",)
 _FFT = Backend("fft", "pure-PyTorch FFT long convolution (torch.fft), recurrent decode", always)
+# BaseConv and Hyena: an FFT convolution over the whole input, whose decode keeps the input history
+LONG_CONV = Complexity(
+    train_time="O(T log T d + T d^2)", train_memory="O(T d)",
+    decode_time="O(T d) per token", decode_memory="O(T d) input history",
+)
 
 SPECS = (
     ArchSpec(
@@ -362,12 +367,7 @@ SPECS = (
         family="conv/gated",
         description="BaseConv: a linear gate times an implicit long convolution (Arora et al., 2023, Zoology)",
         paper="Zoology: Measuring and Improving Recall in Efficient Language Models (arXiv 2312.04927)",
-        complexity=Complexity(
-            train_time="O(T log T d + T d^2)",
-            train_memory="O(T d)",
-            decode_time="O(T d) per token",
-            decode_memory="O(T d) input history",
-        ),
+        complexity=LONG_CONV,
         backends=(_FFT,),
         factory=lambda cfg, backend: BaseConv(cfg, backend),
         flops=base_conv_flops,
@@ -379,12 +379,7 @@ SPECS = (
         family="conv/gated",
         description="Hyena (order 2): short conv, two gates around an implicit long convolution (Poli et al., 2023)",
         paper="Hyena Hierarchy: Towards Larger Convolutional Language Models (arXiv 2302.10866)",
-        complexity=Complexity(
-            train_time="O(T log T d + T d^2)",
-            train_memory="O(T d)",
-            decode_time="O(T d) per token",
-            decode_memory="O(T d) input history",
-        ),
+        complexity=LONG_CONV,
         backends=(_FFT,),
         factory=lambda cfg, backend: Hyena(cfg, backend),
         flops=hyena_flops,
