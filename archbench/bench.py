@@ -19,7 +19,7 @@ Modes:
 and time it exactly as a ``level: model`` cell; their rows add the checkpoint's facts (config
 architecture, parameters) and the implementation transformers took for each mixer.
 
-Called inside a worker process (``archbench.worker``); raises on failure and lets the
+Called inside a worker process (``archbench.run.worker``); raises on failure and lets the
 worker classify the exception into a row status.
 """
 
@@ -35,7 +35,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from archbench import registry
+from archbench import registry, schema
 from archbench import spec as spec_mod
 from archbench.hybrids import building_for
 from archbench.measure.cuda_graph import Graphed, capture
@@ -47,10 +47,9 @@ from archbench.measure.timing import time_fn
 from archbench.mixers.base import Mixer, MixerConfig
 from archbench.models import LM, Stack, make_ffn
 from archbench.ops.dispatch import recording
+from archbench.schema import MODES, QUALITY_MODES
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-MODES = ("fwd", "fwd_bwd", "prefill", "decode", "task", "bpb", "lm_eval")
-QUALITY_MODES = ("bpb", "lm_eval")  # checkpoint cells: the model's quality, not its speed
+DTYPES = {name: getattr(torch, name) for name in schema.DTYPES}  # dtype name -> torch dtype
 
 
 class Unsupported(spec_mod.Unsupported):
@@ -211,6 +210,12 @@ def mixer_config(cell: dict) -> MixerConfig:
 def run_cell(cell: dict, progress: Callable[[dict], None] | None = None) -> dict:
     """Measure one cell (a dict of ``suite.Cell`` fields); returns the measurement fields.
     ``progress`` receives task cells' training progress (step, score, ...)."""
+    if cell["mode"] == "recipe":  # a recipe has no architecture: it builds its own teacher and students
+        from archbench.recipes.cell import run_recipe_cell
+
+        if cell.get("threads"):
+            torch.set_num_threads(int(cell["threads"]))
+        return run_recipe_cell(cell, progress)
     device, dtype = cell["device"], cell["dtype"]
     spec = registry.get(cell["arch"])
     reason = spec.backend(cell["backend"]).unavailable_reason(device, dtype, backward=cell["mode"] in ("fwd_bwd", "task"))

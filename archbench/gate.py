@@ -32,6 +32,18 @@ median intervals are unbounded), no difference however large could be significan
 cell is *underpowered*, never *unchanged*: the note gives the sample size it would need (Pinpoint
 answers *unknown* and asks for more attempts in the same place). A gate fails on an
 underpowered cell unless told to allow it.
+
+**Run-to-run noise.** Two independent runs differ by more than their samples show: a cell's
+per-call samples share their run's clocks, memory placement and neighbours, so the unpaired test
+is optimistic about a difference between runs. With enough cells (``NOISE_MIN_CELLS``) the pair
+of runs measures that noise itself: most cells are unchanged, so the spread of the cells' log
+ratios about their median (1.4826 x the median absolute deviation, robust to the few cells that
+did change) is the run-to-run noise of one cell. A cell's change counts only beyond the *noise
+floor* ``exp(z * spread)`` (``z`` the two-sided normal quantile of ``alpha``). Where that floor
+is above the threshold, a change of the threshold's size cannot be told from noise by this pair
+of runs: cells beyond the threshold but inside the floor are *underpowered*, with the floor in
+their note (interleave the versions with ``archbench ab`` instead). Paired rounds need no floor:
+drift that spans a round falls on both sides of it.
 """
 
 from __future__ import annotations
@@ -78,6 +90,52 @@ class Judgement:
     n_head: int = 0
     test: str = "mann-whitney"  # or "signed-rank"
     note: str | None = None
+
+
+#: Fewest judged cells from which a pair of runs estimates its own run-to-run noise.
+NOISE_MIN_CELLS = 8
+
+
+@dataclass(frozen=True)
+class RunNoise:
+    """The run-to-run noise of a pair of runs, from its cells' ratios."""
+
+    n_cells: int
+    center: float  # the median cell ratio (a common drift of the whole run, or of the code)
+    spread: float  # robust standard deviation of the cells' log ratios about their median
+    floor: float  # a cell's ratio must exceed this (or fall below its inverse) to count
+
+    def describe(self) -> str:
+        return (f"run-to-run noise from {self.n_cells} cells: ratios scatter by {math.exp(self.spread) - 1:.1%} (robust sd) "
+                f"about their median x{self.center:.3f}; a cell counts beyond x{self.floor:.3f}")  # fmt: skip
+
+
+def run_noise(ratios: Sequence[float], alpha: float) -> RunNoise | None:
+    """The noise floor of a pair of independent runs from its cells' ratios (None with fewer
+    than ``NOISE_MIN_CELLS`` finite positive ratios)."""
+    from statistics import NormalDist
+
+    logs = np.log([r for r in ratios if r is not None and math.isfinite(r) and r > 0])
+    if len(logs) < NOISE_MIN_CELLS:
+        return None
+    center = float(np.median(logs))
+    spread = 1.4826 * float(np.median(np.abs(logs - center)))
+    z = NormalDist().inv_cdf(1.0 - alpha / 2.0)
+    return RunNoise(len(logs), math.exp(center), spread, math.exp(z * spread))
+
+
+def within_noise(j: Judgement, noise: RunNoise | None, threshold: float) -> Judgement:
+    """``j`` (an unpaired verdict) held against the pair's run-to-run noise: a change that the
+    noise floor covers is *underpowered* when the floor is above the threshold (this pair cannot
+    tell a change of the threshold's size from noise), else *insignificant*."""
+    if noise is None or j.verdict not in (REGRESSED, IMPROVED) or not math.isfinite(j.ratio) or j.ratio <= 0:
+        return j
+    if abs(math.log(j.ratio)) > math.log(noise.floor):
+        return j
+    j.verdict = UNDERPOWERED if noise.floor > threshold else INSIGNIFICANT
+    j.note = (f"x{j.ratio:.3f} is inside this pair's run-to-run noise (floor x{noise.floor:.3f}"
+              + (f", above the threshold x{threshold:g}: use archbench ab" if noise.floor > threshold else "") + ")")
+    return j
 
 
 def decide(ratio: float, threshold: float, significant: bool) -> str:

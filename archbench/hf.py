@@ -269,9 +269,11 @@ def _kimi_linear(config: MixerConfig, backend: str, n_layers: int, vocab_size: i
 
 _ATTN = (
     Backend("sdpa", "transformers with attn_implementation='sdpa'", requires_transformers),
-    Backend("eager", "transformers with attn_implementation='eager' (the score matrix materialised)", requires_transformers),
+    Backend("eager", "transformers with attn_implementation='eager' (the score matrix materialised)", requires_transformers,
+            reference=True),
 )
-_LIB = (Backend("transformers", "transformers' implementation (its fused kernels when installed)", requires_transformers),)
+_LIB = (Backend("transformers", "transformers' implementation (its fused kernels when installed)", requires_transformers,
+                reference=True),)
 
 
 def _checkpoint_factory(config: MixerConfig, backend: str, **kw) -> HFCausalLM:

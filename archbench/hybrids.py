@@ -12,8 +12,8 @@ attention heads and SSM heads in parallel, each output normalised, then averaged
 
 A hybrid's backends are ``fused`` (every component on its first fused backend that can
 run here, its reference where it has none; available when at least one component is
-fused) and ``reference`` (every component on its
-pure-PyTorch reference). This module does not import the registry: the registry passes
+fused) and ``reference`` (every component on its pure-PyTorch reference, the backend each
+flags ``reference``). This module does not import the registry: the registry passes
 its lookup function to ``specs`` (arrows point down).
 """
 
@@ -30,7 +30,7 @@ from torch import nn
 from archbench.mixers.base import Mixer, MixerConfig
 from archbench.mixers.common import HeadRMSNorm
 from archbench.models import build_stack
-from archbench.spec import ArchSpec, Backend, Complexity
+from archbench.spec import ArchSpec, Backend, Complexity, reference_backend
 
 LETTERS = {
     "A": "softmax_attention",
@@ -71,22 +71,19 @@ def component_backend(spec: ArchSpec, hybrid_backend: str, device: str | None = 
     ``fused``, its first fused backend that can run on the device (``building_for``'s, else this
     machine's), forward and, unless ``backward`` is False (default: ``building_for``'s, else
     True), backward: so a GPU node without flash-attn still gets SDPA / FlexAttention / fla, and
-    a CPU training cell gets SDPA, not FlexAttention, which has no CPU backward. Else its reference."""
+    a CPU training cell gets SDPA, not FlexAttention, which has no CPU backward: what ``auto`` picks
+    (``ArchSpec.resolve_backend``, taking config's shapes when given). Else its reference."""
     if hybrid_backend != "fused":
-        return spec.backends[-1].name
+        return spec.reference.name
     ctx_device, ctx_backward = _build_for()
-    device = device or ctx_device
     backward = ctx_backward if backward is None else backward
-    for b in spec.backends[:-1]:
-        if b.auto_choice(device, None, backward=backward, config=config):  # and takes config's shapes, when given
-            return b.name
-    return spec.backends[-1].name
+    return spec.resolve_backend("auto", device or ctx_device, None, backward=backward, config=config)
 
 
 def _fused_detector(components: list[ArchSpec]):
     def detect(device: str, dtype: str | None = None) -> str | None:
         chosen = [(spec, component_backend(spec, "fused", device)) for spec in components]
-        if all(name == spec.backends[-1].name for spec, name in chosen):
+        if all(name == spec.reference.name for spec, name in chosen):
             return "no component has a fused backend that can run here: " + ", ".join(
                 f"{spec.name} ({spec.backends[0].unavailable_reason(device, dtype) or 'reference only'})"
                 for spec, _ in chosen
@@ -103,7 +100,7 @@ def _fused_detector(components: list[ArchSpec]):
 def _backends(components: list[ArchSpec]) -> tuple[Backend, ...]:
     return (
         Backend("fused", "every component on its fastest backend that can run here", _fused_detector(components)),
-        Backend("reference", "every component on its pure-PyTorch reference", lambda device, dtype=None: None),
+        reference_backend("every component on its pure-PyTorch reference", "reference", op=None),
     )
 
 
@@ -134,19 +131,11 @@ class Hybrid:
     paper: str
 
 
-INTER_LAYER = (
-    Hybrid("hybrid_mamba2_attention", "AMMM", "swiglu",
-           "Mamba2 layers with one attention layer in four (Waleffe et al., 2024)",
-           "An Empirical Study of Mamba-based Language Models (arXiv 2406.07887)"),
-    Hybrid("hybrid_jamba", "mmAm", "moe",
-           "Jamba-like: Mamba layers, one attention layer in four, top-2 MoE FFNs (Lieber et al., 2024)",
-           "Jamba: A Hybrid Transformer-Mamba Language Model (arXiv 2403.19887)"),
-    Hybrid("hybrid_samba", "mSmS", "swiglu",
-           "Samba-like: Mamba interleaved with sliding-window attention (Ren et al., 2024)",
-           "Samba: Simple Hybrid State Space Models for Efficient Unlimited Context Language Modeling (arXiv 2406.07522)"),
-    Hybrid("hybrid_gated_deltanet", "DDDA", "swiglu",
-           "Gated DeltaNet layers with one attention layer in four (Yang et al., 2024)",
-           "Gated Delta Networks: Improving Mamba2 with Delta Rule (arXiv 2412.06464)"),
+INTER_LAYER = (  # one row a hybrid: name, layer pattern, FFN, description, paper
+    Hybrid("hybrid_mamba2_attention", "AMMM", "swiglu", "Mamba2 layers with one attention layer in four (Waleffe et al., 2024)", "An Empirical Study of Mamba-based Language Models (arXiv 2406.07887)"),
+    Hybrid("hybrid_jamba", "mmAm", "moe", "Jamba-like: Mamba layers, one attention layer in four, top-2 MoE FFNs (Lieber et al., 2024)", "Jamba: A Hybrid Transformer-Mamba Language Model (arXiv 2403.19887)"),
+    Hybrid("hybrid_samba", "mSmS", "swiglu", "Samba-like: Mamba interleaved with sliding-window attention (Ren et al., 2024)", "Samba: Simple Hybrid State Space Models for Efficient Unlimited Context Language Modeling (arXiv 2406.07522)"),
+    Hybrid("hybrid_gated_deltanet", "DDDA", "swiglu", "Gated DeltaNet layers with one attention layer in four (Yang et al., 2024)", "Gated Delta Networks: Improving Mamba2 with Delta Rule (arXiv 2412.06464)"),
 )  # fmt: skip
 
 

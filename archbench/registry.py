@@ -56,8 +56,6 @@ _REGISTRY: dict[str, ArchSpec] = {}
 def register(spec: ArchSpec, *, replace: bool = False) -> ArchSpec:
     if spec.name in _REGISTRY and not replace:
         raise RegistryError(f"architecture {spec.name!r} is already registered")
-    if not spec.backends:
-        raise RegistryError(f"architecture {spec.name!r} declares no backends")
     _REGISTRY[spec.name] = spec
     return spec
 

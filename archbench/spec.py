@@ -1,8 +1,8 @@
 """What a registry entry is: ArchSpec, its backends and their availability detectors.
 
-This module sits at the bottom of the package (it imports nothing from archbench), so
-every mixer file can declare its own ``SPECS`` next to the code they describe, and
-``archbench.registry`` collects them.
+This module sits at the bottom of the package (it imports nothing from archbench but the row
+contract, ``archbench.schema``), so every mixer file can declare its own ``SPECS`` next to the
+code they describe, and ``archbench.registry`` collects them.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-DTYPES = ("float32", "bfloat16", "float16")
+from archbench.schema import DTYPES  # noqa: F401 - re-exported: the registry and plugins read it here
 
 
 class RegistryError(ValueError):
@@ -39,6 +39,14 @@ class Backend:
     # shapes the kernel takes: None when it can run this mixer config, else why not (e.g. fla's
     # delta-rule kernels stop at head dimension 256); auto passes over a backend that refuses
     limits: Callable[[Any], str | None] | None = None
+    # the pure-PyTorch reference: exactly one per ArchSpec, what a suite's ``reference`` names and what
+    # ``auto`` falls back to
+    reference: bool = False
+    op: str | None = None  # the op-level backend this mixer backend calls (None: the op backend of its own name)
+
+    @property
+    def op_backend(self) -> str:
+        return self.name if self.op is None else self.op
 
     def config_reason(self, config: Any) -> str | None:
         return self.limits(config) if self.limits is not None and config is not None else None
@@ -88,6 +96,18 @@ class ArchSpec:
     time_exponent: float = 1.0  # asymptotic exponent of training time in T (2 = quadratic), for the report
     level: str = "mixer"  # "model": the factory builds a whole LM (ids -> logits): factory(config, backend, n_layers=, vocab_size=)
 
+    def __post_init__(self) -> None:
+        flagged = sum(b.reference for b in self.backends)
+        if flagged != 1:
+            raise RegistryError(
+                f"architecture {self.name!r} flags {flagged} backends as its reference; mark exactly one Backend(..., reference=True)"
+            )
+
+    @property
+    def reference(self) -> Backend:
+        """The pure-PyTorch reference backend (the one flagged ``reference``)."""
+        return next(b for b in self.backends if b.reference)
+
     def decode_cost(self, config, batch: int, context: int) -> float | None:
         """Analytic FLOPs of one decode step after ``context`` tokens (None when unknown)."""
         if self.decode_flops is not None:
@@ -110,17 +130,17 @@ class ArchSpec:
         self, name: str, device: str, dtype: str | None = None, backward: bool = False, config: Any = None
     ) -> str:
         """``auto`` -> the first backend that can run on (device, dtype) (and differentiate,
-        when ``backward``; and take ``config``'s shapes, when given); ``reference`` -> the
-        pure-PyTorch reference (listed last by convention); other names pass through."""
-        if name == "reference" and "reference" not in self.backend_names:
-            return self.backends[-1].name
+        when ``backward``; and take ``config``'s shapes, when given), else the reference;
+        ``reference`` -> the backend flagged ``reference``; other names pass through."""
+        if name == "reference":
+            return self.reference.name
         if name != "auto":
             self.backend(name)
             return name
         for b in self.backends:
             if b.auto_choice(device, dtype, backward, config):
                 return b.name
-        return self.backends[-1].name
+        return self.reference.name
 
     def build(self, config, backend: str) -> nn.Module:
         reason = self.backend(backend).config_reason(config)
@@ -277,3 +297,36 @@ def head_dim_at_most(limit: int, kernel: str) -> Callable[[Any], str | None]:
 def cuda_only(device: str, dtype: str | None = None) -> str | None:
     """For torch-native fused paths that only make sense on a GPU."""
     return _cuda_reason(device)
+
+
+# ---- the backends most entries share ----------------------------------------------------
+
+
+def reference_backend(description: str, name: str = "chunked", op: str | None = "torch") -> Backend:
+    """The pure-PyTorch reference: runs everywhere, on the ops' ``torch`` backend unless ``op`` says otherwise."""
+    return Backend(name, description, always, reference=True, op=op)
+
+
+def fla_and_reference(
+    kernel: str,
+    reference: str = "pure-PyTorch chunked reference",
+    *,
+    detect: Detector = requires_fla,
+    gated: bool = False,
+    limits: Callable[[Any], str | None] | None = None,
+    reference_name: str = "chunked",
+) -> tuple[Backend, Backend]:
+    """``fla`` (flash-linear-attention's ``kernel``; ``gated``: built on fla's gated chunk kernels, so no
+    backward where those are wrong, ``fla_gated_backward``), then the pure-PyTorch reference: the
+    backends of most linear-recurrent entries."""
+    fla = Backend("fla", kernel, detect, fla_gated_backward if gated else None, limits)
+    return fla, reference_backend(reference, reference_name)
+
+
+def op_backend(backends: tuple[Backend, ...], name: str, mixer: str) -> str:
+    """The op backend that ``mixer``'s backend ``name`` calls (``Backend.op_backend``); a ValueError
+    naming the choices when ``name`` is not one of ``backends``."""
+    for b in backends:
+        if b.name == name:
+            return b.op_backend
+    raise ValueError(f"unknown {mixer} backend {name!r}; choose one of {', '.join(b.name for b in backends)}")

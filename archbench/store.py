@@ -45,6 +45,8 @@ from typing import Iterable
 
 import pandas as pd
 
+from archbench.schema import STATUSES, check_row  # noqa: F401 - STATUSES re-exported for readers of the store
+
 ROWS = "rows.jsonl"
 RUN = "run.json"
 ROWS_RE = re.compile(r"^rows(?:-(\d+)of(\d+))?\.jsonl$")  # rows.jsonl, rows-<i>of<N>.jsonl
@@ -52,7 +54,6 @@ SHARD_META_RE = re.compile(r"^shard-(\d+)of(\d+)\.json$")  # one shard's state
 TORN = ".torn"  # rows.jsonl.torn: fragments of torn last lines, set aside
 LOCK = ".lock"  # rows.jsonl.lock: flock'ed by the one writer of rows.jsonl
 RUN_ID_RE = re.compile(r"^(\d{8}-\d{6})(?:-(\d+))?$")
-STATUSES = ("ok", "oom", "timeout", "error", "unsupported", "skipped")
 
 
 def now_iso() -> str:
@@ -264,7 +265,10 @@ class RunDir:
         return {k for k, r in latest.items() if done(r)}
 
     def append(self, row: dict) -> None:
-        """One row: a single ``write`` of the whole line and its newline, then ``fsync``."""
+        """One row: a single ``write`` of the whole line and its newline, then ``fsync``. A row the
+        row contract refuses (no status of ``STATUSES``; no key, unless it names its recipe or
+        model: ``archbench.schema.check_row``) raises a one-line ValueError and is not written."""
+        check_row(row)
         data = (json.dumps(row, default=_json_default, allow_nan=True) + "\n").encode("utf-8")
         try:
             fd = os.open(self.rows_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -288,6 +292,22 @@ class RunDir:
         tmp = self.meta_path.with_name(f"{self.meta_path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(meta, indent=2, default=_json_default))
         os.replace(tmp, self.meta_path)
+
+    def update_meta(self, **fields) -> dict:
+        """Set ``fields`` in this writer's state file (read, updated, replaced whole); returns it."""
+        meta = self.read_meta()
+        meta.update(fields)
+        self.write_meta(meta)
+        return meta
+
+    def shards_complete(self) -> bool:
+        """Whether the run is complete as far as this writer can tell: an unsharded run when its
+        writer ends; a sharded one when every shard's state file says ``complete``."""
+        if not self.shard:
+            return True
+        n = RunDir(self.path).read_meta().get("shards") or self.shard[1]
+        metas = shard_metas(self.path)
+        return all(metas.get((i, n), {}).get("status") == "complete" for i in range(n))
 
     def claim_run_meta(self, meta: dict) -> tuple[dict, bool]:
         """Write run.json as ``meta`` unless it exists (atomically: the first of many shards

@@ -56,7 +56,7 @@ if "gate_probe" not in registry.names():
             description=f"{WORK_UNITS} linear-attention passes per call (benchmarks/gate_power.py)",
             paper="-",
             complexity=Complexity("O(T)", "O(T)", "O(1)", "-"),
-            backends=(Backend("ref", "reference", registry.always),),
+            backends=(Backend("ref", "reference", registry.always, reference=True),),
             factory=lambda cfg, backend: GateProbe(cfg),
             has_decode=False,
         )

@@ -8,7 +8,7 @@ load average: on a shared machine every wall-clock number moves with the load):
   whole under 10 s).
 * **scheduler**: ``--cells`` (2,000) cells of ``scale_noop`` (this file, loaded as a plugin: a
   mixer that returns its input, so a cell is all harness) over ``--devices`` (4) logical devices
-  (``runner.gpu_slots`` on the CPU: one pinned worker each, as ``--gpus`` runs them). From the
+  (``archbench.run.pool.gpu_slots`` on the CPU: one pinned worker each, as ``--gpus`` runs them). From the
   runner's callbacks: the *makespan* (first dispatch to last row), the *busy time* of each
   device (dispatch to answer, summed over its cells), the *ideal* makespan (busy time / devices:
   no device ever idle), and the scheduler's *overhead per cell* ((makespan x devices - busy
@@ -49,7 +49,7 @@ class NoopMixer(Mixer):
 if "scale_noop" not in registry.names():
     registry.register(ArchSpec(name="scale_noop", family="test/scale", description="benchmarks/scale.py: returns its input",
                                paper="-", complexity=Complexity("O(T d)", "-", "-", "-"),
-                               backends=(Backend("ref", "test", registry.always),),
+                               backends=(Backend("ref", "test", registry.always, reference=True),),
                                factory=lambda cfg, backend: NoopMixer(cfg), has_decode=False))  # fmt: skip
 
 FAST = {"warmup": 0, "min_repeats": 1, "max_repeats": 1, "budget_s": 0.001, "energy": False, "roofline": False}
@@ -68,7 +68,7 @@ def _raw(n_lens: int, batches: list[int], d_models: list[int], modes: list[str])
 def bench_plan(n_cells: int, shards: int = 8) -> dict:
     """Validate, expand, shard and order a sweep of ``n_cells`` cells (n/100 lengths x 10 batches
     x 5 widths x 2 modes)."""
-    from archbench import plan
+    from archbench.run import plan
     from archbench.suite import parse_suite
 
     raw = _raw(n_cells // 100, list(range(1, 11)), [8, 16, 32, 64, 128], ["fwd", "fwd_bwd"])
@@ -93,7 +93,8 @@ def bench_scheduler(n_cells: int, devices: int) -> dict:
     """The 2,000-cell sweep over ``devices`` logical devices (see the module docstring)."""
     import tempfile
 
-    from archbench.runner import Runner, gpu_slots
+    from archbench.run.pool import gpu_slots
+    from archbench.run.runner import Runner
     from archbench.store import RunDir
     from archbench.suite import parse_suite
 

@@ -193,7 +193,7 @@ def runs_table(rows: list[dict], meta: dict) -> list[str]:
 
 def recipe_markdown(run_dir: Path) -> list[str]:
     """The report's recipe tables (``archbench.report.recipes.curated_table``) in Markdown."""
-    from archbench.report.figures import prepare
+    from archbench.report.rows import prepare
     from archbench.report.recipes import curated_table, recipe_tables
     from archbench.store import load
 
@@ -206,7 +206,7 @@ def recipe_markdown(run_dir: Path) -> list[str]:
 
 
 def _cell(row: dict, field: str, how: str) -> str:
-    from archbench.report.figures import fmt_num, is_missing
+    from archbench.report.values import fmt_num, is_missing
 
     v = row.get(field)
     if how == "list":
@@ -230,7 +230,7 @@ def _cell(row: dict, field: str, how: str) -> str:
 def cells_table(rows: list[dict]) -> list[str]:
     """Every measured cell (the last row of each key in each run) with the columns the grouped
     tables leave out, formatted with the report's ``fmt_num``."""
-    from archbench.report.figures import mode_rank
+    from archbench.report.rows import mode_rank
 
     last: dict[tuple, dict] = {}
     for r in rows:

@@ -39,7 +39,7 @@ def lifeline_child(lifeline, parent_pid) -> None:  # pragma: no cover - runs in 
     the lifeline's write end closes."""
     import sys
 
-    from archbench import worker
+    from archbench.run import worker
 
     sys.platform = "watchdog-only"  # skip PR_SET_PDEATHSIG
     worker.die_with_parent(parent_pid, lifeline)
@@ -56,7 +56,7 @@ for _how in ("sleep", "segv", "raise"):
                 description=f"fault-injection test mixer: {_how}",
                 paper="-",
                 complexity=_C,
-                backends=(Backend("ref", "test", registry.always),),
+                backends=(Backend("ref", "test", registry.always, reference=True),),
                 factory=lambda cfg, backend, how=_how: FaultMixer(cfg, how),
                 has_decode=False,
             )

@@ -47,7 +47,7 @@ for _how in ("raise", "abort", "hang", "oom", "oom_long", "slow"):
                 description=f"test mixer that does: {_how}",
                 paper="-",
                 complexity=_C,
-                backends=(Backend("ref", "test", registry.always),),
+                backends=(Backend("ref", "test", registry.always, reference=True),),
                 factory=lambda cfg, backend, how=_how: Faulty(cfg, how),
                 has_decode=False,
             )

@@ -57,7 +57,7 @@ for _how in ("sleep", "crash_once"):
                 description=f"scale-out test mixer: {_how}",
                 paper="-",
                 complexity=_C,
-                backends=(Backend("ref", "test", registry.always),),
+                backends=(Backend("ref", "test", registry.always, reference=True),),
                 factory=lambda cfg, backend, how=_how: ProbeMixer(cfg, how),
                 has_decode=False,
             )

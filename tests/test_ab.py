@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from archbench.ab import ABError, materialize, pool_rows
+from archbench.run.ab import ABError, materialize, pool_rows
 from archbench.cli import main
 from archbench.store import load
 
@@ -75,8 +75,35 @@ def test_materialize_sides(tmp_path):
         materialize("no-such-rev-xyz", "head", tmp_path)
     if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True).returncode == 0:
         side = materialize("HEAD", "head", tmp_path)
-        assert side.spec.startswith("HEAD@") and (Path(side.code_path) / "archbench" / "ab.py").exists() is not None
+        assert side.spec.startswith("HEAD@")
         assert (Path(side.code_path) / "archbench" / "__init__.py").is_file()
+
+
+def test_a_side_with_the_older_layout_runs_its_own_worker(tmp_path):
+    """A revision from before archbench/run/ keeps its worker at archbench/worker.py: a worker
+    running that copy starts from there, and the cell is measured by that copy."""
+    from archbench.run.pool import worker_module
+    from archbench.run.runner import Runner
+    from archbench.store import RunDir
+    from archbench.suite import parse_suite
+
+    old = _copy_code(tmp_path / "old") / "archbench"
+    worker = (old / "run" / "worker.py").read_text()
+    mark = 'result["code_path"] = code_path'
+    assert mark in worker
+    (old / "worker.py").write_text(worker.replace(mark, mark + '; result["old_layout_worker"] = True'))
+    shutil.rmtree(old / "run")
+    shutil.rmtree(old / "cli")
+    assert worker_module(str(old.parent)) == "archbench.worker"
+    assert worker_module(str(ROOT)) == worker_module(None) == "archbench.run.worker"
+    cell = parse_suite(__import__("yaml").safe_load(SUITE)).cells()[0]
+    runner = Runner([], RunDir(tmp_path / "ab").create(), env={}, code_path=str(old.parent))
+    try:
+        row = runner.run_one(cell)
+    finally:
+        runner.close()
+    assert row["status"] == "ok", row["error"]
+    assert row["code_path"] == str(old.parent) and row.get("old_layout_worker"), "the older copy's worker measured it"
 
 
 @pytest.mark.slow

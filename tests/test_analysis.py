@@ -56,7 +56,7 @@ def test_ratio_table_and_html_section():
         rows.append(dict(arch="linear_attention", backend="chunked", seq_len=T, time_median_s=2e-3 * T / 1024))
     df = pd.DataFrame(rows).assign(status="ok", mode="fwd", batch=1, dtype="float32", device="cpu", family="f",
                                    key=lambda d: d.index.astype(str))
-    from archbench.report.figures import prepare
+    from archbench.report.rows import prepare
 
     t = ratio_table(prepare(df))
     assert t.loc["linear_attention/chunked", 1024] == pytest.approx((2e-3, 2.0))

@@ -15,7 +15,8 @@ from archbench.report import render_html, render_markdown, write_html
 from archbench.report.analysis import crossover, decode_exponent, exponent_fit
 from archbench.report.answers import answers_document
 from archbench.report.groups import comparable_groups, latest_rows
-from archbench.report.figures import build_figures, prepare
+from archbench.report.figures import build_figures
+from archbench.report.rows import prepare
 from archbench.report.palette import arch_color
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,7 +19,7 @@ FAST = Backend(
     lambda device, dtype=None: None,
     limits=head_dim_at_most(32, "the fast kernel"),
 )
-REF = Backend("ref", "reference", lambda device, dtype=None: None)
+REF = Backend("ref", "reference", lambda device, dtype=None: None, reference=True)
 LIMITED = ArchSpec(
     "limited_fake", "test/fake", "", "", Complexity("", "", "", ""), (FAST, REF), factory=lambda c, b: (c, b)
 )

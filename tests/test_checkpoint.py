@@ -22,7 +22,7 @@ from archbench import checkpoint, hf_paths  # noqa: E402
 from archbench.bench import run_cell  # noqa: E402
 from archbench.quality import bits_per_byte  # noqa: E402
 from archbench.suite import SuiteError, parse_suite  # noqa: E402
-from archbench.worker import classify  # noqa: E402
+from archbench.run.worker import classify  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ROOT / "tests" / "lm_eval_tasks"
@@ -312,7 +312,7 @@ def test_real_teachers_load_with_gqa_tied_embeddings_and_their_tokenizer(models,
 
 
 def test_teacher_errors_are_recipe_errors(models):
-    from archbench.recipes.runner import RecipeError
+    from archbench.recipes import RecipeError
     from archbench.recipes.teacher import load_teacher
 
     for source, needle in ((models["no_config"], "config.json"), ("nobody-here/no-such-model", "pass the local path")):

@@ -80,9 +80,9 @@ def test_allow_changed_goes_with_resume(tmp_path):
 
 
 def test_run_exit_codes_are_documented():
-    import archbench.cli as cli
+    from archbench.cli import exits
 
     r = CliRunner().invoke(main, ["run", "--help"])
     for code in ("129", "130", "143"):
-        assert code in cli.__doc__ and code in r.output and code in (ROOT / "docs/reliability.md").read_text()
-    assert (cli.EXIT_SIGHUP, cli.EXIT_INTERRUPTED, cli.EXIT_SIGTERM) == (129, 130, 143)
+        assert code in exits.__doc__ and code in r.output and code in (ROOT / "docs/reliability.md").read_text()
+    assert (exits.EXIT_SIGHUP, exits.EXIT_INTERRUPTED, exits.EXIT_SIGTERM) == (129, 130, 143)

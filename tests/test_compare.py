@@ -10,7 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from archbench.cli import main
-from archbench.compare import IDENTITY_FIELDS, CompareError, compare, format_markdown, save_baseline
+from archbench.compare import compare
+from archbench.compare_format import format_markdown
+from archbench.compare_sides import IDENTITY_FIELDS, CompareError, save_baseline
 from archbench.measure.stats import average_ranks, bootstrap_ratio_ci, mann_whitney_p, median_ci
 from archbench.store import RunDir
 
@@ -431,12 +433,13 @@ def test_signed_rank_is_exact_and_its_floor_sets_the_rounds_needed():
 
 
 def test_gate_decision_and_exit_codes_are_shared():
-    from archbench import cli, gate
+    from archbench import gate
+    from archbench.cli import exits
 
     assert gate.decide(1.2, 1.1, True) == "regressed" and gate.decide(1.2, 1.1, False) == "insignificant"
     assert gate.decide(0.8, 1.1, True) == "improved" and gate.decide(1.05, 1.1, True) == "unchanged"
-    assert gate.gate_exit_code(["unchanged", "underpowered"]) == 3 == cli.EXIT_UNDERPOWERED
-    assert gate.gate_exit_code(["underpowered", "regressed"]) == 1 == cli.EXIT_REGRESSED
+    assert gate.gate_exit_code(["unchanged", "underpowered"]) == 3 == exits.EXIT_UNDERPOWERED
+    assert gate.gate_exit_code(["underpowered", "regressed"]) == 1 == exits.EXIT_REGRESSED
     assert gate.gate_exit_code(["underpowered"], allow_underpowered=True) == 0
     j = gate.judge_paired([1.0] * 9, [1.3] * 9, 1.1, 0.002)
     assert j.verdict == "underpowered" and "needs >= 10 rounds" in j.note
@@ -446,3 +449,47 @@ def test_gate_decision_and_exit_codes_are_shared():
         gate.judge_paired([1.0], [1.0, 2.0], 1.1, 0.002)
     with pytest.raises(ValueError, match="threshold must be a ratio above 1"):
         gate.judge_unpaired([1.0], [1.0], 1.0, 0.002)
+
+
+# ---- run-to-run noise -------------------------------------------------------------------
+
+
+def test_run_noise_measures_the_spread_of_cell_ratios_and_ignores_a_few_changed_cells():
+    from archbench import gate
+
+    rng = np.random.default_rng(3)
+    ratios = list(np.exp(rng.normal(0.0, 0.05, 40)))
+    noise = gate.run_noise(ratios + [3.0, 4.0], alpha=0.002)  # two real changes do not widen it
+    assert abs(noise.spread - 0.05) < 0.015 and noise.n_cells == 42
+    assert noise.floor == pytest.approx(math.exp(3.0902 * noise.spread), rel=1e-3)
+    assert gate.run_noise(ratios[:7], alpha=0.002) is None, "fewer than 8 cells: not measured"
+
+
+def _drifting_runs(tmp_path, cell_sd, slow=None, seed=30, n_cells=12, n=20):
+    """Two runs of ``n_cells`` cells whose medians move between runs by N(0, cell_sd) in log
+    (run-to-run noise the per-call samples do not show) with tight samples (0.5%)."""
+    rng = np.random.default_rng(seed)
+    runs = []
+    for side in ("a", "b"):
+        rows = []
+        for i in range(n_cells):
+            m = 1e-3 * (1 + i) * math.exp(rng.normal(0.0, cell_sd)) * (1.3 if side == "b" and i == slow else 1.0)
+            rows.append(_row(f"arch{i}", 1024, rng.normal(m, 0.005 * m, n), key=f"{i:016x}"))
+        runs.append(_write_run(tmp_path / side, rows))
+    return runs
+
+
+def test_two_runs_inside_their_own_noise_are_underpowered_not_failed(tmp_path):
+    a, b = _drifting_runs(tmp_path, cell_sd=0.15)
+    c = compare(a, b)
+    assert not c.regressions and c.exit_code == 3, c.summary
+    assert any("run-to-run noise from 12 cells" in n for n in c.notes)
+    assert all("use archbench ab" in x.note for x in c.of("underpowered"))
+
+
+def test_quiet_runs_pass_identical_code_and_catch_one_cell_at_1_3x(tmp_path):
+    a, b = _drifting_runs(tmp_path / "same", cell_sd=0.01)
+    assert compare(a, b).exit_code == 0
+    a, b = _drifting_runs(tmp_path / "slow", cell_sd=0.01, slow=5)
+    c = compare(a, b)
+    assert c.exit_code == 1 and [x.identity["arch"] for x in c.regressions] == ["arch5"]

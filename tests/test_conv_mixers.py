@@ -100,7 +100,7 @@ def test_gated_convolutions_decode_like_their_forward_in_fp32(cls):
 
 def test_state_bytes_grow_only_for_the_long_convolutions():
     for name, grows in (("base_conv", True), ("hyena", True), ("h3", False), ("based", False)):
-        m = registry.get(name).build(CFG, registry.get(name).backends[-1].name)
+        m = registry.get(name).build(CFG, registry.get(name).reference.name)
         assert (m.state_bytes(1, 2048) > m.state_bytes(1, 1024)) == grows, name
 
 
@@ -115,7 +115,7 @@ def test_new_catalogue_entries_have_references():
 
 def _build(name: str, **changes):
     spec = registry.get(name)
-    return spec.build(dataclasses.replace(CFG, **changes), spec.backends[-1].name)
+    return spec.build(dataclasses.replace(CFG, **changes), spec.reference.name)
 
 
 @pytest.mark.parametrize("name", ["linear_attention", "gla", "deltanet", "mamba2", "based"])

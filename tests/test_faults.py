@@ -266,17 +266,18 @@ def test_lifeline_alone_ends_a_worker_whose_runner_is_gone():
     assert child.exitcode == 1
 
 
-def test_noise_is_said_out_loud(monkeypatch, capsys):
-    from archbench import cli
+def test_noise_is_said_out_loud(monkeypatch):
     from archbench.measure import env as env_mod
+    from archbench.run.session import noise_report
 
     rows = [{"status": "ok", "time_median_s": 1.0, "time_rel_iqr": 0.3 if i < 24 else 0.01} for i in range(30)]
     rows.append({"status": "error", "time_median_s": None})
     monkeypatch.setattr(env_mod, "load_average", lambda: (7.5, 2))
-    warning = cli._noise_report(rows, "cpu")
-    err = capsys.readouterr().err
-    assert "24 of 30 timed cell(s) noisy" in err and "the machine looks busy (load average 7.5 on 2 CPU(s))" in err
-    assert warning and "--rounds" in warning
-    assert cli._noise_report(rows[24:], "cpu") is None and "0 of 6" in capsys.readouterr().err
+    said: list[str] = []
+    warning = noise_report(rows, "cpu", said.append)
+    assert "24 of 30 timed cell(s) noisy" in said[0] and "the machine looks busy (load average 7.5 on 2 CPU(s))" in said[1]
+    assert said[1].startswith("warning: ") and warning and "--rounds" in warning
+    said.clear()
+    assert noise_report(rows[24:], "cpu", said.append) is None and len(said) == 1 and "0 of 6" in said[0]
     assert env_mod.busy_signs("cuda:0", load=(0.5, 8), gpu={"gpu_other_processes": [42]}) == "other processes on the GPU: pids 42"
     assert env_mod.busy_signs("cpu", load=(0.5, 8)) is None

@@ -91,7 +91,7 @@ def test_fla_mixers_decode_through_fla_steps(arch, monkeypatch):
     spec = registry.get(arch)
     cfg = MixerConfig(d_model=32, n_heads=2, chunk_size=8, d_state=8)
     torch.manual_seed(0)
-    ref = spec.build(cfg, spec.backends[-1].name).eval()
+    ref = spec.build(cfg, spec.reference.name).eval()
     fused = spec.build(cfg, "fla").eval()
     fused.load_state_dict(ref.state_dict())
     xs = torch.randn(2, 5, 32)

@@ -20,7 +20,7 @@ def _spec(name: str, *backends: Backend) -> ArchSpec:
     return ArchSpec(name, "test/fake", "", "", Complexity("", "", "", ""), backends, factory=lambda c, b: None)
 
 
-REF = Backend("ref", "reference", lambda device, dtype=None: None)
+REF = Backend("ref", "reference", lambda device, dtype=None: None, reference=True)
 ATTN = _spec("attn", Backend("flash", "", _needs("nowhere")), Backend("sdpa", "", _needs("cuda")), REF)
 HALF = _spec("half", Backend("halfkernel", "", _needs("cuda", ("bfloat16",))), REF)
 LIN = _spec("lin", REF)

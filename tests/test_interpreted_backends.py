@@ -11,7 +11,7 @@ from archbench.spec import ArchSpec, Backend, Complexity, Unsupported, requires_
 # `json` stands in for a Triton-only kernel package: importable everywhere
 TRITON_ONLY = requires_cuda_module("json", "pip install it", interpretable=True)
 CUDA_C = requires_cuda_module("json", "pip install it")
-REF = Backend("ref", "reference", lambda device, dtype=None: None)
+REF = Backend("ref", "reference", lambda device, dtype=None: None, reference=True)
 FAKE = ArchSpec(
     "interp_fake", "test/interpreted", "", "", Complexity("", "", "", ""),
     (Backend("tritonkernel", "", TRITON_ONLY), Backend("cudakernel", "", CUDA_C), REF),

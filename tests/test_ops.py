@@ -225,3 +225,29 @@ def test_fla_linear_attention_matches_reference(dtype, V):
     grads_ref = torch.autograd.grad((o_ref * w).sum(), ref_leaves)
     for name, g, g_ref in zip("qkv", grads, grads_ref):
         assert _rel_err(g.float(), g_ref) < 2 * tol, name
+
+
+class _CudaLike:
+    """What ``resolve_backend`` reads of a tensor, for a CUDA bf16 tensor on a machine without one."""
+
+    is_cuda, dtype = True, torch.bfloat16
+
+
+def test_auto_is_resolved_in_one_place(monkeypatch):
+    """``ops.prologue.resolve_backend``: explicit names pass (checked against the op's choices); ``auto``
+    takes the first fused package that imports and takes the inputs, on CUDA tensors only, else the fallback."""
+    from archbench.ops import prologue
+    from archbench.ops.prologue import resolve_backend
+
+    cpu = torch.zeros(1)
+    assert resolve_backend("op", "auto", cpu) == "torch" and resolve_backend("op", "fla", cpu) == "fla"
+    with pytest.raises(ValueError, match="unknown op backend 'nope'; choose one of torch, fla, auto"):
+        resolve_backend("op", "nope", cpu)
+    monkeypatch.setattr(prologue.importlib.util, "find_spec", lambda name: object() if name in ("mamba_ssm", "fla") else None)
+    ssd = dict(choices=("torch", "mamba_ssm", "fla", "auto"), fused=("mamba_ssm", "fla"))
+    assert resolve_backend("ssd", "auto", _CudaLike(), **ssd) == "mamba_ssm"
+    assert resolve_backend("ssd", "auto", _CudaLike(), **ssd, takes=lambda p: p == "fla") == "fla"
+    assert resolve_backend("ssd", "auto", _CudaLike(), **ssd, takes=False) == "torch"
+    assert resolve_backend("ssd", "auto", cpu, **ssd) == "torch"
+    attention = dict(choices=("torch", "sdpa", "flash_attn", "auto"), fused="flash_attn", half_only=True, fallback="sdpa")
+    assert resolve_backend("attention", "auto", _CudaLike(), **attention) == "sdpa"  # flash_attn does not import here

@@ -109,3 +109,38 @@ def test_ops_auto_avoids_the_refused_fla_backward_only_when_gradients_flow(monke
         assert not spec.fla_gated_grad_refused(x, w), "no autograd, no backward"
     monkeypatch.setattr(spec, "fla_gated_backward", lambda device, dtype=None: None)
     assert not spec.fla_gated_grad_refused(x, w)
+
+
+def _fake(name, *backends):
+    from archbench.spec import ArchSpec, Complexity
+
+    return ArchSpec(name, "test/fake", "", "", Complexity("", "", "", ""), backends, factory=lambda c, b: (c, b))
+
+
+def test_the_reference_is_the_flagged_backend_and_there_is_exactly_one():
+    from archbench.spec import Backend, always
+
+    fast, ref = Backend("fast", "", always), Backend("ref", "", always, reference=True, op="torch")
+    spec = _fake("flagged_fake", ref, fast)  # not listed last: found by its flag
+    assert spec.reference is ref and spec.resolve_backend("reference", "cpu") == "ref"
+    assert spec.resolve_backend("auto", "cpu") == "ref" and ref.op_backend == "torch" and fast.op_backend == "fast"
+    with pytest.raises(registry.RegistryError, match="'unflagged' flags 0 backends as its reference; mark exactly one"):
+        _fake("unflagged", fast)
+    with pytest.raises(registry.RegistryError, match="flags 2 backends"):
+        _fake("twice", ref, Backend("ref2", "", always, reference=True))
+
+
+def test_catalogue_names_stay_and_each_calls_an_op_backend():
+    """Rows and suites keep the names chunked / naive / fft / reference; each entry flags one of them,
+    and a mixer built on a backend passes that backend's op name to its ops."""
+    from archbench.mixers import MixerConfig
+
+    assert all(sum(b.reference for b in s.backends) == 1 for s in registry.all_specs())
+    refs = {registry.get(a).reference.name for a in ("gla", "mamba2", "softmax_attention", "hyena", "hybrid_samba")}
+    assert refs == {"chunked", "naive", "fft", "reference"}
+    assert [b.op_backend for b in registry.get("gla").backends] == ["fla", "torch"]
+    assert [b.op_backend for b in registry.get("sliding_window_attention").backends] == ["flash_attn", "flex", "sdpa", "torch"]
+    m = registry.get("gla").build(MixerConfig(d_model=32, n_heads=2), "chunked")
+    assert (m.backend, m.op_backend) == ("chunked", "torch")
+    with pytest.raises(ValueError, match="unknown GLA backend 'torch'; choose one of fla, chunked"):
+        type(m)(m.config, "torch")  # an op backend name is not a mixer backend

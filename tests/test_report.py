@@ -14,7 +14,8 @@ import pytest
 from plotly.offline import get_plotlyjs
 
 from archbench.report import render_html, write_html
-from archbench.report.figures import build_figures, error_excerpt
+from archbench.report.figures import build_figures
+from archbench.report.values import error_excerpt
 
 XSS = "<script>alert(1)</script>"
 XSS_ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"

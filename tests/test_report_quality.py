@@ -14,7 +14,8 @@ import pytest
 from archbench import store
 from archbench.measure.env import collect_env, device_memory_bytes
 from archbench.report import render_html, render_markdown
-from archbench.report.figures import build_figures, model_labels, prepare
+from archbench.report.figures import build_figures
+from archbench.report.rows import model_labels, prepare
 from archbench.report.quality import checkpoint_groups, figures, table
 from archbench.report.recipes import curated_table, recipe_tables, recipes_section
 

@@ -8,8 +8,8 @@ import subprocess
 import sys
 import textwrap
 
-from archbench.pooling import pool_rows
-from archbench.runner import Runner
+from archbench.run.pooling import pool_rows
+from archbench.run.runner import Runner
 from archbench.store import RunDir, load
 from archbench.suite import parse_suite
 

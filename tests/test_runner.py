@@ -10,7 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from archbench.runner import Runner
+from archbench.run.runner import Runner
 from archbench.store import RunDir, load, read_rows
 from archbench.suite import parse_suite
 
@@ -175,7 +175,8 @@ def test_stop_after_oom_skips_longer_lengths_of_the_same_curve(tmp_path):
 
 
 def test_pooled_runs_start_the_longest_training_first():
-    from archbench.runner import schedule, task_cost
+    from archbench.run.plan import task_cost
+    from archbench.run.runner import schedule
 
     raw = {
         "name": "order",
@@ -232,6 +233,17 @@ def test_task_cells_run_in_parallel_and_timing_cells_alone(tmp_path):
     assert most[0] == 2 and alone == [True, True]  # two task cells at once; the two decode cells alone
 
 
+def test_a_cell_is_sent_with_its_artifacts_dir_in_the_run_directory(tmp_path):
+    cell = _suite(["softmax_attention"]).cells()[0]
+    run_dir = RunDir(tmp_path / "run").create()
+    sent = Runner([cell], run_dir, env={}).payload(cell, threads=2)
+    assert sent["artifacts_dir"] == str(tmp_path / "run" / "artifacts" / cell.key)
+    assert sent["key"] == cell.key and sent["threads"] == 2 and sent["arch"] == "softmax_attention"
+    assert not (tmp_path / "run" / "artifacts").exists()  # made by whoever writes there
+    alone = Runner([cell], None, env={}).payload(cell)  # no run directory: nowhere to put artifacts
+    assert "artifacts_dir" not in alone and alone["key"] == cell.key and alone["threads"] == cell.threads
+
+
 def test_jobs_must_be_positive(tmp_path):
     import pytest
 
@@ -240,13 +252,13 @@ def test_jobs_must_be_positive(tmp_path):
 
 
 def test_crash_summary_keeps_the_crashing_frames_not_the_module_list():
-    from archbench.worker import crash_summary
+    from archbench.run.worker import crash_summary
 
     log = (
         "cell abc: x/ref fwd\n"
         "Fatal Python error: Segmentation fault\n\n"
         "Thread 0x00007f0000000001 (most recent call first):\n"
-        '  File "/w/archbench/worker.py", line 80 in _watch_lifeline\n\n'
+        '  File "/w/archbench/run/worker.py", line 80 in _watch_lifeline\n\n'
         "Current thread 0x00007f0000000002 (most recent call first):\n"
         '  File "/p/plugin.py", line 30 in forward\n'
         '  File "/t/module.py", line 1511 in _call_impl\n'

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from archbench import plan
+from archbench.run import plan
 from archbench.cli import main
-from archbench.runner import Runner, cpu_slots, gpu_slots
+from archbench.run.pool import cpu_slots, gpu_slots
+from archbench.run.runner import Runner
 from archbench.store import RunDir, load, read_rows
 from archbench.suite import load_suite, parse_suite
 

@@ -413,8 +413,8 @@ def test_nsa_mixer_state_bytes_and_fla_guard():
     cfg = MixerConfig(d_model=64, n_heads=4, n_kv_heads=2, block_size=8)
     m = NSA(cfg, "chunked")
     assert m.state_bytes(1, 80) == 2 * 80 * 2 * 16 * 4 + 2 * 10 * 2 * 16 * 4
+    from archbench.run.worker import classify
     from archbench.spec import Unsupported
-    from archbench.worker import classify
 
     with pytest.raises(Unsupported, match="power of 2 >= 16") as e:
         NSA(cfg, "fla")

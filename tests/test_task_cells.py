@@ -7,7 +7,7 @@ import textwrap
 from click.testing import CliRunner
 
 from archbench.cli import main
-from archbench.runner import Runner
+from archbench.run.runner import Runner
 from archbench.store import RunDir, load
 from archbench.suite import load_suite
 

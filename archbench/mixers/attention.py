@@ -20,13 +20,44 @@ from typing import Any
 import torch
 from torch import nn
 
-from archbench.mixers.base import Mixer, MixerConfig, check_backend
+from archbench.mixers.base import MixerConfig, ParallelMixer
 from archbench.mixers.common import cache_append, empty_cache, prefilled_cache, rotary
 from archbench.ops.softmax_attention import softmax_attention
-from archbench.spec import ArchSpec, Backend, Complexity, always, marginal_flops, requires_flash_attn
+from archbench.spec import ArchSpec, Backend, Complexity, always, marginal_flops, reference_backend, requires_flash_attn
 
-# registry backend name -> op backend name
-OP_BACKEND = {"naive": "torch", "sdpa": "sdpa", "flash_attn": "flash_attn"}
+
+def naive_reference(description: str) -> Backend:
+    """The pure-PyTorch reference of an attention entry, named ``naive`` (it calls the ops' ``torch``)."""
+    return reference_backend(description, "naive")
+
+
+def decode_backend(op: str, keep: tuple[str, ...] = ("torch",)) -> str:
+    """The op backend a decode step attends with: ``op`` when it is one of ``keep``, else SDPA (compiling
+    a FlexAttention kernel per cache length, or fla's kernels that take as many queries as keys, would
+    cost more than they save)."""
+    return op if op in keep else "sdpa"
+
+
+def attention_spec(*, flops, time_exponent: float = 2.0, **fields: Any) -> ArchSpec:
+    """The catalogue entry of an attention mixer (``ArchSpec`` of ``fields``): training time quadratic in T
+    unless said otherwise, and a decode step that costs what the next token costs in the parallel form
+    (``marginal_flops``)."""
+    return ArchSpec(flops=flops, decode_flops=marginal_flops(flops), time_exponent=time_exponent, **fields)
+
+
+def gated_projections(config: MixerConfig, kv_groups: int, gate: int) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
+    """The layers of an attention variant with a per-token gate, made in this order: the fused projection
+    to n_heads query heads and ``kv_groups`` groups of kv_heads heads (keys, values, ...), a biased
+    projection to ``gate`` gate logits, and the output projection."""
+    h, hd, d = config.n_heads, config.hd, config.d_model
+    fused = nn.Linear(d, (h + kv_groups * config.kv_heads) * hd, bias=False)
+    return fused, nn.Linear(d, gate, bias=True), nn.Linear(h * hd, d, bias=False)
+
+
+def split_heads(y: torch.Tensor, heads: tuple[int, ...], hd: int) -> tuple[torch.Tensor, ...]:
+    """A fused projection y [..., sum(heads) * hd] cut into one [..., n, hd] tensor per entry n of ``heads``."""
+    parts = y.split([n * hd for n in heads], dim=-1)
+    return tuple(part.unflatten(-1, (n, hd)) for part, n in zip(parts, heads))
 
 
 class QKVProjections:
@@ -41,12 +72,10 @@ class QKVProjections:
         self.out = nn.Linear(h * hd, config.d_model, bias=False)
 
     def _project(self, x: torch.Tensor, offset: int = 0):
-        B, T, _ = x.shape
-        h, hkv, hd = self.config.n_heads, self.config.kv_heads, self.config.hd
-        q, k, v = self.qkv(x).split([h * hd, hkv * hd, hkv * hd], dim=-1)
-        q, k, v = q.view(B, T, h, hd), k.view(B, T, hkv, hd), v.view(B, T, hkv, hd)
-        if self.config.rope_theta:
-            q, k = rotary(q, offset, self.config.rope_theta), rotary(k, offset, self.config.rope_theta)
+        c = self.config
+        q, k, v = split_heads(self.qkv(x), (c.n_heads, c.kv_heads, c.kv_heads), c.hd)
+        if c.rope_theta:
+            q, k = rotary(q, offset, c.rope_theta), rotary(k, offset, c.rope_theta)
         return q, k, v
 
     def _elem(self) -> int:
@@ -56,22 +85,18 @@ class QKVProjections:
         return 2 * batch * tokens * self.config.kv_heads * self.config.hd * self._elem()
 
 
-class SoftmaxAttention(QKVProjections, Mixer):
-    def __init__(self, config: MixerConfig, backend: str = "sdpa"):
-        super().__init__()
-        self.config, self.backend = config, check_backend("softmax attention", backend, OP_BACKEND)
-        self._init_proj(config)
+class KVCacheAttention(QKVProjections, ParallelMixer):
+    """An attention mixer over softmax attention's projections whose decode state is the whole KV cache
+    (rotated keys and values, doubling its capacity as it fills); each variant says how queries attend
+    to keys (``_attend``), over the sequence or, in a decode step, over the cache."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._project(x)
-        o = softmax_attention(q, k, v, causal=True, backend=OP_BACKEND[self.backend])
-        return self.out(o.flatten(2))
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decode: bool) -> torch.Tensor:
+        raise NotImplementedError  # pragma: no cover - abstract
 
-    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Forward over the prompt; the KV cache is its keys and values (room for 16 more)."""
+    def _forward(self, x: torch.Tensor, want_state: bool) -> tuple[torch.Tensor, dict[str, Any] | None]:
         q, k, v = self._project(x)
-        o = softmax_attention(q, k, v, causal=True, backend=OP_BACKEND[self.backend])
-        return self.out(o.flatten(2)), prefilled_cache(x.shape[1], k=k, v=v)
+        y = self.out(self._attend(q, k, v, decode=False).flatten(2))
+        return y, (prefilled_cache(x.shape[1], k=k, v=v) if want_state else None)
 
     def init_state(self, batch: int) -> dict[str, Any]:
         """An empty KV cache; it grows (doubling its capacity) as tokens are decoded."""
@@ -79,16 +104,28 @@ class SoftmaxAttention(QKVProjections, Mixer):
         return empty_cache(self.qkv.weight, batch, k=kv, v=kv)
 
     def step(self, x_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        n = state["len"]
-        q, k, v = self._project(x_t[:, None], offset=n)
-        cache_append(state, k=k[:, 0], v=v[:, 0])
-        o = softmax_attention(
-            q, state["k"][:, : n + 1], state["v"][:, : n + 1], causal=False, backend=OP_BACKEND[self.backend]
-        )
+        q, k, v = self._project(x_t[:, None], offset=state["len"])
+        n = cache_append(state, k=k[:, 0], v=v[:, 0])
+        o = self._attend(q, state["k"][:, :n], state["v"][:, :n], decode=True)
         return self.out(o.flatten(2))[:, 0], state
 
     def state_bytes(self, batch: int, seq_len: int) -> int:
         return self._kv_bytes(batch, seq_len)
+
+
+class SoftmaxAttention(KVCacheAttention):
+    backends = (
+        Backend("flash_attn", "flash-attn package (Dao, 2023)", requires_flash_attn),
+        Backend("sdpa", "torch.nn.functional.scaled_dot_product_attention", always),
+        naive_reference("pure-PyTorch reference, materialises the T x T scores"),
+    )
+
+    def __init__(self, config: MixerConfig, backend: str = "sdpa"):
+        super().__init__(config, backend)
+        self._init_proj(config)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decode: bool) -> torch.Tensor:
+        return softmax_attention(q, k, v, causal=not decode, backend=self.op_backend)
 
 
 def softmax_attention_flops(config: MixerConfig, batch: int, seq_len: int) -> float:
@@ -100,25 +137,14 @@ def softmax_attention_flops(config: MixerConfig, batch: int, seq_len: int) -> fl
 
 
 SPECS = (
-    ArchSpec(
+    attention_spec(
         name="softmax_attention",
         family="full/softmax",
         description="Causal multi-head softmax attention (Vaswani et al., 2017)",
         paper="Attention Is All You Need (arXiv 1706.03762)",
-        complexity=Complexity(
-            train_time="O(T^2 d)",
-            train_memory="O(T d) fused, O(T^2) naive",
-            decode_time="O(T d) per token",
-            decode_memory="O(T d) KV cache",
-        ),
-        backends=(
-            Backend("flash_attn", "flash-attn package (Dao, 2023)", requires_flash_attn),
-            Backend("sdpa", "torch.nn.functional.scaled_dot_product_attention", always),
-            Backend("naive", "pure-PyTorch reference, materialises the T x T scores", always),
-        ),
-        time_exponent=2.0,
-        factory=lambda cfg, backend: SoftmaxAttention(cfg, backend),
+        complexity=Complexity("O(T^2 d)", "O(T d) fused, O(T^2) naive", "O(T d) per token", "O(T d) KV cache"),
+        backends=SoftmaxAttention.backends,
+        factory=SoftmaxAttention,
         flops=softmax_attention_flops,
-        decode_flops=marginal_flops(softmax_attention_flops),
     ),
 )

@@ -14,12 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-
-def check_backend(name: str, backend: str, choices) -> str:
-    """``backend`` if it is one of ``choices`` (a mixer's backend names), else a ValueError naming them."""
-    if backend not in choices:
-        raise ValueError(f"unknown {name} backend {backend!r}; choose one of {', '.join(choices)}")
-    return backend
+from archbench.spec import Backend, op_backend
 
 
 @dataclass(frozen=True)
@@ -77,6 +72,16 @@ class Mixer(nn.Module):
 
     config: MixerConfig
     backend: str
+    backends: tuple[Backend, ...] = ()  # the backends of its catalogue entry (ArchSpec.backends)
+
+    def __init__(self, config: MixerConfig | None = None, backend: str | None = None):
+        """A catalogue mixer keeps ``config``, its backend ``backend`` (one of ``backends``, else a
+        ValueError naming them) and ``op_backend``, the op backend that backend calls; a composite
+        (a stack, a hybrid) passes neither and sets its own ``config`` and ``backend``."""
+        super().__init__()
+        if config is not None:
+            self.op_backend = op_backend(self.backends, backend, type(self).__name__)
+            self.config, self.backend = config, backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -84,6 +89,10 @@ class Mixer(nn.Module):
     def state_dtype(self) -> torch.dtype:
         """Recurrent states accumulate in fp32 (fp64 when the module is fp64)."""
         return torch.promote_types(next(self.parameters()).dtype, torch.float32)
+
+    def _zeros(self, *shape: int) -> torch.Tensor:
+        """A zero decode state of ``shape`` in the state dtype, on the mixer's device."""
+        return next(self.parameters()).new_zeros(shape, dtype=self.state_dtype())
 
     def init_state(self, batch: int) -> Any:
         raise NotImplementedError(f"{type(self).__name__} has no recurrent (decode) form")
@@ -120,3 +129,21 @@ class ParallelMixer(Mixer):
     def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """Forward over the prompt plus the decode state, from the same parallel pass."""
         return self._forward(x, True)
+
+    def _scan(self, op, *inputs: Any, want_state: bool, **options: Any) -> tuple[torch.Tensor, Any]:
+        """The chunked ``op`` over the sequence on this mixer's op backend and chunk size:
+        ``(o, its final state in the state dtype, or None)``."""
+        o, final = op(
+            *inputs, chunk_size=self.config.chunk_size, backend=self.op_backend, output_final_state=want_state, **options
+        )
+        return o, (final.to(self.state_dtype()) if want_state else None)
+
+
+class MatrixStateMixer(ParallelMixer):
+    """A parallel-form mixer whose decode state is one fp32 [head_dim, head_dim] matrix per head."""
+
+    def init_state(self, batch: int) -> torch.Tensor:
+        return self._zeros(batch, self.config.n_heads, self.config.hd, self.config.hd)
+
+    def state_bytes(self, batch: int, seq_len: int) -> int:
+        return batch * self.config.n_heads * self.config.hd**2 * 4  # fp32, independent of seq_len

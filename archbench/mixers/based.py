@@ -34,17 +34,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from archbench.mixers.base import Mixer, MixerConfig, check_backend
+from archbench.mixers.base import Mixer, MixerConfig
 from archbench.mixers.common import ShortConv
-from archbench.mixers.conv import _conv_window
 from archbench.mixers.sparse import SlidingWindowAttention, sliding_window_flops
 from archbench.ops.linear_attention import linear_attention, linear_attention_step
-from archbench.spec import ArchSpec, Backend, Complexity, always, marginal_flops
+from archbench.spec import ArchSpec, Backend, Complexity, always, marginal_flops, reference_backend
 
 FEATURE_DIM = 16  # the Based paper's feature dimension (Zoology's Figure 2 Based uses 8)
 WINDOW = 64  # the Based paper's sliding window
 EPS = 1e-6
-BACKENDS = ("sdpa", "naive")  # the sliding-window branch's backend; the linear branch is the chunked reference
 
 
 def taylor_features(x: torch.Tensor) -> torch.Tensor:
@@ -55,9 +53,14 @@ def taylor_features(x: torch.Tensor) -> torch.Tensor:
 
 
 class Based(Mixer):
+    # the sliding-window branch's backend (a backend of SlidingWindowAttention); the linear branch is the chunked reference
+    backends = (
+        Backend("sdpa", "chunked linear-attention reference + torch SDPA sliding window", always),
+        reference_backend("pure-PyTorch references for both branches", "naive", op=None),
+    )
+
     def __init__(self, config: MixerConfig, backend: str = "sdpa"):
-        super().__init__()
-        self.config, self.backend = config, check_backend("Based", backend, BACKENDS)
+        super().__init__(config, backend)
         d, h, hd = config.d_model, config.n_heads, config.hd
         self.conv = ShortConv(d, config.conv_size, activation=False) if config.conv_size > 0 else None
         self.qk = nn.Linear(d, 2 * h * FEATURE_DIM, bias=False)
@@ -88,7 +91,7 @@ class Based(Mixer):
         xc = self.conv(x) if self.conv is not None else x
         y_lin, lin = self._linear(xc, True)
         y_swa, swa = self.swa.prefill(xc)
-        window = _conv_window(x, self.conv.kernel).to(self.state_dtype()) if self.conv is not None else None
+        window = self.conv.window(x).to(self.state_dtype()) if self.conv is not None else None
         return y_lin + y_swa, {"conv": window, "linear": lin, "swa": swa}
 
     def init_state(self, batch: int) -> dict:
@@ -135,17 +138,9 @@ SPECS = (
         family="linear/based",
         description="Based: Taylor-feature linear attention + sliding-window attention + short conv (Arora et al., 2024)",
         paper="Simple linear attention language models balance the recall-throughput tradeoff (arXiv 2402.18668)",
-        complexity=Complexity(
-            train_time="O(T f^2 d + T W d)",
-            train_memory="O(T d + (T/C) f^2 d)",
-            decode_time="O(f^2 d + W d) per token",
-            decode_memory="O(f^2 d + W d) state",
-        ),
-        backends=(
-            Backend("sdpa", "chunked linear-attention reference + torch SDPA sliding window", always),
-            Backend("naive", "pure-PyTorch references for both branches", always),
-        ),
-        factory=lambda cfg, backend: Based(cfg, backend),
+        complexity=Complexity("O(T f^2 d + T W d)", "O(T d + (T/C) f^2 d)", "O(f^2 d + W d) per token", "O(f^2 d + W d) state"),
+        backends=Based.backends,
+        factory=Based,
         flops=based_flops,
         decode_flops=based_decode_flops,
     ),

@@ -50,6 +50,19 @@ class ShortConv(nn.Module):
         y = self.conv(x.transpose(1, 2))[..., :T].transpose(1, 2)
         return F.silu(y) if self.activation else y
 
+    def window(self, x: torch.Tensor) -> torch.Tensor:
+        """The decode state after the inputs x [B, T, C]: the last kernel - 1 of them as [B, C, kernel - 1],
+        oldest first, zero-padded on the left when T < kernel - 1 (a copy: it keeps no view of x alive)."""
+        keep = self.kernel - 1
+        xt = x.transpose(1, 2)
+        if xt.shape[-1] < keep:
+            xt = F.pad(xt, (keep - xt.shape[-1], 0))
+        return xt[..., xt.shape[-1] - keep :].clone(memory_format=torch.contiguous_format)
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward(x)`` and the decode state after x (``window``)."""
+        return self(x), self.window(x)
+
     def init_state(self, batch: int) -> torch.Tensor:
         w = self.conv.weight
         return w.new_zeros(batch, w.shape[0], self.kernel - 1)

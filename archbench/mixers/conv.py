@@ -52,7 +52,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from archbench.mixers.base import Mixer, MixerConfig, ParallelMixer, check_backend
+from archbench.mixers.base import Mixer, MixerConfig, ParallelMixer
 from archbench.mixers.common import ShortConv
 from archbench.ops.long_conv import (
     causal_long_conv,
@@ -61,7 +61,7 @@ from archbench.ops.long_conv import (
     diag_ssm_step,
     long_conv_step,
 )
-from archbench.spec import ArchSpec, Backend, Complexity, add_build_hook, always
+from archbench.spec import ArchSpec, Complexity, add_build_hook, reference_backend
 
 FILTER_LENGTH = 1024  # the implicit filter's length scale (positions, not a limit on T)
 SHORT_CONV_FAMILIES = ("linear", "rnn", "ssm")  # family roots the short-conv switch applies to
@@ -105,7 +105,7 @@ class ShortConvFront(Mixer):
 
     def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
         y, state = self.inner.prefill(self.conv(x))
-        return y, (_conv_window(x, self.conv.kernel), state)
+        return y, (self.conv.window(x), state)
 
     def init_state(self, batch: int) -> Any:
         return self.conv.init_state(batch).to(self.inner.state_dtype()), self.inner.init_state(batch)
@@ -121,15 +121,6 @@ class ShortConvFront(Mixer):
 
     def state_bytes(self, batch: int, seq_len: int) -> int:
         return int(self.inner.state_bytes(batch, seq_len)) + self.conv.state_bytes(batch)
-
-
-def _conv_window(x: torch.Tensor, kernel: int) -> torch.Tensor:
-    """A ShortConv's decode state after the inputs x [B, T, C]: the last kernel - 1 of them, [B, C, k-1]."""
-    k = kernel - 1
-    tail = x[:, -k:] if k else x[:, :0]
-    if tail.shape[1] < k:
-        tail = torch.cat([tail.new_zeros(x.shape[0], k - tail.shape[1], x.shape[2]), tail], dim=1)
-    return tail.transpose(1, 2).contiguous()
 
 
 # ---- the implicit long filter ----------------------------------------------------------------
@@ -176,6 +167,7 @@ class _LongConvMixer(ParallelMixer):
     """Shared decode plumbing: the inputs of the long convolution are the state."""
 
     filter: ImplicitFilter
+    backends = (reference_backend("pure-PyTorch FFT long convolution (torch.fft), recurrent decode", "fft", op=None),)
 
     def _filter_taps(self, T: int) -> torch.Tensor:
         return self.filter(T)
@@ -198,9 +190,7 @@ class _LongConvMixer(ParallelMixer):
 
 class BaseConv(_LongConvMixer):
     def __init__(self, config: MixerConfig, backend: str = "fft"):
-        super().__init__()
-        check_backend("BaseConv", backend, BACKENDS)
-        self.config, self.backend = config, backend
+        super().__init__(config, backend)
         self.proj = nn.Linear(config.d_model, config.d_model)
         self.filter = ImplicitFilter(config.d_model)
 
@@ -226,9 +216,7 @@ HYENA_SHORT = 3  # Hyena's explicit short filter on the projections
 
 class Hyena(_LongConvMixer):
     def __init__(self, config: MixerConfig, backend: str = "fft"):
-        super().__init__()
-        check_backend("Hyena", backend, BACKENDS)
-        self.config, self.backend = config, backend
+        super().__init__(config, backend)
         d = config.d_model
         self.in_proj = nn.Linear(d, 3 * d)
         self.short = ShortConv(3 * d, HYENA_SHORT, activation=False, bias=True)
@@ -242,7 +230,7 @@ class Hyena(_LongConvMixer):
         y = self.out_proj(x2 * causal_long_conv(gated, self.filter(x.shape[1]), self.filter.D))
         if not want_state:
             return y, None
-        return y, self._history_state(gated, {"short": _conv_window(u, HYENA_SHORT).to(self.state_dtype())})
+        return y, self._history_state(gated, {"short": self.short.window(u).to(self.state_dtype())})
 
     def init_state(self, batch: int) -> dict:
         return {"hist": None, "short": self.short.init_state(batch).to(self.state_dtype())}
@@ -260,10 +248,10 @@ class Hyena(_LongConvMixer):
 
 
 class H3(ParallelMixer):
+    backends = _LongConvMixer.backends
+
     def __init__(self, config: MixerConfig, backend: str = "fft"):
-        super().__init__()
-        check_backend("H3", backend, BACKENDS)
-        self.config, self.backend = config, backend
+        super().__init__(config, backend)
         d, N = config.d_model, config.d_state or 64
         self.N, self.shift_len = N, max(config.conv_size, 2)
         self.qkv = nn.Linear(d, 3 * d)
@@ -293,7 +281,7 @@ class H3(ParallelMixer):
         y = self.out(q * s)
         if not want_state:
             return y, None
-        return y, {"shift": _conv_window(k, self.shift_len).to(self.state_dtype()), "ssm": diag_ssm_state(kv, log_a, b)}
+        return y, {"shift": self.shift.window(k).to(self.state_dtype()), "ssm": diag_ssm_state(kv, log_a, b)}
 
     def init_state(self, batch: int) -> dict:
         d, dt = self.config.d_model, self.state_dtype()
@@ -353,8 +341,6 @@ def h3_decode_flops(config: MixerConfig, batch: int, context: int) -> float:
     return 2.0 * batch * d * d * 4 + 4.0 * batch * d * N + 2.0 * batch * d * max(config.conv_size, 2)
 
 
-BACKENDS = ("fft",)
-_FFT = Backend("fft", "pure-PyTorch FFT long convolution (torch.fft), recurrent decode", always)
 # BaseConv and Hyena: an FFT convolution over the whole input, whose decode keeps the input history
 LONG_CONV = Complexity(
     train_time="O(T log T d + T d^2)", train_memory="O(T d)",
@@ -368,11 +354,10 @@ SPECS = (
         description="BaseConv: a linear gate times an implicit long convolution (Arora et al., 2023, Zoology)",
         paper="Zoology: Measuring and Improving Recall in Efficient Language Models (arXiv 2312.04927)",
         complexity=LONG_CONV,
-        backends=(_FFT,),
-        factory=lambda cfg, backend: BaseConv(cfg, backend),
+        backends=BaseConv.backends,
+        factory=BaseConv,
         flops=base_conv_flops,
         decode_flops=long_conv_decode_flops(1),
-        time_exponent=1.0,
     ),
     ArchSpec(
         name="hyena",
@@ -380,27 +365,20 @@ SPECS = (
         description="Hyena (order 2): short conv, two gates around an implicit long convolution (Poli et al., 2023)",
         paper="Hyena Hierarchy: Towards Larger Convolutional Language Models (arXiv 2302.10866)",
         complexity=LONG_CONV,
-        backends=(_FFT,),
-        factory=lambda cfg, backend: Hyena(cfg, backend),
+        backends=Hyena.backends,
+        factory=Hyena,
         flops=hyena_flops,
         decode_flops=long_conv_decode_flops(4),
-        time_exponent=1.0,
     ),
     ArchSpec(
         name="h3",
         family="conv/gated",
         description="H3: shift SSM on keys, diagonal SSM on key*value, query gate (Fu et al., 2023)",
         paper="Hungry Hungry Hippos: Towards Language Modeling with State Space Models (arXiv 2212.14052)",
-        complexity=Complexity(
-            train_time="O(T log T d + T d^2)",
-            train_memory="O(T d)",
-            decode_time="O(d N + d^2) per token",
-            decode_memory="O(d N) state",
-        ),
-        backends=(_FFT,),
-        factory=lambda cfg, backend: H3(cfg, backend),
+        complexity=Complexity("O(T log T d + T d^2)", "O(T d)", "O(d N + d^2) per token", "O(d N) state"),
+        backends=H3.backends,
+        factory=H3,
         flops=h3_flops,
         decode_flops=h3_decode_flops,
-        time_exponent=1.0,
     ),
 )

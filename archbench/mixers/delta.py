@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archbench.mixers.base import MixerConfig, ParallelMixer, check_backend
+from archbench.mixers.base import MixerConfig, ParallelMixer
 from archbench.mixers.common import HeadRMSNorm, ShortConv, dt_bias_init
 from archbench.ops.delta_rule import (
     delta_rule,
@@ -42,33 +42,27 @@ from archbench.ops.delta_rule import (
     gated_delta_rule_step,
     l2norm,
 )
-from archbench.spec import (
-    ArchSpec,
-    Backend,
-    Complexity,
-    always,
-    fla_gated_backward,
-    head_dim_at_most,
-    requires_cuda_module,
-    requires_fla,
-)
+from archbench.spec import ArchSpec, Backend, Complexity, fla_and_reference, head_dim_at_most, requires_cuda_module, requires_fla
 
-# registry backend name -> op backend name
-OP_BACKEND = {"fla": "fla", "chunked": "torch"}
 FLA_HINT = "pip install 'archbench[gpu]' on a CUDA machine"
 # fla's chunk_delta_rule asserts half precision; its gated kernel also takes fp32.
 requires_fla_half = requires_cuda_module("fla", FLA_HINT, dtypes=("float16", "bfloat16"), interpretable=True)
 
 
-def _conv_window(y: torch.Tensor, kernel: int) -> torch.Tensor:
-    """The decode state of a ShortConv after the inputs y [B, T, C]: the last kernel - 1 inputs
-    as [B, C, kernel - 1], oldest first, zero-padded on the left when T < kernel - 1."""
-    keep = kernel - 1
-    yt = y.transpose(1, 2)
-    if yt.shape[-1] < keep:
-        yt = F.pad(yt, (keep - yt.shape[-1], 0))
-    # a copy, so that the state does not keep the whole [B, T, C] projection alive
-    return yt[..., yt.shape[-1] - keep :].clone(memory_format=torch.contiguous_format)
+WY_REFERENCE = "pure-PyTorch chunked WY / UT-transform reference"
+
+
+def fla_wy(
+    kernel: str, max_head_dim: int = 256, *, half_only: bool = False, gated: bool = False, reference: str = WY_REFERENCE
+) -> tuple[Backend, Backend]:
+    """``fla`` (fla's chunked delta-rule ``kernel``, head dimensions up to ``max_head_dim``; fp16/bf16 only
+    with ``half_only``; with ``gated``, no backward where fla's gated chunk backward is wrong) and the WY /
+    UT-transform reference: the backends of the delta-rule entries."""
+    return fla_and_reference(
+        f"fla {kernel} Triton kernel" + (" (fp16/bf16)" if half_only else ""), reference,
+        detect=requires_fla_half if half_only else requires_fla, gated=gated,
+        limits=head_dim_at_most(max_head_dim, f"fla's {kernel}"),
+    )  # fmt: skip
 
 
 def mamba2_decay(
@@ -85,8 +79,7 @@ class _DeltaBase(ParallelMixer):
     layer names its op pair (``_op``, ``_step_op``) and defines its gates and its output."""
 
     def __init__(self, config: MixerConfig, backend: str = "chunked"):
-        super().__init__()
-        self.config, self.backend = config, check_backend(type(self).__name__, backend, OP_BACKEND)
+        super().__init__(config, backend)
         d, h, hd = config.d_model, config.n_heads, config.hd
         self.q_proj = nn.Linear(d, h * hd, bias=False)
         self.k_proj = nn.Linear(d, h * hd, bias=False)
@@ -107,9 +100,10 @@ class _DeltaBase(ParallelMixer):
         outs, states = [], []
         for i, proj in enumerate((self.q_proj, self.k_proj, self.v_proj)):
             y = proj(x)
-            if self.convs is not None:
-                if want_state:
-                    states.append(_conv_window(y, self.convs[i].kernel))
+            if self.convs is not None and want_state:
+                y, window = self.convs[i].prefill(y)
+                states.append(window)
+            elif self.convs is not None:
                 y = self.convs[i](y)
             else:
                 y = F.silu(y)
@@ -151,13 +145,7 @@ class _DeltaBase(ParallelMixer):
         return self._run(q, k, v, *self._gates(x), want_state=want_state)
 
     def _run(self, *inputs: torch.Tensor | int, want_state: bool):
-        return self._op(
-            *inputs,
-            chunk_size=self.config.chunk_size,
-            backend=OP_BACKEND[self.backend],
-            qk_l2norm=True,
-            output_final_state=want_state,
-        )
+        return self._scan(self._op, *inputs, want_state=want_state, qk_l2norm=True)
 
     # -- parallel form (training and prefill) -------------------------------------------
 
@@ -165,21 +153,19 @@ class _DeltaBase(ParallelMixer):
         (q, k, v), conv = self._qkv(x, want_state)
         o, S = self._mix(x, q, k, v, want_state)
         y = self._output(o, x)
-        return y, ({"conv": conv, "S": S.to(self.state_dtype())} if want_state else None)
-
+        return y, ({"conv": conv, "S": S} if want_state else None)
 
     # -- decode -----------------------------------------------------------------------
 
     def step(self, x_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         (q, k, v), conv = self._qkv_step(x_t, state["conv"])
-        o, S = self._step_op(l2norm(q), l2norm(k), v, *self._gates(x_t), state["S"], backend=OP_BACKEND[self.backend])
+        o, S = self._step_op(l2norm(q), l2norm(k), v, *self._gates(x_t), state["S"], backend=self.op_backend)
         return self._output(o, x_t), {"conv": conv, "S": S}
 
     def init_state(self, batch: int) -> dict[str, Any]:
         h, hd = self.config.n_heads, self.config.hd
-        w = self.q_proj.weight
         conv = [c.init_state(batch) for c in self.convs] if self.convs is not None else None
-        return {"conv": conv, "S": w.new_zeros(batch, h, hd, hd, dtype=self.state_dtype())}
+        return {"conv": conv, "S": self._zeros(batch, h, hd, hd)}
 
     def state_bytes(self, batch: int, seq_len: int) -> int:
         h, hd = self.config.n_heads, self.config.hd
@@ -191,6 +177,7 @@ class DeltaNet(_DeltaBase):
     """DeltaNet layer (Yang et al., 2024, arXiv 2406.06484)."""
 
     _op, _step_op = staticmethod(delta_rule), staticmethod(delta_rule_step)
+    backends = fla_wy("chunk_delta_rule", half_only=True)
 
     def __init__(self, config: MixerConfig, backend: str = "chunked"):
         super().__init__(config, backend)
@@ -204,9 +191,15 @@ class DeltaNet(_DeltaBase):
 
 
 class GatedDeltaNet(_DeltaBase):
-    """Gated DeltaNet layer (Yang, Kautz & Hatamizadeh, 2024, arXiv 2412.06464)."""
+    """Gated DeltaNet layer (Yang, Kautz & Hatamizadeh, 2024, arXiv 2412.06464).
+
+    The decay is Mamba2's, g = -exp(A_log) softplus(W_a x + dt_bias) with Mamba2's initialisation
+    (``dt_min``, ``dt_max``, ``dt_floor``, ``a_range``); layers with another decay granularity
+    (KDA) override ``_decay_projections``, ``_gates`` and ``_output``."""
 
     _op, _step_op = staticmethod(gated_delta_rule), staticmethod(gated_delta_rule_step)
+    backends = fla_wy("chunk_gated_delta_rule", gated=True)
+    norm_eps = 1e-6  # the output RMSNorm's
 
     def __init__(
         self,
@@ -218,11 +211,16 @@ class GatedDeltaNet(_DeltaBase):
         a_range: tuple[float, float] = (1.0, 16.0),
     ):
         super().__init__(config, backend)
+        n_dt = self._decay_projections(config)
+        self.A_log, self.dt_bias = mamba2_decay(config.n_heads, n_dt, a_range, dt_min, dt_max, dt_floor)
+        self.o_norm = HeadRMSNorm(config.hd, eps=self.norm_eps)
+
+    def _decay_projections(self, config: MixerConfig) -> int:
+        """Builds the decay's and the output gate's projections; returns how many dt biases the decay has."""
         d, h, hd = config.d_model, config.n_heads, config.hd
         self.a_proj = nn.Linear(d, h, bias=False)  # input-dependent step size, as Mamba2's dt
         self.g_proj = nn.Linear(d, h * hd, bias=False)  # output gate
-        self.A_log, self.dt_bias = mamba2_decay(h, h, a_range, dt_min, dt_max, dt_floor)
-        self.o_norm = HeadRMSNorm(hd)
+        return h
 
     def _gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(log-decay g, beta), each [..., H]; g = -exp(A_log) softplus(W_a x + dt_bias) in fp32."""
@@ -232,7 +230,6 @@ class GatedDeltaNet(_DeltaBase):
     def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         gate = self.g_proj(x).unflatten(-1, (self.config.n_heads, self.config.hd))
         return self.o_proj((self.o_norm(o) * F.silu(gate)).flatten(-2))
-
 
 
 # ---- analytic cost ----------------------------------------------------------------------
@@ -266,7 +263,8 @@ def gated_deltanet_flops(config: MixerConfig, batch: int, seq_len: int) -> float
     return deltanet_flops(config, batch, seq_len) + extra
 
 
-_COMPLEXITY = Complexity(
+# the cost of a chunked delta-rule layer with a [d_k, d_v] state per head
+DELTA_RULE = Complexity(
     train_time="O(T C d + T d^2 / H)",
     train_memory="O(T d + (T/C) d^2 / H)",
     decode_time="O(d^2 / H) per token",
@@ -279,13 +277,9 @@ SPECS = (
         family="linear/delta-rule",
         description="DeltaNet: linear attention with delta-rule updates, chunked WY form (Yang et al., 2024)",
         paper="Parallelizing Linear Transformers with the Delta Rule over Sequence Length (arXiv 2406.06484)",
-        complexity=_COMPLEXITY,
-        backends=(
-            Backend("fla", "fla chunk_delta_rule Triton kernel (fp16/bf16)", requires_fla_half,
-                    limits=head_dim_at_most(256, "fla's chunk_delta_rule")),
-            Backend("chunked", "pure-PyTorch chunked WY / UT-transform reference", always),
-        ),
-        factory=lambda cfg, backend: DeltaNet(cfg, backend),
+        complexity=DELTA_RULE,
+        backends=DeltaNet.backends,
+        factory=DeltaNet,
         flops=deltanet_flops,
     ),
     ArchSpec(
@@ -293,13 +287,9 @@ SPECS = (
         family="linear/delta-rule",
         description="Gated DeltaNet: delta rule plus Mamba2-style decay and output gate (Yang et al., 2024)",
         paper="Gated Delta Networks: Improving Mamba2 with Delta Rule (arXiv 2412.06464)",
-        complexity=_COMPLEXITY,
-        backends=(
-            Backend("fla", "fla chunk_gated_delta_rule Triton kernel", requires_fla, fla_gated_backward,
-                    limits=head_dim_at_most(256, "fla's chunk_gated_delta_rule")),
-            Backend("chunked", "pure-PyTorch chunked WY / UT-transform reference", always),
-        ),
-        factory=lambda cfg, backend: GatedDeltaNet(cfg, backend),
+        complexity=DELTA_RULE,
+        backends=GatedDeltaNet.backends,
+        factory=GatedDeltaNet,
         flops=gated_deltanet_flops,
     ),
 )

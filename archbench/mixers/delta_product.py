@@ -29,15 +29,19 @@ from torch import nn
 
 from archbench.mixers.base import MixerConfig
 from archbench.mixers.common import ShortConv
-from archbench.mixers.delta import GatedDeltaNet, _delta_rule_op_flops, requires_fla_half
+from archbench.mixers.delta import WY_REFERENCE, GatedDeltaNet, _delta_rule_op_flops, fla_wy
 from archbench.ops.delta_product import FLA_MAX_HEAD_DIM, gated_delta_product, gated_delta_product_step
-from archbench.spec import ArchSpec, Backend, Complexity, always, fla_gated_backward, head_dim_at_most
+from archbench.spec import ArchSpec, Complexity
 
 
 class GatedDeltaProduct(GatedDeltaNet):
     """Gated DeltaProduct layer (Siems et al., 2025, arXiv 2502.10297): n Householder steps per token."""
 
     _op, _step_op = staticmethod(gated_delta_product), staticmethod(gated_delta_product_step)
+    backends = fla_wy(
+        "chunk_gated_delta_product", FLA_MAX_HEAD_DIM, half_only=True, gated=True,
+        reference=f"{WY_REFERENCE} over the n T steps",
+    )  # fmt: skip
 
     def __init__(self, config: MixerConfig, backend: str = "chunked", num_householder: int = 2, allow_neg_eigval: bool = False):
         super().__init__(config, backend)
@@ -86,17 +90,8 @@ SPECS = (
         family="linear/delta-rule",
         description="Gated DeltaProduct: n = 2 delta-rule (Householder) steps per token plus a decay (Siems et al., 2025)",
         paper="DeltaProduct: Improving State-Tracking in Linear RNNs via Householder Products (arXiv 2502.10297)",
-        complexity=Complexity(
-            train_time="O(n T C d + n T d^2 / H)",
-            train_memory="O(n T d + (n T/C) d^2 / H)",
-            decode_time="O(n d^2 / H) per token",
-            decode_memory="O(d^2 / H) state",
-        ),
-        backends=(
-            Backend("fla", "fla chunk_gated_delta_product Triton kernel (fp16/bf16)", requires_fla_half, fla_gated_backward,
-                    limits=head_dim_at_most(FLA_MAX_HEAD_DIM, "fla's chunk_gated_delta_product")),
-            Backend("chunked", "pure-PyTorch chunked WY / UT-transform reference over the n T steps", always),
-        ),
+        complexity=Complexity("O(n T C d + n T d^2 / H)", "O(n T d + (n T/C) d^2 / H)", "O(n d^2 / H) per token", "O(d^2 / H) state"),
+        backends=GatedDeltaProduct.backends,
         factory=lambda cfg, backend: GatedDeltaProduct(cfg, backend, num_householder=NUM_HOUSEHOLDER),
         flops=gated_deltaproduct_flops,
     ),

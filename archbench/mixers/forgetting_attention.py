@@ -25,37 +25,43 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from archbench.mixers.attention import softmax_attention_flops
-from archbench.mixers.base import MixerConfig, ParallelMixer, check_backend
+from archbench.mixers.attention import (
+    attention_spec,
+    decode_backend,
+    gated_projections,
+    naive_reference,
+    softmax_attention_flops,
+    split_heads,
+)
+from archbench.mixers.base import MixerConfig, ParallelMixer
 from archbench.mixers.common import CACHE_ROOM, cache_append, empty_cache, prefilled_cache
-from archbench.mixers.sparse import flex_backward, requires_flex
+from archbench.mixers.sparse import flex_backend
 from archbench.ops.forgetting_attention import FLA_MAX_HEAD_DIM, forgetting_attention
-from archbench.spec import ArchSpec, Backend, Complexity, always, head_dim_at_most, marginal_flops, requires_fla
-
-OP_BACKEND = {"fla": "fla", "flex": "flex", "sdpa": "sdpa", "naive": "torch"}
+from archbench.spec import Backend, Complexity, always, head_dim_at_most, requires_fla
 
 
 class ForgettingAttention(ParallelMixer):
+    backends = (
+        Backend("fla", "fla parallel_forgetting_attn (Triton)", requires_fla,
+                limits=head_dim_at_most(FLA_MAX_HEAD_DIM, "fla's parallel_forgetting_attn")),
+        flex_backend("torch FlexAttention, forget bias as score_mod (compiled)"),
+        Backend("sdpa", "torch SDPA per query chunk, forget bias as a float mask", always),
+        naive_reference("pure-PyTorch reference (row chunks of materialised logits)"),
+    )  # fmt: skip
+
     def __init__(self, config: MixerConfig, backend: str = "sdpa"):
-        super().__init__()
-        self.config, self.backend = config, check_backend("forgetting attention", backend, OP_BACKEND)
-        h, hkv, hd = config.n_heads, config.kv_heads, config.hd
-        self.qkv = nn.Linear(config.d_model, (h + 2 * hkv) * hd, bias=False)
-        self.f_proj = nn.Linear(config.d_model, h, bias=True)
-        self.out = nn.Linear(h * hd, config.d_model, bias=False)
+        super().__init__(config, backend)
+        self.qkv, self.f_proj, self.out = gated_projections(config, kv_groups=2, gate=config.n_heads)  # k, v; a gate per head
 
     def _project(self, x: torch.Tensor):
-        B, T, _ = x.shape
-        h, hkv, hd = self.config.n_heads, self.config.kv_heads, self.config.hd
-        q, k, v = self.qkv(x).split([h * hd, hkv * hd, hkv * hd], dim=-1)
-        g = F.logsigmoid(self.f_proj(x).to(self.state_dtype()))
-        return q.view(B, T, h, hd), k.view(B, T, hkv, hd), v.view(B, T, hkv, hd), g
+        c = self.config
+        q, k, v = split_heads(self.qkv(x), (c.n_heads, c.kv_heads, c.kv_heads), c.hd)
+        return q, k, v, F.logsigmoid(self.f_proj(x).to(self.state_dtype()))
 
     def _forward(self, x: torch.Tensor, want_state: bool) -> tuple[torch.Tensor, dict[str, Any] | None]:
         q, k, v, g = self._project(x)
-        o = forgetting_attention(q, k, v, g, backend=OP_BACKEND[self.backend])
+        o = forgetting_attention(q, k, v, g, backend=self.op_backend)
         y = self.out(o.flatten(2))
         if not want_state:
             return y, None
@@ -71,10 +77,8 @@ class ForgettingAttention(ParallelMixer):
         n = state["len"]
         q, k, v, g = self._project(x_t[:, None])
         cache_append(state, k=k[:, 0], v=v[:, 0], g=g[:, 0])
-        backend = "torch" if self.backend == "naive" else "sdpa"
-        o = forgetting_attention(
-            q, state["k"][:, : n + 1], state["v"][:, : n + 1], state["g"][:, : n + 1], backend=backend
-        )
+        keys, values, gates = state["k"][:, : n + 1], state["v"][:, : n + 1], state["g"][:, : n + 1]
+        o = forgetting_attention(q, keys, values, gates, backend=decode_backend(self.op_backend))
         return self.out(o.flatten(2))[:, 0], state
 
     def state_bytes(self, batch: int, seq_len: int) -> int:
@@ -90,31 +94,14 @@ def forgetting_attention_flops(config: MixerConfig, batch: int, seq_len: int) ->
 
 
 SPECS = (
-    ArchSpec(
+    attention_spec(
         name="forgetting_attention",
         family="full/softmax-gated",
         description="Forgetting Transformer (FoX): softmax attention with a data-dependent forget gate on the logits (Lin et al., 2025)",
         paper="Forgetting Transformer: Softmax Attention with a Forget Gate (arXiv 2503.02130)",
-        complexity=Complexity(
-            train_time="O(T^2 d)",
-            train_memory="O(T d) fused, O(T C) reference (row chunks)",
-            decode_time="O(S d) per token",
-            decode_memory="O(S d) KV cache + O(S H) gates",
-        ),
-        backends=(
-            Backend(
-                "fla",
-                "fla parallel_forgetting_attn (Triton)",
-                requires_fla,
-                limits=head_dim_at_most(FLA_MAX_HEAD_DIM, "fla's parallel_forgetting_attn"),
-            ),
-            Backend("flex", "torch FlexAttention, forget bias as score_mod (compiled)", requires_flex, flex_backward),
-            Backend("sdpa", "torch SDPA per query chunk, forget bias as a float mask", always),
-            Backend("naive", "pure-PyTorch reference (row chunks of materialised logits)", always),
-        ),
-        time_exponent=2.0,
-        factory=lambda cfg, backend: ForgettingAttention(cfg, backend),
+        complexity=Complexity("O(T^2 d)", "O(T d) fused, O(T C) reference (row chunks)", "O(S d) per token", "O(S d) KV cache + O(S H) gates"),
+        backends=ForgettingAttention.backends,
+        factory=ForgettingAttention,
         flops=forgetting_attention_flops,
-        decode_flops=marginal_flops(forgetting_attention_flops),
     ),
 )

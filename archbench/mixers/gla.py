@@ -39,17 +39,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archbench.mixers.base import MixerConfig, ParallelMixer, check_backend
+from archbench.mixers.base import MatrixStateMixer, MixerConfig
 from archbench.mixers.common import HeadRMSNorm
 from archbench.mixers.linear import MATRIX_STATE
 from archbench.ops.gla import gla, gla_step, simple_gla, simple_gla_step
-from archbench.spec import ArchSpec, Backend, always, requires_fla
-
-# registry backend name -> op backend name
-OP_BACKEND = {"fla": "fla", "chunked": "torch"}
+from archbench.spec import ArchSpec, fla_and_reference
 
 
-class RetNet(ParallelMixer):
+class RetNet(MatrixStateMixer):
     """Multi-scale retention (Sun et al., 2023, arXiv 2307.08621).
 
     Per head h: S_t = gamma_h S_{t-1} + k_t^T v_t, o_t = q_t S_t / sqrt(K), gamma_h = 1 - 2^(-5-h);
@@ -58,9 +55,10 @@ class RetNet(ParallelMixer):
     parallel form, which GroupNorm's scale invariance cancels.
     """
 
+    backends = fla_and_reference("flash-linear-attention chunk_simple_gla Triton kernel (constant g_gamma)")
+
     def __init__(self, config: MixerConfig, backend: str = "chunked"):
-        super().__init__()
-        self.config, self.backend = config, check_backend("RetNet", backend, OP_BACKEND)
+        super().__init__(config, backend)
         h, hd, d = config.n_heads, config.hd, config.d_model
         self.qkvg = nn.Linear(d, 4 * h * hd, bias=False)
         self.norm = nn.GroupNorm(h, h * hd, eps=1e-5)
@@ -80,32 +78,16 @@ class RetNet(ParallelMixer):
 
     def _forward(self, x: torch.Tensor, want_state: bool):
         q, k, v, gate = self._project(x)
-        o, final = simple_gla(
-            q,
-            k,
-            v,
-            self.log_gamma,
-            chunk_size=self.config.chunk_size,
-            backend=OP_BACKEND[self.backend],
-            output_final_state=want_state,
-        )
-        return self._output(o, gate), (final.to(self.state_dtype()) if want_state else None)
-
-
-    def init_state(self, batch: int) -> torch.Tensor:
-        h, hd = self.config.n_heads, self.config.hd
-        return self.qkvg.weight.new_zeros(batch, h, hd, hd, dtype=self.state_dtype())
+        o, final = self._scan(simple_gla, q, k, v, self.log_gamma, want_state=want_state)
+        return self._output(o, gate), final
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q, k, v, gate = self._project(x_t)
-        o, state = simple_gla_step(q, k, v, self.log_gamma, state, backend=OP_BACKEND[self.backend])
+        o, state = simple_gla_step(q, k, v, self.log_gamma, state, backend=self.op_backend)
         return self._output(o, gate), state
 
-    def state_bytes(self, batch: int, seq_len: int) -> int:
-        return batch * self.config.n_heads * self.config.hd**2 * 4  # fp32, independent of seq_len
 
-
-class GLA(ParallelMixer):
+class GLA(MatrixStateMixer):
     """Gated linear attention (Yang et al., 2023, arXiv 2312.06635).
 
     Per head: S_t = diag(alpha_t) S_{t-1} + k_t^T v_t, o_t = q_t S_t / sqrt(K),
@@ -115,10 +97,10 @@ class GLA(ParallelMixer):
 
     gate_rank = 16
     gate_logit_normalizer = 16.0
+    backends = fla_and_reference("flash-linear-attention chunk_gla Triton kernel")
 
     def __init__(self, config: MixerConfig, backend: str = "chunked"):
-        super().__init__()
-        self.config, self.backend = config, check_backend("GLA", backend, OP_BACKEND)
+        super().__init__(config, backend)
         h, hd, d = config.n_heads, config.hd, config.d_model
         self.qkvr = nn.Linear(d, 4 * h * hd, bias=False)  # q, k, v and the output gate r
         self.gate_down = nn.Linear(d, self.gate_rank, bias=False)
@@ -137,32 +119,16 @@ class GLA(ParallelMixer):
 
     def _forward(self, x: torch.Tensor, want_state: bool):
         q, k, v, g, r = self._project(x)
-        o, final = gla(
-            q,
-            k,
-            v,
-            g,
-            chunk_size=self.config.chunk_size,
-            backend=OP_BACKEND[self.backend],
-            output_final_state=want_state,
-        )
-        return self._output(o, r), (final.to(self.state_dtype()) if want_state else None)
-
-
-    def init_state(self, batch: int) -> torch.Tensor:
-        h, hd = self.config.n_heads, self.config.hd
-        return self.qkvr.weight.new_zeros(batch, h, hd, hd, dtype=self.state_dtype())
+        o, final = self._scan(gla, q, k, v, g, want_state=want_state)
+        return self._output(o, r), final
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q, k, v, g, r = self._project(x_t)
-        o, state = gla_step(q, k, v, g, state, backend=OP_BACKEND[self.backend])
+        o, state = gla_step(q, k, v, g, state, backend=self.op_backend)
         return self._output(o, r), state
 
-    def state_bytes(self, batch: int, seq_len: int) -> int:
-        return batch * self.config.n_heads * self.config.hd**2 * 4
 
-
-class HGRN2(ParallelMixer):
+class HGRN2(MatrixStateMixer):
     """HGRN2, gated linear RNN with state expansion (Qin et al., 2024, arXiv 2404.07904).
 
     Per head: f_t = beta + (1 - beta) sigmoid(x_t W_f), S_t = diag(f_t) S_{t-1} + (1 - f_t)^T v_t,
@@ -171,9 +137,10 @@ class HGRN2(ParallelMixer):
     the RMSNorm that follows makes it immaterial.
     """
 
+    backends = GLA.backends
+
     def __init__(self, config: MixerConfig, backend: str = "chunked", lower_bound: float = 0.0):
-        super().__init__()
-        self.config, self.backend = config, check_backend("HGRN2", backend, OP_BACKEND)
+        super().__init__(config, backend)
         if not 0.0 <= lower_bound < 1.0:
             raise ValueError(f"HGRN2 lower_bound must be in [0, 1), got {lower_bound}")
         self.lower_bound = float(lower_bound)
@@ -198,29 +165,13 @@ class HGRN2(ParallelMixer):
 
     def _forward(self, x: torch.Tensor, want_state: bool):
         q, k, v, g = self._project(x)
-        o, final = gla(
-            q,
-            k,
-            v,
-            g,
-            chunk_size=self.config.chunk_size,
-            backend=OP_BACKEND[self.backend],
-            output_final_state=want_state,
-        )
-        return self._output(o), (final.to(self.state_dtype()) if want_state else None)
-
-
-    def init_state(self, batch: int) -> torch.Tensor:
-        h, hd = self.config.n_heads, self.config.hd
-        return self.qfi.weight.new_zeros(batch, h, hd, hd, dtype=self.state_dtype())
+        o, final = self._scan(gla, q, k, v, g, want_state=want_state)
+        return self._output(o), final
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q, k, v, g = self._project(x_t)
-        o, state = gla_step(q, k, v, g, state, backend=OP_BACKEND[self.backend])
+        o, state = gla_step(q, k, v, g, state, backend=self.op_backend)
         return self._output(o), state
-
-    def state_bytes(self, batch: int, seq_len: int) -> int:
-        return batch * self.config.n_heads * self.config.hd**2 * 4
 
 
 # ---- analytic forward FLOPs -----------------------------------------------------------
@@ -238,6 +189,8 @@ def _mix_flops(config: MixerConfig, batch: int, seq_len: int, per_channel_decay:
 
 
 def retnet_flops(config: MixerConfig, batch: int, seq_len: int) -> float:
+    """Forward FLOPs of a constant-decay layer (RetNet, Lightning Attention): q/k/v and gate projections
+    in, the output out, and the chunked decayed core."""
     h, hd, d = config.n_heads, config.hd, config.d_model
     proj = 2 * batch * seq_len * d * 5 * h * hd  # q, k, v, gate in; output out
     return float(proj + _mix_flops(config, batch, seq_len, per_channel_decay=False))
@@ -262,11 +215,8 @@ SPECS = (
         description="Multi-scale retention: fixed per-head decays, swish gate, GroupNorm (Sun et al., 2023)",
         paper="Retentive Network: A Successor to Transformer for Large Language Models (arXiv 2307.08621)",
         complexity=MATRIX_STATE,
-        backends=(
-            Backend("fla", "flash-linear-attention chunk_simple_gla Triton kernel (constant g_gamma)", requires_fla),
-            Backend("chunked", "pure-PyTorch chunked reference", always),
-        ),
-        factory=lambda cfg, backend: RetNet(cfg, backend),
+        backends=RetNet.backends,
+        factory=RetNet,
         flops=retnet_flops,
     ),
     ArchSpec(
@@ -275,11 +225,8 @@ SPECS = (
         description="Gated linear attention: data-dependent per-channel decay, low-rank gate (Yang et al., 2023)",
         paper="Gated Linear Attention Transformers with Hardware-Efficient Training (arXiv 2312.06635)",
         complexity=MATRIX_STATE,
-        backends=(
-            Backend("fla", "flash-linear-attention chunk_gla Triton kernel", requires_fla),
-            Backend("chunked", "pure-PyTorch chunked reference", always),
-        ),
-        factory=lambda cfg, backend: GLA(cfg, backend),
+        backends=GLA.backends,
+        factory=GLA,
         flops=gla_flops,
     ),
     ArchSpec(
@@ -288,11 +235,8 @@ SPECS = (
         description="HGRN2: gated linear RNN with outer-product state expansion, tied input gate (Qin et al., 2024)",
         paper="HGRN2: Gated Linear RNNs with State Expansion (arXiv 2404.07904)",
         complexity=MATRIX_STATE,
-        backends=(
-            Backend("fla", "flash-linear-attention chunk_gla Triton kernel", requires_fla),
-            Backend("chunked", "pure-PyTorch chunked reference", always),
-        ),
-        factory=lambda cfg, backend: HGRN2(cfg, backend),
+        backends=HGRN2.backends,
+        factory=HGRN2,
         flops=hgrn2_flops,
     ),
 )

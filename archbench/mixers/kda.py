@@ -25,34 +25,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from archbench.mixers.base import MixerConfig
-from archbench.mixers.common import HeadRMSNorm
-from archbench.mixers.delta import _conv_flops, _delta_rule_op_flops, _DeltaBase, mamba2_decay
+from archbench.mixers.delta import DELTA_RULE, GatedDeltaNet, _conv_flops, _delta_rule_op_flops, fla_wy
 from archbench.ops.kda import FLA_MAX_HEAD_DIM, kda, kda_step
-from archbench.spec import ArchSpec, Backend, Complexity, always, head_dim_at_most, requires_fla
+from archbench.spec import ArchSpec
 
 
-class KimiDeltaAttention(_DeltaBase):
+class KimiDeltaAttention(GatedDeltaNet):
     """KDA layer (Kimi Linear, arXiv 2510.26692): the gated delta rule with per-channel decay."""
 
     _op, _step_op = staticmethod(kda), staticmethod(kda_step)
+    backends = fla_wy("chunk_kda", FLA_MAX_HEAD_DIM)
+    norm_eps = 1e-5
 
-    def __init__(
-        self,
-        config: MixerConfig,
-        backend: str = "chunked",
-        dt_min: float = 1e-3,
-        dt_max: float = 0.1,
-        dt_floor: float = 1e-4,
-        a_range: tuple[float, float] = (1.0, 16.0),
-    ):
-        super().__init__(config, backend)
+    def _decay_projections(self, config: MixerConfig) -> int:
+        """Low-rank (rank hd) projections for the per-channel decay and the output gate, as in Kimi Linear;
+        Mamba2-style initialisation, one A per head and one dt bias per channel."""
         d, h, hd = config.d_model, config.n_heads, config.hd
-        # low-rank (rank hd) projections for the per-channel decay and the output gate, as in Kimi Linear
         self.f_proj = nn.Sequential(nn.Linear(d, hd, bias=False), nn.Linear(hd, h * hd, bias=False))
         self.g_proj = nn.Sequential(nn.Linear(d, hd, bias=False), nn.Linear(hd, h * hd, bias=True))
-        # Mamba2-style initialisation, one A per head and one dt bias per channel
-        self.A_log, self.dt_bias = mamba2_decay(h, h * hd, a_range, dt_min, dt_max, dt_floor)
-        self.o_norm = HeadRMSNorm(hd, eps=1e-5)
+        return h * hd
 
     def _gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(log-decay g [..., H, hd] in fp32, beta [..., H]): g = -exp(A_log) softplus(W_f x + dt_bias)."""
@@ -64,7 +55,6 @@ class KimiDeltaAttention(_DeltaBase):
     def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         gate = self.g_proj(x).unflatten(-1, (self.config.n_heads, self.config.hd))
         return self.o_proj((self.o_norm(o) * torch.sigmoid(gate)).flatten(-2))
-
 
 
 def kda_flops(config: MixerConfig, batch: int, seq_len: int) -> float:
@@ -83,18 +73,9 @@ SPECS = (
         family="linear/delta-rule",
         description="Kimi Delta Attention: gated delta rule with a decay per key channel (Kimi Linear, 2025)",
         paper="Kimi Linear: An Expressive, Efficient Attention Architecture (arXiv 2510.26692)",
-        complexity=Complexity(
-            train_time="O(T C d + T d^2 / H)",
-            train_memory="O(T d + (T/C) d^2 / H)",
-            decode_time="O(d^2 / H) per token",
-            decode_memory="O(d^2 / H) state",
-        ),
-        backends=(
-            Backend("fla", "fla chunk_kda / fused_recurrent_kda Triton kernels", requires_fla,
-                    limits=head_dim_at_most(FLA_MAX_HEAD_DIM, "fla's chunk_kda")),
-            Backend("chunked", "pure-PyTorch chunked WY / UT-transform reference", always),
-        ),
-        factory=lambda cfg, backend: KimiDeltaAttention(cfg, backend),
+        complexity=DELTA_RULE,
+        backends=KimiDeltaAttention.backends,
+        factory=KimiDeltaAttention,
         flops=kda_flops,
     ),
 )

@@ -25,23 +25,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archbench.mixers.base import MixerConfig, ParallelMixer, check_backend
+from archbench.mixers.base import MatrixStateMixer, MixerConfig
 from archbench.mixers.common import HeadRMSNorm
-from archbench.mixers.gla import _mix_flops
+from archbench.mixers.gla import retnet_flops
 from archbench.mixers.linear import MATRIX_STATE
 from archbench.ops.lightning import lightning_attention, lightning_attention_step, minimax_slopes
-from archbench.spec import ArchSpec, Backend, always, requires_fla
-
-# registry backend name -> op backend name
-OP_BACKEND = {"fla": "fla", "chunked": "torch"}
+from archbench.spec import ArchSpec, fla_and_reference
 
 
-class LightningAttention(ParallelMixer):
+class LightningAttention(MatrixStateMixer):
     """MiniMax-01's lightning-attention layer (arXiv 2501.08313)."""
 
+    backends = fla_and_reference(
+        "flash-linear-attention chunk_simple_gla Triton kernel (constant g_gamma)",
+        "pure-PyTorch chunked reference (simple GLA, constant decay)",
+    )
+
     def __init__(self, config: MixerConfig, backend: str = "chunked", layer_idx: int = 0, num_layers: int = 1):
-        super().__init__()
-        self.config, self.backend = config, check_backend("LightningAttention", backend, OP_BACKEND)
+        super().__init__(config, backend)
         h, hd, d = config.n_heads, config.hd, config.d_model
         self.qkv = nn.Linear(d, 3 * h * hd, bias=False)
         self.gate = nn.Linear(d, h * hd, bias=False)
@@ -59,36 +60,13 @@ class LightningAttention(ParallelMixer):
 
     def _forward(self, x: torch.Tensor, want_state: bool):
         q, k, v = self._project(x)
-        o, final = lightning_attention(
-            q,
-            k,
-            v,
-            self.slopes,
-            scale=1.0,
-            chunk_size=self.config.chunk_size,
-            backend=OP_BACKEND[self.backend],
-            output_final_state=want_state,
-        )
-        return self._output(o, x), (final.to(self.state_dtype()) if want_state else None)
-
-    def init_state(self, batch: int) -> torch.Tensor:
-        h, hd = self.config.n_heads, self.config.hd
-        return self.qkv.weight.new_zeros(batch, h, hd, hd, dtype=self.state_dtype())
+        o, final = self._scan(lightning_attention, q, k, v, self.slopes, scale=1.0, want_state=want_state)
+        return self._output(o, x), final
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q, k, v = self._project(x_t)
-        o, state = lightning_attention_step(q, k, v, self.slopes, state, scale=1.0, backend=OP_BACKEND[self.backend])
+        o, state = lightning_attention_step(q, k, v, self.slopes, state, scale=1.0, backend=self.op_backend)
         return self._output(o, x_t), state
-
-    def state_bytes(self, batch: int, seq_len: int) -> int:
-        return batch * self.config.n_heads * self.config.hd**2 * 4  # fp32, independent of seq_len
-
-
-def lightning_flops(config: MixerConfig, batch: int, seq_len: int) -> float:
-    """Forward FLOPs: q/k/v and gate projections in, output out, and the chunked decayed core."""
-    h, hd, d = config.n_heads, config.hd, config.d_model
-    proj = 2 * batch * seq_len * d * 5 * h * hd
-    return float(proj + _mix_flops(config, batch, seq_len, per_channel_decay=False))
 
 
 SPECS = (
@@ -98,11 +76,8 @@ SPECS = (
         description="Lightning Attention: linear attention with fixed per-head decays, MiniMax-01's layer (2025)",
         paper="MiniMax-01: Scaling Foundation Models with Lightning Attention (arXiv 2501.08313)",
         complexity=MATRIX_STATE,
-        backends=(
-            Backend("fla", "flash-linear-attention chunk_simple_gla Triton kernel (constant g_gamma)", requires_fla),
-            Backend("chunked", "pure-PyTorch chunked reference (simple GLA, constant decay)", always),
-        ),
-        factory=lambda cfg, backend: LightningAttention(cfg, backend),
-        flops=lightning_flops,
+        backends=LightningAttention.backends,
+        factory=LightningAttention,
+        flops=retnet_flops,  # RetNet's: the same projections and constant-decay core
     ),
 )

@@ -20,12 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archbench.mixers.base import Mixer, MixerConfig, check_backend
+from archbench.mixers.base import MixerConfig, ParallelMixer
 from archbench.ops.linear_attention import linear_attention, linear_attention_step
-from archbench.spec import ArchSpec, Backend, Complexity, always, requires_fla
+from archbench.spec import ArchSpec, Complexity, fla_and_reference
 
-BACKENDS = ("fla", "chunked")
-OP_BACKEND = {"fla": "fla", "chunked": "torch"}
 EPS = 1e-6
 
 
@@ -33,10 +31,11 @@ def feature_map(x: torch.Tensor) -> torch.Tensor:
     return F.elu(x) + 1.0
 
 
-class LinearAttention(Mixer):
+class LinearAttention(ParallelMixer):
+    backends = fla_and_reference("flash-linear-attention chunk_linear_attn Triton kernel")
+
     def __init__(self, config: MixerConfig, backend: str = "chunked"):
-        super().__init__()
-        self.config, self.backend = config, check_backend("linear attention", backend, BACKENDS)
+        super().__init__(config, backend)
         h, hd = config.n_heads, config.hd
         self.qkv = nn.Linear(config.d_model, 3 * h * hd, bias=False)
         self.out = nn.Linear(h * hd, config.d_model, bias=False)
@@ -51,26 +50,17 @@ class LinearAttention(Mixer):
     def _normalise(o: torch.Tensor) -> torch.Tensor:
         return o[..., :-1] / (o[..., -1:] + EPS)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, want_state: bool):
         q, k, v = self._project(x)
-        o, _ = linear_attention(q, k, v, scale=1.0, chunk_size=self.config.chunk_size, backend=OP_BACKEND[self.backend])
-        return self.out(self._normalise(o).flatten(2))
-
-    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        q, k, v = self._project(x)
-        o, state = linear_attention(
-            q, k, v, scale=1.0, chunk_size=self.config.chunk_size, output_final_state=True,
-            backend=OP_BACKEND[self.backend],
-        )  # fmt: skip
+        o, state = self._scan(linear_attention, q, k, v, scale=1.0, want_state=want_state)
         return self.out(self._normalise(o).flatten(2)), state
 
     def init_state(self, batch: int) -> torch.Tensor:
-        h, hd = self.config.n_heads, self.config.hd
-        return self.qkv.weight.new_zeros(batch, h, hd, hd + 1, dtype=self.state_dtype())
+        return self._zeros(batch, self.config.n_heads, self.config.hd, self.config.hd + 1)
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q, k, v = self._project(x_t)
-        o, state = linear_attention_step(q, k, v, state, scale=1.0, backend=OP_BACKEND[self.backend])
+        o, state = linear_attention_step(q, k, v, state, scale=1.0, backend=self.op_backend)
         return self.out(self._normalise(o).flatten(1)), state
 
     def state_bytes(self, batch: int, seq_len: int) -> int:
@@ -102,11 +92,8 @@ SPECS = (
         description="Causal linear attention with elu+1 feature map (Katharopoulos et al., 2020)",
         paper="Transformers are RNNs (arXiv 2006.16236)",
         complexity=MATRIX_STATE,
-        backends=(
-            Backend("fla", "flash-linear-attention chunk_linear_attn Triton kernel", requires_fla),
-            Backend("chunked", "pure-PyTorch chunked reference", always),
-        ),
-        factory=lambda cfg, backend: LinearAttention(cfg, backend),
+        backends=LinearAttention.backends,
+        factory=LinearAttention,
         flops=linear_attention_flops,
     ),
 )

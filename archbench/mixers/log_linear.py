@@ -27,24 +27,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archbench.mixers.base import MixerConfig, check_backend
+from archbench.mixers.base import MixerConfig
 from archbench.mixers.ssm import Mamba2, mamba2_flops
 from archbench.ops.log_linear import levels_needed, log_linear_attention, log_linear_attention_step
-from archbench.spec import ArchSpec, Backend, Complexity, always, requires_fla
+from archbench.spec import ArchSpec, Complexity, fla_and_reference
 
-OP_BACKEND = {"fla": "fla", "chunked": "torch"}
 NUM_LEVELS = 21
 
 
 class LogLinearMamba2(Mamba2):
     """Log-linear Mamba-2 (Guo et al., 2025, arXiv 2506.04761)."""
 
+    backends = fla_and_reference(
+        "fla chunk_log_linear_attn Triton kernel (no state carry: prefill uses the reference)",
+        "pure-PyTorch chunked Fenwick-level reference",
+    )
+
     def __init__(self, config: MixerConfig, backend: str = "chunked", num_levels: int = NUM_LEVELS):
-        check_backend("log_linear_mamba2", backend, OP_BACKEND)
         if num_levels < 2:
             raise ValueError(f"num_levels must be >= 2, got {num_levels}")
-        super().__init__(config, "chunked")
-        self.backend, self.num_levels = backend, num_levels
+        super().__init__(config, backend)
+        self.num_levels = num_levels
         self.level_proj = nn.Linear(config.d_model, self.n_heads * num_levels, bias=False)
         self.L = nn.Parameter(torch.ones(self.n_heads, num_levels))
 
@@ -57,12 +60,9 @@ class LogLinearMamba2(Mamba2):
 
     def _forward(self, u: torch.Tensor, want_state: bool):
         z, xbc, dt = self._split(self.in_proj(u))
-        if want_state:
-            xbc, conv_state = self.conv.prefill(xbc)
-        else:
-            xbc = self.conv(xbc)
+        xbc, conv_state = self.conv.run(xbc, want_state)
         x, q, k, v, g, lam = self._op_inputs(u, xbc, dt)
-        backend = "torch" if want_state else OP_BACKEND[self.backend]  # fla's adapter carries no state
+        backend = "torch" if want_state else self.op_backend  # fla's adapter carries no state
         y, S = log_linear_attention(
             q, k, v, g, lam, scale=1.0, output_final_state=want_state, chunk_size=self.config.chunk_size, backend=backend
         )
@@ -72,8 +72,7 @@ class LogLinearMamba2(Mamba2):
         return out, {"conv": conv_state, "levels": S.to(self.state_dtype()), "t": u.shape[1]}
 
     def init_state(self, batch: int) -> dict[str, Any]:
-        w = self.in_proj.weight
-        levels = w.new_zeros(batch, self.n_heads, self.num_levels, self.d_state, self.head_dim, dtype=self.state_dtype())
+        levels = self._zeros(batch, self.n_heads, self.num_levels, self.d_state, self.head_dim)
         return {"conv": self.conv.init_state(batch), "levels": levels, "t": 0}
 
     def step(self, u_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -117,18 +116,9 @@ SPECS = (
         family="ssm/log-linear",
         description="Log-linear Mamba-2: a Fenwick tree of O(log T) SSD states with learned level weights (Guo et al., 2025)",
         paper="Log-Linear Attention (arXiv 2506.04761)",
-        complexity=Complexity(
-            train_time="O(T log T d N)",
-            train_memory="O(T d + (T/C) d N)",
-            decode_time="O(d N log T) per token",
-            decode_memory="O(d N log T) state",
-        ),
-        backends=(
-            Backend("fla", "fla chunk_log_linear_attn Triton kernel (no state carry: prefill uses the reference)",
-                    requires_fla),
-            Backend("chunked", "pure-PyTorch chunked Fenwick-level reference", always),
-        ),
-        factory=lambda cfg, backend: LogLinearMamba2(cfg, backend),
+        complexity=Complexity("O(T log T d N)", "O(T d + (T/C) d N)", "O(d N log T) per token", "O(d N log T) state"),
+        backends=LogLinearMamba2.backends,
+        factory=LogLinearMamba2,
         flops=log_linear_mamba2_flops,
         decode_flops=log_linear_mamba2_decode_flops,
     ),

@@ -29,28 +29,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archbench.mixers.base import MixerConfig, ParallelMixer, check_backend
+from archbench.mixers.base import MixerConfig, ParallelMixer
 from archbench.mixers.common import HeadRMSNorm, dt_bias_init
+from archbench.mixers.ssm import SSD, ssd_heads
 from archbench.ops.mamba3 import empty_state, mamba3, mamba3_step
-from archbench.spec import ArchSpec, Backend, Complexity, always, fla_gated_backward, requires_fla
+from archbench.spec import ArchSpec, fla_and_reference
 
-OP_BACKEND = {"fla": "fla", "chunked": "torch"}
 A_FLOOR = 1e-4
 
 
 class Mamba3(ParallelMixer):
     """The Mamba-3 SISO block as a token mixer; ngroups = 1."""
 
+    backends = fla_and_reference(
+        "fla chunk_simple_gla for the recurrence (rotation, trapezoid in torch)",
+        "pure-PyTorch chunked reference (simple-GLA form + trapezoid correction)",
+        gated=True,
+    )
+
     def __init__(self, config: MixerConfig, backend: str = "chunked"):
-        super().__init__()
-        self.config, self.backend = config, check_backend("mamba3", backend, OP_BACKEND)
+        super().__init__(config, backend)
         d = config.d_model
-        self.d_inner = di = config.expand * d
-        self.head_dim = P = config.hd
-        if di % P:
-            raise ValueError(f"mamba3: d_inner = expand * d_model = {di} is not a multiple of head_dim {P}")
-        self.n_heads = H = di // P
-        self.d_state = N = config.d_state or 64
+        self.d_inner, self.head_dim, self.n_heads, self.d_state = di, P, H, N = ssd_heads(config, "mamba3")
         self.n_angles = N // 4
         if self.n_angles < 1:
             raise ValueError(f"mamba3 needs d_state >= 4 for its rotary angles (got {N})")
@@ -80,7 +80,7 @@ class Mamba3(ParallelMixer):
         z, x, dt, a, lam, Bm, Cm, dtheta = self._inputs(u)
         y, state = mamba3(
             x, dt, a, lam, Bm, Cm, dtheta, D=self.D.to(self.state_dtype()), output_final_state=want_state,
-            chunk_size=self.config.chunk_size, backend=OP_BACKEND[self.backend],
+            chunk_size=self.config.chunk_size, backend=self.op_backend,
         )  # fmt: skip
         out = self.out_proj(y.flatten(-2) * F.silu(z))
         return out, ({"ssm": state} if want_state else None)
@@ -123,22 +123,9 @@ SPECS = (
         family="ssm/ssd",
         description="Mamba-3 (SISO): exponential-trapezoidal SSM with rotary (complex) state and data-dependent decay (Lahoti et al., 2026)",
         paper="Mamba-3: Improved Sequence Modeling using State Space Principles (arXiv 2603.15569)",
-        complexity=Complexity(
-            train_time="O(T C d + T d N)",
-            train_memory="O(T d + (T/C) d N)",
-            decode_time="O(d N) per token",
-            decode_memory="O(d N) state",
-        ),
-        backends=(
-            Backend(
-                "fla",
-                "fla chunk_simple_gla for the recurrence (rotation, trapezoid in torch)",
-                requires_fla,
-                fla_gated_backward,
-            ),
-            Backend("chunked", "pure-PyTorch chunked reference (simple-GLA form + trapezoid correction)", always),
-        ),
-        factory=lambda cfg, backend: Mamba3(cfg, backend),
+        complexity=SSD,
+        backends=Mamba3.backends,
+        factory=Mamba3,
         flops=mamba3_flops,
     ),
 )

@@ -26,12 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from archbench.mixers.base import MixerConfig, ParallelMixer, check_backend
+from archbench.mixers.attention import naive_reference
+from archbench.mixers.base import MixerConfig, ParallelMixer
 from archbench.mixers.common import HeadRMSNorm, cache_append, empty_cache, prefilled_cache, rotary
 from archbench.ops.mla import mla
 from archbench.spec import ArchSpec, Backend, Complexity, always
-
-OP_BACKEND = {"sdpa": "sdpa", "naive": "torch"}
 
 
 def mla_dims(config: MixerConfig) -> tuple[int, int, int]:
@@ -41,11 +40,15 @@ def mla_dims(config: MixerConfig) -> tuple[int, int, int]:
 
 
 class MultiHeadLatentAttention(ParallelMixer):
+    backends = (
+        Backend("sdpa", "torch SDPA on the up-projected keys; latent multi-query SDPA for decode", always),
+        naive_reference("pure-PyTorch reference, materialises the T x T scores"),
+    )
+
     def __init__(
         self, config: MixerConfig, backend: str = "sdpa", kv_rank: int | None = None, rope_dim: int | None = None
     ):
-        super().__init__()
-        self.config, self.backend = config, check_backend("MLA", backend, OP_BACKEND)
+        super().__init__(config, backend)
         dn, dr, r = mla_dims(config)
         self.dn, self.dr, self.rank = dn, dr if rope_dim is None else rope_dim, r if kv_rank is None else kv_rank
         if self.rank < 1 or self.dr < 0 or self.dr % 2:
@@ -74,7 +77,7 @@ class MultiHeadLatentAttention(ParallelMixer):
 
     def _forward(self, x: torch.Tensor, want_state: bool) -> tuple[torch.Tensor, dict[str, Any] | None]:
         q_nope, q_rope, c, k_rope = self._project(x)
-        o = mla(q_nope, q_rope, c, k_rope, *self._weights(), backend=OP_BACKEND[self.backend])
+        o = mla(q_nope, q_rope, c, k_rope, *self._weights(), backend=self.op_backend)
         y = self.out(o.flatten(2))
         if not want_state:
             return y, None
@@ -90,7 +93,7 @@ class MultiHeadLatentAttention(ParallelMixer):
         cache_append(state, c=c[:, 0], kr=k_rope[:, 0])
         o = mla(
             q_nope, q_rope, state["c"][:, : n + 1], state["kr"][:, : n + 1], *self._weights(),
-            absorb=True, backend=OP_BACKEND[self.backend],
+            absorb=True, backend=self.op_backend,
         )  # fmt: skip
         return self.out(o.flatten(2))[:, 0], state
 
@@ -126,18 +129,10 @@ SPECS = (
         family="full/softmax-latent",
         description="Multi-head Latent Attention: low-rank joint KV latent + decoupled RoPE, latent decode cache (DeepSeek-V2, 2024)",
         paper="DeepSeek-V2: A Strong, Economical, and Efficient Mixture-of-Experts Language Model (arXiv 2405.04434)",
-        complexity=Complexity(
-            train_time="O(T^2 H d)",
-            train_memory="O(T H d) fused, O(T^2) naive",
-            decode_time="O(S H (r + d_R)) per token (absorbed)",
-            decode_memory="O(S (r + d_R)) latent cache",
-        ),
-        backends=(
-            Backend("sdpa", "torch SDPA on the up-projected keys; latent multi-query SDPA for decode", always),
-            Backend("naive", "pure-PyTorch reference, materialises the T x T scores", always),
-        ),
+        complexity=Complexity("O(T^2 H d)", "O(T H d) fused, O(T^2) naive", "O(S H (r + d_R)) per token (absorbed)", "O(S (r + d_R)) latent cache"),
+        backends=MultiHeadLatentAttention.backends,
         time_exponent=2.0,
-        factory=lambda cfg, backend: MultiHeadLatentAttention(cfg, backend),
+        factory=MultiHeadLatentAttention,
         flops=mla_flops,
         decode_flops=mla_decode_flops,
     ),

@@ -20,50 +20,30 @@ covers on the same GPUs. Decode steps use the reference or SDPA.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from archbench.mixers.attention import QKVProjections
-from archbench.mixers.base import MixerConfig, ParallelMixer, check_backend
-from archbench.mixers.common import cache_append, empty_cache, prefilled_cache
-from archbench.mixers.sparse import _proj_flops, flex_backward, requires_flex
+from archbench.mixers.attention import KVCacheAttention, attention_spec, decode_backend, naive_reference
+from archbench.mixers.base import MixerConfig
+from archbench.mixers.sparse import _proj_flops, flex_backend
 from archbench.ops.moba import moba
-from archbench.spec import ArchSpec, Backend, Complexity, always, marginal_flops
-
-OP_BACKEND = {"flex": "flex", "sdpa": "sdpa", "naive": "torch"}
+from archbench.spec import Backend, Complexity, always
 
 
-class MoBA(QKVProjections, ParallelMixer):
+class MoBA(KVCacheAttention):
+    backends = (
+        flex_backend("torch FlexAttention with a block mask from the routing (compiled)"),
+        Backend("sdpa", "torch SDPA per query chunk with the routed boolean key mask", always),
+        naive_reference("pure-PyTorch reference (gate, top-k, masked logits in row chunks)"),
+    )
+
     def __init__(self, config: MixerConfig, backend: str = "sdpa"):
-        super().__init__()
-        self.config, self.backend = config, check_backend("MoBA", backend, OP_BACKEND)
+        super().__init__(config, backend)
         self.block, self.topk = config.block_size, config.block_count
         self._init_proj(config)
 
-    def _forward(self, x: torch.Tensor, want_state: bool) -> tuple[torch.Tensor, dict[str, Any] | None]:
-        q, k, v = self._project(x)
-        o = moba(q, k, v, self.block, self.topk, backend=OP_BACKEND[self.backend])
-        y = self.out(o.flatten(2))
-        if not want_state:
-            return y, None
-        return y, prefilled_cache(x.shape[1], k=k, v=v)
-
-    def init_state(self, batch: int) -> dict[str, Any]:
-        """An empty KV cache; it grows (doubling its capacity) as tokens are decoded."""
-        kv = (self.config.kv_heads, self.config.hd)
-        return empty_cache(self.qkv.weight, batch, k=kv, v=kv)
-
-    def step(self, x_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        n = state["len"]
-        q, k, v = self._project(x_t[:, None], offset=n)
-        cache_append(state, k=k[:, 0], v=v[:, 0])
-        backend = "torch" if self.backend == "naive" else "sdpa"
-        o = moba(q, state["k"][:, : n + 1], state["v"][:, : n + 1], self.block, self.topk, backend=backend)
-        return self.out(o.flatten(2))[:, 0], state
-
-    def state_bytes(self, batch: int, seq_len: int) -> int:
-        return self._kv_bytes(batch, seq_len)
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decode: bool) -> torch.Tensor:
+        backend = decode_backend(self.op_backend) if decode else self.op_backend
+        return moba(q, k, v, self.block, self.topk, backend=backend)
 
 
 def moba_pairs(seq_len: int, block_size: int, topk: int) -> int:
@@ -88,30 +68,14 @@ def moba_flops(config: MixerConfig, batch: int, seq_len: int) -> float:
 
 
 SPECS = (
-    ArchSpec(
+    attention_spec(
         name="moba",
         family="sparse/dynamic",
         description="MoBA: softmax attention over the own block + top-k past blocks routed by mean keys (Lu et al., 2025)",
         paper="MoBA: Mixture of Block Attention for Long-Context LLMs (arXiv 2502.13189)",
-        complexity=Complexity(
-            train_time="O(T (k l + T/l) d)",
-            train_memory="O(T d + T H T/l) flex, O(T C) reference (row chunks)",
-            decode_time="O((S/l + k l) d) per token",
-            decode_memory="O(S d) KV cache",
-        ),
-        backends=(
-            Backend(
-                "flex",
-                "torch FlexAttention with a block mask from the routing (compiled)",
-                requires_flex,
-                flex_backward,
-            ),
-            Backend("sdpa", "torch SDPA per query chunk with the routed boolean key mask", always),
-            Backend("naive", "pure-PyTorch reference (gate, top-k, masked logits in row chunks)", always),
-        ),
-        time_exponent=2.0,
-        factory=lambda cfg, backend: MoBA(cfg, backend),
+        complexity=Complexity("O(T (k l + T/l) d)", "O(T d + T H T/l) flex, O(T C) reference (row chunks)", "O((S/l + k l) d) per token", "O(S d) KV cache"),
+        backends=MoBA.backends,
+        factory=MoBA,
         flops=moba_flops,
-        decode_flops=marginal_flops(moba_flops),
     ),
 )

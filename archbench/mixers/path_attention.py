@@ -24,16 +24,19 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from archbench.mixers.attention import softmax_attention_flops
-from archbench.mixers.base import MixerConfig, ParallelMixer, check_backend
+from archbench.mixers.attention import (
+    attention_spec,
+    decode_backend,
+    gated_projections,
+    softmax_attention_flops,
+    split_heads,
+)
+from archbench.mixers.base import MixerConfig, ParallelMixer
 from archbench.mixers.common import cache_append, empty_cache, prefilled_cache
 from archbench.ops.path_attention import FLA_HEAD_DIMS, householder_update, path_attention
 from archbench.ops.softmax_attention import softmax_attention
-from archbench.spec import ArchSpec, Backend, Complexity, always, marginal_flops, requires_fla
-
-OP_BACKEND = {"fla": "fla", "naive": "torch"}
+from archbench.spec import Complexity, fla_and_reference
 
 
 def path_fla_limits(config: MixerConfig) -> str | None:
@@ -44,28 +47,26 @@ def path_fla_limits(config: MixerConfig) -> str | None:
 
 
 class PaTHAttention(ParallelMixer):
+    backends = fla_and_reference(
+        "fla parallel_path_attn (Triton)", "pure-PyTorch chunked reference (materialises the T x T logits)",
+        limits=path_fla_limits, reference_name="naive",
+    )  # fmt: skip
+
     def __init__(self, config: MixerConfig, backend: str = "naive"):
-        super().__init__()
-        self.config, self.backend = config, check_backend("PaTH attention", backend, OP_BACKEND)
-        h, hkv, hd = config.n_heads, config.kv_heads, config.hd
-        self.qkvw = nn.Linear(config.d_model, (h + 3 * hkv) * hd, bias=False)
-        self.b_proj = nn.Linear(config.d_model, hkv, bias=True)
-        self.out = nn.Linear(h * hd, config.d_model, bias=False)
+        super().__init__(config, backend)
+        # k, v, w; beta per key/value head
+        self.qkvw, self.b_proj, self.out = gated_projections(config, kv_groups=3, gate=config.kv_heads)
 
     def _project(self, x: torch.Tensor):
-        B, T, _ = x.shape
-        h, hkv, hd = self.config.n_heads, self.config.kv_heads, self.config.hd
-        q, k, v, w = self.qkvw(x).split([h * hd, hkv * hd, hkv * hd, hkv * hd], dim=-1)
-        sd = self.state_dtype()
-        w = F.normalize(w.view(B, T, hkv, hd).to(sd), dim=-1)
-        beta = 2 * torch.sigmoid(self.b_proj(x).to(sd))
-        return q.view(B, T, h, hd), k.view(B, T, hkv, hd), v.view(B, T, hkv, hd), w, beta
+        h, hkv, sd = self.config.n_heads, self.config.kv_heads, self.state_dtype()
+        q, k, v, w = split_heads(self.qkvw(x), (h, hkv, hkv, hkv), self.config.hd)
+        return q, k, v, F.normalize(w.to(sd), dim=-1), 2 * torch.sigmoid(self.b_proj(x).to(sd))
 
     def _forward(self, x: torch.Tensor, want_state: bool) -> tuple[torch.Tensor, dict[str, Any] | None]:
         q, k, v, w, beta = self._project(x)
         o, cache = path_attention(
-            q, k, v, w.to(k.dtype) if self.backend == "naive" else w, beta, output_final_state=want_state,
-            chunk_size=self.config.chunk_size, backend=OP_BACKEND[self.backend],
+            q, k, v, w.to(k.dtype) if self.op_backend == "torch" else w, beta, output_final_state=want_state,
+            chunk_size=self.config.chunk_size, backend=self.op_backend,
         )  # fmt: skip
         y = self.out(o.flatten(2))
         if not want_state:
@@ -82,7 +83,7 @@ class PaTHAttention(ParallelMixer):
         q, k, v, w, beta = self._project(x_t[:, None])
         state["k"][:, :n] = householder_update(state["k"][:, :n], w[:, 0], beta[:, 0])  # every cached key moves through H_t
         cache_append(state, k=k[:, 0], v=v[:, 0])
-        backend = "torch" if self.backend == "naive" else "sdpa"
+        backend = decode_backend(self.op_backend)
         o = softmax_attention(q, state["k"][:, : n + 1], state["v"][:, : n + 1], causal=False, backend=backend)
         return self.out(o.flatten(2))[:, 0], state
 
@@ -106,24 +107,14 @@ def path_attention_flops(config: MixerConfig, batch: int, seq_len: int) -> float
 
 
 SPECS = (
-    ArchSpec(
+    attention_spec(
         name="path_attention",
         family="full/softmax-position",
         description="PaTH attention: softmax attention with accumulated data-dependent Householder transforms as position encoding (Yang et al., 2025)",
         paper="PaTH Attention: Position Encoding via Accumulating Householder Transformations (arXiv 2505.16381)",
-        complexity=Complexity(
-            train_time="O(T^2 d)",
-            train_memory="O(T d) fused, O(T^2) reference",
-            decode_time="O(S d) per token",
-            decode_memory="O(S d) transformed KV cache",
-        ),
-        backends=(
-            Backend("fla", "fla parallel_path_attn (Triton)", requires_fla, limits=path_fla_limits),
-            Backend("naive", "pure-PyTorch chunked reference (materialises the T x T logits)", always),
-        ),
-        time_exponent=2.0,
-        factory=lambda cfg, backend: PaTHAttention(cfg, backend),
+        complexity=Complexity("O(T^2 d)", "O(T d) fused, O(T^2) reference", "O(S d) per token", "O(S d) transformed KV cache"),
+        backends=PaTHAttention.backends,
+        factory=PaTHAttention,
         flops=path_attention_flops,
-        decode_flops=marginal_flops(path_attention_flops),
     ),
 )

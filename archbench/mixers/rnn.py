@@ -46,11 +46,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archbench.mixers.base import MixerConfig, ParallelMixer, check_backend
+from archbench.mixers.base import MixerConfig, ParallelMixer
+from archbench.mixers.delta import fla_wy
 from archbench.ops.dplr import dplr, dplr_flops, dplr_step
-from archbench.spec import ArchSpec, Backend, Complexity, always, head_dim_at_most, requires_fla
+from archbench.spec import ArchSpec, Complexity
 
-BACKENDS = {"fla": "fla", "chunked": "torch"}  # mixer backend -> op backend
 LOG_DECAY_BOUND = math.exp(-0.5)  # log w in (-e^{-0.5}, 0), i.e. w in (0.545, 1)
 GROUPNORM_EPS = 64e-5  # the paper's code: 1e-5 * head_size_divisor**2 with divisor 8
 
@@ -63,9 +63,10 @@ def lora_rank(d_model: int, factor: float, power: float) -> int:
 class RWKV7(ParallelMixer):
     """RWKV-7 time mixing: token shift, DPLR recurrence with an in-context learning rate, bonus, gate."""
 
+    backends = fla_wy("chunk_dplr_delta_rule")
+
     def __init__(self, config: MixerConfig, backend: str = "chunked"):
-        super().__init__()
-        self.config, self.backend = config, check_backend("RWKV-7", backend, BACKENDS)
+        super().__init__(config, backend)
         d, H, N = config.d_model, config.n_heads, config.hd
         A = H * N
         self.rank_w = lora_rank(d, 1.8, 0.5)
@@ -130,38 +131,25 @@ class RWKV7(ParallelMixer):
     def _forward(self, x: torch.Tensor, want_state: bool):
         x_prev = F.pad(x, (0, 0, 1, -1))  # x_{t-1}, zero before the first token
         r, k, v, log_w, a, b, g = self._inputs(x, x_prev)
-        o, S = dplr(
-            r,
-            k,
-            v,
-            log_w,
-            a,
-            b,
-            scale=1.0,
-            chunk_size=self.config.chunk_size,
-            backend=BACKENDS[self.backend],
-            output_final_state=want_state,
-        )
+        o, S = self._scan(dplr, r, k, v, log_w, a, b, scale=1.0, want_state=want_state)
         y = self._finish(o, r, k, v, g)
         if not want_state:
             return y, None
         # token-shift state: the last x (a copy, so the state does not keep the prompt alive)
         shift = x[:, -1].clone() if x.shape[1] else x.new_zeros(x.shape[0], x.shape[-1])
-        return y, (S.to(self.state_dtype()), shift)
-
+        return y, (S, shift)
 
     # -- decode ----------------------------------------------------------------------------
 
     def init_state(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(the DPLR state [B, H, N, N] fp32, the previous token x [B, d])."""
         H, N = self.config.n_heads, self.config.hd
-        w = self.receptance.weight
-        return w.new_zeros(batch, H, N, N, dtype=self.state_dtype()), w.new_zeros(batch, self.config.d_model)
+        return self._zeros(batch, H, N, N), self.receptance.weight.new_zeros(batch, self.config.d_model)
 
     def step(self, x_t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
         S, x_prev = state
         r, k, v, log_w, a, b, g = self._inputs(x_t, x_prev.to(x_t.dtype))
-        o, S = dplr_step(r, k, v, log_w, a, b, S, scale=1.0, backend=BACKENDS[self.backend])
+        o, S = dplr_step(r, k, v, log_w, a, b, S, scale=1.0, backend=self.op_backend)
         return self._finish(o, r, k, v, g), (S, x_t)
 
     def state_bytes(self, batch: int, seq_len: int) -> int:
@@ -189,18 +177,9 @@ SPECS = (
         description="RWKV-7 Goose: linear RNN with a diagonal-plus-low-rank (generalised delta rule) transition "
         "(Peng et al., 2025)",
         paper='RWKV-7 "Goose" with Expressive Dynamic State Evolution (arXiv 2503.14456)',
-        complexity=Complexity(
-            train_time="O(T d (C + d_head))",
-            train_memory="O(T d + (T/C) d d_head)",
-            decode_time="O(d d_head) per token",
-            decode_memory="O(d d_head) state + O(d) token shift",
-        ),
-        backends=(
-            Backend("fla", "flash-linear-attention chunk_dplr_delta_rule Triton kernel", requires_fla,
-                    limits=head_dim_at_most(256, "fla's chunk_dplr_delta_rule")),
-            Backend("chunked", "pure-PyTorch chunked WY / UT-transform reference", always),
-        ),
-        factory=lambda cfg, backend: RWKV7(cfg, backend),
+        complexity=Complexity("O(T d (C + d_head))", "O(T d + (T/C) d d_head)", "O(d d_head) per token", "O(d d_head) state + O(d) token shift"),
+        backends=RWKV7.backends,
+        factory=RWKV7,
         flops=rwkv7_flops,
         tags=("linear-rnn", "dplr", "delta-rule"),
     ),

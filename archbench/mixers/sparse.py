@@ -45,12 +45,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from archbench.mixers.attention import QKVProjections
-from archbench.mixers.base import MixerConfig, ParallelMixer, check_backend
+from archbench.mixers.attention import QKVProjections, attention_spec, decode_backend, naive_reference
+from archbench.mixers.base import MixerConfig, ParallelMixer
 from archbench.mixers.common import cache_append, empty_cache, prefilled_cache
 from archbench.ops.nsa import fla_shape_reason, nsa
 from archbench.ops.softmax_attention import flex_unavailable_reason, masked_attention, softmax_attention
-from archbench.spec import ArchSpec, Backend, Complexity, Unsupported, always, marginal_flops, requires_fla, requires_flash_attn
+from archbench.spec import Backend, Complexity, Unsupported, always, fla_and_reference, requires_flash_attn
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -67,30 +67,38 @@ def flex_backward(device: str, dtype: str | None = None) -> str | None:
     return None
 
 
+def flex_backend(description: str) -> Backend:
+    """FlexAttention (compiled; CUDA, and CPU in fp32/bf16 for the forward)."""
+    return Backend("flex", description, requires_flex, flex_backward)
+
+
 class _QKV(QKVProjections, ParallelMixer):
     """The projections (and RoPE) of softmax attention, in a parallel-form mixer."""
 
 
 # ---- sliding window ----------------------------------------------------------------------
 
-SWA_OP_BACKEND = {"flash_attn": "flash_attn", "flex": "flex", "sdpa": "sdpa", "naive": "torch"}
-
 
 class SlidingWindowAttention(_QKV):
+    backends = (
+        Backend("flash_attn", "flash-attn window_size=(W-1, 0) (Dao, 2023)", requires_flash_attn),
+        flex_backend("torch FlexAttention with a sliding-window block mask (compiled)"),
+        Backend("sdpa", "torch SDPA on query chunks with a banded boolean mask", always),
+        naive_reference("pure-PyTorch banded reference (chunks of queries x C+W-1 keys)"),
+    )
+
     def __init__(self, config: MixerConfig, backend: str = "sdpa"):
-        super().__init__()
-        self.config, self.backend = config, check_backend("sliding window attention", backend, SWA_OP_BACKEND)
+        super().__init__(config, backend)
         self.window = config.window or 512
         self._init_proj(config)
 
     def _forward(self, x: torch.Tensor, want_state: bool) -> tuple[torch.Tensor, dict[str, Any] | None]:
         q, k, v = self._project(x)
-        o = softmax_attention(q, k, v, causal=True, window=self.window, backend=SWA_OP_BACKEND[self.backend])
+        o = softmax_attention(q, k, v, causal=True, window=self.window, backend=self.op_backend)
         y = self.out(o.flatten(2))
         if not want_state:
             return y, None
         return y, {"k": self._ring(k), "v": self._ring(v), "pos": x.shape[1]}
-
 
     def _capacity(self, seq_len: int) -> int:
         """The ring cache's slots after ``seq_len`` tokens, grown exactly as ``step`` grows it."""
@@ -129,7 +137,7 @@ class SlidingWindowAttention(_QKV):
         state["pos"] = p + 1
         n = min(p + 1, W)
         # every cached key is within the window; the order of keys does not matter to softmax
-        backend = "torch" if self.backend == "naive" else ("flash_attn" if self.backend == "flash_attn" else "sdpa")
+        backend = decode_backend(self.op_backend, keep=("torch", "flash_attn"))
         o = softmax_attention(q, state["k"][:, :n], state["v"][:, :n], causal=False, backend=backend)
         return self.out(o.flatten(2))[:, 0], state
 
@@ -138,8 +146,6 @@ class SlidingWindowAttention(_QKV):
 
 
 # ---- block sparse (BigBird / Longformer, causal) -----------------------------------------
-
-BSA_OP_BACKEND = {"flex": "flex", "sdpa": "sdpa", "naive": "torch"}
 
 _PATTERNS: dict = {}
 
@@ -172,6 +178,12 @@ def block_sparse_pattern(config: MixerConfig) -> tuple[int, int]:
 
 
 class BlockSparseAttention(_QKV):
+    backends = (
+        flex_backend("torch FlexAttention with the block mask (compiled)"),
+        Backend("sdpa", "torch SDPA with a dense boolean mask", always),
+        naive_reference("pure-PyTorch dense masked reference"),
+    )
+
     def __init__(
         self,
         config: MixerConfig,
@@ -179,8 +191,7 @@ class BlockSparseAttention(_QKV):
         n_global_blocks: int | None = None,
         n_local_blocks: int | None = None,
     ):
-        super().__init__()
-        self.config, self.backend = config, check_backend("block-sparse attention", backend, BSA_OP_BACKEND)
+        super().__init__(config, backend)
         self.block = config.block_size
         default_local, default_global = block_sparse_pattern(config)
         n_local_blocks = default_local if n_local_blocks is None else n_local_blocks
@@ -200,7 +211,7 @@ class BlockSparseAttention(_QKV):
 
     def _forward(self, x: torch.Tensor, want_state: bool) -> tuple[torch.Tensor, dict[str, Any] | None]:
         q, k, v = self._project(x)
-        y = self.out(self._attend(q, k, v, BSA_OP_BACKEND[self.backend]).flatten(2))
+        y = self.out(self._attend(q, k, v, self.op_backend).flatten(2))
         if not want_state:
             return y, None
         T = x.shape[1]
@@ -251,8 +262,7 @@ class BlockSparseAttention(_QKV):
         keys = torch.cat([state["gk"], state["lk"]], dim=1)
         vals = torch.cat([state["gv"], state["lv"]], dim=1)
         # everything cached is visible to this query: plain attention over the pattern's keys
-        backend = "torch" if self.backend == "naive" else "sdpa"
-        o = softmax_attention(q, keys, vals, causal=False, backend=backend)
+        o = softmax_attention(q, keys, vals, causal=False, backend=decode_backend(self.op_backend))
         return self.out(o.flatten(2))[:, 0], state
 
     def state_bytes(self, batch: int, seq_len: int) -> int:
@@ -260,8 +270,6 @@ class BlockSparseAttention(_QKV):
 
 
 # ---- native sparse attention ----------------------------------------------------------------
-
-NSA_OP_BACKEND = {"fla": "fla", "chunked": "torch"}
 
 
 def nsa_fla_limits(config: MixerConfig) -> str | None:
@@ -276,9 +284,16 @@ def nsa_fla_limits(config: MixerConfig) -> str | None:
 
 
 class NSA(_QKV):
+    """Native Sparse Attention (Yuan et al., 2025): compressed, selected and sliding-window branches over
+    one set of keys and values, mixed by per-head sigmoid gates (module docstring)."""
+
+    backends = fla_and_reference(
+        "fla parallel_nsa Triton kernels (needs H/Hkv a power of 2 >= 16)",
+        "pure-PyTorch reference (block-major dispatch of selected blocks)", limits=nsa_fla_limits,
+    )
+
     def __init__(self, config: MixerConfig, backend: str = "chunked"):
-        super().__init__()
-        self.config, self.backend = config, check_backend("NSA", backend, NSA_OP_BACKEND)
+        super().__init__(config, backend)
         self.block, self.count = config.block_size, config.block_count
         self.window = config.window or 512
         h, hd = config.n_heads, config.hd
@@ -315,7 +330,7 @@ class NSA(_QKV):
         o = nsa(
             q, k, v, g_cmp, g_slc, g_swa,
             block_size=self.block, block_count=self.count, window=self.window,
-            k_cmp=k_cmp, v_cmp=v_cmp, backend=NSA_OP_BACKEND[self.backend],
+            k_cmp=k_cmp, v_cmp=v_cmp, backend=self.op_backend,
         )  # fmt: skip
         y = self.out(o.flatten(2))
         if not want_state:
@@ -402,66 +417,36 @@ def nsa_flops(config: MixerConfig, batch: int, seq_len: int) -> float:
 
 
 SPECS = (
-    ArchSpec(
+    attention_spec(
         name="sliding_window_attention",
         family="sparse/static",
         description="Causal sliding-window attention, ring KV cache (Beltagy et al., 2020; Mistral, 2023)",
         paper="Longformer: The Long-Document Transformer (arXiv 2004.05150)",
-        complexity=Complexity(
-            train_time="O(T W d)",
-            train_memory="O(T d) fused, O(T W) reference",
-            decode_time="O(W d) per token",
-            decode_memory="O(W d) ring KV cache",
-        ),
-        backends=(
-            Backend("flash_attn", "flash-attn window_size=(W-1, 0) (Dao, 2023)", requires_flash_attn),
-            Backend("flex", "torch FlexAttention with a sliding-window block mask (compiled)", requires_flex, flex_backward),
-            Backend("sdpa", "torch SDPA on query chunks with a banded boolean mask", always),
-            Backend("naive", "pure-PyTorch banded reference (chunks of queries x C+W-1 keys)", always),
-        ),
-        factory=lambda cfg, backend: SlidingWindowAttention(cfg, backend),
+        complexity=Complexity("O(T W d)", "O(T d) fused, O(T W) reference", "O(W d) per token", "O(W d) ring KV cache"),
+        backends=SlidingWindowAttention.backends,
+        factory=SlidingWindowAttention,
         flops=sliding_window_flops,
-        decode_flops=marginal_flops(sliding_window_flops),
+        time_exponent=1.0,
     ),
-    ArchSpec(
+    attention_spec(
         name="block_sparse_attention",
         family="sparse/static",
         description="Causal block-sparse attention: sliding + global blocks (BigBird, Zaheer et al., 2020)",
         paper="Big Bird: Transformers for Longer Sequences (arXiv 2007.14062)",
-        complexity=Complexity(
-            train_time="O(T (n_local + n_global) l d)",
-            train_memory="O(T d) flex, O(T^2) naive/sdpa mask",
-            decode_time="O((n_local + n_global) l d) per token",
-            decode_memory="O((n_local + n_global) l d) KV cache",
-        ),
-        backends=(
-            Backend("flex", "torch FlexAttention with the block mask (compiled)", requires_flex, flex_backward),
-            Backend("sdpa", "torch SDPA with a dense boolean mask", always),
-            Backend("naive", "pure-PyTorch dense masked reference", always),
-        ),
-        factory=lambda cfg, backend: BlockSparseAttention(cfg, backend),
+        complexity=Complexity("O(T (n_local + n_global) l d)", "O(T d) flex, O(T^2) naive/sdpa mask", "O((n_local + n_global) l d) per token", "O((n_local + n_global) l d) KV cache"),
+        backends=BlockSparseAttention.backends,
+        factory=BlockSparseAttention,
         flops=block_sparse_flops,
-        decode_flops=marginal_flops(block_sparse_flops),
+        time_exponent=1.0,
     ),
-    ArchSpec(
+    attention_spec(
         name="nsa",
         family="sparse/dynamic",
         description="Native Sparse Attention: compressed + top-n selected blocks + window, gated (Yuan et al., 2025)",
         paper="Native Sparse Attention: Hardware-Aligned and Natively Trainable Sparse Attention (arXiv 2502.11089)",
-        complexity=Complexity(
-            train_time="O(T (T/l + n l + W) d)",
-            train_memory="O(T d + T H T/l)",
-            decode_time="O((S/l + n l + W) d) per token",
-            decode_memory="O(S d) KV cache + O(S/l d) compressed blocks",
-        ),
-        backends=(
-            Backend("fla", "fla parallel_nsa Triton kernels (needs H/Hkv a power of 2 >= 16)", requires_fla,
-                    limits=nsa_fla_limits),
-            Backend("chunked", "pure-PyTorch reference (block-major dispatch of selected blocks)", always),
-        ),
-        time_exponent=2.0,
-        factory=lambda cfg, backend: NSA(cfg, backend),
+        complexity=Complexity("O(T (T/l + n l + W) d)", "O(T d + T H T/l)", "O((S/l + n l + W) d) per token", "O(S d) KV cache + O(S/l d) compressed blocks"),
+        backends=NSA.backends,
+        factory=NSA,
         flops=nsa_flops,
-        decode_flops=marginal_flops(nsa_flops),
     ),
 )

@@ -38,24 +38,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archbench.mixers.base import MixerConfig, ParallelMixer, check_backend
+from archbench.mixers.base import MixerConfig, ParallelMixer
 from archbench.mixers.common import HeadRMSNorm, ShortConv, dt_bias_init
 from archbench.ops.selective_scan import selective_scan, selective_scan_step
 from archbench.ops.ssd import ssd, ssd_step
-from archbench.spec import ArchSpec, Backend, Complexity, always, fla_gated_backward, requires_fla, requires_mamba_ssm
+from archbench.spec import (
+    ArchSpec,
+    Backend,
+    Complexity,
+    fla_gated_backward,
+    reference_backend,
+    requires_fla,
+    requires_mamba_ssm,
+)
 
-# registry backend name -> op backend name
-MAMBA_BACKENDS = {"mamba_ssm": "mamba_ssm", "chunked": "torch"}
-MAMBA2_BACKENDS = {"mamba_ssm": "mamba_ssm", "fla": "fla", "chunked": "torch"}
 
-
-def _conv_tail(x: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
-    """The last n steps of x [B, T, C] as [B, C, n], oldest first, zero-padded on the left."""
-    T = x.shape[1]
-    tail = x[:, max(T - n, 0) :].transpose(1, 2).to(dtype)
-    if T < n:
-        tail = F.pad(tail, (n - T, 0))
-    return tail.contiguous()
+def ssd_heads(config: MixerConfig, name: str) -> tuple[int, int, int, int]:
+    """(d_inner, head_dim, n_heads, d_state) of a Mamba2-style block: d_inner = expand * d_model in heads
+    of head_dim, d_state 64 by default."""
+    di, P = config.expand * config.d_model, config.hd
+    if di % P:
+        raise ValueError(f"{name}: d_inner = expand * d_model = {di} is not a multiple of head_dim {P}")
+    return di, P, di // P, config.d_state or 64
 
 
 class _Conv(nn.Module):
@@ -69,12 +73,12 @@ class _Conv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x) if self.conv is not None else F.silu(x)
 
-    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``forward(x)`` and the decode state after x [B, T, C]: the last kernel - 1 inputs,
-        oldest first, as [B, C, kernel - 1], zero-padded on the left when T < kernel - 1."""
-        if self.conv is None:
-            return F.silu(x), None
-        return self.conv(x), _conv_tail(x, self.conv.kernel - 1, self.conv.conv.weight.dtype)
+    def run(self, x: torch.Tensor, want_state: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``forward(x)`` and, with ``want_state``, the decode state after x [B, T, C] (``ShortConv.window``,
+        in the weights' dtype); None without it or without a convolution."""
+        if self.conv is None or not want_state:
+            return self(x), None
+        return self.conv(x), self.conv.window(x).to(self.conv.conv.weight.dtype)
 
     def init_state(self, batch: int) -> torch.Tensor | None:
         return self.conv.init_state(batch) if self.conv is not None else None
@@ -88,12 +92,38 @@ class _Conv(nn.Module):
         return self.conv.state_bytes(batch) if self.conv is not None else 0
 
 
-class Mamba(ParallelMixer):
+class _SSMBlock(ParallelMixer):
+    """A Mamba-style block whose decode state is its convolution window and an SSM state of
+    ``_ssm_shape`` per sequence (fp32)."""
+
+    conv: _Conv
+
+    def _ssm_shape(self) -> tuple[int, ...]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _state(self, out: torch.Tensor, conv_state, h: torch.Tensor | None, want_state: bool):
+        """The parallel form's result: ``(out, the decode state after it, or None)``."""
+        if not want_state:
+            return out, None
+        return out, {"conv": conv_state, "ssm": h.to(self.state_dtype()).contiguous()}
+
+    def init_state(self, batch: int) -> dict[str, Any]:
+        return {"conv": self.conv.init_state(batch), "ssm": self._zeros(batch, *self._ssm_shape())}
+
+    def state_bytes(self, batch: int, seq_len: int) -> int:
+        return self.conv.state_bytes(batch) + batch * math.prod(self._ssm_shape()) * 4  # fp32 h
+
+
+class Mamba(_SSMBlock):
     """The Mamba (S6) block as a token mixer."""
 
+    backends = (
+        Backend("mamba_ssm", "mamba-ssm CUDA selective_scan_fn", requires_mamba_ssm),
+        reference_backend("pure-PyTorch chunked selective scan"),
+    )
+
     def __init__(self, config: MixerConfig, backend: str = "chunked"):
-        super().__init__()
-        self.config, self.backend = config, check_backend("mamba", backend, MAMBA_BACKENDS)
+        super().__init__(config, backend)
         d = config.d_model
         self.d_inner = di = config.expand * d
         self.d_state = N = config.d_state or 16
@@ -109,6 +139,9 @@ class Mamba(ParallelMixer):
         self.D = nn.Parameter(torch.ones(di))
         self.out_proj = nn.Linear(di, d, bias=False)
 
+    def _ssm_shape(self) -> tuple[int, ...]:
+        return self.d_inner, self.d_state
+
     def _ssm_inputs(self, x: torch.Tensor):
         """x (after conv) [..., d_inner] -> delta [..., d_inner], B, C [..., N]."""
         dt, Bm, Cm = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -117,28 +150,13 @@ class Mamba(ParallelMixer):
 
     def _forward(self, u: torch.Tensor, want_state: bool) -> tuple[torch.Tensor, dict[str, Any] | None]:
         x, z = self.in_proj(u).chunk(2, dim=-1)
-        if want_state:
-            x, conv_state = self.conv.prefill(x)
-        else:
-            x = self.conv(x)
+        x, conv_state = self.conv.run(x, want_state)
         delta, Bm, Cm = self._ssm_inputs(x)
         A = -torch.exp(self.A_log.to(self.state_dtype()))
         y, h = selective_scan(
-            x, delta, A, Bm, Cm, D=self.D.to(self.state_dtype()), output_final_state=want_state,
-            backend=MAMBA_BACKENDS[self.backend],
-        )  # fmt: skip
-        out = self.out_proj(y * F.silu(z))
-        if not want_state:
-            return out, None
-        return out, {"conv": conv_state, "ssm": h.to(self.state_dtype()).contiguous()}
-
-
-    def init_state(self, batch: int) -> dict[str, Any]:
-        w = self.in_proj.weight
-        return {
-            "conv": self.conv.init_state(batch),
-            "ssm": w.new_zeros(batch, self.d_inner, self.d_state, dtype=self.state_dtype()),
-        }
+            x, delta, A, Bm, Cm, D=self.D.to(self.state_dtype()), output_final_state=want_state, backend=self.op_backend
+        )
+        return self._state(self.out_proj(y * F.silu(z)), conv_state, h, want_state)
 
     def step(self, u_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         x, z = self.in_proj(u_t).chunk(2, dim=-1)
@@ -148,23 +166,20 @@ class Mamba(ParallelMixer):
         y, ssm = selective_scan_step(x, delta, A, Bm, Cm, state["ssm"], D=self.D.to(self.state_dtype()))
         return self.out_proj(y * F.silu(z)), {"conv": conv_state, "ssm": ssm}
 
-    def state_bytes(self, batch: int, seq_len: int) -> int:
-        return self.conv.state_bytes(batch) + batch * self.d_inner * self.d_state * 4  # fp32 h
 
-
-class Mamba2(ParallelMixer):
+class Mamba2(_SSMBlock):
     """The Mamba2 (SSD) block as a token mixer; ngroups = 1."""
 
+    backends = (
+        Backend("mamba_ssm", "mamba-ssm Triton SSD (mamba_chunk_scan_combined)", requires_mamba_ssm),
+        Backend("fla", "fla chunk_simple_gla (SSD as simple GLA)", requires_fla, fla_gated_backward),
+        reference_backend("pure-PyTorch SSD block decomposition"),
+    )
+
     def __init__(self, config: MixerConfig, backend: str = "chunked"):
-        super().__init__()
-        self.config, self.backend = config, check_backend("mamba2", backend, MAMBA2_BACKENDS)
+        super().__init__(config, backend)
         d = config.d_model
-        self.d_inner = di = config.expand * d
-        self.head_dim = P = config.hd
-        if di % P:
-            raise ValueError(f"mamba2: d_inner = expand * d_model = {di} is not a multiple of head_dim {P}")
-        self.n_heads = H = di // P
-        self.d_state = N = config.d_state or 64
+        self.d_inner, self.head_dim, self.n_heads, self.d_state = di, P, H, N = ssd_heads(config, "mamba2")
         self.in_proj = nn.Linear(d, 2 * di + 2 * N + H, bias=False)  # z, x, B, C, dt
         self.conv = _Conv(di + 2 * N, config.conv_size)
         self.dt_bias = nn.Parameter(dt_bias_init(H))
@@ -172,6 +187,9 @@ class Mamba2(ParallelMixer):
         self.D = nn.Parameter(torch.ones(H))
         self.norm = HeadRMSNorm(di)  # over the whole d_inner (one group)
         self.out_proj = nn.Linear(di, d, bias=False)
+
+    def _ssm_shape(self) -> tuple[int, ...]:
+        return self.n_heads, self.d_state, self.head_dim
 
     def _split(self, zxbcdt: torch.Tensor):
         di, N, H = self.d_inner, self.d_state, self.n_heads
@@ -188,40 +206,23 @@ class Mamba2(ParallelMixer):
 
     def _forward(self, u: torch.Tensor, want_state: bool) -> tuple[torch.Tensor, dict[str, Any] | None]:
         z, xbc, dt = self._split(self.in_proj(u))
-        if want_state:
-            xbc, conv_state = self.conv.prefill(xbc)
-        else:
-            xbc = self.conv(xbc)
+        xbc, conv_state = self.conv.run(xbc, want_state)
         x, dt, Bm, Cm = self._ssm_inputs(xbc, dt)
         A = -torch.exp(self.A_log.to(self.state_dtype()))
         y, h = ssd(
             x, dt, A, Bm, Cm, D=self.D.to(self.state_dtype()), chunk_size=self.config.chunk_size,
-            output_final_state=want_state, backend=MAMBA2_BACKENDS[self.backend],
+            output_final_state=want_state, backend=self.op_backend,
         )  # fmt: skip
-        out = self._out(y, z)
-        if not want_state:
-            return out, None
-        return out, {"conv": conv_state, "ssm": h.to(self.state_dtype()).contiguous()}
-
-
-    def init_state(self, batch: int) -> dict[str, Any]:
-        w = self.in_proj.weight
-        return {
-            "conv": self.conv.init_state(batch),
-            "ssm": w.new_zeros(batch, self.n_heads, self.d_state, self.head_dim, dtype=self.state_dtype()),
-        }
+        return self._state(self._out(y, z), conv_state, h, want_state)
 
     def step(self, u_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         z, xbc, dt = self._split(self.in_proj(u_t))
         xbc, conv_state = self.conv.step(xbc, state["conv"])
         x, dt, Bm, Cm = self._ssm_inputs(xbc, dt)
         A = -torch.exp(self.A_log.to(self.state_dtype()))
-        op_backend = "fla" if self.backend == "fla" else "torch"  # mamba_ssm has no step kernel wired here: reference update
+        op_backend = "fla" if self.op_backend == "fla" else "torch"  # mamba_ssm has no step kernel wired here: reference update
         y, ssm = ssd_step(x, dt, A, Bm, Cm, state["ssm"], D=self.D.to(self.state_dtype()), backend=op_backend)
         return self._out(y, z), {"conv": conv_state, "ssm": ssm}
-
-    def state_bytes(self, batch: int, seq_len: int) -> int:
-        return self.conv.state_bytes(batch) + batch * self.n_heads * self.d_state * self.head_dim * 4
 
 
 # ---- analytic forward FLOPs -------------------------------------------------------------
@@ -254,23 +255,18 @@ def mamba2_flops(config: MixerConfig, batch: int, seq_len: int) -> float:
     return float(proj + conv + ssd_mix + tail)
 
 
+# the cost of a chunked SSD-form block (Mamba2, Mamba-3)
+SSD = Complexity("O(T C d + T d N)", "O(T d + (T/C) d N)", "O(d N) per token", "O(d N) state")
+
 SPECS = (
     ArchSpec(
         name="mamba",
         family="ssm/selective",
         description="Mamba: selective state-space block, S6 scan (Gu & Dao, 2023)",
         paper="Mamba: Linear-Time Sequence Modeling with Selective State Spaces (arXiv 2312.00752)",
-        complexity=Complexity(
-            train_time="O(T d N)",
-            train_memory="O(T d + d N)",
-            decode_time="O(d N) per token",
-            decode_memory="O(d N) state",
-        ),
-        backends=(
-            Backend("mamba_ssm", "mamba-ssm CUDA selective_scan_fn", requires_mamba_ssm),
-            Backend("chunked", "pure-PyTorch chunked selective scan", always),
-        ),
-        factory=lambda cfg, backend: Mamba(cfg, backend),
+        complexity=Complexity("O(T d N)", "O(T d + d N)", "O(d N) per token", "O(d N) state"),
+        backends=Mamba.backends,
+        factory=Mamba,
         flops=mamba_flops,
     ),
     ArchSpec(
@@ -279,18 +275,9 @@ SPECS = (
         description="Mamba2: state-space duality (SSD) block, scalar decay per head (Dao & Gu, 2024)",
         paper="Transformers are SSMs: Generalized Models and Efficient Algorithms Through Structured "
         "State Space Duality (arXiv 2405.21060)",
-        complexity=Complexity(
-            train_time="O(T C d + T d N)",
-            train_memory="O(T d + (T/C) d N)",
-            decode_time="O(d N) per token",
-            decode_memory="O(d N) state",
-        ),
-        backends=(
-            Backend("mamba_ssm", "mamba-ssm Triton SSD (mamba_chunk_scan_combined)", requires_mamba_ssm),
-            Backend("fla", "fla chunk_simple_gla (SSD as simple GLA)", requires_fla, fla_gated_backward),
-            Backend("chunked", "pure-PyTorch SSD block decomposition", always),
-        ),
-        factory=lambda cfg, backend: Mamba2(cfg, backend),
+        complexity=SSD,
+        backends=Mamba2.backends,
+        factory=Mamba2,
         flops=mamba2_flops,
     ),
 )

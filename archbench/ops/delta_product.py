@@ -33,8 +33,9 @@ same Hopper caveat (``spec.fla_gated_backward``). Decode: n steps of fla's
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
-from archbench.ops.delta_rule import delta_rule, gated_delta_rule, l2norm
+from archbench.ops.delta_rule import delta_rule, fla_delta_chunk, gated_delta_rule, l2norm
 from archbench.ops.dispatch import record, step_backend
 from archbench.ops.prologue import check_chunk_size, check_shapes, resolve_backend
 
@@ -68,19 +69,10 @@ def _interleave(x: torch.Tensor, n: int, at: int) -> torch.Tensor:
 
 
 def gated_delta_product(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor | None,
-    beta: torch.Tensor,
-    num_householder: int,
-    scale: float | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    chunk_size: int = 64,
-    backend: str = "torch",
-    qk_l2norm: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: Tensor, num_householder: int,
+    scale: float | None = None, initial_state: Tensor | None = None, output_final_state: bool = False,
+    chunk_size: int = 64, backend: str = "torch", qk_l2norm: bool = False,
+) -> tuple[Tensor, Tensor | None]:
     """n = ``num_householder`` delta-rule steps per token after the decay exp(g_t) (module docstring).
 
     q [B, T, H, K]; k [B, T*n, H, K], v [B, T*n, H, V], beta [B, T*n, H] (step j of token t at
@@ -108,40 +100,17 @@ def gated_delta_product(
 
 
 def _fla(q, k, v, g, beta, n, scale, initial_state, output_final_state, qk_l2norm):
-    if q.dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(
-            f"fla's chunk_gated_delta_product supports only float16/bfloat16 inputs, got {q.dtype}; "
-            "use backend='torch' (or 'auto') for fp32"
-        )
-    if q.shape[-1] > FLA_MAX_HEAD_DIM:
-        raise ValueError(f"fla's chunk_gated_delta_product takes head dimensions up to {FLA_MAX_HEAD_DIM}, got {q.shape[-1]}")
-    from fla.ops.gated_delta_product import chunk_gated_delta_product  # optional, CUDA (or Triton's interpreter)
-
-    o, final_state = chunk_gated_delta_product(
-        q,
-        k.to(q.dtype),
-        v.to(q.dtype),
-        None if g is None else g.float(),
-        beta.to(q.dtype),
-        num_householder=n,
-        scale=scale,
-        initial_state=None if initial_state is None else initial_state.float(),
-        output_final_state=output_final_state,
-        use_qk_l2norm_in_kernel=qk_l2norm,
-    )
-    return o.to(v.dtype), final_state
+    return fla_delta_chunk(
+        "fla.ops.gated_delta_product.chunk_gated_delta_product", q, k, v, None if g is None else g.float(), beta.to(q.dtype), num_householder=n,
+        scale=scale, initial_state=initial_state, output_final_state=output_final_state, qk_l2norm=qk_l2norm,
+        half_only=True, max_head_dim=FLA_MAX_HEAD_DIM,
+    )  # fmt: skip
 
 
 def gated_delta_product_step(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor | None,
-    beta: torch.Tensor,
-    state: torch.Tensor,
-    scale: float | None = None,
-    backend: str = "torch",
-) -> tuple[torch.Tensor, torch.Tensor]:
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: Tensor, state: Tensor,
+    scale: float | None = None, backend: str = "torch",
+) -> tuple[Tensor, Tensor]:
     """One decode step: q [B, H, K], k [B, n, H, K], v [B, n, H, V], g [B, H] or None,
     beta [B, n, H], state [B, H, K, V] (fp32). Returns ``(o [B, H, V] in v's dtype, new_state)``.
     ``backend="fla"``: the n steps through fla's ``fused_recurrent_gated_delta_rule``."""

@@ -61,11 +61,14 @@ is importable (and, for the ungated kernel, the dtype is half precision), else t
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from archbench.ops.decay import exp_nonpositive, midpoint_safe
-from archbench.ops.dispatch import record, step_backend
+from archbench.ops.dispatch import fla_step, record, step_backend
 from archbench.ops.prologue import prologue
 from archbench.ops.segments import by_segments
 from archbench.ops.wy import ChunkPass, UTTransform, serial_if, serial_loop
@@ -180,43 +183,25 @@ def _fla_chunk_size(chunk_size: int) -> int:
     return chunk_size if chunk_size in FLA_CHUNK_SIZES else 64
 
 
-def _fla_delta_rule(q, k, v, beta, scale, initial_state, output_final_state, chunk_size, qk_l2norm):
-    if q.dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(
-            f"fla's chunk_delta_rule supports only float16/bfloat16 inputs, got {q.dtype}; "
-            "use backend='torch' (or 'auto') for fp32"
-        )
-    from fla.ops.delta_rule import chunk_delta_rule  # optional, CUDA only
-
-    o, final_state = chunk_delta_rule(
-        q,
-        k.to(q.dtype),
-        v.to(q.dtype),
-        beta.to(q.dtype),
-        scale=scale,
+def fla_delta_chunk(
+    kernel, q, k, v, *gates, scale, initial_state, output_final_state, qk_l2norm, half_only=False, max_head_dim=None,
+    **options,
+):  # fmt: skip
+    """fla's chunked delta-rule ``kernel`` (its dotted path: ``chunk_delta_rule`` and its gated, KDA and
+    DeltaProduct kin, imported here, fla being optional): k and v in q's dtype, ``gates`` as given
+    (log-decays in fp32, beta post-sigmoid in q's dtype), the state in fp32, q and k L2-normalised in
+    the kernel with ``qk_l2norm``; first a ValueError for what the kernel refuses (fp32 inputs with
+    ``half_only``, head dimensions above ``max_head_dim``). Returns ``(o in v's dtype, final state)``."""
+    module, name = kernel.rsplit(".", 1)
+    if half_only and q.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"fla's {name} supports only float16/bfloat16 inputs, got {q.dtype}; use backend='torch' (or 'auto') for fp32")
+    if max_head_dim is not None and q.shape[-1] > max_head_dim:
+        raise ValueError(f"fla's {name} takes head dimensions up to {max_head_dim}, got {q.shape[-1]}; use backend='torch'")
+    o, final_state = getattr(importlib.import_module(module), name)(
+        q, k.to(q.dtype), v.to(q.dtype), *gates, scale=scale,
         initial_state=None if initial_state is None else initial_state.float(),
-        output_final_state=output_final_state,
-        use_qk_l2norm_in_kernel=qk_l2norm,
-        chunk_size=_fla_chunk_size(chunk_size),
-    )
-    return o.to(v.dtype), final_state
-
-
-def _fla_gated_delta_rule(q, k, v, g, beta, scale, initial_state, output_final_state, chunk_size, qk_l2norm):
-    from fla.ops.gated_delta_rule import chunk_gated_delta_rule  # optional, CUDA only
-
-    o, final_state = chunk_gated_delta_rule(
-        q,
-        k.to(q.dtype),
-        v.to(q.dtype),
-        g.float(),  # log-space decay, as here; fla keeps gate cumsums in fp32
-        beta.to(q.dtype),  # post-sigmoid (use_beta_sigmoid_in_kernel=False)
-        scale=scale,
-        initial_state=None if initial_state is None else initial_state.float(),
-        output_final_state=output_final_state,
-        use_qk_l2norm_in_kernel=qk_l2norm,
-        chunk_size=_fla_chunk_size(chunk_size),
-    )
+        output_final_state=output_final_state, use_qk_l2norm_in_kernel=qk_l2norm, **options,
+    )  # fmt: skip
     return o.to(v.dtype), final_state
 
 
@@ -224,17 +209,10 @@ def _fla_gated_delta_rule(q, k, v, g, beta, scale, initial_state, output_final_s
 
 
 def delta_rule(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    beta: torch.Tensor,
-    scale: float | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    chunk_size: int = 64,
-    backend: str = "torch",
-    qk_l2norm: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    q: Tensor, k: Tensor, v: Tensor, beta: Tensor,
+    scale: float | None = None, initial_state: Tensor | None = None, output_final_state: bool = False,
+    chunk_size: int = 64, backend: str = "torch", qk_l2norm: bool = False,
+) -> tuple[Tensor, Tensor | None]:
     """DeltaNet: S_t = (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t, o_t = scale q_t S_t.
 
     q, k [B, T, H, K], v [B, T, H, V], beta [B, T, H] in (0, 1). ``qk_l2norm`` L2-normalises
@@ -245,7 +223,11 @@ def delta_rule(
     )
     record("fla.chunk_delta_rule" if backend == "fla" else "torch.delta_rule_chunked")
     if backend == "fla":
-        return _fla_delta_rule(q, k, v, beta, scale, initial_state, output_final_state, chunk_size, qk_l2norm)
+        return fla_delta_chunk(
+            "fla.ops.delta_rule.chunk_delta_rule", q, k, v, beta.to(q.dtype), scale=scale, initial_state=initial_state,
+            output_final_state=output_final_state, qk_l2norm=qk_l2norm, half_only=True,
+            chunk_size=_fla_chunk_size(chunk_size),
+        )  # fmt: skip
     if qk_l2norm:
         q, k = l2norm(q), l2norm(k)
     o, S = by_segments(
@@ -256,34 +238,27 @@ def delta_rule(
 
 
 def gated_delta_rule(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    beta: torch.Tensor,
-    scale: float | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    chunk_size: int = 64,
-    backend: str = "torch",
-    qk_l2norm: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
+    scale: float | None = None, initial_state: Tensor | None = None, output_final_state: bool = False,
+    chunk_size: int = 64, backend: str = "torch", qk_l2norm: bool = False,
+) -> tuple[Tensor, Tensor | None]:
     """Gated DeltaNet: S_t = exp(g_t) (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t.
 
     q, k [B, T, H, K], v [B, T, H, V], g [B, T, H] log-decay (<= 0), beta [B, T, H] in (0, 1).
     Returns ``(o [B, T, H, V], final_state [B, H, K, V] or None)``.
     """
-    asked = backend
+    # auto: not fla where its gated backward is wrong on this GPU/triton (spec.fla_gated_backward)
+    fla_takes = lambda _: not fla_gated_grad_refused(q, k, v, g, beta)  # noqa: E731
     scale, backend = prologue(
-        "gated_delta_rule", q, k, v, initial_state, chunk_size, scale, backend, beta=(beta, "B T H"), g=(g, "B T H")
-    )
-    if asked == "auto" and backend == "fla" and fla_gated_grad_refused(q, k, v, g, beta):
-        backend = "torch"  # fla's gated backward is wrong on this GPU/triton (spec.fla_gated_backward)
+        "gated_delta_rule", q, k, v, initial_state, chunk_size, scale, backend, takes=fla_takes,
+        beta=(beta, "B T H"), g=(g, "B T H"),
+    )  # fmt: skip
     record("fla.chunk_gated_delta_rule" if backend == "fla" else "torch.gated_delta_rule_chunked")
-    if backend == "fla":
-        return _fla_gated_delta_rule(
-            q, k, v, g, beta, scale, initial_state, output_final_state, chunk_size, qk_l2norm
-        )
+    if backend == "fla":  # g in fp32 (fla keeps gate cumsums in fp32), beta post-sigmoid
+        return fla_delta_chunk(
+            "fla.ops.gated_delta_rule.chunk_gated_delta_rule", q, k, v, g.float(), beta.to(q.dtype), scale=scale, initial_state=initial_state,
+            output_final_state=output_final_state, qk_l2norm=qk_l2norm, chunk_size=_fla_chunk_size(chunk_size),
+        )  # fmt: skip
     if qk_l2norm:
         q, k = l2norm(q), l2norm(k)
     o, S = by_segments(
@@ -294,14 +269,8 @@ def gated_delta_rule(
 
 
 def delta_rule_step(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    beta: torch.Tensor,
-    state: torch.Tensor,
-    scale: float | None = None,
-    backend: str = "torch",
-) -> tuple[torch.Tensor, torch.Tensor]:
+    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, state: Tensor, scale: float | None = None, backend: str = "torch"
+) -> tuple[Tensor, Tensor]:
     """One decode step: q, k [B, H, K], v [B, H, V], beta [B, H], state [B, H, K, V] (fp32).
 
     Returns ``(o [B, H, V], new_state)``. ``backend="fla"``: fla's ``fused_recurrent_delta_rule``
@@ -317,15 +286,9 @@ def delta_rule_step(
 
 
 def gated_delta_rule_step(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    beta: torch.Tensor,
-    state: torch.Tensor,
-    scale: float | None = None,
-    backend: str = "torch",
-) -> tuple[torch.Tensor, torch.Tensor]:
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, state: Tensor,
+    scale: float | None = None, backend: str = "torch",
+) -> tuple[Tensor, Tensor]:
     """One gated decode step: as ``delta_rule_step`` with a log-decay g [B, H]
     (``backend="fla"``: fla's ``fused_recurrent_gated_delta_rule``)."""
     if step_backend("gated_delta_rule_step", backend, q) == "fla":
@@ -338,12 +301,9 @@ def gated_delta_rule_step(
 
 
 def _fla_step(kernel, q, k, v, gates, beta, state, scale):
-    """fla's fused recurrent delta-rule kernel on one token: [B, H, D] -> [B, 1, H, D] and back."""
-    o, S = kernel(
-        q[:, None], k[:, None].to(q.dtype), v[:, None].to(q.dtype), **gates, beta=beta[:, None].to(q.dtype),
-        scale=q.shape[-1] ** -0.5 if scale is None else scale, initial_state=state.float(), output_final_state=True,
-    )  # fmt: skip
-    return o[:, 0].to(v.dtype), S
+    """fla's fused recurrent delta-rule kernel on one token."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return fla_step(kernel, q, k, v, state, scale, **gates, beta=beta[:, None].to(q.dtype))
 
 
 def _step(q, k, v, g, beta, state, scale):

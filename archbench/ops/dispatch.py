@@ -8,8 +8,8 @@ Recording is a set insertion; with no ``recording()`` active it is a no-op.
 
 ``step_backend`` resolves the backend of a one-token decode step (``*_step`` ops): ``torch``
 (the reference update), ``fla`` (flash-linear-attention's ``fused_recurrent_*`` kernel at T=1,
-which is what fla's own layers run to decode), or ``auto`` (fla for CUDA tensors when it is
-importable, else torch).
+which is what fla's own layers run to decode, called through ``fla_step``), or ``auto`` (fla for
+CUDA tensors when it is importable, else torch).
 
 ``graph_capturing`` says whether a CUDA graph is being captured on the current stream: the
 references that pick a faster path from their data (a host read-back of decay spans) take their
@@ -19,7 +19,7 @@ always-exact path then, since a capture allows no read-back and a replay would f
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -56,6 +56,18 @@ def recording() -> Iterator[set[str]]:
 def step_backend(name: str, backend: str, x: torch.Tensor) -> str:
     """``torch`` or ``fla`` for a decode step on ``x``'s device (see the module docstring)."""
     return resolve_backend(name, backend, x, choices=STEP_BACKENDS)
+
+
+def fla_step(kernel: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor, scale: float,
+             **inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """fla's fused recurrent ``kernel`` on one token: q, k, v [B, H, D] as one-token sequences (k and v
+    in q's dtype), ``inputs`` as given (already [B, 1, ...]), the state in fp32; returns
+    ``(o [B, H, V] in v's dtype, the new state)``."""
+    o, S = kernel(
+        q[:, None], k[:, None].to(q.dtype), v[:, None].to(q.dtype), **inputs,
+        scale=scale, initial_state=state.float(), output_final_state=True,
+    )  # fmt: skip
+    return o[:, 0].to(v.dtype), S
 
 
 def triton_runs_on(x: torch.Tensor) -> bool:

@@ -78,9 +78,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from archbench.ops.decay import SAFE_LOG_RANGE, exp_nonpositive, factor_safe
-from archbench.ops.dispatch import record, step_backend
+from archbench.ops.dispatch import fla_step, record, step_backend
 from archbench.ops.prologue import prologue
 from archbench.ops.segments import by_segments
 from archbench.ops.wy import ChunkPass, UTTransform
@@ -246,18 +247,10 @@ def _dplr_torch(q, k, v, w, a, b, scale, initial_state, output_final_state, chun
 
 
 def dplr(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    w: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    scale: float | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    chunk_size: int = 32,
-    backend: str = "torch",
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    q: Tensor, k: Tensor, v: Tensor, w: Tensor, a: Tensor, b: Tensor,
+    scale: float | None = None, initial_state: Tensor | None = None, output_final_state: bool = False,
+    chunk_size: int = 32, backend: str = "torch",
+) -> tuple[Tensor, Tensor | None]:
     """S_t = (diag(exp(w_t)) + a_t^T b_t) S_{t-1} + k_t^T v_t,  o_t = scale q_t S_t.
 
     q, k, w, a, b [B, T, H, K] (w: log-decays <= 0, finite); v [B, T, H, V]; scale defaults
@@ -287,16 +280,9 @@ def dplr(
 
 
 def dplr_step(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    w: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    state: torch.Tensor,
-    scale: float | None = None,
-    backend: str = "torch",
-) -> tuple[torch.Tensor, torch.Tensor]:
+    q: Tensor, k: Tensor, v: Tensor, w: Tensor, a: Tensor, b: Tensor, state: Tensor,
+    scale: float | None = None, backend: str = "torch",
+) -> tuple[Tensor, Tensor]:
     """One decode step: q, k, w, a, b [B, H, K], v [B, H, V], state [B, H, K, V] (fp32).
 
     Returns ``(o [B, H, V] in v's dtype, new_state)``. ``backend="fla"``: fla's
@@ -308,12 +294,8 @@ def dplr_step(
         from fla.ops.generalized_delta_rule import fused_recurrent_dplr_delta_rule  # optional, CUDA only
 
         record("fla.fused_recurrent_dplr_delta_rule")
-        x = [t[:, None].to(q.dtype) for t in (k, v, b, a)]
-        o, S = fused_recurrent_dplr_delta_rule(
-            q[:, None], x[0], x[1], a=x[2], b=x[3], gk=w[:, None].float(),
-            scale=scale, initial_state=state.float(), output_final_state=True,
-        )  # fmt: skip
-        return o[:, 0].to(v.dtype), S
+        fla_a, fla_b = b[:, None].to(q.dtype), a[:, None].to(q.dtype)  # fla's a reads (our b), its b writes (our a)
+        return fla_step(fused_recurrent_dplr_delta_rule, q, k, v, state, scale, a=fla_a, b=fla_b, gk=w[:, None].float())
     record("torch.dplr_step")
     acc = torch.promote_types(torch.promote_types(q.dtype, state.dtype), torch.float32)
     out_dtype = v.dtype

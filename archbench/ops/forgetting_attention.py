@@ -31,6 +31,7 @@ from __future__ import annotations
 import importlib.util
 
 import torch
+from torch import Tensor
 
 from archbench.ops.dispatch import record, triton_runs_on
 from archbench.ops.prologue import resolve_backend
@@ -151,13 +152,8 @@ _KERNELS = {
 
 
 def forgetting_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    scale: float | None = None,
-    backend: str = "torch",
-) -> torch.Tensor:
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, scale: float | None = None, backend: str = "torch"
+) -> Tensor:
     """Causal softmax attention with forget-gate logit bias c_i - c_j, c = cumsum(g) over the S
     key positions; g [B, S, H] are log forget gates (<= 0). Returns o [B, T, H, Dv]."""
     resolve_backend("forgetting_attention", backend, q, choices=BACKENDS)

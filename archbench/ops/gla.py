@@ -68,9 +68,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from archbench.ops.decay import exp_nonpositive, midpoint_safe
-from archbench.ops.dispatch import record, step_backend
+from archbench.ops.dispatch import fla_step, record, step_backend
 from archbench.ops.prologue import prologue
 from archbench.spec import fla_gated_grad_refused
 
@@ -147,28 +148,21 @@ def _scan(
 
 
 def simple_gla(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    scale: float | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    chunk_size: int = 64,
-    backend: str = "torch",
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor,
+    scale: float | None = None, initial_state: Tensor | None = None, output_final_state: bool = False,
+    chunk_size: int = 64, backend: str = "torch",
+) -> tuple[Tensor, Tensor | None]:
     """S_t = exp(g_t) S_{t-1} + k_t^T v_t, o_t = scale q_t S_t.
 
     q, k [B, T, H, K]; v [B, T, H, V]; g [B, T, H] log-decays (or [H]: constant per head, RetNet).
     Returns ``(o [B, T, H, V] in v's dtype, final_state [B, H, K, V] or None)``.
     """
-    asked = backend
-    scale, backend = prologue("simple_gla", q, k, v, initial_state, chunk_size, scale, backend)
+    # auto: not fla where its gated backward is wrong on this GPU/triton (spec.fla_gated_backward)
+    fla_takes = lambda _: g.dim() == 1 or not fla_gated_grad_refused(q, k, v, g)  # noqa: E731
+    scale, backend = prologue("simple_gla", q, k, v, initial_state, chunk_size, scale, backend, takes=fla_takes)
     B, T, H, K = q.shape
     if g.shape not in ((B, T, H), (H,)):
         raise ValueError(f"simple_gla expects g [B, T, H] = {(B, T, H)} or [H] = {(H,)}; got {tuple(g.shape)}")
-    if asked == "auto" and backend == "fla" and g.dim() != 1 and fla_gated_grad_refused(q, k, v, g):
-        backend = "torch"  # fla's gated backward is wrong on this GPU/triton (spec.fla_gated_backward)
     record("fla.chunk_simple_gla" if backend == "fla" else "torch.simple_gla_chunked")
     if backend == "fla":
         return _simple_gla_fla(q, k, v, g, scale, initial_state, output_final_state)
@@ -196,14 +190,8 @@ def _simple_gla_chunks(q, k, v, b):
 
 
 def simple_gla_step(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    state: torch.Tensor,
-    scale: float | None = None,
-    backend: str = "torch",
-) -> tuple[torch.Tensor, torch.Tensor]:
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, state: Tensor, scale: float | None = None, backend: str = "torch"
+) -> tuple[Tensor, Tensor]:
     """One decode step: q, k [B, H, K], v [B, H, V], g [B, H] (or [H]), state [B, H, K, V] (fp32).
 
     Returns ``(o [B, H, V] in v's dtype, new_state)``. ``backend="fla"``: fla's
@@ -216,11 +204,7 @@ def simple_gla_step(
 
         record("fla.fused_recurrent_simple_gla")
         gates = {"g_gamma": g.float()} if g.dim() == 1 else {"g": g[:, None].float()}
-        o, S = fused_recurrent_simple_gla(
-            q[:, None], k[:, None].to(q.dtype), v[:, None].to(q.dtype), **gates,
-            scale=scale, initial_state=state.float(), output_final_state=True,
-        )  # fmt: skip
-        return o[:, 0].to(v.dtype), S
+        return fla_step(fused_recurrent_simple_gla, q, k, v, state, scale, **gates)
     record("torch.simple_gla_step")
     acc = torch.promote_types(state.dtype, torch.float32)
     decay = g.to(acc).exp()
@@ -377,16 +361,10 @@ class _GLAIntra(torch.autograd.Function):
 
 
 def gla(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    scale: float | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    chunk_size: int = 64,
-    backend: str = "torch",
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor,
+    scale: float | None = None, initial_state: Tensor | None = None, output_final_state: bool = False,
+    chunk_size: int = 64, backend: str = "torch",
+) -> tuple[Tensor, Tensor | None]:
     """S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t, o_t = scale q_t S_t.
 
     q, k, g [B, T, H, K] (g: log-decays per key channel); v [B, T, H, V].
@@ -443,14 +421,8 @@ def _gla_chunks_recursive(q, k, v, b, b_last):
 
 
 def gla_step(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    state: torch.Tensor,
-    scale: float | None = None,
-    backend: str = "torch",
-) -> tuple[torch.Tensor, torch.Tensor]:
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, state: Tensor, scale: float | None = None, backend: str = "torch"
+) -> tuple[Tensor, Tensor]:
     """One decode step: q, k, g [B, H, K], v [B, H, V], state [B, H, K, V] (fp32).
 
     Returns ``(o [B, H, V] in v's dtype, new_state)``. ``backend="fla"``: fla's ``fused_recurrent_gla``.
@@ -461,11 +433,7 @@ def gla_step(
         from fla.ops.gla import fused_recurrent_gla  # optional, CUDA only
 
         record("fla.fused_recurrent_gla")
-        o, S = fused_recurrent_gla(
-            q[:, None], k[:, None].to(q.dtype), v[:, None].to(q.dtype), gk=g[:, None].float(),
-            scale=scale, initial_state=state.float(), output_final_state=True,
-        )  # fmt: skip
-        return o[:, 0].to(v.dtype), S
+        return fla_step(fused_recurrent_gla, q, k, v, state, scale, gk=g[:, None].float())
     record("torch.gla_step")
     acc = torch.promote_types(state.dtype, torch.float32)
     state = state.to(acc) * g.to(acc).exp()[..., None] + torch.einsum("bhk,bhv->bhkv", k.to(acc), v.to(acc))

@@ -48,10 +48,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from archbench.ops.decay import exp_nonpositive, midpoint_safe
-from archbench.ops.delta_rule import l2norm
-from archbench.ops.dispatch import record, step_backend
+from archbench.ops.delta_rule import fla_delta_chunk, l2norm
+from archbench.ops.dispatch import fla_step, record, step_backend
 from archbench.ops.prologue import prologue
 from archbench.ops.segments import by_segments
 from archbench.ops.wy import ChunkPass, UTTransform
@@ -171,18 +172,10 @@ def _chunked(q, k, v, beta, g, scale, initial_state, chunk_size):
 
 
 def kda(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    beta: torch.Tensor,
-    scale: float | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    chunk_size: int = 64,
-    backend: str = "torch",
-    qk_l2norm: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
+    scale: float | None = None, initial_state: Tensor | None = None, output_final_state: bool = False,
+    chunk_size: int = 64, backend: str = "torch", qk_l2norm: bool = False,
+) -> tuple[Tensor, Tensor | None]:
     """KDA: S_t = (I - beta_t k_t^T k_t) Diag(exp(g_t)) S_{t-1} + beta_t k_t^T v_t, o_t = scale q_t S_t.
 
     q, k, g [B, T, H, K] (g: log-decays per key channel, <= 0), v [B, T, H, V], beta [B, T, H]
@@ -205,37 +198,19 @@ def kda(
 
 
 def _fla_kda(q, k, v, g, beta, scale, initial_state, output_final_state, chunk_size, qk_l2norm):
-    if q.shape[-1] > FLA_MAX_HEAD_DIM:
-        raise ValueError(
-            f"fla's chunk_kda takes head dimensions up to {FLA_MAX_HEAD_DIM}, got {q.shape[-1]}; use backend='torch'"
-        )
-    from fla.ops.kda import chunk_kda  # optional, CUDA (or Triton's interpreter)
-
-    o, final_state = chunk_kda(
-        q,
-        k.to(q.dtype),
-        v.to(q.dtype),
-        g.float(),  # log-space decay per channel, as here (use_gate_in_kernel=False)
-        beta.to(q.dtype),  # post-sigmoid (use_beta_sigmoid_in_kernel=False)
-        scale=scale,
-        initial_state=None if initial_state is None else initial_state.float(),
-        output_final_state=output_final_state,
-        use_qk_l2norm_in_kernel=qk_l2norm,
-        chunk_size=chunk_size if chunk_size in FLA_CHUNK_SIZES else 64,  # it only tiles the computation
-    )
-    return o.to(v.dtype), final_state
+    """g: log-space decay per channel, as here (use_gate_in_kernel=False); beta post-sigmoid
+    (use_beta_sigmoid_in_kernel=False); the chunk size only tiles the computation."""
+    return fla_delta_chunk(
+        "fla.ops.kda.chunk_kda", q, k, v, g.float(), beta.to(q.dtype), scale=scale, initial_state=initial_state,
+        output_final_state=output_final_state, qk_l2norm=qk_l2norm, max_head_dim=FLA_MAX_HEAD_DIM,
+        chunk_size=chunk_size if chunk_size in FLA_CHUNK_SIZES else 64,
+    )  # fmt: skip
 
 
 def kda_step(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    beta: torch.Tensor,
-    state: torch.Tensor,
-    scale: float | None = None,
-    backend: str = "torch",
-) -> tuple[torch.Tensor, torch.Tensor]:
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, state: Tensor,
+    scale: float | None = None, backend: str = "torch",
+) -> tuple[Tensor, Tensor]:
     """One decode step: q, k, g [B, H, K], v [B, H, V], beta [B, H], state [B, H, K, V] (fp32).
 
     Returns ``(o [B, H, V] in v's dtype, new_state)``. ``backend="fla"``: fla's
@@ -247,11 +222,7 @@ def kda_step(
         from fla.ops.kda import fused_recurrent_kda  # optional, CUDA (or Triton's interpreter)
 
         record("fla.fused_recurrent_kda")
-        o, S = fused_recurrent_kda(
-            q[:, None], k[:, None].to(q.dtype), v[:, None].to(q.dtype), g[:, None].float(), beta[:, None].to(q.dtype),
-            scale=scale, initial_state=state.float(), output_final_state=True,
-        )  # fmt: skip
-        return o[:, 0].to(v.dtype), S
+        return fla_step(fused_recurrent_kda, q, k, v, state, scale, g=g[:, None].float(), beta=beta[:, None].to(q.dtype))
     record("torch.kda_step")
     acc, out_dtype = state.dtype, v.dtype
     q, k, v, g, beta = q.to(acc), k.to(acc), v.to(acc), g.to(acc), beta.to(acc)

@@ -26,6 +26,7 @@ Decode: ``simple_gla_step`` (fla's ``fused_recurrent_simple_gla`` with ``g_gamma
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from archbench.ops.gla import simple_gla, simple_gla_step
 
@@ -48,16 +49,10 @@ def _log_decay(slopes: torch.Tensor, H: int) -> torch.Tensor:
 
 
 def lightning_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    slopes: torch.Tensor,
-    scale: float | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    chunk_size: int = 64,
-    backend: str = "torch",
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    q: Tensor, k: Tensor, v: Tensor, slopes: Tensor,
+    scale: float | None = None, initial_state: Tensor | None = None, output_final_state: bool = False,
+    chunk_size: int = 64, backend: str = "torch",
+) -> tuple[Tensor, Tensor | None]:
     """S_t = exp(-s_h) S_{t-1} + k_t^T v_t, o_t = scale q_t S_t.
 
     q, k [B, T, H, K], v [B, T, H, V], slopes [H] (decay rates s_h >= 0); scale defaults to
@@ -68,13 +63,7 @@ def lightning_attention(
 
 
 def lightning_attention_step(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    slopes: torch.Tensor,
-    state: torch.Tensor,
-    scale: float | None = None,
-    backend: str = "torch",
-) -> tuple[torch.Tensor, torch.Tensor]:
+    q: Tensor, k: Tensor, v: Tensor, slopes: Tensor, state: Tensor, scale: float | None = None, backend: str = "torch"
+) -> tuple[Tensor, Tensor]:
     """One decode step: q, k [B, H, K], v [B, H, V], slopes [H], state [B, H, K, V] (fp32)."""
     return simple_gla_step(q, k, v, _log_decay(slopes, q.shape[1]), state, scale, backend)

@@ -27,23 +27,19 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
-from archbench.ops.dispatch import record, step_backend
+from archbench.ops.dispatch import fla_step, record, step_backend
 from archbench.ops.prologue import prologue
 
 GROUP_ELEMS = 1 << 19  # target size of one group's [B, H, n, C, D] tensors (elements)
 
 
 def linear_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    scale: float | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    chunk_size: int = 64,
-    backend: str = "torch",
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    q: Tensor, k: Tensor, v: Tensor,
+    scale: float | None = None, initial_state: Tensor | None = None, output_final_state: bool = False,
+    chunk_size: int = 64, backend: str = "torch",
+) -> tuple[Tensor, Tensor | None]:
     """Returns ``(o [B, T, H, V], final_state [B, H, K, V] or None)``."""
     scale, backend = prologue("linear_attention", q, k, v, initial_state, chunk_size, scale, backend)
     B, T, H, K = q.shape
@@ -83,13 +79,8 @@ def _chunks(x: torch.Tensor, C: int, acc: torch.dtype) -> torch.Tensor:
 
 
 def linear_attention_step(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    state: torch.Tensor,
-    scale: float | None = None,
-    backend: str = "torch",
-) -> tuple[torch.Tensor, torch.Tensor]:
+    q: Tensor, k: Tensor, v: Tensor, state: Tensor, scale: float | None = None, backend: str = "torch"
+) -> tuple[Tensor, Tensor]:
     """One decode step: q, k [B, H, K], v [B, H, V], state [B, H, K, V] (fp32, or fp64 for fp64 inputs).
 
     Returns ``(o [B, H, V], new_state)``. ``backend="fla"``: fla's ``fused_recurrent_linear_attn``.
@@ -100,11 +91,7 @@ def linear_attention_step(
         from fla.ops.linear_attn import fused_recurrent_linear_attn  # optional, CUDA only
 
         record("fla.fused_recurrent_linear_attn")
-        o, S = fused_recurrent_linear_attn(
-            q[:, None], k[:, None].to(q.dtype), v[:, None].to(q.dtype),
-            scale=scale, initial_state=state.float(), output_final_state=True, normalize=False,
-        )  # fmt: skip
-        return o[:, 0].to(v.dtype), S
+        return fla_step(fused_recurrent_linear_attn, q, k, v, state, scale, normalize=False)
     record("torch.linear_attention_step")
     acc = torch.promote_types(state.dtype, torch.promote_types(q.dtype, torch.float32))
     state = state.to(acc) + torch.einsum("bhk,bhv->bhkv", k.to(acc), v.to(acc))

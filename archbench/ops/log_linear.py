@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from archbench.ops.decay import exp_nonpositive
 from archbench.ops.dispatch import record
@@ -175,18 +176,10 @@ def _reference(q, k, v, g, lam, scale, S, offset, chunk_size):
 
 
 def log_linear_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    level_scales: torch.Tensor,
-    scale: float | None = None,
-    initial_state: torch.Tensor | None = None,
-    offset: int = 0,
-    output_final_state: bool = False,
-    chunk_size: int = 64,
-    backend: str = "torch",
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, level_scales: Tensor,
+    scale: float | None = None, initial_state: Tensor | None = None, offset: int = 0, output_final_state: bool = False,
+    chunk_size: int = 64, backend: str = "torch",
+) -> tuple[Tensor, Tensor | None]:
     """Log-linear attention with Mamba-2 decay (module docstring).
 
     q, k [B, T, G, K]; v [B, T, H, V] (H a multiple of G: value heads share q/k groups); g [B, T, H]
@@ -243,15 +236,9 @@ def _fla(q, k, v, g, level_scales, scale, initial_state, output_final_state):
 
 
 def log_linear_attention_step(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    level_scales: torch.Tensor,
-    state: torch.Tensor,
-    offset: int,
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, level_scales: Tensor, state: Tensor, offset: int,
     scale: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[Tensor, Tensor]:
     """One decode step at position ``offset`` (tokens already consumed): q, k [B, G, K], v [B, H, V],
     g [B, H], level_scales [B, H, L], state [B, H, L, K, V]. Returns ``(o [B, H, V], new_state)``."""
     if scale is None:

@@ -47,6 +47,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from archbench.ops.dispatch import record
 from archbench.ops.prologue import resolve_backend
@@ -100,19 +101,10 @@ def _check(x, dt, a, lam, Bm, Cm, dtheta, D, initial_state) -> None:
 
 
 def mamba3(
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    a: torch.Tensor,
-    lam: torch.Tensor,
-    Bm: torch.Tensor,
-    Cm: torch.Tensor,
-    dtheta: torch.Tensor,
-    D: torch.Tensor | None = None,
-    initial_state: Mamba3State | None = None,
-    output_final_state: bool = False,
-    chunk_size: int = 64,
+    x: Tensor, dt: Tensor, a: Tensor, lam: Tensor, Bm: Tensor, Cm: Tensor, dtheta: Tensor, D: Tensor | None = None,
+    initial_state: Mamba3State | None = None, output_final_state: bool = False, chunk_size: int = 64,
     backend: str = "torch",
-) -> tuple[torch.Tensor, Mamba3State | None]:
+) -> tuple[Tensor, Mamba3State | None]:
     """Chunked Mamba-3 SISO; returns ``(y [B, T, H, P] in x's dtype, final Mamba3State or None)``."""
     resolve_backend("mamba3", backend, x, choices=BACKENDS)
     _check(x, dt, a, lam, Bm, Cm, dtheta, D, initial_state)
@@ -150,16 +142,9 @@ def mamba3(
 
 
 def mamba3_step(
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    a: torch.Tensor,
-    lam: torch.Tensor,
-    Bm: torch.Tensor,
-    Cm: torch.Tensor,
-    dtheta: torch.Tensor,
-    state: Mamba3State,
-    D: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, Mamba3State]:
+    x: Tensor, dt: Tensor, a: Tensor, lam: Tensor, Bm: Tensor, Cm: Tensor, dtheta: Tensor, state: Mamba3State,
+    D: Tensor | None = None,
+) -> tuple[Tensor, Mamba3State]:
     """One decode step: x [B, H, P], dt, a, lam [B, H], Bm, Cm [B, H, N], dtheta [B, H, A].
     Returns ``(y [B, H, P], new state)`` (states in fp32, fp64 when they are)."""
     record("torch.mamba3_step")

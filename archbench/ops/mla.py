@@ -30,6 +30,7 @@ of the S positions (bottom-right aligned). Returns o [B, T, H, d_v].
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from archbench.ops.prologue import resolve_backend
 from archbench.ops.softmax_attention import softmax_attention
@@ -55,16 +56,9 @@ def _check(q_nope, q_rope, c, k_rope, w_uk, w_uv) -> None:
 
 
 def mla(
-    q_nope: torch.Tensor,
-    q_rope: torch.Tensor,
-    c: torch.Tensor,
-    k_rope: torch.Tensor,
-    w_uk: torch.Tensor,
-    w_uv: torch.Tensor,
-    scale: float | None = None,
-    absorb: bool = False,
-    backend: str = "torch",
-) -> torch.Tensor:
+    q_nope: Tensor, q_rope: Tensor, c: Tensor, k_rope: Tensor, w_uk: Tensor, w_uv: Tensor,
+    scale: float | None = None, absorb: bool = False, backend: str = "torch",
+) -> Tensor:
     """Causal MLA (see the module docstring); ``absorb`` picks the latent-space (decode) form,
     ``backend`` the softmax-attention kernel (``torch`` reference or ``sdpa``)."""
     resolve_backend("mla", backend, q_nope, choices=BACKENDS)

@@ -34,9 +34,10 @@ Backends:
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from archbench.ops.dispatch import record
-from archbench.ops.prologue import resolve_backend
+from archbench.ops.prologue import check_attention, resolve_backend
 from archbench.ops.softmax_attention import _flex_fn, flex_unavailable_reason
 
 BACKENDS = ("torch", "sdpa", "flex")
@@ -46,14 +47,7 @@ FLEX_BLOCK = 128
 
 
 def _check(q, k, v, block_size: int, topk: int) -> None:
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError("moba expects q [B, T, H, D], k [B, S, Hkv, D], v [B, S, Hkv, Dv]")
-    if k.shape[:3] != v.shape[:3] or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"moba: incompatible q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if q.shape[2] % k.shape[2]:
-        raise ValueError(f"query heads ({q.shape[2]}) must be a multiple of key/value heads ({k.shape[2]})")
-    if q.shape[1] > k.shape[1]:
-        raise ValueError(f"moba: more queries ({q.shape[1]}) than keys ({k.shape[1]})")
+    check_attention("moba", q, k, v)
     if block_size < 1 or topk < 1:
         raise ValueError(f"block_size and topk must be >= 1 (got {block_size}, {topk})")
 
@@ -175,14 +169,8 @@ _KERNELS = {"torch": "torch.moba", "sdpa": "torch.sdpa+moba_mask", "flex": "torc
 
 
 def moba(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    block_size: int,
-    topk: int,
-    scale: float | None = None,
-    backend: str = "torch",
-) -> torch.Tensor:
+    q: Tensor, k: Tensor, v: Tensor, block_size: int, topk: int, scale: float | None = None, backend: str = "torch"
+) -> Tensor:
     """MoBA in [B, T, H, D]: each query attends to its own block (causally) and the ``topk - 1``
     past blocks whose mean key scores highest against it. Returns o [B, T, H, Dv]."""
     resolve_backend("moba", backend, q, choices=BACKENDS)

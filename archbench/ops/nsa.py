@@ -55,8 +55,10 @@ import importlib.util
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from archbench.ops.dispatch import record, triton_runs_on
+from archbench.ops.prologue import check_attention, resolve_backend
 from archbench.ops.softmax_attention import softmax_attention
 
 BACKENDS = ("torch", "fla", "auto")
@@ -75,14 +77,7 @@ def nsa_compress(x: torch.Tensor, block_size: int) -> torch.Tensor:
 
 
 def _check(q, k, v, block_size, block_count):
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError("nsa expects q [B, T, H, D], k [B, S, Hkv, D], v [B, S, Hkv, Dv]")
-    if k.shape[:3] != v.shape[:3] or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"nsa: incompatible shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if q.shape[2] % k.shape[2]:
-        raise ValueError(f"query heads ({q.shape[2]}) must be a multiple of key/value heads ({k.shape[2]})")
-    if q.shape[1] > k.shape[1]:
-        raise ValueError(f"nsa: more queries ({q.shape[1]}) than keys ({k.shape[1]})")
+    check_attention("nsa", q, k, v)
     if block_size < 1 or block_count < 1:
         raise ValueError(f"block_size and block_count must be >= 1 (got {block_size}, {block_count})")
 
@@ -335,33 +330,18 @@ def _nsa_fla(q, k, v, g_cmp, g_slc, g_swa, block_size, block_count, window, scal
         o = o + g_slc[..., None].to(o.dtype) * o_slc
     if g_cmp is not None:
         o = o + g_cmp[..., None].to(o.dtype) * o_cmp
-    if window and g_swa is not None:
-        swa = (
-            "flash_attn"
-            if q.dtype in (torch.float16, torch.bfloat16) and importlib.util.find_spec("flash_attn")
-            else "sdpa"
-        )
+    if window and g_swa is not None:  # flash-attn for fp16/bf16 CUDA tensors when installed, else SDPA
         o = o + g_swa[..., None].to(o.dtype) * softmax_attention(
-            q, k, v, causal=True, scale=scale, window=window, backend=swa
+            q, k, v, causal=True, scale=scale, window=window, backend="auto"
         )
     return o.to(v.dtype)
 
 
 def nsa(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g_cmp: torch.Tensor | None,
-    g_slc: torch.Tensor | None,
-    g_swa: torch.Tensor | None,
-    block_size: int = 64,
-    block_count: int = 16,
-    window: int | None = 512,
-    scale: float | None = None,
-    k_cmp: torch.Tensor | None = None,
-    v_cmp: torch.Tensor | None = None,
-    backend: str = "torch",
-) -> torch.Tensor:
+    q: Tensor, k: Tensor, v: Tensor, g_cmp: Tensor | None, g_slc: Tensor | None, g_swa: Tensor | None,
+    block_size: int = 64, block_count: int = 16, window: int | None = 512, scale: float | None = None,
+    k_cmp: Tensor | None = None, v_cmp: Tensor | None = None, backend: str = "torch",
+) -> Tensor:
     """Native sparse attention; q [B, T, H, D], k/v [B, S, Hkv, D] (S >= T), gates [B, T, H].
 
     Returns o [B, T, H, Dv]. ``k_cmp``/``v_cmp`` [B, >= S // block_size, Hkv, D]: the compressed
@@ -377,12 +357,9 @@ def nsa(
     nb = k.shape[1] // block_size
     if k_cmp.shape[1] < nb or v_cmp.shape[1] < nb:
         raise ValueError(f"k_cmp/v_cmp need >= {nb} compressed blocks (got {k_cmp.shape[1]}, {v_cmp.shape[1]})")
-    if backend == "auto":
-        usable = q.is_cuda and fla_unavailable_reason(q, k, block_size, block_count) is None
-        backend = "fla" if usable else "torch"  # never the interpreter (see dispatch.triton_runs_on)
+    fla_takes = fla_shape_reason(q.shape[2], k.shape[2], block_size, block_count) is None
+    backend = resolve_backend("nsa", backend, q, choices=BACKENDS, takes=fla_takes)  # auto: never the interpreter
     record("torch.nsa" if backend == "torch" else "fla.parallel_nsa")
-    if backend == "torch":
-        return _nsa_torch(q, k, v, g_cmp, g_slc, g_swa, block_size, block_count, window, scale, k_cmp, v_cmp)
     if backend == "fla":
         return _nsa_fla(q, k, v, g_cmp, g_slc, g_swa, block_size, block_count, window, scale, k_cmp, v_cmp)
-    raise ValueError(f"unknown nsa backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return _nsa_torch(q, k, v, g_cmp, g_slc, g_swa, block_size, block_count, window, scale, k_cmp, v_cmp)

@@ -38,6 +38,7 @@ import importlib.util
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from archbench.ops.dispatch import record, triton_runs_on
 from archbench.ops.prologue import check_chunk_size, resolve_backend
@@ -161,17 +162,9 @@ def _fla(q, k, v, w, beta, g, scale: float, want_cache: bool):
 
 
 def path_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    w: torch.Tensor,
-    beta: torch.Tensor,
-    g: torch.Tensor | None = None,
-    scale: float | None = None,
-    output_final_state: bool = False,
-    chunk_size: int = 64,
-    backend: str = "torch",
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    q: Tensor, k: Tensor, v: Tensor, w: Tensor, beta: Tensor, g: Tensor | None = None,
+    scale: float | None = None, output_final_state: bool = False, chunk_size: int = 64, backend: str = "torch",
+) -> tuple[Tensor, Tensor | None]:
     """Causal PaTH attention; returns ``(o [B, T, H, d_v], transformed key cache [B, T, Hkv, d] or None)``.
     ``w`` must be unit-norm per token and head (the layer normalises it)."""
     resolve_backend("path_attention", backend, q, choices=BACKENDS)

@@ -6,8 +6,10 @@ the same in all of them lives here once, with one wording for its errors:
 - ``check_recurrent``: q, k [B, T, H, K] and v [B, T, H, V], each further input in its layout
   (``beta=(beta, "B T H")``), the carried state [B, H, K, V], ``chunk_size >= 1``;
 - ``resolve_backend``: the backend checked against the op's choices, and ``"auto"`` resolved to the
-  fused library for CUDA tensors when it is importable (and takes the inputs), else ``"torch"``;
-- ``prologue``: both, plus the default read-out scale K**-0.5, as the recurrent ops start.
+  fused library for CUDA tensors when it is importable (and takes the inputs), else ``"torch"``: the
+  one place an op decides ``"auto"`` (the catalogue decides it for mixers: ``ArchSpec.resolve_backend``);
+- ``prologue``: both, plus the default read-out scale K**-0.5, as the recurrent ops start;
+- ``check_attention``: q [B, T, H, D] against k [B, S, Hkv, D] and v [B, S, Hkv, Dv] (S >= T, Hkv | H).
 
 Layouts are written as dimension letters (``"B T H K"``) looked up in the sizes of q and v, so an
 error names the layout it wanted and the shape it got.
@@ -16,6 +18,7 @@ error names the layout it wanted and the shape it got.
 from __future__ import annotations
 
 import importlib.util
+from typing import Callable
 
 import torch
 
@@ -31,19 +34,24 @@ def resolve_backend(
     x: torch.Tensor,
     *,
     choices: tuple[str, ...] = BACKENDS,
-    fused: str = "fla",
+    fused: str | tuple[str, ...] = "fla",
     half_only: bool = False,
-    takes: bool = True,
+    takes: bool | Callable[[str], bool] = True,
+    fallback: str = "torch",
 ) -> str:
-    """``backend`` if it is one of ``choices``; ``"auto"`` is ``fused`` when x is a CUDA tensor, the
-    ``fused`` package imports, x is fp16/bf16 (with ``half_only``) and the kernel ``takes`` these
-    inputs, else ``"torch"``."""
+    """``backend`` if it is one of ``choices``; ``"auto"`` is the first of ``fused`` (a package, or
+    several in order of preference) that imports and whose kernel ``takes`` these inputs (a bool, or a
+    function of the package asked only when ``auto`` gets that far), when x is a CUDA tensor (and
+    fp16/bf16, with ``half_only``); else ``fallback``."""
     if backend not in choices:
         raise ValueError(f"unknown {name} backend {backend!r}; choose one of {', '.join(choices)}")
     if backend != "auto":
         return backend
-    usable = x.is_cuda and takes and (not half_only or x.dtype in HALF)
-    return fused if usable and importlib.util.find_spec(fused) is not None else "torch"
+    if x.is_cuda and (not half_only or x.dtype in HALF):
+        for package in (fused,) if isinstance(fused, str) else fused:
+            if importlib.util.find_spec(package) is not None and (takes(package) if callable(takes) else takes):
+                return package
+    return fallback
 
 
 def check_chunk_size(chunk_size: int) -> None:
@@ -96,9 +104,22 @@ def prologue(
     backend: str,
     *,
     half_only: bool = False,
+    takes: bool | Callable[[str], bool] = True,
     **inputs: Shaped,
 ) -> tuple[float, str]:
     """``check_recurrent``, then ``(scale or K**-0.5, the resolved backend)``."""
     check_recurrent(name, q, k, v, initial_state, chunk_size, **inputs)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return scale, resolve_backend(name, backend, q, half_only=half_only)
+    return scale, resolve_backend(name, backend, q, half_only=half_only, takes=takes)
+
+
+def check_attention(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """q [B, T, H, D], k [B, S, Hkv, D], v [B, S, Hkv, Dv] with S >= T and H a multiple of Hkv."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"{name} expects q [B, T, H, D], k [B, S, Hkv, D], v [B, S, Hkv, Dv]")
+    if k.shape[:3] != v.shape[:3] or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"{name}: incompatible q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if q.shape[2] % k.shape[2]:
+        raise ValueError(f"query heads ({q.shape[2]}) must be a multiple of key/value heads ({k.shape[2]})")
+    if q.shape[1] > k.shape[1]:
+        raise ValueError(f"{name}: more queries ({q.shape[1]}) than keys ({k.shape[1]})")

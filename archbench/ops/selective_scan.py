@@ -57,6 +57,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from archbench.ops.dispatch import graph_capturing, record
 from archbench.ops.prologue import check_chunk_size, resolve_backend
@@ -92,17 +93,9 @@ def _check(u, delta, A, B, C, D, initial_state) -> tuple[int, int, int, int]:
 
 
 def selective_scan(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    chunk_size: int = 8,
-    backend: str = "torch",
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+    initial_state: Tensor | None = None, output_final_state: bool = False, chunk_size: int = 8, backend: str = "torch",
+) -> tuple[Tensor, Tensor | None]:
     """Returns ``(y [B, T, Dm], final_state [B, Dm, N] or None)``."""
     backend = resolve_backend("selective_scan", backend, u, choices=BACKENDS, fused="mamba_ssm")
     check_chunk_size(chunk_size)
@@ -304,14 +297,8 @@ def _selective_scan_torch(u, delta, A, B, C, D, initial_state, output_final_stat
 
 
 def selective_scan_step(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    state: torch.Tensor,
-    D: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, state: Tensor, D: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """One decode step: u, delta [B, Dm], A [Dm, N], B, C [B, N], state [B, Dm, N] (fp32).
 
     Returns ``(y [B, Dm], new_state)``.

@@ -50,8 +50,10 @@ from typing import Callable, Hashable
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from archbench.ops.dispatch import record
+from archbench.ops.prologue import resolve_backend
 
 BACKENDS = ("torch", "sdpa", "flash_attn", "flex", "auto")
 MASKED_BACKENDS = ("torch", "sdpa", "flex")
@@ -329,12 +331,6 @@ def _window_mask_fn(T: int, S: int, causal: bool, window: int | None) -> MaskFn 
     return _MASK_FNS[key]
 
 
-def _auto(q: torch.Tensor) -> str:
-    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and importlib.util.find_spec("flash_attn"):
-        return "flash_attn"
-    return "sdpa"
-
-
 _KERNELS = {
     "torch": "torch.softmax_attention",
     "sdpa": "torch.sdpa",
@@ -344,14 +340,9 @@ _KERNELS = {
 
 
 def softmax_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    causal: bool = True,
-    scale: float | None = None,
-    backend: str = "torch",
+    q: Tensor, k: Tensor, v: Tensor, causal: bool = True, scale: float | None = None, backend: str = "torch",
     window: int | None = None,
-) -> torch.Tensor:
+) -> Tensor:
     """Softmax attention in [B, T, H, D]; returns o with q's shape (v's last dim).
 
     ``window=W`` restricts query t to the keys t-W+1 .. t (sliding-window attention).
@@ -364,31 +355,25 @@ def softmax_attention(
         scale = q.shape[-1] ** -0.5
     if window is not None and window >= k.shape[1]:
         window = None  # the window covers every key: plain (causal) attention
-    if backend == "auto":
-        backend = _auto(q)
-    record(f"{_KERNELS.get(backend, backend)}{'' if window is None else '+window'}")
+    backend = resolve_backend(
+        "softmax_attention", backend, q, choices=BACKENDS, fused="flash_attn", half_only=True, fallback="sdpa"
+    )
+    record(f"{_KERNELS[backend]}{'' if window is None else '+window'}")
     if backend == "torch":
         return _reference(q, k, v, causal, scale, window)
     if backend == "sdpa":
         return _sdpa(q, k, v, causal, scale, window)
     if backend == "flash_attn":
         return _flash_attn(q, k, v, causal, scale, window)
-    if backend == "flex":
-        T, S = q.shape[1], k.shape[1]
-        fn = _window_mask_fn(T, S, causal, window)
-        return _flex(q, k, v, fn, None if fn is None else ("window", causal, window, S - T), scale)
-    raise ValueError(f"unknown softmax_attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    T, S = q.shape[1], k.shape[1]
+    fn = _window_mask_fn(T, S, causal, window)
+    return _flex(q, k, v, fn, None if fn is None else ("window", causal, window, S - T), scale)
 
 
 def masked_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    mask_fn: MaskFn,
-    scale: float | None = None,
-    backend: str = "torch",
+    q: Tensor, k: Tensor, v: Tensor, mask_fn: MaskFn, scale: float | None = None, backend: str = "torch",
     key: Hashable | None = None,
-) -> torch.Tensor:
+) -> Tensor:
     """Softmax attention under an arbitrary mask ``mask_fn(q_idx, kv_idx) -> bool`` (True = attend).
 
     q_idx counts queries from 0 (add S - T inside ``mask_fn`` for bottom-right alignment);

@@ -45,14 +45,13 @@ Fused backends:
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from archbench.ops.decay import midpoint_limit
 from archbench.ops.dispatch import graph_capturing, record, step_backend
-from archbench.ops.prologue import check_chunk_size
+from archbench.ops.prologue import check_chunk_size, resolve_backend
 from archbench.ops.segments import by_segments
 from archbench.spec import fla_gated_grad_refused
 
@@ -82,31 +81,15 @@ def _check(x, dt, A, B, C, D, initial_state) -> tuple[int, int, int, int, int, i
 
 
 def ssd(
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    chunk_size: int = 64,
-    backend: str = "torch",
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+    initial_state: Tensor | None = None, output_final_state: bool = False, chunk_size: int = 64, backend: str = "torch",
+) -> tuple[Tensor, Tensor | None]:
     """Returns ``(y [B, T, H, P], final_state [B, H, N, P] or None)``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown ssd backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    # auto: mamba_ssm, then fla unless its gated backward is wrong on this GPU/triton (spec.fla_gated_backward)
+    takes = lambda package: package != "fla" or not fla_gated_grad_refused(x, dt, A, B, C)  # noqa: E731
+    backend = resolve_backend("ssd", backend, x, choices=BACKENDS, fused=("mamba_ssm", "fla"), takes=takes)
     check_chunk_size(chunk_size)
     _check(x, dt, A, B, C, D, initial_state)
-    if backend == "auto":
-        backend = "torch"
-        if x.is_cuda:
-            for name in ("mamba_ssm", "fla"):
-                if name == "fla" and fla_gated_grad_refused(x, dt, A, B, C):
-                    continue  # fla's gated backward is wrong on this GPU/triton (spec.fla_gated_backward)
-                if importlib.util.find_spec(name) is not None:
-                    backend = name
-                    break
     record({"mamba_ssm": "mamba_ssm.mamba_chunk_scan_combined", "fla": "fla.chunk_simple_gla"}.get(backend, "torch.ssd_chunked"))
     if backend == "mamba_ssm":
         return _ssd_mamba_ssm(x, dt, A, B, C, D, initial_state, output_final_state, chunk_size)
@@ -222,15 +205,8 @@ def _diagonal_blocks(acs, dth, xc, CB, floor: float) -> torch.Tensor:
 
 
 def ssd_step(
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    state: torch.Tensor,
-    D: torch.Tensor | None = None,
-    backend: str = "torch",
-) -> tuple[torch.Tensor, torch.Tensor]:
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, state: Tensor, D: Tensor | None = None, backend: str = "torch"
+) -> tuple[Tensor, Tensor]:
     """One decode step: x [B, H, P], dt [B, H], A [H], B, C [B, G, N], state [B, H, N, P] (fp32).
 
     Returns ``(y [B, H, P], new_state)``. ``backend="fla"``: fla's ``fused_recurrent_simple_gla``

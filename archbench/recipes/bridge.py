@@ -14,7 +14,8 @@ feed a small causal LM through a trainable bridge, and the small model's logits 
         h = h + (g * a + (1 - g) * h)                     # gated mix, then the outer residual
     small_model(inputs_embeds = h + direct) -> logits
 
-The queries come from the small stream h, keys and values from the big states. The published
+The queries come from the small stream h, keys and values from the big states
+(``recipes.bridge_model`` builds these modules). The published
 code builds it this way (its intermediate MLP is (D + d) / 2 wide, which is 0.75 D at the paper's
 1536 -> 768; here it is ``mid_ratio * D``), drops the small model's own token and position
 embeddings (the small model sees only the bridge's output; Llama has no position embedding, RoPE
@@ -33,7 +34,7 @@ yet. The ``causal`` variant masks keys after the query position (the big model i
 so the whole pipeline is then causal); ``noncausal`` is the published form. Both share the
 initialisation and the data, so the mask is the only difference.
 
-**Measuring it.** Every model is scored on the same held-out windows in two ways:
+**Measuring it** (``recipes.leak``). Every model is scored on the same held-out windows in two ways:
 
 * teacher-forced: one pass over the full window, next-byte bits per byte (``tf_bpb``) and top-1
   accuracy (``tf_acc``), as training sees it;
@@ -58,6 +59,10 @@ KL(teacher || student) of the next-byte distributions at temperature ``kd_temper
 without the big model at inference; the bridged models always run the big model *and* the small
 one, so they can never be cheaper than the teacher alone (``params_inference`` records this).
 
+**Training.** Every variant sees the same batches for ``steps`` steps of AdamW (weight decay on
+matrices and embeddings), a linear warm-up over ``warmup_frac`` of them then cosine decay to
+zero, and gradient-norm clipping (``archbench.distill.train_loop``).
+
 Outputs (in ``out_dir``): ``rows.jsonl`` (one row per model: ``teacher``, ``bridge-noncausal``,
 ``bridge-causal``, ``distill``), ``losses.jsonl`` (per step: variant, step, loss, lr, tokens),
 ``run.json`` (config and teacher facts) and ``students/<variant>/`` (``model.safetensors`` of the
@@ -68,34 +73,33 @@ rebuilds a student to identical outputs.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from archbench.distill import StepLog, cross_entropy, kl_divergence, train_loop, trainable, warmup_cosine
+from archbench.recipes.bridge_model import (  # noqa: F401 - the model's names, importable from the recipe
+    Adapter,
+    Bridge,
+    BridgedLM,
+    CrossAttention,
+    DistilledLM,
+    GatedCrossLayer,
+    read_student,
+    save_student,
+)
+from archbench.recipes.leak import continuation_bpb, greedy_generate, leak_scores
 from archbench.recipes.probes import task_probes
 from archbench.recipes.speed import prefill_speed
-from archbench.recipes.teacher import (
-    TeacherSpec,
-    build_teacher,
-    check_device,
-    corpus_task,
-    default_teacher,
-    lm_batches,
-    load_teacher,
-    teacher_tokenizer,
-)
+from archbench.recipes.teacher import TeacherSpec, build_teacher, check_device, corpus_task, lm_batches, recipe_teacher
 from archbench.store import RunDir, now_iso
-from archbench.tasks.train import lr_at, make_optimizer
 
 VARIANTS = ("noncausal", "causal", "distill")
 MODEL_NAMES = {"noncausal": "bridge-noncausal", "causal": "bridge-causal", "distill": "distill"}
-LN2 = math.log(2.0)
 
 
 class BridgeError(ValueError):
@@ -187,120 +191,6 @@ class BridgeConfig:
                            n_kv_heads=self.student_kv_heads, seq_len=self.seq_len, seed=self.seed)  # fmt: skip
 
 
-# ---------------------------------------------------------------------------------------------------- the bridge
-
-
-class CrossAttention(nn.Module):
-    """Multi-head attention with queries from the small stream [B, T, d] and keys / values from the
-    big states [B, T, D]; ``causal`` masks keys after the query's position."""
-
-    def __init__(self, d_big: int, d_small: int, n_heads: int, causal: bool):
-        super().__init__()
-        self.n_heads, self.causal = n_heads, causal
-        self.norm_q, self.norm_kv = nn.LayerNorm(d_small), nn.LayerNorm(d_big)
-        self.q = nn.Linear(d_small, d_small)
-        self.k = nn.Linear(d_big, d_small)
-        self.v = nn.Linear(d_big, d_small)
-        self.out = nn.Linear(d_small, d_small)
-
-    def forward(self, h: torch.Tensor, big: torch.Tensor) -> torch.Tensor:
-        B, T, d = h.shape
-        heads = lambda x: x.view(B, x.shape[1], self.n_heads, d // self.n_heads).transpose(1, 2)  # noqa: E731
-        kv = self.norm_kv(big)
-        q, k, v = heads(self.q(self.norm_q(h))), heads(self.k(kv)), heads(self.v(kv))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
-        return self.out(y.transpose(1, 2).reshape(B, T, d))
-
-
-class Adapter(nn.Module):
-    """Bottleneck d -> r d -> d with GELU, a LayerNorm on the update, and a residual."""
-
-    def __init__(self, d: int, ratio: float):
-        super().__init__()
-        inner = max(1, int(round(d * ratio)))
-        self.down, self.up, self.norm = nn.Linear(d, inner), nn.Linear(inner, d), nn.LayerNorm(d)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.norm(self.up(F.gelu(self.down(x))))
-
-
-class GatedCrossLayer(nn.Module):
-    """An enhanced cross-attention layer: attention, adapter, then a sigmoid gate that mixes the
-    attended value ``a`` with the incoming stream ``h``."""
-
-    def __init__(self, d_big: int, d_small: int, n_heads: int, adapter_ratio: float, causal: bool):
-        super().__init__()
-        self.attn = CrossAttention(d_big, d_small, n_heads, causal)
-        self.adapter = Adapter(d_small, adapter_ratio)
-        self.gate = nn.Linear(2 * d_small, d_small)
-
-    def mix(self, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """``g * a + (1 - g) * h`` with ``g = sigmoid(W [h; a] + b)``: g = 1 keeps a, g = 0 keeps h."""
-        g = torch.sigmoid(self.gate(torch.cat([h, a], dim=-1)))
-        return g * a + (1 - g) * h
-
-    def forward(self, h: torch.Tensor, big: torch.Tensor) -> torch.Tensor:
-        return self.mix(h, self.adapter(self.attn(h, big)))
-
-
-class Bridge(nn.Module):
-    """Big hidden states [B, T, D] -> input embeddings of the small model [B, T, d]."""
-
-    def __init__(self, d_big: int, d_small: int, n_heads: int, n_layers: int, mid_ratio: float,
-                 adapter_ratio: float, causal: bool):  # fmt: skip
-        super().__init__()
-        mid = max(1, int(round(d_big * mid_ratio)))
-        self.pre = nn.Linear(d_big, d_big)
-        self.direct = nn.Linear(d_big, d_small)
-        self.mlp = nn.Sequential(nn.Linear(d_big, mid), nn.LayerNorm(mid), nn.GELU(), nn.Linear(mid, d_small),
-                                 nn.LayerNorm(d_small))  # fmt: skip
-        self.layers = nn.ModuleList(
-            GatedCrossLayer(d_big, d_small, n_heads, adapter_ratio, causal) for _ in range(n_layers)
-        )
-
-    def forward(self, big: torch.Tensor) -> torch.Tensor:
-        p = self.pre(big)
-        h = self.mlp(p)
-        for layer in self.layers:
-            h = h + layer(h, p)
-        return h + self.direct(p)
-
-
-class BridgedLM(nn.Module):
-    """Frozen big LM -> bridge -> small LM: ``forward(ids) -> logits``. The big model is a
-    submodule (it moves with ``.to``) but is frozen, always in eval mode, and never saved."""
-
-    def __init__(self, big: nn.Module, small: nn.Module, bridge: Bridge):
-        super().__init__()
-        self.big, self.small, self.bridge = big, small, bridge
-        self.big.requires_grad_(False)
-        self.big.eval()
-
-    def train(self, mode: bool = True) -> "BridgedLM":
-        super().train(mode)
-        self.big.eval()
-        return self
-
-    @torch.no_grad()
-    def big_hidden(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.big.base_model(input_ids=ids, use_cache=False).last_hidden_state
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        embeds = self.bridge(self.big_hidden(ids))
-        return self.small(inputs_embeds=embeds, use_cache=False).logits
-
-
-class DistilledLM(nn.Module):
-    """The small LM alone, reading byte ids through its own embeddings: ``forward(ids) -> logits``."""
-
-    def __init__(self, small: nn.Module):
-        super().__init__()
-        self.small = small
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.small(input_ids=ids, use_cache=False).logits
-
-
 def build_student(config: BridgeConfig, variant: str, big: nn.Module, vocab_size: int = 256) -> nn.Module:
     """A fresh student for ``variant`` (same initialisation of the small model for every variant,
     same bridge initialisation for both bridge variants); the small model reads the big model's
@@ -315,121 +205,36 @@ def build_student(config: BridgeConfig, variant: str, big: nn.Module, vocab_size
 
 
 def trainable_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return sum(p.numel() for p in trainable(model))
 
 
 # ---------------------------------------------------------------------------------------------------- training
 
 
-def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Mean over positions of KL(teacher || student) at ``temperature``, scaled by T^2."""
-    t = temperature
-    s = F.log_softmax(student_logits.float() / t, dim=-1).flatten(0, -2)
-    p = F.log_softmax(teacher_logits.float() / t, dim=-1).flatten(0, -2)
-    return F.kl_div(s, p, log_target=True, reduction="batchmean") * t * t
-
-
 def train_student(model: nn.Module, variant: str, big: nn.Module, batches, config: BridgeConfig,
                   progress: Callable[[dict], None] | None = None) -> list[dict]:  # fmt: skip
-    """Train ``model`` in place for ``config.steps`` steps; returns the per-step history.
-    Bridge variants minimise next-byte cross-entropy; ``distill`` minimises the KL to ``big``."""
+    """Train ``model`` in place for ``config.steps`` steps (AdamW, warm-up then cosine, clipping); returns
+    the per-step history. Bridge variants minimise next-byte cross-entropy; ``distill`` minimises
+    KL(teacher || student) to ``big`` at ``kd_temperature``."""
     model.train()
-    opt = make_optimizer(model, config.lr, config.weight_decay)
-    params = [p for p in model.parameters() if p.requires_grad]
-    history, tokens = [], 0
-    every = max(1, config.steps // 20)
-    for step in range(config.steps):
-        inputs, labels = next(batches)
-        lr = lr_at(step, config.steps, config.lr, config.warmup_frac)
-        for group in opt.param_groups:
-            group["lr"] = lr
+
+    def loss_fn(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = model(inputs)
-        if variant == "distill":
-            with torch.no_grad():
-                target = big(input_ids=inputs, use_cache=False).logits
-            loss = distill_loss(logits, target, config.kd_temperature)
-        else:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        opt.step()
-        tokens += inputs.numel()
-        history.append({"variant": variant, "step": step + 1, "loss": float(loss.detach()), "lr": lr, "tokens": tokens})
-        if progress and ((step + 1) % every == 0 or step + 1 == config.steps):
-            progress(
-                {"variant": variant, "step": step + 1, "steps": config.steps, "loss": history[-1]["loss"], "lr": lr}
-            )
+        if variant != "distill":
+            return cross_entropy(logits, labels)
+        with torch.no_grad():
+            target = big(input_ids=inputs, use_cache=False).logits
+        return kl_divergence(logits, target, config.kd_temperature)
+
+    log = StepLog(config.steps, progress, tags={"variant": variant}, first=1, every=config.steps // 20,
+                  event_keys=("variant", "step", "steps", "loss", "lr"))  # fmt: skip
+    train_loop(model, batches, config.steps, warmup_cosine(config.lr, config.steps, config.warmup_frac), loss_fn,
+               weight_decay=config.weight_decay, grad_clip=config.grad_clip, on_step=log)  # fmt: skip
     model.eval()
-    return history
-
-
-# ---------------------------------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def leak_scores(logits_fn: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor,
-                batch_size: int = 32) -> dict[str, float]:  # fmt: skip
-    """Teacher-forced vs prefix-only next-byte scores on the same windows (see the module text):
-    ``tf_bpb``, ``tf_acc``, ``prefix_bpb``, ``prefix_acc`` and ``gap_bpb = prefix_bpb - tf_bpb``."""
-    tf_nats = pre_nats = tf_hit = pre_hit = 0.0
-    for lo in range(0, len(inputs), batch_size):
-        inp, lab = inputs[lo : lo + batch_size], labels[lo : lo + batch_size]
-        logits = logits_fn(inp).float()
-        tf_nats += float(F.cross_entropy(logits.flatten(0, 1), lab.flatten(), reduction="sum"))
-        tf_hit += float((logits.argmax(-1) == lab).sum())
-        for t in range(inp.shape[1]):  # position t sees bytes 0..t only
-            last = logits_fn(inp[:, : t + 1])[:, -1].float()
-            pre_nats += float(F.cross_entropy(last, lab[:, t], reduction="sum"))
-            pre_hit += float((last.argmax(-1) == lab[:, t]).sum())
-    n = labels.numel()
-    tf_bpb, prefix_bpb = tf_nats / n / LN2, pre_nats / n / LN2
-    return {"tf_bpb": tf_bpb, "tf_acc": tf_hit / n, "prefix_bpb": prefix_bpb, "prefix_acc": pre_hit / n,
-            "gap_bpb": prefix_bpb - tf_bpb}  # fmt: skip
-
-
-@torch.no_grad()
-def greedy_generate(
-    logits_fn: Callable[[torch.Tensor], torch.Tensor], prompts: torch.Tensor, n_new: int
-) -> torch.Tensor:
-    """Greedy continuation, re-running the whole model on the prefix at every step (no cache: the
-    non-causal bridge changes earlier positions' outputs as the prefix grows)."""
-    ids = prompts
-    for _ in range(n_new):
-        ids = torch.cat([ids, logits_fn(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return ids
-
-
-@torch.no_grad()
-def continuation_bpb(teacher_fn: Callable[[torch.Tensor], torch.Tensor], ids: torch.Tensor, prompt_len: int) -> float:
-    """Bits per byte of ``ids[:, prompt_len:]`` under ``teacher_fn`` given everything before it."""
-    logits = teacher_fn(ids[:, :-1]).float()[:, prompt_len - 1 :]
-    target = ids[:, prompt_len:]
-    return float(F.cross_entropy(logits.flatten(0, 1), target.flatten())) / LN2
+    return log.rows
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
-
-
-def save_student(model: nn.Module, path: Path, meta: dict) -> None:
-    """The trainable weights (the frozen big model is left out; tied tensors are stored once and
-    named as aliases) as ``model.safetensors``, and ``meta`` as ``student.json``."""
-    from safetensors.torch import save_file
-
-    tensors, aliases, seen = {}, {}, {}
-    for name, t in model.state_dict().items():
-        if name.startswith("big."):
-            continue
-        key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
-        if key in seen:
-            aliases[name] = seen[key]
-            continue
-        seen[key] = name
-        tensors[name] = t.detach().contiguous().clone()
-    path.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path / "model.safetensors"), metadata={"aliases": json.dumps(aliases)})
-    (path / "student.json").write_text(json.dumps(meta, indent=2))
 
 
 def load_student(out_dir: str | Path, variant: str = "causal", teacher: nn.Module | None = None,
@@ -437,9 +242,6 @@ def load_student(out_dir: str | Path, variant: str = "causal", teacher: nn.Modul
     """Rebuild the ``variant`` student of a run from ``out_dir`` on ``device``, in eval mode. Bridge
     variants need the frozen big model: ``teacher``, or else the run's teacher loaded again (the
     cache for ``"default"``)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     path = Path(out_dir) / "students" / variant
     if not (path / "student.json").is_file():
         have = sorted(p.parent.name for p in (Path(out_dir) / "students").glob("*/student.json"))
@@ -450,12 +252,7 @@ def load_student(out_dir: str | Path, variant: str = "causal", teacher: nn.Modul
         teacher = _load_big(config)[0]
     big = teacher if teacher is not None else _Placeholder()
     model = build_student(config, variant, big, int(meta.get("vocab_size", 256)))
-    tensors = load_file(str(path / "model.safetensors"))
-    with safe_open(str(path / "model.safetensors"), framework="pt") as f:
-        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
-    for alias, source in aliases.items():
-        tensors[alias] = tensors[source]
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    missing, unexpected = model.load_state_dict(read_student(path), strict=False)
     missing = [k for k in missing if not k.startswith("big.")]
     if missing or unexpected:
         raise BridgeError(
@@ -473,13 +270,8 @@ class _Placeholder(nn.Module):
 
 def _load_big(config: BridgeConfig, progress=None) -> tuple[nn.Module, dict, object]:
     """The frozen big model, its facts, and its tokenizer (None when it reads bytes)."""
-    if config.teacher == "default":
-        big, facts = default_teacher(config.teacher_spec, progress, device=config.device)
-        tokenizer = None
-    else:
-        big, facts = load_teacher(config.teacher).to(config.device), {"source": config.teacher}
-        tokenizer = teacher_tokenizer(big, config.teacher)
-    return big.eval().requires_grad_(False), facts, tokenizer
+    big, facts, tokenizer = recipe_teacher(config.teacher, config.teacher_spec, config.device, progress)
+    return big.requires_grad_(False), facts, tokenizer
 
 
 def run(config: BridgeConfig, out_dir: Path, progress: Callable[[dict], None] | None = None) -> dict:

@@ -4,8 +4,10 @@ Scale", arXiv 2505.03005).
 
 The student is the teacher with every self-attention module replaced by a recurrent mixer that
 starts from the attention's own q/k/v/o weights (``archbench.recipes.students``: RAD-RWKV7,
-RAD-RWKV6, a gated-delta variant, or the teacher's attention itself for the exactness check).
-Embeddings, MLPs, norms and the LM head are the teacher's. Training runs in three steps:
+RAD-RWKV6, a gated-delta variant, or the teacher's attention itself for the exactness check;
+``archbench.recipes.radlads_student``: the conversion, recurrent decode and checkpoint).
+Embeddings, MLPs, norms and the LM head are the teacher's. Training runs in three steps, each
+AdamW (betas 0.9, 0.99, no weight decay) with gradient-norm clipping (``archbench.distill``):
 
 1. Attention hidden-state alignment. The teacher runs frozen; forward hooks capture, for every
    decoder layer, the (normed) input of its attention module and that module's output. Each
@@ -41,27 +43,42 @@ per byte are converted from bits per token. The recall probes are byte-level and
 
 from __future__ import annotations
 
-import copy
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from archbench.recipes.speed import CachedDecode
-from archbench.recipes.students import KINDS, StudentAttention, make_student_attention
-from archbench.recipes.teacher import TeacherSpec, bits_per_byte, check_device, corpus_task, lm_batches
+from archbench.distill import StepLog, constant, cosine, hidden_alignment, kd_loss, train_loop, train_only
+from archbench.recipes.radlads_student import (  # noqa: F401 - the student's names, importable from the recipe
+    RadladsError,
+    RadladsStudent,
+    convert,
+    decoder_layers,
+    load_student,
+    save_student,
+)
+from archbench.recipes.probes import task_probes
+from archbench.recipes.speed import lm_speed
+from archbench.recipes.students import KINDS
+from archbench.recipes.teacher import (  # noqa: F401
+    TeacherSpec,
+    agreement,
+    bits_per_byte,
+    cache_nbytes,
+    cache_of,
+    check_device,
+    corpus_task,
+    lm_batches,
+    recipe_teacher,
+    teacher_kv_bytes,
+)
 
 RECIPE = "radlads"
-
-
-class RadladsError(ValueError):
-    """A bad RADLADS configuration or teacher."""
+BETAS = (0.9, 0.99)  # AdamW's, in every step
 
 
 @dataclass(frozen=True)
@@ -147,112 +164,7 @@ class RadladsConfig:
         return asdict(self)
 
 
-# ---- the student ---------------------------------------------------------------------------
-
-
-def _layers(model: nn.Module) -> nn.ModuleList | None:
-    return getattr(getattr(model, "base_model", model), "layers", None)
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layers of a Llama/Qwen2-style causal LM, each with ``self_attn.{q,k,v,o}_proj``."""
-    layers = _layers(model)
-    ok = layers is not None and all(
-        all(hasattr(getattr(layer, "self_attn", None), p) for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
-        for layer in layers
-    )
-    if not ok:
-        raise RadladsError(f"radlads: {type(model).__name__} is not a Llama/Qwen2-style causal LM "
-                           "(needs model.layers[i].self_attn with q_proj, k_proj, v_proj, o_proj)")  # fmt: skip
-    return layers
-
-
-class RadladsStudent(CachedDecode, nn.Module):
-    """The converted model: ``forward(ids) -> logits``, and for the recurrent kinds
-    ``prefill(ids) -> (logits, state)`` and ``step(ids_t, state) -> (logits_t, state)``."""
-
-    def __init__(self, model: nn.Module, kind: str):
-        super().__init__()
-        self.model, self.kind = model, kind
-
-    @property
-    def attentions(self) -> list[StudentAttention]:
-        return [layer.self_attn for layer in _layers(self.model)]
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=ids, use_cache=False).logits
-
-    # -- recurrent decode -------------------------------------------------------------------
-
-    def _run(self, ids: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
-        attns = self.attentions
-        if not attns[0].recurrent:
-            raise RadladsError(f"radlads: student kind {self.kind!r} has no recurrent decode")
-        pos = 0 if state is None else int(state["pos"])
-        position_ids = torch.arange(pos, pos + ids.shape[1], device=ids.device)[None].expand(ids.shape[0], -1)
-        try:
-            for i, a in enumerate(attns):
-                a.carry, a.state = True, None if state is None else state["layers"][i]
-            logits = self.model(input_ids=ids, position_ids=position_ids, use_cache=False).logits
-            layers = [a.state for a in attns]
-        finally:
-            for a in attns:
-                a.carry, a.state = False, None
-        return logits, {"layers": layers, "pos": pos + ids.shape[1]}
-
-    @staticmethod
-    def state_nbytes(state: dict) -> int:
-        """Bytes held by a decode state (what ``prefill``/``step`` return)."""
-        return sum(s.numel() * s.element_size() for s in state["layers"])
-
-    def state_bytes(self, batch: int, seq_len: int) -> int:
-        """Analytic decode-state bytes: per layer an fp32 [B, H, D, D] matrix, whatever ``seq_len``."""
-        return sum(math.prod(a.mixer.state_shape(batch)) * 4 for a in self.attentions if a.recurrent)
-
-
-def convert(teacher: nn.Module, kind: str, seed: int = 0) -> RadladsStudent:
-    """The student: a copy of ``teacher`` with every self-attention replaced by a ``kind`` mixer
-    initialised from it (new parameters drawn from ``seed``)."""
-    if kind not in KINDS:
-        raise RadladsError(f"radlads: kind must be one of {', '.join(KINDS)} (got {kind!r})")
-    model = copy.deepcopy(teacher)
-    torch.manual_seed(seed)
-    for layer in decoder_layers(model):
-        layer.self_attn = make_student_attention(kind, layer.self_attn, model.config)
-    model.train(teacher.training)
-    return RadladsStudent(model, kind)
-
-
-def teacher_kv_bytes(teacher: nn.Module, batch: int, seq_len: int) -> int:
-    """Analytic KV-cache bytes of a softmax teacher: K and V per layer, per kv head, per token."""
-    c = teacher.config
-    heads = int(c.num_attention_heads)
-    kv = int(getattr(c, "num_key_value_heads", None) or heads)
-    hd = int(getattr(c, "head_dim", None) or c.hidden_size // heads)
-    elem = next(teacher.parameters()).element_size()
-    return 2 * int(c.num_hidden_layers) * batch * seq_len * kv * hd * elem
-
-
-def cache_nbytes(cache: Any) -> int:
-    """Bytes of the K/V tensors of a transformers cache (5.x ``layers``, 4.x ``key_cache``, or legacy tuples)."""
-    if hasattr(cache, "layers"):
-        pairs = [(getattr(lay, "keys", None), getattr(lay, "values", None)) for lay in cache.layers]
-    elif hasattr(cache, "key_cache"):
-        pairs = list(zip(cache.key_cache, cache.value_cache))
-    else:
-        pairs = [tuple(p[:2]) for p in cache]
-    return sum(t.numel() * t.element_size() for p in pairs for t in p if isinstance(t, torch.Tensor))
-
-
-def _cache_of(out) -> Any:
-    for name in ("cache", "past_key_values"):
-        c = getattr(out, name, None) if not isinstance(out, dict) else out.get(name)
-        if c is not None:
-            return c
-    return None
-
-
-# ---- the three steps -------------------------------------------------------------------------
+# ---- step 1: attention hidden-state alignment ------------------------------------------------
 
 
 @torch.no_grad()
@@ -280,62 +192,16 @@ def alignment_loss(student: RadladsStudent, captured: list) -> torch.Tensor:
     losses = []
     for attn, (h, pe, target) in zip(student.attentions, captured):
         y, _ = attn(hidden_states=h, position_embeddings=pe)
-        losses.append((target.float() - y.float()).norm(dim=-1).mean() * target.shape[-1] ** -0.5)
+        losses.append(hidden_alignment(target, y))
     return torch.stack(losses).mean()
 
 
-def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None = None,
-                 kl_weight: float = 1.0, ce_weight: float = 0.0) -> torch.Tensor:  # fmt: skip
-    """kl_weight * KL(teacher || student) (mean per token) + ce_weight * cross-entropy on ``labels``."""
-    s = F.log_softmax(student_logits.float().flatten(0, -2), dim=-1)
-    loss = s.new_zeros(())
-    if kl_weight:
-        t = F.log_softmax(teacher_logits.float().flatten(0, -2), dim=-1)
-        loss = loss + kl_weight * F.kl_div(s, t, log_target=True, reduction="batchmean")
-    if ce_weight:
-        loss = loss + ce_weight * F.nll_loss(s, labels.flatten())
-    return loss
-
-
-def cosine_lr(step: int, steps: int, peak: float, floor: float) -> float:
-    """Cosine from ``peak`` at step 0 to ``floor`` at the last step."""
-    if steps <= 1:
-        return peak
-    return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * step / (steps - 1)))
-
-
-def _train(stage: str, params: list[nn.Parameter], steps: int, lr_fn: Callable[[int], float], loss_fn,
-           batches: Iterator, grad_clip: float, progress=None) -> list[dict]:  # fmt: skip
-    """A plain AdamW loop; returns the per-step history (stage, step, loss, lr, tokens, wall_s)."""
-    opt = torch.optim.AdamW(params, lr=lr_fn(0), betas=(0.9, 0.99), eps=1e-8, weight_decay=0.0)
-    history, tokens, t0 = [], 0, time.perf_counter()
-    for step in range(steps):
-        lr = lr_fn(step)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        inputs, labels = next(batches)
-        loss = loss_fn(inputs, labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        opt.step()
-        tokens += inputs.numel()
-        row = {"stage": stage, "step": step, "loss": float(loss.detach()), "lr": lr, "tokens": tokens,
-               "wall_s": time.perf_counter() - t0}  # fmt: skip
-        history.append(row)
-        if progress:
-            progress(dict(row, steps=steps))
-    return history
-
-
-def _set_trainable(student: RadladsStudent, mixers_only: bool) -> list[nn.Parameter]:
-    mixer_ids = {id(p) for a in student.attentions for p in a.parameters()}
-    params = []
-    for p in student.parameters():
-        p.requires_grad_(not mixers_only or id(p) in mixer_ids)
-        if p.requires_grad:
-            params.append(p)
-    return params
+def _fit(stage: str, params: list[nn.Parameter], steps: int, lr_fn: Callable[[int], float], loss_fn,
+         batches: Iterator, grad_clip: float, progress=None) -> list[dict]:  # fmt: skip
+    """AdamW without weight decay; the per-step history (stage, step, loss, lr, tokens, wall_s)."""
+    log = StepLog(steps, progress, tags={"stage": stage}, wall=True)
+    train_loop(params, batches, steps, lr_fn, loss_fn, betas=BETAS, grad_clip=grad_clip, on_step=log)
+    return log.rows
 
 
 def step1_align(student: RadladsStudent, teacher: nn.Module, batches: Iterator, steps: int, lr: float = 1e-3,
@@ -343,10 +209,12 @@ def step1_align(student: RadladsStudent, teacher: nn.Module, batches: Iterator, 
     """Attention hidden-state alignment: only the mixers train, teacher attention frozen beside them."""
     teacher.eval().requires_grad_(False)
     student.train()
-    params = _set_trainable(student, mixers_only=True)
+    params = train_only(student, student.attentions)
     loss_fn = lambda ids, _: alignment_loss(student, capture_attention(teacher, ids))  # noqa: E731
-    return _train("align", params, steps, lambda s: cosine_lr(s, steps, lr, lr_min), loss_fn, batches, grad_clip,
-                  progress)  # fmt: skip
+    return _fit("align", params, steps, cosine(lr, lr_min, steps), loss_fn, batches, grad_clip, progress)
+
+
+# ---- steps 2 and 3: distillation and fine-tuning ---------------------------------------------
 
 
 def step_distill(student: RadladsStudent, teacher: nn.Module, batches: Iterator, steps: int, lr: float,
@@ -355,14 +223,14 @@ def step_distill(student: RadladsStudent, teacher: nn.Module, batches: Iterator,
     """Steps 2 and 3: all student parameters, kl_weight * KL(teacher || student) + ce_weight * CE, constant lr."""
     teacher.eval().requires_grad_(False)
     student.train()
-    params = _set_trainable(student, mixers_only=False)
+    params = train_only(student)
 
     def loss_fn(ids, labels):
         with torch.no_grad():
             t = teacher(input_ids=ids, use_cache=False).logits
-        return distill_loss(student(ids), t, labels, kl_weight, ce_weight)
+        return kd_loss(student(ids), t, labels, kl_weight, ce_weight)
 
-    return _train(stage, params, steps, lambda s: lr, loss_fn, batches, grad_clip, progress)
+    return _fit(stage, params, steps, constant(lr), loss_fn, batches, grad_clip, progress)
 
 
 def step2_distill(student, teacher, batches, steps, lr=1e-3, grad_clip=1.0, progress=None) -> list[dict]:
@@ -373,98 +241,6 @@ def step2_distill(student, teacher, batches, steps, lr=1e-3, grad_clip=1.0, prog
 def step3_finetune(student, teacher, batches, steps, lr=1e-4, grad_clip=1.0, progress=None) -> list[dict]:
     """Fine-tuning: 0.5 KL + 0.5 CE (feed batches at the longer context for the long-context variant)."""
     return step_distill(student, teacher, batches, steps, lr, 0.5, 0.5, "finetune", grad_clip, progress)
-
-
-# ---- evaluation ------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def agreement(student: nn.Module, teacher: nn.Module, inputs: torch.Tensor, batch_size: int = 16) -> dict:
-    """Teacher-student top-1 agreement and mean KL(teacher || student) per token on ``inputs`` [N, T]."""
-    agree, kl, n = 0, 0.0, 0
-    device = next(teacher.parameters()).device
-    for lo in range(0, len(inputs), batch_size):
-        ids = inputs[lo : lo + batch_size].to(device)
-        t = teacher(input_ids=ids, use_cache=False).logits.float()
-        s = student(ids).float()
-        agree += int((t.argmax(-1) == s.argmax(-1)).sum())
-        kl += float(distill_loss(s, t)) * ids.numel()
-        n += ids.numel()
-    return {"top1_agreement": agree / n, "kl": kl / n}
-
-
-@torch.no_grad()
-def decode_state_check(student: RadladsStudent, teacher: nn.Module, contexts: tuple[int, int], seed: int = 0) -> dict:
-    """Measured decode-state bytes at two context lengths (batch 1): the student by prefill + recurrent
-    steps, the teacher by its KV cache after a cached forward. Also checks that the student's stepwise
-    logits match its parallel forward."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, int(teacher.config.vocab_size), (1, contexts[1]), generator=g)
-    ids = ids.to(next(teacher.parameters()).device)
-    out: dict[str, Any] = {}
-    split = contexts[0] // 2
-    logits, state = student.prefill(ids[:, :split])
-    steps = [logits[:, -1]]
-    for t in range(split, contexts[1]):
-        if t == contexts[0]:
-            out[f"student_state_bytes_measured_{contexts[0]}"] = student.state_nbytes(state)
-        lt, state = student.step(ids[:, t], state)
-        steps.append(lt)
-    out[f"student_state_bytes_measured_{contexts[1]}"] = student.state_nbytes(state)
-    full = student(ids)
-    stepped = torch.stack(steps[1:], dim=1)
-    out["decode_max_abs_err"] = float((full[:, split:] - stepped).abs().max())
-    for T in contexts:
-        o = teacher(input_ids=ids[:, :T], use_cache=True)
-        out[f"teacher_state_bytes_measured_{T}"] = cache_nbytes(_cache_of(o))
-    return out
-
-
-# ---- checkpoints -----------------------------------------------------------------------------
-
-
-def save_student(student: RadladsStudent, out_dir: Path, config: RadladsConfig) -> None:
-    from safetensors.torch import save_model
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_model(student.model, str(out_dir / "student.safetensors"))
-    meta = {"kind": student.kind, "hf_config": student.model.config.to_dict(), "config": config.to_dict()}
-    (out_dir / "student.json").write_text(json.dumps(meta, indent=2, default=str))
-
-
-def load_student(out_dir: str | Path) -> RadladsStudent:
-    """Rebuild the student saved by ``run`` (or ``save_student``) in ``out_dir``."""
-    from safetensors.torch import load_model
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    out_dir = Path(out_dir)
-    meta_path = out_dir / "student.json"
-    if not meta_path.is_file():
-        raise RadladsError(f"radlads: no student.json in {out_dir}; pass the out_dir of a finished radlads run")
-    meta = json.loads(meta_path.read_text())
-    hf = dict(meta["hf_config"])
-    cfg = AutoConfig.for_model(hf.pop("model_type"), **hf)
-    shell = AutoModelForCausalLM.from_config(cfg)
-    student = convert(shell, meta["kind"])
-    load_model(student.model, str(out_dir / "student.safetensors"))
-    return student.eval()
-
-
-# ---- the recipe ------------------------------------------------------------------------------
-
-
-def load_recipe_teacher(config: RadladsConfig, progress=None) -> tuple[nn.Module, dict, object]:
-    """(teacher, facts, tokenizer or None for a byte-level teacher)."""
-    from archbench.recipes.teacher import default_teacher, load_teacher, teacher_tokenizer
-
-    if config.teacher == "default":
-        teacher, facts = default_teacher(config.teacher_spec, progress=progress, device=config.device)
-    else:
-        teacher, facts = load_teacher(config.teacher).to(config.device), {"source": config.teacher}
-    decoder_layers(teacher)
-    tokenizer = None if config.teacher == "default" else teacher_tokenizer(teacher, config.teacher)
-    return teacher.eval(), facts, tokenizer
 
 
 def train_steps(student: RadladsStudent, teacher: nn.Module, config: RadladsConfig, task, max_bytes: int,
@@ -502,24 +278,52 @@ def stage_summary(history: list[dict]) -> dict[str, dict]:
     return stages
 
 
+# ---- evaluation ------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def decode_state_check(student: RadladsStudent, teacher: nn.Module, contexts: tuple[int, int], seed: int = 0) -> dict:
+    """Measured decode-state bytes at two context lengths (batch 1): the student by prefill + recurrent
+    steps, the teacher by its KV cache after a cached forward. Also checks that the student's stepwise
+    logits match its parallel forward."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, int(teacher.config.vocab_size), (1, contexts[1]), generator=g)
+    ids = ids.to(next(teacher.parameters()).device)
+    out: dict[str, Any] = {}
+    split = contexts[0] // 2
+    logits, state = student.prefill(ids[:, :split])
+    steps = [logits[:, -1]]
+    for t in range(split, contexts[1]):
+        if t == contexts[0]:
+            out[f"student_state_bytes_measured_{contexts[0]}"] = student.state_nbytes(state)
+        lt, state = student.step(ids[:, t], state)
+        steps.append(lt)
+    out[f"student_state_bytes_measured_{contexts[1]}"] = student.state_nbytes(state)
+    full = student(ids)
+    stepped = torch.stack(steps[1:], dim=1)
+    out["decode_max_abs_err"] = float((full[:, split:] - stepped).abs().max())
+    for T in contexts:
+        o = teacher(input_ids=ids[:, :T], use_cache=True)
+        out[f"teacher_state_bytes_measured_{T}"] = cache_nbytes(cache_of(o))
+    return out
+
+
 @torch.no_grad()
 def evaluate(student: RadladsStudent, teacher: nn.Module, task, config: RadladsConfig) -> tuple[dict, dict]:
     """(teacher metrics, student metrics): bits per byte, agreement and KL, decode-state bytes (analytic and
     measured at ``decode_contexts``; the student's stepwise-vs-parallel logit error)."""
     n, bs = config.eval_windows, config.eval_batch
     dev = config.device
-    t_bpb = bits_per_byte(lambda ids: teacher(input_ids=ids, use_cache=False).logits, task, n, bs, device=dev)
+    teacher_fn = lambda ids: teacher(input_ids=ids, use_cache=False).logits  # noqa: E731
+    t_bpb = bits_per_byte(teacher_fn, task, n, bs, device=dev)
     s_bpb = bits_per_byte(student, task, n_windows=n, batch_size=bs, device=dev)
     t_m = {
         "bits_per_byte": t_bpb,
         **{f"state_bytes_{T}": teacher_kv_bytes(teacher, 1, T) for T in config.state_contexts},
     }
     s_m = {"bits_per_byte": s_bpb, "bpb_ratio": s_bpb / t_bpb}
-    s_m.update(agreement(student, teacher, task.eval_sets(n, 0)["val"].inputs, bs))
-    from archbench.recipes.probes import task_probes
-
-    t_m.update(task_probes(lambda ids: teacher(input_ids=ids, use_cache=False).logits, task, config.probe_examples,
-                           config.seed, device=dev))  # fmt: skip
+    s_m.update(agreement(student, teacher_fn, task.eval_sets(n, 0)["val"].inputs, bs, dev))
+    t_m.update(task_probes(teacher_fn, task, config.probe_examples, config.seed, device=dev))
     s_m.update(task_probes(student, task, config.probe_examples, config.seed, device=dev))
     if student.attentions[0].recurrent:
         s_m.update({f"state_bytes_{T}": student.state_bytes(1, T) for T in config.state_contexts})
@@ -527,7 +331,6 @@ def evaluate(student: RadladsStudent, teacher: nn.Module, task, config: RadladsC
         t_m.update({k.removeprefix("teacher_"): v for k, v in decode.items() if k.startswith("teacher_")})
         s_m.update({k.removeprefix("student_"): v for k, v in decode.items() if not k.startswith("teacher_")})
         from archbench.hf import HFCausalLM
-        from archbench.recipes.speed import lm_speed
 
         wrapped = HFCausalLM(teacher, lambda *a: 0)
         for T in config.speed_contexts:  # the same timer and memory probe as every other cell
@@ -538,6 +341,16 @@ def evaluate(student: RadladsStudent, teacher: nn.Module, task, config: RadladsC
     else:  # the teacher's own attention: its KV cache
         s_m.update({k: v for k, v in t_m.items() if k.startswith("state_bytes_")})
     return t_m, s_m
+
+
+# ---- the recipe ------------------------------------------------------------------------------
+
+
+def load_recipe_teacher(config: RadladsConfig, progress=None) -> tuple[nn.Module, dict, object]:
+    """(teacher, facts, tokenizer or None for a byte-level teacher); refuses a teacher that is not Llama/Qwen2-style."""
+    teacher, facts, tokenizer = recipe_teacher(config.teacher, config.teacher_spec, config.device, progress)
+    decoder_layers(teacher)
+    return teacher, facts, tokenizer
 
 
 def run(config: RadladsConfig, out_dir: Path, progress=None) -> dict:

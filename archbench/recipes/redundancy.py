@@ -8,25 +8,27 @@ model keeps; deterministic, the default objective on CPU) and the measured token
 plain greedy decoding; what RAD optimises on real hardware, ``objective="tokens_per_s"``). Both are
 recorded for every mask evaluated.
 
-**Searching masks with exactly k ones.** (a) Bayesian optimisation over the relaxation [0, 1]^L:
-a point x is scored as the mask of its k largest coordinates (top-k discretisation). A zero-mean
-Gaussian process with an RBF kernel models the score (targets standardised, the length scale picked
-by marginal likelihood on a grid, a small noise term); the next point maximises expected improvement
-EI(x) = (mu - y* - xi) Phi(z) + sigma phi(z), z = (mu - y* - xi) / sigma, over random candidates
-plus perturbations of the best points seen, leaving out candidates whose mask was already scored so
-every evaluation in the budget is a new mask. A fixed seed makes the search deterministic (the
-objective is, for acceptance). (b) The greedy baseline adds, one layer at a time, the layer whose
-skipping (together with those already chosen) hurts least. The per-layer redundancy score is the
-score with that layer skipped alone; ``rank_layers`` sorts by it, most redundant first.
+**Searching masks with exactly k ones.** (a) Bayesian optimisation over the relaxation [0, 1]^L
+(``archbench.recipes.bayes_opt``): a point x is scored as the mask of its k largest coordinates
+(top-k discretisation). A zero-mean Gaussian process with an RBF kernel models the score (targets
+standardised, the length scale picked by marginal likelihood on a grid, a small noise term); the
+next point maximises expected improvement EI(x) = (mu - y* - xi) Phi(z) + sigma phi(z),
+z = (mu - y* - xi) / sigma, over random candidates plus perturbations of the best points seen,
+leaving out candidates whose mask was already scored so every evaluation in the budget is a new
+mask. A fixed seed makes the search deterministic (the objective is, for acceptance). (b) The
+greedy baseline adds, one layer at a time, the layer whose skipping (together with those already
+chosen) hurts least. The per-layer redundancy score is the score with that layer skipped alone;
+``rank_layers`` sorts by it, most redundant first.
 
 **Converting and distilling.** The k layers of the best mask get Mamba-in-Llama mixers
 (``archbench.recipes.mamba_init``: x <- v, B <- k, C <- q, out <- o). Stage 1 trains only the
 converted mixers (all their parameters, as MambaInLlama does; everything else frozen) on
 KL(teacher || student) over next-byte distributions, plus ``ce_weight`` x cross-entropy; stage 2
-(``e2e_steps`` > 0) trains every parameter. The control replaces the same number of layers chosen
-uniformly (evenly spaced: every other layer when k = L / 2, as MambaInLlama does) and gets the same
-steps, batches and learning rates, so the bits-per-byte gap between the two students is what the
-layer choice is worth.
+(``e2e_steps`` > 0) trains every parameter. Both are AdamW without weight decay, a linear warm-up
+then cosine decay, and gradient-norm clipping (``archbench.distill``). The control replaces the
+same number of layers chosen uniformly (evenly spaced: every other layer when k = L / 2, as
+MambaInLlama does) and gets the same steps, batches and learning rates, so the bits-per-byte gap
+between the two students is what the layer choice is worth.
 """
 
 from __future__ import annotations
@@ -36,23 +38,26 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from archbench.distill import StepLog, kd_terms, train_loop, train_only, warmup_cosine
+from archbench.recipes.bayes_opt import GaussianProcess, OptResult, expected_improvement, maximize  # noqa: F401
+from archbench.recipes.hybrid_decode import HybridDecoder
 from archbench.recipes.mamba_init import convert, load_saved_student, replaced_mixers, save_student
+from archbench.recipes.probes import task_probes
 from archbench.recipes.speculative import decoder_layers, greedy_tokens_per_s, score_mask
+from archbench.recipes.speed import lm_speed
 from archbench.recipes.teacher import (
     TeacherSpec,
+    agreement,
     bits_per_byte,
-    corpus_task,
-    default_teacher,
-    lm_batches,
-    load_teacher,
     check_device,
-    teacher_tokenizer,
+    corpus_task,
+    lm_batches,
+    recipe_teacher,
 )
 
 OBJECTIVES = ("acceptance", "tokens_per_s")
@@ -116,103 +121,6 @@ class RedundancyConfig:
             raise ValueError(f"redundancy: lr and e2e_lr must be > 0 (got {self.lr}, {self.e2e_lr})")
         if not 0.0 <= self.warmup_frac < 1.0:
             raise ValueError(f"redundancy: warmup_frac must be in [0, 1) (got {self.warmup_frac})")
-
-
-# ---- a small Gaussian-process optimiser ---------------------------------------------------------
-
-
-class GaussianProcess:
-    """Zero-mean GP regression with an RBF kernel on standardised targets (float64)."""
-
-    def __init__(self, noise: float = 1e-4, scales: Sequence[float] = (0.05, 0.1, 0.2, 0.35, 0.6, 1.0)):
-        self.noise, self.scales = noise, tuple(scales)
-
-    def _kernel(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return torch.exp(-0.5 * torch.cdist(a, b).pow(2) / self.lengthscale**2)
-
-    def fit(self, X: torch.Tensor, y: torch.Tensor) -> "GaussianProcess":
-        X, y = X.double(), y.double()
-        self.X, self.mu = X, y.mean()
-        sd = y.std() if len(y) > 1 else torch.tensor(0.0, dtype=torch.float64)
-        self.sd = sd if sd > 1e-12 else torch.tensor(1.0, dtype=torch.float64)
-        yn = (y - self.mu) / self.sd
-        best = None
-        eye = torch.eye(len(X), dtype=torch.float64)
-        for s in self.scales:  # length scale by log marginal likelihood; distances in [0, 1]^d grow like sqrt(d)
-            self.lengthscale = s * math.sqrt(X.shape[1])
-            chol = torch.linalg.cholesky(self._kernel(X, X) + (self.noise + 1e-9) * eye)
-            alpha = torch.cholesky_solve(yn[:, None], chol)[:, 0]
-            lml = float(-0.5 * yn @ alpha - torch.log(torch.diagonal(chol)).sum())
-            if best is None or lml > best[0]:
-                best = (lml, self.lengthscale, chol, alpha)
-        _, self.lengthscale, self.chol, self.alpha = best
-        return self
-
-    def predict(self, Xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and standard deviation at Xs [n, d], in the targets' units."""
-        ks = self._kernel(Xs.double(), self.X)
-        mean = ks @ self.alpha
-        v = torch.linalg.solve_triangular(self.chol, ks.T, upper=False)
-        var = (1.0 - v.pow(2).sum(0)).clamp_min(1e-12)
-        return mean * self.sd + self.mu, var.sqrt() * self.sd
-
-
-def expected_improvement(mean: torch.Tensor, std: torch.Tensor, best: float, xi: float = 0.01) -> torch.Tensor:
-    """EI for maximisation: E[max(f - best - xi, 0)] under N(mean, std^2)."""
-    gain = mean - best - xi
-    z = gain / std
-    pdf = torch.exp(-0.5 * z**2) / math.sqrt(2 * math.pi)
-    return gain * torch.special.ndtr(z) + std * pdf
-
-
-@dataclass
-class OptResult:
-    X: torch.Tensor  # [n, d] points evaluated, in order
-    y: torch.Tensor  # [n] their values
-
-    @property
-    def best_x(self) -> torch.Tensor:
-        return self.X[int(self.y.argmax())]
-
-    @property
-    def best_y(self) -> float:
-        return float(self.y.max())
-
-
-def maximize(
-    f: Callable[[torch.Tensor], float], dim: int, budget: int, n_init: int = 4, seed: int = 0,
-    n_candidates: int = 1024, exclude: Callable[[torch.Tensor], torch.Tensor] | None = None, xi: float = 0.01,
-) -> OptResult:  # fmt: skip
-    """Bayesian optimisation of f over [0, 1]^dim: ``n_init`` random points, then EI-maximising ones
-    (``xi`` in units of the targets' standard deviation), ``budget`` evaluations in all (fewer if
-    ``exclude``, a filter of candidate rows, rules every candidate out)."""
-    if budget < 1 or dim < 1:
-        raise ValueError(f"maximize: budget and dim must be >= 1 (got {budget}, {dim})")
-    g = torch.Generator().manual_seed(seed)
-    X: list[torch.Tensor] = []
-    Y: list[float] = []
-
-    def allowed(c: torch.Tensor) -> torch.Tensor:
-        return c if exclude is None else c[~exclude(c)]
-
-    while len(Y) < budget:
-        cand = allowed(torch.rand(n_candidates, dim, generator=g, dtype=torch.float64))
-        if len(Y) >= max(n_init, 1):
-            top = torch.stack(X)[torch.tensor(Y).argsort(descending=True)[:3]]
-            local = torch.cat([top + s * torch.randn(n_candidates // 6, *top.shape, generator=g, dtype=torch.float64)
-                               for s in (0.02, 0.08, 0.2)]).reshape(-1, dim).clamp(0, 1)  # fmt: skip
-            cand = torch.cat([cand, allowed(local)])
-        if len(cand) == 0:
-            break
-        if len(Y) < max(n_init, 1):
-            x = cand[0]
-        else:
-            gp = GaussianProcess().fit(torch.stack(X), torch.tensor(Y, dtype=torch.float64))
-            mean, std = gp.predict(cand)
-            x = cand[int(expected_improvement(mean, std, max(Y), xi * float(gp.sd)).argmax())]
-        X.append(x)
-        Y.append(float(f(x)))
-    return OptResult(torch.stack(X), torch.tensor(Y, dtype=torch.float64))
 
 
 # ---- the redundancy search -----------------------------------------------------------------------
@@ -364,63 +272,30 @@ def uniform_layers(n_layers: int, k: int) -> list[int]:
 # ---- distillation --------------------------------------------------------------------------------
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """KL(teacher || student) per position (summed over the vocabulary), averaged over positions."""
-    s = F.log_softmax(student_logits.float(), dim=-1)
-    t = F.log_softmax(teacher_logits.float(), dim=-1)
-    return (t.exp() * (t - s)).sum(-1).mean()
-
-
 def distil(student: nn.Module, teacher: nn.Module, batches, steps: int, lr: float, *, train: str = "mixers",
            ce_weight: float = 0.0, warmup_frac: float = 0.1, stage: str = "", progress=None, tokens_before: int = 0,
            grad_clip: float = 1.0) -> list[dict]:  # fmt: skip
     """Trains the converted mixers (``train="mixers"``) or every parameter (``"all"``) on KL to the
-    teacher (+ ``ce_weight`` x CE); returns the per-step history."""
-    from archbench.tasks.train import lr_at, make_optimizer
-
+    teacher (+ ``ce_weight`` x CE) with AdamW (no weight decay), warm-up then cosine, clipping;
+    returns the per-step history (stage, step, loss, kl, ce, lr, tokens)."""
     if train not in ("mixers", "all"):
         raise ValueError(f"train must be 'mixers' or 'all' (got {train!r})")
-    mixers = replaced_mixers(student)
-    for p in student.parameters():
-        p.requires_grad_(train == "all")
-    for m in mixers.values():
-        m.requires_grad_(True)
+    params = train_only(student, replaced_mixers(student).values() if train == "mixers" else None)
     if steps == 0:
         return []
-    opt = make_optimizer(student, lr, 0.0)
     teacher.eval()
     student.train()
-    history, tokens = [], tokens_before
-    for step in range(steps):
-        inputs, labels = next(batches)
-        rate = lr_at(step, steps, lr, warmup_frac)
-        for group in opt.param_groups:
-            group["lr"] = rate
+
+    def loss_fn(inputs: torch.Tensor, labels: torch.Tensor):
         with torch.no_grad():
             t_logits = teacher(input_ids=inputs, use_cache=False).logits
-        s_logits = student(input_ids=inputs, use_cache=False).logits
-        kl = kd_loss(s_logits, t_logits)
-        ce = F.cross_entropy(s_logits.flatten(0, 1).float(), labels.flatten())
-        loss = kl + ce_weight * ce
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in student.parameters() if p.requires_grad], grad_clip)
-        opt.step()
-        tokens += inputs.numel()
-        entry = {
-            "stage": stage,
-            "step": step,
-            "loss": loss.item(),
-            "kl": kl.item(),
-            "ce": ce.item(),
-            "lr": rate,
-            "tokens": tokens,
-        }
-        history.append(entry)
-        if progress:
-            progress({"event": "step", **entry, "steps": steps})
+        return kd_terms(student(input_ids=inputs, use_cache=False).logits, t_logits, labels, ce_weight)
+
+    log = StepLog(steps, progress, tags={"stage": stage}, event={"event": "step"})
+    train_loop(params, batches, steps, warmup_cosine(lr, steps, warmup_frac), loss_fn, grad_clip=grad_clip,
+               on_step=log, tokens=tokens_before)  # fmt: skip
     student.eval()
-    return history
+    return log.rows
 
 
 @torch.no_grad()
@@ -430,20 +305,13 @@ def evaluate(model: nn.Module, teacher: nn.Module, task, n_windows: int, batch_s
     ``probes`` > 0 the zero-shot recall probes (``recipes.probes``) at the task's window length."""
     model.eval()
     device = next(model.parameters()).device
-    bpb = bits_per_byte(lambda ids: model(input_ids=ids, use_cache=False).logits, task, n_windows, batch_size, device)
-    data = task.eval_sets(n_windows, 0)["val"]
-    agree, kl, n = 0.0, 0.0, 0
-    for lo in range(0, len(data), batch_size):
-        ids = data.inputs[lo : lo + batch_size].to(device)
-        s = model(input_ids=ids, use_cache=False).logits
-        t = teacher(input_ids=ids, use_cache=False).logits
-        agree += float((s.argmax(-1) == t.argmax(-1)).sum())
-        kl += float(kd_loss(s, t)) * ids.numel()
-        n += ids.numel()
-    out = {"bits_per_byte": bpb, "top1_agreement": agree / n, "kl_vs_teacher": kl / n}
-    from archbench.recipes.probes import task_probes
-
-    out.update(task_probes(lambda ids: model(input_ids=ids, use_cache=False).logits, task, probes, seed, device))
+    model_fn = lambda ids: model(input_ids=ids, use_cache=False).logits  # noqa: E731
+    teacher_fn = lambda ids: teacher(input_ids=ids, use_cache=False).logits  # noqa: E731
+    bpb = bits_per_byte(model_fn, task, n_windows, batch_size, device)
+    inputs = task.eval_sets(n_windows, 0)["val"].inputs
+    a = agreement(model_fn, teacher_fn, inputs, batch_size, device, per_position=True)
+    out = {"bits_per_byte": bpb, "top1_agreement": a["top1_agreement"], "kl_vs_teacher": a["kl"]}
+    out.update(task_probes(model_fn, task, probes, seed, device))
     return out
 
 
@@ -453,9 +321,6 @@ def decode_metrics(model: nn.Module, config: RedundancyConfig) -> dict:
     cached driver for both: ``state_bytes_{T}`` (with its ``kv`` and ``ssm`` parts) after a T-byte
     prompt for T in ``decode_contexts``, and prefill / decode latency and peak memory at
     ``speed_contexts`` (``recipes.speed.lm_speed``)."""
-    from archbench.recipes.hybrid_decode import HybridDecoder
-    from archbench.recipes.speed import lm_speed
-
     dec = HybridDecoder(model)
     g = torch.Generator().manual_seed(config.seed)
     out: dict = {}
@@ -474,11 +339,8 @@ def decode_metrics(model: nn.Module, config: RedundancyConfig) -> dict:
 
 def _teacher(config: RedundancyConfig, progress=None) -> tuple[nn.Module, dict, object]:
     """(teacher, facts, tokenizer or None for a byte-level teacher)."""
-    if config.teacher == "default":
-        model, facts = default_teacher(config.teacher_spec, progress, device=config.device)
-        return model.eval(), {"name": "default", **facts}, None
-    model = load_teacher(config.teacher).to(config.device)
-    return model, {"name": config.teacher}, teacher_tokenizer(model, config.teacher)
+    model, facts, tokenizer = recipe_teacher(config.teacher, config.teacher_spec, config.device, progress)
+    return model, ({"name": "default", **facts} if config.teacher == "default" else {"name": config.teacher}), tokenizer
 
 
 def _train_student(config: RedundancyConfig, teacher: nn.Module, task, layers: Sequence[int], name: str,

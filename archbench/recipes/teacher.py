@@ -29,12 +29,13 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 
-from archbench.recipes.runner import RecipeError
+from archbench.distill import kl_divergence
+from archbench.recipes import RecipeError
 from archbench.tasks.corpus import ByteLM
 
 CACHE_ENV = "ARCHBENCH_CACHE"  # where pre-trained teachers are kept (default ~/.cache/archbench)
@@ -182,6 +183,18 @@ def load_teacher(source: str, device: str | None = None, dtype: str | None = Non
     return model.eval()
 
 
+def recipe_teacher(source: str, spec: TeacherSpec, device: str = "cpu", progress=None) -> tuple[Any, dict, Any]:
+    """A recipe's teacher in eval mode on ``device``, its facts, and its tokenizer (None when it
+    reads bytes): for ``"default"`` the cached default teacher of ``spec`` (facts: its
+    pre-training; pre-trained now, reporting to ``progress``, if missing), else ``load_teacher``
+    of ``source`` (facts: ``{"source": source}``)."""
+    if source == "default":
+        model, facts = default_teacher(spec, progress, device=device)
+        return model.eval(), facts, None
+    model = load_teacher(source).to(device)
+    return model.eval(), {"source": source}, teacher_tokenizer(model, source)
+
+
 def teacher_tokenizer(teacher, source: str):
     """None for a byte-level teacher (vocabulary 256: the corpus' bytes are its ids), else the
     tokenizer saved with it, through which the recipes tokenise the corpus."""
@@ -220,3 +233,48 @@ def bits_per_byte(logits_fn, task: ByteLM, n_windows: int = 128, batch_size: int
         nats += float(F.cross_entropy(logits.flatten(0, 1), lab.to(logits.device).flatten(), reduction="sum"))
         n += lab.numel()
     return nats / n / float(torch.log(torch.tensor(2.0))) / getattr(task, "bytes_per_token", 1.0)
+
+
+@torch.no_grad()
+def agreement(student_fn, teacher_fn, inputs: torch.Tensor, batch_size: int = 16, device=None,
+              per_position: bool = False) -> dict:  # fmt: skip
+    """Teacher-student top-1 agreement and mean KL(teacher || student) per token (``per_position``:
+    see ``distill.kl_divergence``) on windows ``inputs`` [N, T]; both functions map ids to logits."""
+    agree, kl, n = 0, 0.0, 0
+    for lo in range(0, len(inputs), batch_size):
+        ids = inputs[lo : lo + batch_size].to(device)
+        t, s = teacher_fn(ids).float(), student_fn(ids).float()
+        agree += int((t.argmax(-1) == s.argmax(-1)).sum())
+        kl += float(kl_divergence(s, t, per_position=per_position)) * ids.numel()
+        n += ids.numel()
+    return {"top1_agreement": agree / n, "kl": kl / n}
+
+
+def teacher_kv_bytes(teacher, batch: int, seq_len: int) -> int:
+    """Analytic KV-cache bytes of a softmax teacher: K and V per layer, per kv head, per token."""
+    c = teacher.config
+    heads = int(c.num_attention_heads)
+    kv = int(getattr(c, "num_key_value_heads", None) or heads)
+    hd = int(getattr(c, "head_dim", None) or c.hidden_size // heads)
+    elem = next(teacher.parameters()).element_size()
+    return 2 * int(c.num_hidden_layers) * batch * seq_len * kv * hd * elem
+
+
+def cache_nbytes(cache: Any) -> int:
+    """Bytes of the K/V tensors of a transformers cache (5.x ``layers``, 4.x ``key_cache``, or legacy tuples)."""
+    if hasattr(cache, "layers"):
+        pairs = [(getattr(lay, "keys", None), getattr(lay, "values", None)) for lay in cache.layers]
+    elif hasattr(cache, "key_cache"):
+        pairs = list(zip(cache.key_cache, cache.value_cache))
+    else:
+        pairs = [tuple(p[:2]) for p in cache]
+    return sum(t.numel() * t.element_size() for p in pairs for t in p if isinstance(t, torch.Tensor))
+
+
+def cache_of(out) -> Any:
+    """The KV cache of a transformers model output (``cache`` or ``past_key_values``), or None."""
+    for name in ("cache", "past_key_values"):
+        c = getattr(out, name, None) if not isinstance(out, dict) else out.get(name)
+        if c is not None:
+            return c
+    return None

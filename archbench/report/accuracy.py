@@ -27,7 +27,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from archbench.report.figures import _FIG_HEIGHT, arch_colors, fmt_num, text
+from archbench.report.plotting import FIG_HEIGHT, arch_colors
+from archbench.report.values import fmt_num, text
 
 LOWER_IS_BETTER = ("bits_per_byte",)
 
@@ -152,7 +153,7 @@ def pareto_figure(group: TaskGroup, x: str = "state_bytes") -> go.Figure | None:
         title={"text": html.escape(f"{group.metric} vs {what}: {group.label}")},
         xaxis={"type": "log", "title": {"text": x_title}},
         yaxis={"title": {"text": group.metric + (" (lower is better)" if not group.higher_is_better else "")}},
-        height=_FIG_HEIGHT, template="plotly_white", hovermode="closest",
+        height=FIG_HEIGHT, template="plotly_white", hovermode="closest",
         legend={"title": {"text": "arch"}}, margin={"l": 60, "r": 20, "t": 60, "b": 50},
     )  # fmt: skip
     return fig
@@ -241,7 +242,7 @@ def zoology_facets(data: pd.DataFrame) -> go.Figure | None:
     fig.update_layout(
         title={"text": html.escape(title + (f" — {'; '.join(comparable)}" if comparable else ""))},
         yaxis={"title": {"text": "accuracy"}, "range": [0, 1.02]},
-        height=_FIG_HEIGHT, template="plotly_white", legend={"title": {"text": "arch"}},
+        height=FIG_HEIGHT, template="plotly_white", legend={"title": {"text": "arch"}},
         margin={"l": 60, "r": 20, "t": 80, "b": 50},
     )  # fmt: skip
     return fig

@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from archbench.report.analysis import expected_exponent
-from archbench.report.figures import noisy_mask, prepare, reference_mask, text
+from archbench.report.rows import noisy_mask, prepare, reference_mask
+from archbench.report.values import text
 from archbench.report.groups import comparable_groups
 
 

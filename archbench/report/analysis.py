@@ -31,7 +31,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from archbench.report.figures import text
+from archbench.report.values import text
 
 REFERENCE = "softmax_attention"
 TRAINING_MODES = ("fwd", "fwd_bwd", "prefill")  # where latency grows with T as the complexity claims

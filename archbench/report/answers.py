@@ -22,18 +22,11 @@ import numpy as np
 import pandas as pd
 
 from archbench.report.analysis import REFERENCE, TRAINING_MODES, first_value, crossover, expected_exponent, exponent_fit
-from archbench.report.figures import noisy_mask, prepare, reference_mask, text
+from archbench.report.rows import noisy_mask, prepare, reference_mask
+from archbench.report.values import number, text
 from archbench.report.groups import FIELD_NAMES, comparable_groups, config_frame, distinguishing
 
 SCHEMA = "archbench.answers/1"
-
-
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def _curves(ok: pd.DataFrame, column: str) -> dict[tuple[str, str], pd.DataFrame]:
@@ -68,13 +61,6 @@ def _flags(rows: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def _first(rows: pd.DataFrame, col: str) -> Any:
-    if col not in rows:
-        return None
-    vals = [v for v in rows[col] if text(v)]
-    return vals[0] if vals else None
-
-
 def answer_objects(data: pd.DataFrame, reference: str = REFERENCE) -> list[dict]:
     """One answer per (comparable group, arch, backend) with a latency curve (``data`` prepared)."""
     out = []
@@ -107,14 +93,14 @@ def answer_objects(data: pd.DataFrame, reference: str = REFERENCE) -> list[dict]
                 leaner = {"value": None, "verdict": "no reference in this group", "lengths": [], "single_length": False}
             else:
                 leaner = crossover(mem[(arch, backend)]["_v"], ref_mem["_v"], "leaner")
-            training = _num(_first(rows, "expected_exponent"))
-            expect = expected_exponent(g.mode, training, text(_first(rows, "decode_complexity")))
+            training = number(first_value(rows, "expected_exponent"))
+            expect = expected_exponent(g.mode, training, text(first_value(rows, "decode_complexity")))
             out.append({
                 "group": dict(g.fields),
                 "group_label": g.label,
                 "arch": arch,
                 "backend": backend,
-                "family": text(_first(rows, "family")),
+                "family": text(first_value(rows, "family")),
                 "lengths": [int(t) for t in curve.index],
                 "crossover": faster,
                 "leaner": leaner,
@@ -174,7 +160,7 @@ def decision_matrices(data: pd.DataFrame, reference: str = REFERENCE) -> list[di
                     continue
                 fastest = _cell_pick(here, "time_median_s")
                 ref = here[here["arch"].map(text) == reference]
-                ref_t = _num(pd.to_numeric(ref["time_median_s"], errors="coerce").min()) if len(ref) else None
+                ref_t = number(pd.to_numeric(ref["time_median_s"], errors="coerce").min()) if len(ref) else None
                 if fastest is not None:
                     fastest["ratio_to_reference"] = ref_t / fastest["time_median_s"] if ref_t else None
                 cells.append({"seq_len": t, "batch": b, "n_points": int(len(here)), "fastest": fastest,
@@ -207,7 +193,7 @@ def run_banners(data: pd.DataFrame, runs: Sequence[Mapping[str, Any]]) -> list[d
         if not isinstance(r, Mapping):
             continue
         status = text(r.get("status"))
-        planned = _num(r.get("n_cells"))
+        planned = number(r.get("n_cells"))
         overrides = r.get("overrides") or []
         if isinstance(overrides, str):
             overrides = [overrides]

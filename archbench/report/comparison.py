@@ -16,7 +16,8 @@ from typing import Any, Mapping
 
 import plotly.graph_objects as go
 
-from archbench.report.figures import _FIG_HEIGHT, fmt_num, text
+from archbench.report.plotting import FIG_HEIGHT
+from archbench.report.values import fmt_num, text
 
 OUTCOME_COLORS = {
     "regressed": "#d62728", "improved": "#2ca02c", "underpowered": "#9467bd", "insignificant": "#ff7f0e",
@@ -56,7 +57,7 @@ def ratio_figure(cmp: Mapping[str, Any]) -> go.Figure | None:
         title={"text": html.escape(f"B / A per cell ({cmp.get('metric', 'latency')}; shaded: within x{thr:g})")},
         xaxis={"type": "log", "title": {"text": "ratio B / A (below 1: B is better)"}},
         yaxis={"automargin": True, "showticklabels": len(cells) <= 60},
-        height=max(_FIG_HEIGHT, 18 * len(cells) + 120), template="plotly_white", hovermode="closest",
+        height=max(FIG_HEIGHT, 18 * len(cells) + 120), template="plotly_white", hovermode="closest",
         margin={"l": 60, "r": 20, "t": 60, "b": 50},
     )  # fmt: skip
     return fig

@@ -176,7 +176,7 @@ def _order(g: Group):
 
 
 def comparable_groups(df: pd.DataFrame, plottable_only: bool = True) -> list[Group]:
-    """The comparable groups of a prepared DataFrame (``figures.prepare``), in display order.
+    """The comparable groups of a prepared DataFrame (``rows.prepare``), in display order.
 
     With ``plottable_only`` a group needs at least one ok row with a seq_len and a time."""
     if df.empty:

@@ -26,27 +26,21 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from archbench.report.accuracy import pareto_front
-from archbench.report.figures import _FIG_HEIGHT, arch_colors, fmt_num, mode_rank, text
 from archbench.report.groups import config_frame
+from archbench.report.plotting import FIG_HEIGHT, arch_colors
+from archbench.report.rows import mode_rank
+from archbench.report.values import fmt_num, number, text
+from archbench.schema import QUALITY_MODES
 
-SPEED_MODES = ("prefill", "decode", "fwd_bwd")
-QUALITY_MODES = ("bpb", "lm_eval")
+SPEED_MODES = ("prefill", "decode", "fwd_bwd")  # the timed modes a checkpoint's quality table shows beside it
 BPB = "bits per byte"
-
-
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 @dataclass
 class ModelEntry:
     """What the report knows of one checkpoint in one (device, dtype) group."""
 
-    label: str  # the model's short name (the rows' arch after ``figures.prepare``)
+    label: str  # the model's short name (the rows' arch after ``rows.prepare``)
     model: str  # as the suite named it: a hub id or a local directory
     architecture: str = ""
     family: str = ""
@@ -116,7 +110,7 @@ def checkpoint_groups(data: pd.DataFrame) -> list[CheckpointGroup]:
             m = models.setdefault(label, ModelEntry(label, text(r["model"])))
             m.architecture = m.architecture or text(r.get("model_architecture"))
             m.family = m.family or text(r.get("family"))
-            m.params = m.params if m.params is not None else _num(r.get("params"))
+            m.params = m.params if m.params is not None else number(r.get("params"))
             m.implementation = m.implementation or text(r.get("implementation"))
             _add(m, r, tasks)
         speeds = sorted({k for m in models.values() for k in m.speed},
@@ -131,32 +125,32 @@ def _add(m: ModelEntry, r: pd.Series, tasks: list[str]) -> None:
     mode, status = text(r["mode"]), text(r["status"])
     ok = status == "ok"
     if mode == "bpb":
-        value = _num(r.get("bits_per_byte")) if ok else None
+        value = number(r.get("bits_per_byte")) if ok else None
         if m.bpb is None or value is not None or m.bpb["value"] is None:
-            m.bpb = {"value": value, "seq_len": _num(r.get("seq_len")), "text": text(r.get("text")), "status": status,
-                     "bytes_per_token": _num(r.get("bytes_per_token"))}  # fmt: skip
+            m.bpb = {"value": value, "seq_len": number(r.get("seq_len")), "text": text(r.get("text")), "status": status,
+                     "bytes_per_token": number(r.get("bytes_per_token"))}  # fmt: skip
     elif mode == "lm_eval":
         task = text(r.get("eval_task")) or "?"
         if task not in tasks:
             tasks.append(task)
-        score = _num(r.get("eval_score")) if ok else None
+        score = number(r.get("eval_score")) if ok else None
         if task not in m.evals or score is not None:
-            m.evals[task] = {"metric": text(r.get("eval_metric")), "score": score, "stderr": _num(r.get("eval_stderr")),
-                             "limit": _num(r.get("eval_limit")), "n": _num(r.get("eval_n_samples")), "status": status}  # fmt: skip
+            m.evals[task] = {"metric": text(r.get("eval_metric")), "score": score, "stderr": number(r.get("eval_stderr")),
+                             "limit": number(r.get("eval_limit")), "n": number(r.get("eval_n_samples")), "status": status}  # fmt: skip
     elif mode in SPEED_MODES:
-        T, B = _num(r.get("seq_len")), _num(r.get("batch"))
+        T, B = number(r.get("seq_len")), number(r.get("batch"))
         if T is None or B is None:
             return
-        tps = _num(r.get("tokens_per_s")) if ok else None
-        per_token = _num(r.get("latency_per_token_s")) if ok else None
+        tps = number(r.get("tokens_per_s")) if ok else None
+        per_token = number(r.get("latency_per_token_s")) if ok else None
         if per_token is None and ok and mode == "decode" and tps:
             per_token = B / tps
         key = (mode, int(B), int(T))
         if key not in m.speed or tps is not None:
             m.speed[key] = {"tokens_per_s": tps, "s_per_token": per_token, "status": status,
-                            "state_bytes": _num(r.get("state_bytes")) if ok else None,
-                            "peak_mem_bytes": _num(r.get("peak_mem_bytes")) if ok else None,
-                            "noisy": bool(ok and ((_num(r.get("time_rel_iqr")) or 0) > 0.10 or r.get("noisy") is True))}  # fmt: skip
+                            "state_bytes": number(r.get("state_bytes")) if ok else None,
+                            "peak_mem_bytes": number(r.get("peak_mem_bytes")) if ok else None,
+                            "noisy": bool(ok and ((number(r.get("time_rel_iqr")) or 0) > 0.10 or r.get("noisy") is True))}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the table
@@ -315,7 +309,7 @@ def pareto_figure(g: CheckpointGroup, x: str) -> go.Figure | None:
         yaxis={"title": {"text": html.escape(name0 + ("" if higher0 else " (lower is better)"))}},
         updatemenus=[{"type": "buttons", "direction": "right", "x": 0, "y": 1.02, "xanchor": "left", "yanchor": "bottom",
                       "buttons": buttons, "showactive": True}] if len(buttons) > 1 else [],
-        height=_FIG_HEIGHT, template="plotly_white", hovermode="closest", showlegend=False,
+        height=FIG_HEIGHT, template="plotly_white", hovermode="closest", showlegend=False,
         margin={"l": 60, "r": 20, "t": 110, "b": 60},
     )  # fmt: skip
     return fig
@@ -337,7 +331,7 @@ def figures(g: CheckpointGroup) -> list[tuple[str, go.Figure]]:
 
 def quality_section(groups: list[CheckpointGroup], figure_div) -> str:
     """The page's "Checkpoints: quality beside speed" section; ``figure_div(fig, div_id, kind)``
-    embeds a figure (``html._figure_div``). Empty when no group has a quality row."""
+    embeds a figure (``embed.figure_div``). Empty when no group has a quality row."""
     if not groups:
         return ""
     parts = []

@@ -1,6 +1,8 @@
 """Recipe rows in the report: one table per recipe run, teacher and students side by side.
 
-Recipe rows (``archbench convert`` / ``archbench redundancy`` / a recipe suite) carry a
+A ``mode: recipe`` cell's row holds its models in ``recipe_models`` (``archbench.recipes.cell``);
+each becomes one row here, labelled by the cell. Rows of runs from before recipes were cells
+(one row per model) are read as they are. A model's row carries a
 ``recipe`` field, a ``model`` (teacher, student, baseline) and whatever that recipe measures
 (bits per byte, agreement with the teacher, KL, decode state bytes, tokens, wall time), under
 names that differ between recipes. Each recipe gets one readable table with the same columns:
@@ -21,13 +23,32 @@ from typing import Any
 
 import pandas as pd
 
-from archbench.report.figures import fmt_num, text
+from archbench.report.values import fmt_num, number, text
 
-_SKIP = {"key", "status", "error", "recipe", "recipe_label", "model", "run_id", "suite", "started_at", "ended_at"}
+_SKIP = {"key", "cell_key", "status", "error", "recipe", "recipe_label", "model", "run_id", "suite", "started_at", "ended_at"}
+
+
+def model_rows(data: pd.DataFrame) -> pd.DataFrame:
+    """One row per model: recipe cells' ``recipe_models`` spread out (each model labelled by its
+    cell's recipe, and by its key where one recipe ran with several settings), other rows kept."""
+    if data.empty or "recipe_models" not in data:
+        return data
+    nested = data["recipe_models"].map(lambda v: isinstance(v, list))
+    cells = data[nested]
+    per_recipe = cells["recipe"].value_counts() if "recipe" in cells else pd.Series(dtype=int)
+    spread = []
+    for _, cell in cells.iterrows():
+        name = text(cell.get("recipe"))
+        label = name if per_recipe.get(name, 0) <= 1 else f"{name} ({text(cell.get('key'))[:8]})"
+        for model in cell["recipe_models"]:
+            spread.append({**model, "recipe": name, "recipe_label": label, "cell_key": cell.get("key")})
+    rest = data[~nested].drop(columns=["recipe_models"])
+    return pd.concat([rest, pd.DataFrame(spread)], ignore_index=True) if spread else rest
 
 
 def recipe_tables(data: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """(label, table) per recipe run: rows = models, columns = the numeric measurements."""
+    data = model_rows(data)
     if data.empty or "recipe" not in data:
         return []
     rows = data[data["recipe"].map(lambda v: isinstance(v, str) and bool(v))]
@@ -54,13 +75,8 @@ _KL = ("kl", "kl_vs_teacher")
 
 
 def _num(v: Any) -> float | None:
-    if isinstance(v, bool):
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
+    """A measurement as a finite float (a flag, True or False, is not one)."""
+    return None if isinstance(v, bool) else number(v)
 
 
 def _first_field(table: pd.DataFrame, candidates) -> tuple[str, str] | None:

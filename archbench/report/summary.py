@@ -11,7 +11,9 @@ import pandas as pd
 
 from archbench.report.accuracy import training_note, task_groups, task_table
 from archbench.report.answers import answer_objects
-from archbench.report.figures import FAILED_STATUSES, error_excerpt, fmt_num, groups, mode_rank, prepare, text
+from archbench.report.figures import groups
+from archbench.report.rows import FAILED_STATUSES, mode_rank, prepare
+from archbench.report.values import error_excerpt, fmt_num, text
 from archbench.report.quality import checkpoint_groups, markdown_lines
 
 CSV_COLUMNS = (

@@ -1,14 +1,13 @@
-"""The training loop every task shares.
-
-AdamW (weight decay on matrices and embeddings, none on norms and biases), linear warm-up then
-cosine decay to zero, gradient-norm clipping, evaluation every ``eval_every`` steps on the
-task's held-out sets, early stop once the overall score passes ``target``. With ``epochs`` set
-the run is counted in passes over the training set instead (Zoology's protocol): ``epochs`` times
-``train_examples // batch_size`` steps, the cosine schedule over all of them, an evaluation after
-every epoch. Loss and scores
-are computed only at labelled positions, so the output head runs on those rows alone (a
-large-vocabulary MQAR costs what its queries cost). Deterministic on CPU given the seed:
-the seed fixes the initialisation, the training set and the order of its batches.
+"""How every task trains a model: ``archbench.distill.train_loop`` (AdamW with weight decay on
+matrices and embeddings, none on norms and biases; linear warm-up then cosine decay to zero;
+gradient-norm clipping) on shuffled batches of the task's training set, evaluated every
+``eval_every`` steps on the task's held-out sets, stopped early once the overall score passes
+``target``, on divergence, or past ``max_train_s``. With ``epochs`` set the run is counted in
+passes over the training set instead (Zoology's protocol): ``epochs`` times ``train_examples //
+batch_size`` steps, the cosine schedule over all of them, an evaluation after every epoch. Loss
+and scores are computed only at labelled positions, so the output head runs on those rows alone
+(a large-vocabulary MQAR costs what its queries cost). Deterministic on CPU given the seed: the
+seed fixes the initialisation, the training set and the order of its batches.
 """
 
 from __future__ import annotations
@@ -16,11 +15,11 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 
+from archbench.distill import Step, cross_entropy, lr_at, make_optimizer, train_loop, warmup_cosine  # noqa: F401
 from archbench.tasks.base import IGNORE, Task, TaskData, generator, split_seed
 from archbench.tasks.metrics import accuracy, bits_per_token, exact_match, passes
 
@@ -71,24 +70,6 @@ class RunResult:
     model: torch.nn.Module | None = field(default=None, repr=False)  # the trained model, when kept
 
 
-def lr_at(step: int, total: int, peak: float, warmup_frac: float) -> float:
-    """Linear warm-up over ``warmup_frac * total`` steps, then cosine decay to zero."""
-    warm = max(1, int(round(warmup_frac * total)))
-    if step < warm:
-        return peak * (step + 1) / warm
-    progress = (step - warm) / max(1, total - warm)
-    return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-8)
-
-
 def labelled_loss(model, inputs: torch.Tensor, labels: torch.Tensor, autocast: dict | None = None):
     """(summed cross-entropy in nats, the logits at labelled positions, their labels)."""
     with torch.autocast(**autocast) if autocast else _null():
@@ -96,7 +77,7 @@ def labelled_loss(model, inputs: torch.Tensor, labels: torch.Tensor, autocast: d
     mask = labels != IGNORE
     logits = model.head(h[mask].float() if autocast else h[mask]).float()
     target = labels[mask]
-    return F.cross_entropy(logits, target, reduction="sum"), logits, target
+    return cross_entropy(logits, target, reduction="sum"), logits, target
 
 
 class _null:
@@ -144,6 +125,18 @@ def evaluate(model, task: Task, sets: dict[str, TaskData], settings: TrainSettin
     return {"score": overall, "by_group": groups, "exact": exact, "loss_nats": total_nats / max(1, total_tokens)}
 
 
+def shuffled_batches(inputs: torch.Tensor, labels: torch.Tensor, batch_size: int, gen: torch.Generator,
+                     device: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+    """Endless batches in a shuffled order, reshuffled (``gen``) when the rest would not fill a batch."""
+    order, cursor = torch.randperm(len(inputs), generator=gen).to(device), 0
+    while True:
+        if cursor + batch_size > len(inputs):
+            order, cursor = torch.randperm(len(inputs), generator=gen).to(device), 0
+        idx = order[cursor : cursor + batch_size]
+        cursor += batch_size
+        yield inputs[idx], labels[idx]
+
+
 def train_run(
     build_model: Callable[[], torch.nn.Module],
     task: Task,
@@ -160,66 +153,61 @@ def train_run(
     torch.manual_seed(seed)
     model = build_model().to(device)
     model.train()
-    opt = make_optimizer(model, settings.lr, settings.weight_decay)
     train = task.sample(settings.train_examples, split_seed(seed, "train"))
     sets = task.eval_sets(settings.test_examples, seed)
     autocast = {"device_type": torch.device(device).type, "dtype": dtype} if dtype != torch.float32 else None
-    order_gen = generator(split_seed(seed, "train", 1))
-    order = torch.randperm(len(train), generator=order_gen).to(device)
     # the training set lives on the device once (no host gather and copy per step), and on a GPU
     # the loss is read back (a host sync) only every `check` steps, so launches run ahead
-    train_inputs, train_labels = train.inputs.to(device), train.labels.to(device)
-    check = 1 if torch.device(device).type == "cpu" else min(settings.schedule()[1], 50)
+    batches = shuffled_batches(train.inputs.to(device), train.labels.to(device), settings.batch_size,
+                               generator(split_seed(seed, "train", 1)), device)  # fmt: skip
     total, eval_every = settings.schedule()
-    cursor, history, last = 0, [], None
-    stopped_early = diverged = out_of_time = False
-    loss_val = float("nan")
-    step = 0
-    for step in range(1, total + 1):
-        if cursor + settings.batch_size > len(train):
-            order, cursor = torch.randperm(len(train), generator=order_gen).to(device), 0
-        idx = order[cursor : cursor + settings.batch_size]
-        cursor += settings.batch_size
-        inputs, labels = train_inputs[idx], train_labels[idx]
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step - 1, total, settings.lr, settings.warmup_frac)
+    check = 1 if torch.device(device).type == "cpu" else min(eval_every, 50)
+    history: list[dict] = []
+    run = {"last": None, "loss": float("nan"), "diverged": False, "stopped_early": False, "out_of_time": False}
+
+    def loss_fn(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         nats, _, target = labelled_loss(model, inputs, labels, autocast)
-        loss = nats / max(1, target.numel())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if settings.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        opt.step()
-        at_eval = step % eval_every == 0 or step == total
-        if settings.max_train_s is not None and step < total and time.perf_counter() - t0 > settings.max_train_s:
-            out_of_time = at_eval = True
+        return nats / max(1, target.numel())
+
+    def on_step(s: Step) -> bool:
+        """Evaluate every ``eval_every`` steps, at the end, on divergence or when time runs out; stop
+        on divergence, time out, or once the score passes the target."""
+        step, run["out_of_time"] = s.index + 1, s.out_of_time
+        at_eval = step % eval_every == 0 or step == total or s.out_of_time
         if step % check == 0 or at_eval:
-            loss_val = float(loss.detach())
-            if not math.isfinite(loss_val):
-                diverged = True
-        if diverged or at_eval:
-            last = evaluate(model, task, sets, settings, device, autocast)
-            history.append({"step": step, "loss": loss_val, "score": last["score"]})
-            if on_progress:
-                on_progress({"step": step, "steps": total, "lr": settings.lr, "seed": seed, "loss": loss_val, "score": last["score"]})
-            if diverged or out_of_time:
-                break
-            if passes(task.metric, last["score"], settings.target):
-                stopped_early = step < total
-                break
+            run["loss"] = float(s.loss)
+            run["diverged"] = run["diverged"] or not math.isfinite(run["loss"])
+        if not (run["diverged"] or at_eval):
+            return False
+        last = run["last"] = evaluate(model, task, sets, settings, device, autocast)
+        history.append({"step": step, "loss": run["loss"], "score": last["score"]})
+        if on_progress:
+            on_progress({"step": step, "steps": total, "lr": settings.lr, "seed": seed, "loss": run["loss"],
+                         "score": last["score"]})  # fmt: skip
+        if run["diverged"] or s.out_of_time:
+            return True
+        if passes(task.metric, last["score"], settings.target):
+            run["stopped_early"] = step < total
+            return True
+        return False
+
+    steps = train_loop(model, batches, total, warmup_cosine(settings.lr, total, settings.warmup_frac), loss_fn,
+                       weight_decay=settings.weight_decay, grad_clip=settings.grad_clip, on_step=on_step, started=t0,
+                       max_seconds=settings.max_train_s)  # fmt: skip
+    last = run["last"]
     return RunResult(
         lr=settings.lr,
         seed=seed,
         score=last["score"],
         by_group=last["by_group"],
         exact=last["exact"],
-        steps=step,
-        tokens_seen=step * settings.batch_size * task.seq_len,
+        steps=steps,
+        tokens_seen=steps * settings.batch_size * task.seq_len,
         wall_s=time.perf_counter() - t0,
-        stopped_early=stopped_early,
-        diverged=diverged,
-        final_loss=loss_val,
-        out_of_time=out_of_time,
+        stopped_early=run["stopped_early"],
+        diverged=run["diverged"],
+        final_loss=run["loss"],
+        out_of_time=run["out_of_time"],
         history=history,
         model=model.eval() if keep_model else None,
     )

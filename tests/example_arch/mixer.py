@@ -14,9 +14,11 @@ from example_arch.ema import ema, ema_step
 
 
 class GatedEMA(Mixer):
+    # its backends, preferred first; exactly one is the pure-PyTorch reference (``op``: the op backend it calls)
+    backends = (Backend("reference", "pure-PyTorch chunked reference", always, reference=True),)
+
     def __init__(self, config: MixerConfig, backend: str = "reference"):
-        super().__init__()
-        self.config, self.backend = config, backend
+        super().__init__(config, backend)  # keeps config, backend and op_backend; refuses a name not in backends
         d = config.d_model
         self.inp, self.gate, self.out = (nn.Linear(d, d, bias=False) for _ in range(3))
         self.decay_logit = nn.Parameter(torch.linspace(-2.0, 3.0, d))  # decays from 0.12 to 0.95
@@ -54,7 +56,7 @@ registry.register(ArchSpec(
     paper="Mega: Moving Average Equipped Gated Attention (arXiv 2209.10655)",
     complexity=Complexity(train_time="O(T C d)", train_memory="O(T d)", decode_time="O(d) per token",
                           decode_memory="O(d) state"),
-    backends=(Backend("reference", "pure-PyTorch chunked reference", always),),
-    factory=lambda cfg, backend: GatedEMA(cfg, backend),
+    backends=GatedEMA.backends,
+    factory=GatedEMA,
     flops=flops,
 ), replace=True)

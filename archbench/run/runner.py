@@ -1,197 +1,49 @@
 """Schedule cells onto isolated worker processes and write a row for each.
 
-Workers are *spawned* (never forked: CUDA and threads do not survive a fork) and reused
-across cells while healthy, because starting one (importing torch) costs seconds. A cell
-that raises comes back as a row with status error / oom / unsupported; a worker that dies
-(segfault, abort, the kernel's OOM killer) or overruns the cell's ``timeout_s`` is killed,
-its cell recorded as ``error`` / ``timeout`` with the tail of the worker's log, and a fresh
-worker takes the next cell. Cells run one at a time so that they never contend for the
-device they are timing.
+Workers (``archbench.run.pool``) are reused across cells while healthy, because starting one
+(importing torch) costs seconds. A cell that raises comes back as a row with status error / oom /
+unsupported; a worker that dies (segfault, abort, the kernel's OOM killer) or overruns the cell's
+``timeout_s`` is killed, its cell recorded as ``error`` / ``timeout`` with the tail of the
+worker's log, and a fresh worker takes the next cell. Cells run one at a time so that they never
+contend for the device they are timing.
 
-Workers live in *slots* (``Slot``): where a worker runs and what its rows say about it. On one
-CPU, with ``jobs`` > 1 slots, *task* cells (training runs, whose result is an accuracy, not a
+Workers live in *slots* (``pool.Slot``): where a worker runs and what its rows say about it. On
+one CPU, with ``jobs`` > 1 slots, *task* cells (training runs, whose result is an accuracy, not a
 time) run up to ``jobs`` at a time, each on its slot's disjoint set of cores when the slot has
 one (``--workers``) or with ``cpu_count // jobs`` threads (``--jobs``) unless the cell sets
 ``threads``; the task cells go first, the longest first, then the timing cells run alone, as
 always. With one slot per GPU (``--gpus``), each worker is pinned to its GPU by
 ``CUDA_VISIBLE_DEVICES`` at spawn and every cell, timing or task, goes to the next idle GPU,
-longest expected first (``archbench.plan``): a GPU runs one cell at a time, so timing cells never
-share one, and each row's env names the GPU's index and UUID. Rows are appended as cells finish.
+longest expected first (``archbench.run.plan``): a GPU runs one cell at a time, so timing cells
+never share one, and each row's env names the GPU's index and UUID. Rows are appended as cells
+finish.
 
-Workers never outlive the runner (``archbench.worker.die_with_parent``: a death signal armed by
-the kernel, and a lifeline pipe whose write end only the runner holds). When the run is stopped
-(Ctrl-C, SIGTERM, SIGHUP: the CLI turns each into ``KeyboardInterrupt``) the cells in flight get
-no row, their workers are killed at once, and the rows written so far stand.
+Each cell goes to its worker as a dict of its fields plus ``key`` and, when the runner writes a
+run directory, ``artifacts_dir`` (``<run dir>/artifacts/<cell key>``: where a cell may keep
+files; created by whoever writes there, not part of the key).
+
+Workers never outlive the runner (``archbench.run.worker.die_with_parent``: a death signal armed
+by the kernel, and a lifeline pipe whose write end only the runner holds). When the run is
+stopped (Ctrl-C, SIGTERM, SIGHUP: ``archbench.run.signals`` turns each into
+``KeyboardInterrupt``) the cells in flight get no row, their workers are killed at once, and the
+rows written so far stand.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
-import signal
-import sys
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
-from pathlib import Path
 from typing import Callable
 
-from archbench import plan, pooling
-from archbench import worker as worker_mod
+from archbench.run import plan, pooling
+from archbench.run.pool import POLL_S, Slot, Worker, WorkerStartError, cpu_slots
 from archbench.store import RunDir, now_iso
 from archbench.suite import Cell
 
-WORKER_START_TIMEOUT_S = 180.0
-POLL_S = 0.05
-
-
-class WorkerStartError(RuntimeError):
-    pass
-
-
-@dataclass(frozen=True)
-class Slot:
-    """Where one worker runs: ``env`` is set in its environment at spawn (``CUDA_VISIBLE_DEVICES``
-    pins it to a GPU), ``cores`` are the CPU cores it may use (it pins itself before importing
-    torch), ``gpu`` is the GPU's index on this machine, and ``facts`` join the env of its rows."""
-
-    name: str = "worker"
-    env: tuple[tuple[str, str], ...] = ()
-    cores: tuple[int, ...] | None = None
-    gpu: int | None = None
-    facts: tuple[tuple[str, object], ...] = ()
-
-
-def gpu_slots(gpus: list[int], facts: dict[int, dict] | None = None) -> list[Slot]:
-    """One slot per GPU index (as this process numbers its GPUs), pinned with
-    ``CUDA_VISIBLE_DEVICES`` (cells then see it as ``cuda`` / ``cuda:0``); ``facts[g]`` (index,
-    UUID) join the env of the rows measured on GPU ``g``."""
-    from archbench.measure.env import physical_gpu  # a runner itself limited to some GPUs passes on their names
-
-    facts = facts or {}
-    return [Slot(f"gpu{g}", env=(("CUDA_VISIBLE_DEVICES", str(physical_gpu(g))),), gpu=g,
-                 facts=tuple(sorted((facts.get(g) or {"gpu_index": g}).items()))) for g in gpus]  # fmt: skip
-
-
-def cpu_slots(n: int, cores: list[list[int]] | None = None) -> list[Slot]:
-    """``n`` slots on this CPU, each on its own set of cores when ``cores`` is given (``--workers``)."""
-    return [Slot(f"cpu{k}", cores=tuple(cores[k]) if cores else None) for k in range(n)]
-
-
-class Worker:
-    """One spawned worker process and the pipe to it."""
-
-    _counter = 0
-
-    def __init__(self, log_dir: Path | None, plugins: list[str], code_path: str | None = None, slot: Slot | None = None,
-                 wait: bool = True):
-        """``code_path``: a directory holding another copy of the ``archbench`` package (a git
-        revision, another checkout); the worker imports that code instead of this one (A/B runs).
-        ``slot``: the environment and cores the worker is pinned to. ``wait=False`` returns at
-        once: call ``wait_ready`` (several workers then start side by side)."""
-        Worker._counter += 1
-        self.log_path = str((log_dir / f"worker-{Worker._counter}.log").absolute()) if log_dir else None
-        ctx = mp.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        lifeline, self._lifeline = ctx.Pipe(duplex=False)  # the child watches for its end of file
-        args = (child, self.log_path, plugins, lifeline, os.getpid())
-        if not _knows_lifeline(code_path):
-            args = args[:3]  # an A/B side checked out from before workers took a lifeline
-        self.proc = ctx.Process(target=worker_mod.main, args=args, daemon=True)
-        saved, saved_env = list(sys.path), dict(os.environ)
-        if code_path:  # the spawned child takes the parent's sys.path at start: put that code first
-            sys.path.insert(0, str(code_path))
-        if slot is not None:  # ...and its environment: pinned before it imports anything
-            os.environ.update(dict(slot.env))
-            if slot.cores:
-                os.environ[worker_mod.CORES_ENV] = ",".join(map(str, slot.cores))
-        try:
-            self.proc.start()
-        finally:
-            sys.path[:] = saved
-            if slot is not None:
-                os.environ.clear()
-                os.environ.update(saved_env)
-        child.close()
-        lifeline.close()
-        self._started = time.monotonic()
-        self.ready = False
-        if wait:
-            self.wait_ready()
-
-    def wait_ready(self) -> "Worker":
-        """Block until the worker has imported everything and said so; ``WorkerStartError`` if it
-        dies or takes longer than ``WORKER_START_TIMEOUT_S`` from its start."""
-        deadline = self._started + WORKER_START_TIMEOUT_S
-        while not self.ready and time.monotonic() < deadline:
-            if self.conn.poll(POLL_S):
-                try:
-                    msg = self.conn.recv()
-                except EOFError:
-                    break
-                if msg and msg[0] == "ready":
-                    self.ready = True
-                    return self
-            if not self.proc.is_alive():
-                break
-        if self.ready:
-            return self
-        self.kill()
-        raise WorkerStartError(f"worker process failed to start ({self.death_reason()}){self.log_tail()}")
-
-    def alive(self) -> bool:
-        return self.proc.is_alive()
-
-    def kill(self) -> None:
-        if self.proc.is_alive():
-            self.proc.kill()
-        self.proc.join(timeout=10)
-        self.conn.close()
-        self._lifeline.close()
-
-    def stop(self) -> None:
-        try:
-            self.conn.send(None)
-            self.proc.join(timeout=10)
-        except (OSError, BrokenPipeError):
-            pass
-        self.kill()
-
-    def death_reason(self) -> str:
-        code = self.proc.exitcode
-        if code is None:
-            return "still running"
-        if code < 0:
-            try:
-                name = signal.Signals(-code).name
-            except ValueError:
-                name = f"signal {-code}"
-            hint = " (possibly the kernel's OOM killer)" if name == "SIGKILL" else ""
-            return f"killed by {name}{hint}"
-        return f"exit code {code}"
-
-    def log_tail(self, n_chars: int = 1500) -> str:
-        if not self.log_path or not Path(self.log_path).is_file():
-            return ""
-        text = Path(self.log_path).read_text(errors="replace").strip()
-        return ("; worker log tail: " + text[-n_chars:]) if text else ""
-
-    def crash_report(self) -> str:
-        """For a worker that died: the fatal error and crashing frames faulthandler logged, and the log's path."""
-        if not self.log_path or not Path(self.log_path).is_file():
-            return ""
-        return "\n" + worker_mod.crash_summary(Path(self.log_path).read_text(errors="replace"), self.log_path)
-
-
-def _knows_lifeline(code_path: str | None) -> bool:
-    """Whether the worker a ``code_path`` copy of archbench runs takes the lifeline arguments."""
-    if not code_path:
-        return True
-    try:
-        return "lifeline" in (Path(code_path) / "archbench" / "worker.py").read_text()
-    except OSError:
-        return True
+ARTIFACTS = "artifacts"  # <run dir>/artifacts/<cell key>: files a cell keeps
 
 
 @dataclass
@@ -218,9 +70,6 @@ class _InFlight:
     slot: int = 0
 
 
-task_cost = plan.task_cost  # kept here for callers that order task cells themselves
-
-
 def schedule(todo, longest_first: bool = False):
     """The order of a run on several slots. On one CPU (``longest_first`` False): every task cell
     first, so the pool never drains for a timing cell in between, the longest first (so the run
@@ -229,16 +78,17 @@ def schedule(todo, longest_first: bool = False):
     if longest_first:
         cells = [c for _, c in todo]
         return [todo[k] for k in plan.longest_first(cells)]
-    return sorted(todo, key=lambda item: (item[1].mode != "task", -task_cost(item[1]) if item[1].mode == "task" else 0))
+    return sorted(todo, key=lambda item: (item[1].mode != "task", -plan.task_cost(item[1]) if item[1].mode == "task" else 0))
 
 
 class Runner:
-    """Runs cells on a reusable worker (task cells ``jobs`` at a time), appending a row per cell to ``run_dir``."""
+    """Runs cells on a reusable worker (task cells ``jobs`` at a time), appending a row per cell to ``run_dir``
+    (``run_one`` alone also works without one: its rows are returned, not written)."""
 
     def __init__(
         self,
         cells: list[Cell],
-        run_dir: RunDir,
+        run_dir: RunDir | None,
         *,
         plugins: list[str] | None = None,
         base_row: dict | None = None,
@@ -354,7 +204,7 @@ class Runner:
         starting = {}
         for slot in range(n):
             try:
-                starting[slot] = Worker(self.run_dir.logs, self.plugins, self.code_path, slot=self.slots[slot], wait=False)
+                starting[slot] = Worker(self._logs, self.plugins, self.code_path, slot=self.slots[slot], wait=False)
             except (OSError, WorkerStartError):
                 continue
         try:
@@ -390,7 +240,7 @@ class Runner:
         worker = workers.get(slot)
         if worker is None or not worker.alive():
             try:
-                worker = workers[slot] = Worker(self.run_dir.logs, self.plugins, self.code_path, slot=where)
+                worker = workers[slot] = Worker(self._logs, self.plugins, self.code_path, slot=where)
             except WorkerStartError as e:
                 workers.pop(slot, None)
                 self._record(i, cell, self._row(cell, started, t0, {"status": "error", "error": str(e)}, where), summary)
@@ -427,7 +277,7 @@ class Runner:
         alternate direction (last to first, then first to last, ...), so that a slow phase of a
         shared machine, or a drift over the run, falls on every cell alike. Each round's row is
         appended as it comes (a stopped run keeps them), and after a cell's last round its pooled
-        row (``archbench.pooling``: the samples of every ok round)."""
+        row (``archbench.run.pooling``: the samples of every ok round)."""
         if self.rounds == 1:
             return
         order = [(i, c) for i, c in enumerate(self.cells) if (self._round_rows.get(c.key) or [{}])[0].get("status") == "ok"]
@@ -456,16 +306,23 @@ class Runner:
 
     def _send(self, cell: Cell, worker: Worker, threads: int | None = None) -> dict | None:
         """Send ``cell`` to ``worker``; an error result if it could not be sent (the worker is then killed)."""
-        payload = cell.model_dump()
-        payload["key"] = cell.key
-        if threads:
-            payload["threads"] = threads
         try:
-            worker.conn.send(payload)
+            worker.conn.send(self.payload(cell, threads))
         except (OSError, BrokenPipeError) as e:
             worker.kill()
             return {"status": "error", "error": f"could not send cell to worker: {e}"}
         return None
+
+    def payload(self, cell: Cell, threads: int | None = None) -> dict:
+        """What a worker gets for ``cell``: its fields, its ``key``, ``artifacts_dir`` when this
+        runner writes a run directory, and ``threads`` when the pool sets them."""
+        payload = cell.model_dump()
+        payload["key"] = cell.key
+        if self.run_dir is not None:
+            payload["artifacts_dir"] = str(self.run_dir.path / ARTIFACTS / cell.key)
+        if threads:
+            payload["threads"] = threads
+        return payload
 
     def _check(self, f: _InFlight) -> dict | None:
         """The cell's row once it is answered, dies or overruns its timeout (the worker is then killed); else
@@ -509,6 +366,10 @@ class Runner:
         )
         return row
 
+    @property
+    def _logs(self):
+        return self.run_dir.logs if self.run_dir is not None else None
+
     def close(self) -> None:
         """Stop the worker (``run`` does this itself; for callers driving ``run_one``)."""
         if self.worker is not None:
@@ -523,7 +384,7 @@ class Runner:
         started, t0 = now_iso(), time.monotonic()
         if self.worker is None or not self.worker.alive():
             try:
-                self.worker = Worker(self.run_dir.logs, self.plugins, self.code_path, slot=self.slots[0])
+                self.worker = Worker(self._logs, self.plugins, self.code_path, slot=self.slots[0])
             except WorkerStartError as e:
                 self.worker = None
                 return self._row(cell, started, t0, {"status": "error", "error": str(e)})

@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from archbench import pooling
-from archbench.runner import Runner
+from archbench.run import pooling
+from archbench.run.runner import Runner
 from archbench.store import RunDir, now_iso
 from archbench.suite import Cell
 
@@ -75,7 +75,7 @@ def materialize(spec: str, name: str, workdir: Path, repo: Path | None = None) -
         if not (path / "archbench" / "__init__.py").is_file():
             raise ABError(f"--{name} {spec}: a directory must hold the archbench package (archbench/__init__.py)")
         return Side(name, spec, str(path.resolve()))
-    repo = repo or Path(__file__).resolve().parent.parent
+    repo = repo or Path(__file__).resolve().parents[2]
     sha = _git(repo, "rev-parse", "--verify", f"{spec}^{{commit}}", what=f"--{name} {spec}")
     dest = workdir / name
     dest.mkdir(parents=True, exist_ok=True)
@@ -104,8 +104,16 @@ def _git(repo: Path, *args: str, what: str) -> str:
     return proc.stdout.strip()
 
 
+def pinned(cell: Cell) -> Cell:
+    """A/B on a CPU: both sides' workers pinned to the same cores (measure.pin_cpus), or each
+    process keeps the core the OS first gave it and a slower core reads as a code change."""
+    if cell.device != "cpu" or cell.measure.pin_cpus:
+        return cell
+    return cell.model_copy(update={"measure": cell.measure.model_copy(update={"pin_cpus": True})})
+
+
 def pool_rows(rows: list[dict]) -> dict:
-    """One row from the A/B rounds of a cell (``archbench.pooling``), its fields prefixed ``ab_``."""
+    """One row from the A/B rounds of a cell (``archbench.run.pooling``), its fields prefixed ``ab_``."""
     return pooling.pool_rows(rows, prefix="ab_")
 
 

@@ -14,8 +14,8 @@ holds, reaches end of file. Ctrl-C, SIGTERM and SIGHUP are the runner's to handl
 what it has and kills its workers.
 
 Where it runs is set before it starts: ``CUDA_VISIBLE_DEVICES`` in its environment pins it to one
-GPU (``runner.gpu_slots``), and ``ARCHBENCH_WORKER_CORES`` names the CPU cores it pins itself to
-first thing, before torch starts its thread pools (``runner.cpu_slots``, ``--workers``).
+GPU (``pool.gpu_slots``), and ``ARCHBENCH_WORKER_CORES`` names the CPU cores it pins itself to
+first thing, before torch starts its thread pools (``pool.cpu_slots``, ``--workers``).
 """
 
 from __future__ import annotations
