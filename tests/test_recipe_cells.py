@@ -162,3 +162,4 @@ def test_report_shows_recipe_cells_and_rows_of_older_runs_side_by_side():
     page = render_html(pd.DataFrame([cell, *older]), [])
     assert 'id="recipes"' in page and "bits_per_byte" in page and "2.13" in page and "bridge" in page
     assert "<b>student</b>" not in page and "&lt;b&gt;student" in page
+    assert "recipe radlads" in page, "the results table names a recipe cell by its recipe"

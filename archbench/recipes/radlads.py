@@ -359,7 +359,7 @@ def run(config: RadladsConfig, out_dir: Path, progress=None) -> dict:
 
     rd = RunDir(out_dir).create()
     started = now_iso()
-    teacher, facts, tokenizer = load_recipe_teacher(config)
+    teacher, facts, tokenizer = load_recipe_teacher(config, progress)  # pre-training the default teacher reports too
     max_bytes = config.teacher_spec.max_bytes if config.teacher == "default" else config.max_bytes
     task = corpus_task(config.seq_len, max_bytes, tokenizer)
     student = convert(teacher, config.kind, config.seed)

@@ -58,8 +58,8 @@ def _row_flags(row: pd.Series) -> str:
 #: Results-table columns: (header, cell text getter, numeric?).
 _TABLE_COLUMNS: list[tuple[str, Callable[[pd.Series], str], bool]] = [
     ("mode", lambda r: text(r["mode"]), False),
-    ("arch", lambda r: text(r["arch"]), False),
-    ("backend", lambda r: text(r["backend"]), False),
+    ("arch", lambda r: text(r["arch"]) or (f"recipe {text(r.get('recipe'))}" if text(r["mode"]) == "recipe" else ""), False),
+    ("backend", lambda r: "" if text(r["mode"]) == "recipe" else text(r["backend"]), False),
     ("family", lambda r: text(r["family"]), False),
     ("dtype", lambda r: text(r["dtype"]), False),
     ("device", lambda r: text(r["device"]), False),

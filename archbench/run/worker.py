@@ -143,7 +143,8 @@ def main(conn, log_path: str | None, plugins: list[str], lifeline=None, parent_p
             return
         if cell is None:
             return
-        print(f"cell {cell.get('key')}: {cell.get('arch')}/{cell.get('backend')} {cell.get('mode')}", flush=True)
+        what = f"recipe {cell.get('recipe')}" if cell.get("mode") == "recipe" else f"{cell.get('arch')}/{cell.get('backend')} {cell.get('mode')}"
+        print(f"cell {cell.get('key')}: {what}", flush=True)
         try:
             result = {"status": "ok", "error": None, **run_cell(cell, progress=lambda info: conn.send(("progress", info)))}
             result["code_path"] = code_path  # which copy of archbench measured this (A/B runs)
